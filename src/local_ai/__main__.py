@@ -1,0 +1,5 @@
+"""`python -m local_ai` runs the CLI."""
+
+from local_ai.cli.app import main
+
+main()

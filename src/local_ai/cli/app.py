@@ -1,0 +1,70 @@
+"""The `local-ai` command: the Typer app, its groups, and the one error boundary."""
+
+from __future__ import annotations
+
+import sys
+from typing import Annotated
+
+import typer
+
+from local_ai import __version__
+from local_ai.cli import doctor, init, validate
+from local_ai.errors import ExitCode
+
+app = typer.Typer(
+    name="local-ai",
+    help="Declarative, offline AI coding on Apple Silicon: models, quantization and a local "
+    "OpenAI/Anthropic server from one local-ai.toml.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"local-ai {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Declarative, offline AI coding on Apple Silicon."""
+
+
+app.command("init")(init.init_command)
+app.command("doctor")(doctor.doctor_command)
+app.command("validate")(validate.validate_command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point. Returns (and exits with) a documented exit code."""
+    from local_ai.cli.errors import report
+
+    try:
+        result = typer.main.get_command(app).main(
+            args=argv, prog_name="local-ai", standalone_mode=False
+        )
+        code = result if isinstance(result, int) else ExitCode.OK
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.TyperException as exc:  # usage errors from Typer's vendored Click
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            typer.echo(f"error: {exc.format_message()}", err=True)
+        code = ExitCode.USAGE
+    except typer.Abort:
+        code = ExitCode.INTERRUPTED
+    except BaseException as exc:  # the error boundary: every failure becomes a message
+        if isinstance(exc, SystemExit):
+            raise
+        code = report(exc)
+    sys.exit(code)

@@ -1,0 +1,123 @@
+"""Typed errors. Each carries the data of what went wrong and a hint naming the fix.
+
+The CLI turns them into one message (see ``local_ai.cli.errors``); tracebacks only with
+``LOCAL_AI_DEBUG=1``. Exit codes are documented in docs/troubleshooting.md.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class ExitCode:
+    OK = 0
+    ERROR = 1  # an operation failed
+    CHANGES = 2  # plan --detailed-exitcode: changes pending
+    USAGE = 64  # bad command line (Click/Typer uses 2 itself; we map it)
+    CONFIG = 78  # the manifest, lock or another config file is invalid (EX_CONFIG)
+    UNAVAILABLE = 69  # a service/network/resource is unavailable (EX_UNAVAILABLE)
+    INTERRUPTED = 130
+
+
+class LocalAIError(Exception):
+    """Base of every error the CLI reports without a traceback."""
+
+    exit_code: int = ExitCode.ERROR
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(LocalAIError):
+    """A configuration file is invalid. Points at the file, the line and the key."""
+
+    exit_code = ExitCode.CONFIG
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: Path | None,
+        line: int | None = None,
+        column: int | None = None,
+        key: str | None = None,
+        hint: str | None = None,
+    ) -> None:
+        super().__init__(message, hint=hint)
+        self.path = path
+        self.line = line
+        self.column = column
+        self.key = key
+
+    @property
+    def location(self) -> str:
+        where = str(self.path) if self.path else "<manifest>"
+        if self.line is not None:
+            where += f":{self.line}"
+            if self.column is not None:
+                where += f":{self.column}"
+        return where
+
+    def __str__(self) -> str:
+        head = f"{self.location}: "
+        if self.key:
+            head += f"{self.key}: "
+        return head + self.message
+
+
+class ManifestError(ConfigError):
+    """One or more problems in local-ai.toml; ``problems`` holds each as its own ConfigError."""
+
+    def __init__(self, problems: list[ConfigError]) -> None:
+        first = problems[0]
+        super().__init__(
+            first.message,
+            path=first.path,
+            line=first.line,
+            column=first.column,
+            key=first.key,
+            hint=first.hint,
+        )
+        self.problems = problems
+
+    def __str__(self) -> str:
+        return "\n".join(str(p) for p in self.problems)
+
+
+class NotFoundError(LocalAIError):
+    """A file, model, alias or repository that was named does not exist."""
+
+
+class NotYetError(LocalAIError):
+    """A feature the manifest allows but this version cannot do yet."""
+
+
+class UnavailableError(LocalAIError):
+    """Network, hub, server or another resource cannot be reached."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+
+class OfflineError(UnavailableError):
+    """The operation needs the network but offline mode is on."""
+
+
+class LockHeldError(LocalAIError):
+    """Another local-ai process holds the apply lock."""
+
+
+class DiskSpaceError(LocalAIError):
+    """Not enough free space for a download or a conversion."""
+
+
+class IntegrityError(LocalAIError):
+    """A file's hash or size does not match what was resolved."""
+
+
+class UnsafeInputError(LocalAIError):
+    """Input from an untrusted source (hub, GGUF, request) was refused."""

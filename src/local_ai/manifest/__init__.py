@@ -1,0 +1,1 @@
+"""The manifest: pydantic models, loading with positioned errors, tomlkit edits, JSON schema."""

@@ -1,0 +1,373 @@
+"""The manifest (`local-ai.toml`) as pydantic models: the single source of what the user wants.
+
+Field descriptions feed the JSON schema (schemas/local-ai.schema.json) and the generated
+manifest reference (docs/manifest.md), so they are written for people editing the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MANIFEST_VERSION: Literal[1] = 1
+
+QuantizeLevel = Literal[
+    "q2",
+    "q3",
+    "q4",
+    "q5",
+    "q6",
+    "q8",
+    "mxfp4",
+    "mixed_3_6",
+    "mixed_4_6",
+    "bf16",
+    "fp16",
+    "auto",
+]
+QUANTIZE_LEVELS: tuple[str, ...] = get_args(QuantizeLevel)
+GroupSize = Literal[32, 64, 128]
+
+# Aliases are the model ids clients send; no "/" so an alias can never be mistaken for a
+# HuggingFace repo id or a path.
+ALIAS_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+REPO_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
+_DURATION_RE = re.compile(r"^(\d+)\s*(s|m|h|d)$")
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+def parse_duration(value: str) -> int:
+    """'30m' -> 1800 seconds. '0s' disables the timer."""
+    match = _DURATION_RE.match(value.strip())
+    if not match:
+        raise ValueError(
+            f"{value!r} is not a duration; write a number and a unit, e.g. '30m' or '2h'"
+        )
+    return int(match.group(1)) * _DURATION_UNITS[match.group(2)]
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_NAMES:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class EngineSettings(_Strict):
+    """Settings of the inference engine. Changing any of them restarts the engine."""
+
+    max_loaded_models: Annotated[int, Field(ge=1, le=16)] = Field(
+        default=2,
+        description="How many models the engine keeps in memory at once (least recently used is "
+        "unloaded first).",
+    )
+    idle_ttl: str = Field(
+        default="30m",
+        description="Unload a model after it has been idle this long ('0s' keeps models loaded). "
+        "Units: s, m, h, d.",
+    )
+    max_queued_requests: Annotated[int, Field(ge=0, le=1024)] = Field(
+        default=16,
+        description="Requests allowed to wait for the engine; beyond this the server answers 503 "
+        "with Retry-After.",
+    )
+    prompt_cache: bool = Field(
+        default=True,
+        description="Reuse the key/value cache of shared prompt prefixes across requests.",
+    )
+
+    @field_validator("idle_ttl")
+    @classmethod
+    def _check_ttl(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @property
+    def idle_ttl_seconds(self) -> int:
+        return parse_duration(self.idle_ttl)
+
+
+class ServerSettings(_Strict):
+    """The local gateway that Zed, Goose and Claude Code talk to."""
+
+    host: str = Field(
+        default="127.0.0.1",
+        description="Address to bind. Anything other than loopback requires `api_key`.",
+    )
+    port: Annotated[int, Field(ge=1, le=65535)] = Field(default=8080, description="TCP port.")
+    api_key: str | None = Field(
+        default=None,
+        min_length=8,
+        description="Require this key on /v1 and /anthropic/v1 (Bearer or x-api-key). Prefer "
+        "`api_key_env` for manifests kept in dotfiles.",
+    )
+    api_key_env: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Name of an environment variable holding the API key.",
+    )
+    default_model: str | None = Field(
+        default=None,
+        description="Alias used when a request names no model, and preselected on the web page. "
+        "Defaults to the first model.",
+    )
+    preload: list[str] = Field(
+        default_factory=list,
+        description="Aliases loaded into memory as soon as the engine starts.",
+    )
+    autostart: bool = Field(
+        default=True,
+        description="Let `local-ai apply` start the server when it is not running.",
+    )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Exact origins (scheme://host:port) allowed to call the API from a browser.",
+    )
+    max_body_mb: Annotated[int, Field(ge=1, le=1024)] = Field(
+        default=32, description="Largest request body accepted, in MiB."
+    )
+    engine: EngineSettings = Field(default_factory=EngineSettings)
+
+    @model_validator(mode="after")
+    def _check_exposure(self) -> ServerSettings:
+        if self.api_key and self.api_key_env:
+            raise ValueError("set either api_key or api_key_env, not both")
+        if not is_loopback(self.host) and not (self.api_key or self.api_key_env):
+            raise ValueError(
+                f"host {self.host!r} is not loopback, so the API would be open to the network; "
+                "set server.api_key_env (or api_key), or bind 127.0.0.1"
+            )
+        return self
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _check_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if origin == "*" or not re.match(r"^https?://[^/\s]+$", origin):
+                raise ValueError(
+                    f"{origin!r} is not an exact origin; "
+                    "write scheme://host[:port], no path, no '*'"
+                )
+        return value
+
+
+class ModelSpec(_Strict):
+    """One model, served under its alias (the table name)."""
+
+    repo: str | None = Field(
+        default=None,
+        pattern=REPO_PATTERN,
+        description="HuggingFace repo id, e.g. 'mlx-community/Qwen3-8B-4bit'.",
+    )
+    file: str | None = Field(
+        default=None,
+        description="A GGUF file inside `repo` to convert, e.g. 'Qwen3-8B-Q8_0.gguf'.",
+    )
+    path: str | None = Field(
+        default=None,
+        description="A local model directory or .gguf file instead of a repo ('~' is expanded).",
+    )
+    revision: str | None = Field(
+        default=None,
+        description="Branch, tag or commit of `repo`. Default: main, pinned in local-ai.lock.",
+    )
+    quantize: QuantizeLevel | None = Field(
+        default=None,
+        description="Quantization to convert to. Omit to serve an MLX repo as published.",
+    )
+    group_size: GroupSize = Field(
+        default=64, description="Quantization group size (affine levels q2..q8)."
+    )
+    context: Annotated[int, Field(ge=256, le=2_097_152)] = Field(
+        default=32768,
+        description="Context length in tokens the server allows (prompt + output); sizes the "
+        "KV-cache memory estimate.",
+    )
+    max_output_tokens: Annotated[int, Field(ge=1, le=1_048_576)] = Field(
+        default=8192, description="Largest reply, advertised to clients such as Zed."
+    )
+    name: str | None = Field(default=None, description="Display name shown in editors.")
+    extra_files: list[str] = Field(
+        default_factory=list,
+        description="Extra file patterns to fetch beyond weights, configs and tokenizer files. "
+        "Code and pickle files are never fetched unless listed here.",
+    )
+    min_tokens_per_second: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="Overrides benchmark.min_tokens_per_second for this model."
+    )
+
+    @model_validator(mode="after")
+    def _check_source(self) -> ModelSpec:
+        if (self.repo is None) == (self.path is None):
+            raise ValueError("give exactly one source: `repo` (HuggingFace) or `path` (local)")
+        if self.file is not None:
+            if self.repo is None:
+                raise ValueError("`file` names a GGUF file inside `repo`; set `repo` too")
+            if not self.file.lower().endswith(".gguf"):
+                raise ValueError(f"`file` must be a .gguf file, got {self.file!r}")
+            if self.file.startswith("/") or ".." in self.file.split("/"):
+                raise ValueError(f"`file` must be a path inside the repo, got {self.file!r}")
+        if self.revision is not None and self.repo is None:
+            raise ValueError("`revision` applies to `repo` only")
+        return self
+
+    @property
+    def source_label(self) -> str:
+        if self.path is not None:
+            return self.path
+        label = str(self.repo)
+        if self.file:
+            label += f":{self.file}"
+        if self.revision:
+            label += f"@{self.revision}"
+        return label
+
+
+class BenchmarkSettings(_Strict):
+    """Benchmarks run by `local-ai apply` for new or rebuilt models."""
+
+    on_apply: bool = Field(default=True, description="Benchmark new or rebuilt models on apply.")
+    prompt_tokens: Annotated[int, Field(ge=1, le=131072)] = Field(
+        default=512, description="Prompt length used by the benchmark."
+    )
+    gen_tokens: Annotated[int, Field(ge=1, le=8192)] = Field(
+        default=128, description="Tokens generated per benchmark request."
+    )
+    min_tokens_per_second: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="Report a failure when decode speed is below this."
+    )
+    gate: bool = Field(
+        default=False,
+        description="With min_tokens_per_second: do not switch the server to a generation whose "
+        "models are too slow.",
+    )
+
+
+class ZedClient(_Strict):
+    """Zed's `language_models.openai_compatible` provider."""
+
+    enabled: bool = True
+    models: list[str] | None = Field(
+        default=None, description="Aliases Zed sees. Default: every model."
+    )
+    provider_name: str = Field(
+        default="local-ai", description="Provider name under language_models.openai_compatible."
+    )
+    settings_path: str | None = Field(
+        default=None, description="Zed settings file. Default: ~/.config/zed/settings.json."
+    )
+
+
+class ClaudeCodeClient(_Strict):
+    """Claude Code's `env` block in its settings file."""
+
+    enabled: bool = True
+    model: str | None = Field(default=None, description="Alias for the default model.")
+    opus: str | None = Field(default=None, description="Alias for the opus tier.")
+    sonnet: str | None = Field(default=None, description="Alias for the sonnet tier.")
+    haiku: str | None = Field(default=None, description="Alias for the haiku (fast) tier.")
+    subagent: str | None = Field(default=None, description="Alias for subagents.")
+    settings_path: str | None = Field(
+        default=None, description="Settings file. Default: ~/.claude/settings.json."
+    )
+
+
+class GooseClient(_Strict):
+    """A Goose custom provider (OpenAI engine)."""
+
+    enabled: bool = True
+    models: list[str] | None = Field(
+        default=None, description="Aliases Goose sees. Default: every model."
+    )
+    config_dir: str | None = Field(
+        default=None, description="Goose config directory. Default: ~/.config/goose."
+    )
+
+
+class Clients(_Strict):
+    """Editor and agent configs written by `local-ai apply`."""
+
+    zed: ZedClient | None = None
+    claude_code: ClaudeCodeClient | None = None
+    goose: GooseClient | None = None
+
+
+class Manifest(_Strict):
+    """local-ai.toml: models, quantizations and server settings for this machine."""
+
+    version: Literal[1] = Field(
+        default=MANIFEST_VERSION, description="Manifest format version. Always 1 for now."
+    )
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    models: dict[Annotated[str, Field(pattern=ALIAS_PATTERN)], ModelSpec] = Field(
+        default_factory=dict,
+        description="Models by alias. The alias is the model id clients send.",
+    )
+    benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
+    clients: Clients = Field(default_factory=Clients)
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Manifest:
+        known = list(self.models)
+        refs: list[tuple[str, str]] = []
+        if self.server.default_model is not None:
+            refs.append(("server.default_model", self.server.default_model))
+        refs += [(f"server.preload[{i}]", a) for i, a in enumerate(self.server.preload)]
+        clients = self.clients
+        if clients.zed and clients.zed.models is not None:
+            refs += [(f"clients.zed.models[{i}]", a) for i, a in enumerate(clients.zed.models)]
+        if clients.goose and clients.goose.models is not None:
+            refs += [(f"clients.goose.models[{i}]", a) for i, a in enumerate(clients.goose.models)]
+        if clients.claude_code:
+            for tier in ("model", "opus", "sonnet", "haiku", "subagent"):
+                alias = getattr(clients.claude_code, tier)
+                if alias is not None:
+                    refs.append((f"clients.claude_code.{tier}", alias))
+        for key, alias in refs:
+            if alias not in self.models:
+                choices = ", ".join(known) if known else "none declared yet"
+                raise ReferenceProblem(
+                    key, f"{alias!r} is not a model alias; declared aliases: {choices}"
+                )
+        return self
+
+    @property
+    def default_alias(self) -> str | None:
+        if self.server.default_model:
+            return self.server.default_model
+        return next(iter(self.models), None)
+
+    def fingerprint(self) -> str:
+        """Hash of the meaning of the manifest: key order, comments and formatting do not count."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+class ReferenceProblem(ValueError):
+    """A cross-reference to an alias that does not exist; carries the key path it came from."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+
+
+def manifest_json_schema() -> dict[str, Any]:
+    schema = Manifest.model_json_schema(mode="validation")
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://local-ai.dev/schemas/local-ai.schema.json"
+    schema["title"] = "local-ai.toml"
+    # Pydantic emits patternProperties for alias keys; make editors flag a bad alias too.
+    schema["properties"]["models"]["additionalProperties"] = False
+    return schema

@@ -1,0 +1,106 @@
+"""The commented manifest `local-ai init` writes, with models sized for the machine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Suggestion:
+    alias: str
+    repo: str
+    approx_gb: float  # weights on disk / in memory
+    context: int
+    why: str
+
+
+# Real MLX conversions, smallest first; chosen by the memory a machine can give to models.
+_CODERS = [
+    Suggestion("coder", "mlx-community/Qwen3-4B-4bit", 2.3, 16384, "fits 8 GB Macs"),
+    Suggestion("coder", "mlx-community/Qwen3-8B-4bit", 4.6, 32768, "fits 16 GB Macs"),
+    Suggestion(
+        "coder",
+        "mlx-community/Qwen3-Coder-30B-A3B-Instruct-4bit",
+        17.2,
+        65536,
+        "a 30B mixture-of-experts coder, 3B active: fast on 32 GB+",
+    ),
+    Suggestion(
+        "coder",
+        "mlx-community/Qwen3-Coder-30B-A3B-Instruct-8bit",
+        32.5,
+        131072,
+        "the same coder at 8-bit for 64 GB+",
+    ),
+]
+_FAST = Suggestion(
+    "fast", "mlx-community/Qwen3-4B-4bit", 2.3, 32768, "a quick model for small tasks"
+)
+
+
+def suggest_models(usable_bytes: int) -> list[Suggestion]:
+    """The largest coder that leaves room for its KV cache, plus a fast model when there is room."""
+    budget_gb = usable_bytes / GIB
+    coder = _CODERS[0]
+    for candidate in _CODERS:
+        if candidate.approx_gb * 1.35 <= budget_gb:
+            coder = candidate
+    picks = [coder]
+    if coder.approx_gb + _FAST.approx_gb * 1.5 + 8 <= budget_gb and coder.repo != _FAST.repo:
+        picks.append(_FAST)
+    return picks
+
+
+def render_manifest(*, machine: str, usable_bytes: int, schema_ref: str | None) -> str:
+    """A commented manifest for people to read and edit."""
+    picks = suggest_models(usable_bytes)
+    lines = []
+    if schema_ref:
+        lines.append(f"#:schema {schema_ref}")
+    lines += [
+        "# local-ai.toml: what local-ai makes true on this machine.",
+        f"# Written by `local-ai init` for {machine}.",
+        "# Every key is documented in docs/manifest.md; `local-ai plan` shows what would change.",
+        "",
+        "version = 1",
+        "",
+        "[server]",
+        "# Loopback only. Binding another address requires api_key_env (or api_key).",
+        'host = "127.0.0.1"',
+        "port = 8080",
+        f'default_model = "{picks[0].alias}"',
+        f'preload = ["{picks[0].alias}"]',
+        "",
+        "[server.engine]",
+        "# Models kept in memory at once, and how long an idle one stays loaded.",
+        "max_loaded_models = 2",
+        'idle_ttl = "30m"',
+        "",
+    ]
+    for pick in picks:
+        lines += [
+            f"# {pick.why} (~{pick.approx_gb:g} GB)",
+            f"[models.{pick.alias}]",
+            f'repo = "{pick.repo}"',
+            f"context = {pick.context}",
+            "",
+        ]
+    lines += [
+        "[benchmark]",
+        "# Measure tokens/s of new or rebuilt models on apply.",
+        "on_apply = true",
+        "",
+        "# Editors and agents that apply configures to use this server.",
+        "[clients.zed]",
+        "enabled = true",
+        "",
+        "[clients.claude_code]",
+        "enabled = false",
+        "",
+        "[clients.goose]",
+        "enabled = false",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,139 @@
+"""Every environment variable local-ai reads, and every default path, in one place.
+
+Values are read on each call (not at import) so tests and long-running processes see the
+environment as it is now.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+APP_NAME = "local-ai"
+MANIFEST_NAME = "local-ai.toml"
+LOCK_NAME = "local-ai.lock"
+
+# Environment variables owned by local-ai.
+ENV_HOME = "LOCAL_AI_HOME"
+ENV_CONFIG = "LOCAL_AI_CONFIG"
+ENV_DEBUG = "LOCAL_AI_DEBUG"
+# Passed through to huggingface_hub (it reads them itself, at import time).
+ENV_HF_HOME = "HF_HOME"
+ENV_HF_ENDPOINT = "HF_ENDPOINT"
+ENV_HF_OFFLINE = "HF_HUB_OFFLINE"
+ENV_HF_TOKEN = "HF_TOKEN"  # noqa: S105 (a variable name, not a secret)
+
+DEFAULT_HF_ENDPOINT = "https://huggingface.co"
+_TRUTHY = {"1", "true", "yes", "on"}
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in _TRUTHY
+
+
+def default_home() -> Path:
+    """Per-platform user data directory (macOS: ~/Library/Application Support/local-ai)."""
+    from platformdirs import user_data_path
+
+    return user_data_path(APP_NAME, appauthor=False)
+
+
+def home() -> Path:
+    raw = os.environ.get(ENV_HOME)
+    return Path(raw).expanduser() if raw else default_home()
+
+
+def debug() -> bool:
+    return _flag(ENV_DEBUG)
+
+
+def hf_offline() -> bool:
+    return _flag(ENV_HF_OFFLINE)
+
+
+def hf_endpoint() -> str:
+    return os.environ.get(ENV_HF_ENDPOINT, DEFAULT_HF_ENDPOINT).rstrip("/")
+
+
+def hf_home() -> Path:
+    raw = os.environ.get(ENV_HF_HOME)
+    if raw:
+        return Path(raw).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "huggingface"
+
+
+def hf_hub_cache() -> Path:
+    raw = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    return Path(raw).expanduser() if raw else hf_home() / "hub"
+
+
+def user_config_dir() -> Path:
+    """~/.config/local-ai on every platform: easy to keep in dotfiles."""
+    xdg = os.environ.get("XDG_CONFIG_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".config"
+    return base / APP_NAME
+
+
+def manifest_path(explicit: Path | None = None) -> Path:
+    """The manifest to use: --config, $LOCAL_AI_CONFIG, ./local-ai.toml if present, else the
+    user's ~/.config/local-ai/local-ai.toml (where `local-ai init` writes by default)."""
+    if explicit is not None:
+        return explicit.expanduser()
+    raw = os.environ.get(ENV_CONFIG)
+    if raw:
+        return Path(raw).expanduser()
+    local = Path.cwd() / MANIFEST_NAME
+    if local.exists():
+        return local
+    return user_config_dir() / MANIFEST_NAME
+
+
+def lock_path(manifest: Path) -> Path:
+    return manifest.with_name(LOCK_NAME)
+
+
+def is_macos() -> bool:
+    return sys.platform == "darwin"
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Layout of the state home; see docs/architecture.md."""
+
+    root: Path
+
+    @property
+    def store(self) -> Path:
+        return self.root / "store"
+
+    @property
+    def staging(self) -> Path:
+        return self.root / "staging"
+
+    @property
+    def state_file(self) -> Path:
+        return self.root / "state.json"
+
+    @property
+    def generations(self) -> Path:
+        return self.root / "generations"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "run"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def apply_lock(self) -> Path:
+        return self.run / "apply.lock"
+
+
+def paths() -> Paths:
+    return Paths(home())

@@ -1,0 +1,1 @@
+"""Small shared helpers with no dependencies beyond the standard library."""

@@ -1,0 +1,153 @@
+"""The CLI skeleton: --version, init, validate, doctor, error messages and exit codes."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+from local_ai import __version__
+from local_ai.errors import ExitCode
+from tests.clirunner import run_cli
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_version() -> None:
+    result = run_cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"local-ai {__version__}"
+
+
+def test_no_arguments_shows_help() -> None:
+    result = run_cli()
+    assert "Usage" in result.stdout + result.stderr
+    assert result.returncode == ExitCode.USAGE
+
+
+def test_unknown_option_is_a_usage_error() -> None:
+    result = run_cli("validate", "--bogus")
+    assert result.returncode == ExitCode.USAGE
+    assert "No such option" in result.stderr
+
+
+def test_init_writes_a_valid_manifest_for_this_machine(tmp_path: Path) -> None:
+    result = run_cli("init")
+    assert result.returncode == 0, result.stderr
+    target = Path.home() / ".config" / "local-ai" / "local-ai.toml"
+    assert target.exists()
+    text = target.read_text()
+    assert text.startswith("#:schema file://")
+    schema_path = Path(text.splitlines()[0].removeprefix("#:schema file://"))
+    assert json.loads(schema_path.read_text())["title"] == "local-ai.toml"
+    assert "[models.coder]" in text
+    validated = run_cli("validate", "--json")
+    assert validated.returncode == 0, validated.stderr
+    assert json.loads(validated.stdout)["path"] == str(target)
+    # A second init refuses to overwrite and says how.
+    again = run_cli("init")
+    assert again.returncode == ExitCode.ERROR
+    assert "already exists" in again.stderr and "--force" in again.stderr
+    assert target.read_text() == text
+
+
+def test_init_honours_config_and_stdout(tmp_path: Path) -> None:
+    target = tmp_path / "custom.toml"
+    printed = run_cli("init", "--stdout", "-c", str(target))
+    assert printed.returncode == 0
+    assert "version = 1" in printed.stdout
+    assert not target.exists()
+    written = run_cli("init", "-c", str(target))
+    assert written.returncode == 0, written.stderr
+    assert target.exists()
+
+
+def test_validate_reports_every_problem_with_location(tmp_path: Path) -> None:
+    bad = tmp_path / "local-ai.toml"
+    bad.write_text('[server]\nport = "8080"\n[models.coder]\nrepo = "a/b"\nquantize = "q7"\n')
+    result = run_cli("validate", cwd=tmp_path)
+    assert result.returncode == ExitCode.CONFIG
+    assert f"{bad}:2:1: server.port: expected an integer" in result.stderr
+    assert f"{bad}:5:1: models.coder.quantize: 'q7' is not a level" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_validate_example() -> None:
+    result = run_cli("validate", "-c", str(REPO_ROOT / "local-ai.toml.example"))
+    assert result.returncode == 0, result.stderr
+    assert "3 models" in result.stdout
+
+
+def test_missing_manifest_points_at_init(tmp_path: Path) -> None:
+    result = run_cli("validate", "-c", str(tmp_path / "nope.toml"))
+    assert result.returncode == ExitCode.ERROR
+    assert "no manifest at" in result.stderr
+    assert "local-ai init" in result.stderr
+
+
+def test_debug_shows_traceback(tmp_path: Path) -> None:
+    result = run_cli("validate", "-c", str(tmp_path / "nope.toml"), env={"LOCAL_AI_DEBUG": "1"})
+    assert "Traceback" in result.stderr
+    assert "no manifest at" in result.stderr
+
+
+def test_doctor_json_reports_each_check(tmp_path: Path) -> None:
+    manifest = tmp_path / "local-ai.toml"
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        manifest.write_text(f'[server]\nport = {port}\n[models.a]\nrepo = "a/b"\n')
+        result = run_cli("doctor", "--json", "-c", str(manifest))
+    report = json.loads(result.stdout)
+    checks = {c["name"]: c for c in report["checks"]}
+    assert set(checks) >= {
+        "platform",
+        "python",
+        "memory",
+        "disk",
+        "state home",
+        "manifest",
+        "port",
+        "HF cache",
+        "network",
+        "mlx",
+    }
+    assert checks["platform"]["status"] == "warn"  # Linux: CPU backend, labelled as such
+    assert "cpu" in checks["platform"]["detail"].lower()
+    assert checks["manifest"]["status"] == "pass"
+    assert checks["port"]["status"] == "warn"
+    assert f"127.0.0.1:{port} is in use" in checks["port"]["detail"]
+    assert checks["network"]["status"] == "warn"  # the test endpoint is a dead port
+    assert checks["mlx"]["status"] == "pass"
+    assert report["ok"] is True
+    assert result.returncode == 0
+
+
+def test_doctor_fails_on_a_broken_manifest(tmp_path: Path) -> None:
+    manifest = tmp_path / "local-ai.toml"
+    manifest.write_text("[server\n")
+    result = run_cli("doctor", "-c", str(manifest))
+    assert result.returncode == 1
+    assert "manifest" in result.stdout and "fail" in result.stdout
+    assert f"{manifest}:1:8: invalid TOML" in result.stdout
+
+
+def test_doctor_offline_mode_is_reported() -> None:
+    result = run_cli("doctor", "--json", env={"HF_HUB_OFFLINE": "1"})
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    assert checks["network"]["status"] == "info"
+    assert "offline" in checks["network"]["detail"]
+
+
+def test_cli_start_does_not_import_heavy_libraries() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import local_ai.cli.app; "
+        "heavy = [m for m in ('mlx', 'mlx_lm', 'huggingface_hub', 'transformers', 'numpy', "
+        "'mlx_omni_server', 'fastapi') if m in sys.modules]; print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
