@@ -1,0 +1,1 @@
+"""Model store, state file, apply lock and lock file."""
