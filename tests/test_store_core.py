@@ -12,7 +12,7 @@ import pytest
 
 from local_ai import settings
 from local_ai.errors import ConfigError, LockHeldError
-from local_ai.store.layout import PROVENANCE_FILE, Store, entry_digest, safe_name
+from local_ai.store.layout import Store, entry_digest, safe_name
 from local_ai.store.locks import apply_lock
 from local_ai.store.state import InstalledModel, State, load_state, save_state
 
