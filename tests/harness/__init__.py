@@ -1,1 +1,1 @@
-"""Test harness shared by every test module and by benchmarks/: tiny models, GGUF export, fake hub."""
+"""Shared by tests and benchmarks/: tiny models, GGUF export, a fake HuggingFace Hub."""
