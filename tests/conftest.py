@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.fakehub import FakeHub, client_pointed_at, running_hub
+
 _ISOLATED_VARS = (
     "LOCAL_AI_HOME",
     "LOCAL_AI_CONFIG",
@@ -44,3 +46,10 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     work.mkdir()
     monkeypatch.chdir(work)
     yield home
+
+
+@pytest.fixture
+def fake_hub(tmp_path: Path) -> Iterator[FakeHub]:
+    """A HuggingFace Hub on 127.0.0.1 that the real huggingface_hub client talks to."""
+    with running_hub() as hub, client_pointed_at(hub, tmp_path / "hf-home"):
+        yield hub
