@@ -121,7 +121,7 @@ class ServerSettings(_Strict):
     default_model: str | None = Field(
         default=None,
         description="Alias used when a request names no model, and preselected on the web page. "
-        "Defaults to the first model.",
+        "Default: the first `preload` alias, else the alphabetically first alias.",
     )
     preload: list[str] = Field(
         default_factory=list,
@@ -345,9 +345,13 @@ class Manifest(_Strict):
 
     @property
     def default_alias(self) -> str | None:
+        """server.default_model, else the first preloaded model, else the first alias in
+        alphabetical order (never file order: reordering tables must not change meaning)."""
         if self.server.default_model:
             return self.server.default_model
-        return next(iter(self.models), None)
+        if self.server.preload:
+            return self.server.preload[0]
+        return min(self.models, default=None)
 
     def fingerprint(self) -> str:
         """Hash of the meaning of the manifest: key order, comments and formatting do not count."""

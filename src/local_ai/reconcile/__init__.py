@@ -1,0 +1,1 @@
+"""The reconciler: observe once, plan without I/O, execute without decisions."""

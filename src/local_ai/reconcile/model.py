@@ -1,0 +1,249 @@
+"""Data the planner reads and writes: observed state in, a plan of typed actions out.
+
+Pure data only (no I/O here or in the planner), so planner tests are data cases.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, Literal
+
+from local_ai.manifest.models import Manifest, ModelSpec
+
+
+def stable_hash(data: Any) -> str:
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------------- observed state
+
+
+@dataclass(frozen=True)
+class LockedFile:
+    name: str
+    size: int
+    sha256: str | None = None
+
+
+@dataclass(frozen=True)
+class LockedModel:
+    """What local-ai.lock pins for one alias (repo sources) or records (local paths)."""
+
+    alias: str
+    repo: str | None
+    file: str | None
+    path: str | None
+    revision: str | None  # as asked in the manifest when locked
+    commit: str | None
+    format: Literal["mlx", "safetensors", "gguf"]
+    files: tuple[LockedFile, ...] = ()
+    source_quantization: str | None = None  # e.g. "4bit" for an MLX repo, "Q4_K_M" for a GGUF
+    source_bits: float | None = None  # bits per weight of the source, for size estimates
+    num_layers: int | None = None
+    num_kv_heads: int | None = None
+    head_dim: int | None = None
+    base_model: str | None = None
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(f.size for f in self.files)
+
+
+@dataclass(frozen=True)
+class InstalledView:
+    """An alias as recorded in state.json, plus what observing the disk found."""
+
+    alias: str
+    spec_key: str  # install_key() of the spec it was built from
+    spec: dict[str, Any]  # install_fields() of that spec, to explain what changed
+    commit: str | None
+    location: str
+    location_kind: Literal["store", "hf-cache", "local"]
+    size_bytes: int
+    present: bool  # the location and its recorded files exist with the recorded sizes
+    drift: str | None = None  # what changed on disk, when not present/intact
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """The running server as it reports itself (its /api/status)."""
+
+    running: bool
+    pid: int | None = None
+    gateway: dict[str, Any] = field(default_factory=dict)  # gateway_settings() it runs with
+    engine: dict[str, Any] = field(default_factory=dict)  # engine_settings() it runs with
+    aliases_hash: str | None = None  # alias_map_hash() of the map it serves
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Observed:
+    """One snapshot of what is."""
+
+    state_serial: int
+    installed: dict[str, InstalledView]
+    lock: dict[str, LockedModel]
+    resolved: dict[str, LockedModel]  # fresh resolutions for aliases the lock does not cover
+    unresolved: dict[str, str]  # alias -> why it could not be resolved (offline, not found)
+    cached: frozenset[str]  # aliases whose locked files are complete in the HF cache
+    store_digests: frozenset[str]  # finished store entries
+    server: ServerView
+    usable_memory: int  # bytes the machine can give to models
+    machine: str
+
+    def fingerprint(self) -> str:
+        return stable_hash(asdict(self))
+
+
+# --------------------------------------------------------------------------------- the plan
+
+
+class Kind(StrEnum):
+    RESOLVE = "resolve"
+    FETCH = "fetch"
+    CONVERT = "convert"
+    INSTALL = "install"  # record an alias in state (link an HF snapshot, store entry or path)
+    VERIFY = "verify"
+    BENCHMARK = "benchmark"
+    WRITE_CLIENT = "write-client"
+    RELOAD_ALIASES = "reload-aliases"
+    RESTART_ENGINE = "restart-engine"
+    START_SERVER = "start-server"
+    RESTART_SERVER = "restart-server"
+    STOP_SERVER = "stop-server"
+    REMOVE = "remove"
+
+
+class Change(StrEnum):
+    CREATE = "+"
+    UPDATE = "~"
+    REPLACE = "-/+"
+    DELETE = "-"
+    NOOP = "="
+
+
+@dataclass(frozen=True)
+class Action:
+    id: str  # "fetch:coder"
+    kind: Kind
+    resource: str  # "model.coder", "server", "client.zed"
+    cause: str
+    depends_on: tuple[str, ...] = ()
+    download_bytes: int | None = None  # None: known after resolve
+    disk_bytes: int | None = None
+    peak_memory_bytes: int | None = None
+    detail: str = ""
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ResourceChange:
+    resource: str
+    change: Change
+    cause: str  # for NOOP: the reason nothing is done
+
+
+@dataclass(frozen=True)
+class Plan:
+    manifest_hash: str
+    observed_fingerprint: str
+    actions: tuple[Action, ...]
+    resources: tuple[ResourceChange, ...]
+    errors: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    usable_memory: int = 0
+    peak_memory: int = 0
+
+    @property
+    def has_changes(self) -> bool:
+        return bool(self.actions)
+
+    def action(self, action_id: str) -> Action:
+        return next(a for a in self.actions if a.id == action_id)
+
+
+# ------------------------------------------------------------------------- derived identities
+
+
+def install_fields(spec: ModelSpec) -> dict[str, Any]:
+    """The manifest fields that shape the installed bytes. Context, names and other serving
+    settings are left out: changing them reloads aliases, it never rebuilds."""
+    return {
+        "repo": spec.repo,
+        "file": spec.file,
+        "path": spec.path,
+        "revision": spec.revision,
+        "quantize": spec.quantize,
+        "group_size": spec.group_size if spec.quantize else None,
+        "extra_files": sorted(spec.extra_files),
+    }
+
+
+def install_key(spec: ModelSpec) -> str:
+    return stable_hash(install_fields(spec))[:16]
+
+
+def convert_digest(source: LockedModel, spec: ModelSpec, converter_version: str) -> str:
+    """Store address of a conversion: source commit + files + recipe + converter version."""
+    return stable_hash(
+        {
+            "repo": source.repo,
+            "path": source.path,
+            "commit": source.commit,
+            "files": sorted((f.name, f.size, f.sha256) for f in source.files),
+            "quantize": spec.quantize,
+            "group_size": spec.group_size if spec.quantize else None,
+            "converter": converter_version,
+        }
+    )[:16]
+
+
+def lock_disagreement(spec: ModelSpec, locked: LockedModel) -> str | None:
+    """Why the lock entry no longer describes the manifest's source, or None when it does."""
+    for name in ("repo", "file", "path", "revision"):
+        want, have = getattr(spec, name), getattr(locked, name)
+        if want != have:
+            return f"{name} {have or 'unset'} → {want or 'unset'}"
+    return None
+
+
+def gateway_settings(manifest: Manifest) -> dict[str, Any]:
+    """Settings the gateway process is started with; a change restarts the server."""
+    server = manifest.server
+    key = server.api_key
+    return {
+        "host": server.host,
+        "port": server.port,
+        # The key itself never leaves the manifest; its hash tells whether it changed.
+        "api_key": stable_hash(key)[:12] if key else None,
+        "api_key_env": server.api_key_env,
+        "cors_origins": sorted(server.cors_origins),
+        "max_body_mb": server.max_body_mb,
+    }
+
+
+def engine_settings(manifest: Manifest) -> dict[str, Any]:
+    """Settings the engine worker is started with; a change restarts the engine only."""
+    return manifest.server.engine.model_dump(mode="json")
+
+
+def alias_map_hash(manifest: Manifest, commits: dict[str, str | None]) -> str:
+    """Identity of the alias map the gateway should serve: which build each alias points at and
+    the serving settings clients see. The gateway reports the same hash for the map it loaded."""
+    entries = {
+        alias: {
+            "install": install_key(spec),
+            "commit": commits.get(alias),
+            "context": spec.context,
+            "max_output_tokens": spec.max_output_tokens,
+            "name": spec.name,
+        }
+        for alias, spec in manifest.models.items()
+    }
+    return stable_hash(
+        {"models": entries, "default": manifest.default_alias, "preload": manifest.server.preload}
+    )[:16]

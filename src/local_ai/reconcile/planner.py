@@ -1,0 +1,477 @@
+"""The planner: manifest + one observed snapshot → a plan. Pure: no I/O, no clock, no imports of
+anything that does I/O, so every decision is testable as a data case.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from local_ai.manifest.models import Manifest, ModelSpec
+from local_ai.reconcile.model import (
+    Action,
+    Change,
+    Kind,
+    LockedModel,
+    Observed,
+    Plan,
+    ResourceChange,
+    alias_map_hash,
+    convert_digest,
+    engine_settings,
+    gateway_settings,
+    install_fields,
+    install_key,
+    lock_disagreement,
+)
+
+GIB = 1024**3
+# Bits per weight after conversion, including the fp16 scale and bias of each affine group.
+_LEVEL_BITS = {"q2": 2, "q3": 3, "q4": 4, "q5": 5, "q6": 6, "q8": 8}
+_OTHER_BITS = {"mxfp4": 4.25, "mixed_3_6": 4.0, "mixed_4_6": 5.0, "bf16": 16.0, "fp16": 16.0}
+_CONVERT_PEAK_FRACTION = 0.15  # streaming conversion holds about one tensor + one shard
+
+
+@dataclass(frozen=True)
+class Options:
+    prune: bool = False
+    frozen: bool = False
+    targets: tuple[str, ...] = ()
+    converter_version: str = "0"
+    benchmark: bool = True  # False with --skip-benchmark
+
+
+def target_bits(spec: ModelSpec) -> float | None:
+    if spec.quantize in _LEVEL_BITS:
+        return _LEVEL_BITS[spec.quantize] + 32 / spec.group_size
+    if spec.quantize in _OTHER_BITS:
+        return _OTHER_BITS[spec.quantize]
+    return None
+
+
+def estimated_weights(spec: ModelSpec, source: LockedModel) -> int:
+    """Bytes of weights once installed: the source as is, or rescaled to the target bits."""
+    bits = target_bits(spec)
+    if bits is None or not source.source_bits:
+        return source.total_bytes
+    return int(source.total_bytes * bits / source.source_bits)
+
+
+def kv_bytes(spec: ModelSpec, source: LockedModel) -> int:
+    if not (source.num_layers and source.num_kv_heads and source.head_dim):
+        return 0
+    return 2 * source.num_layers * source.num_kv_heads * source.head_dim * spec.context * 2
+
+
+def needs_conversion(spec: ModelSpec, source: LockedModel) -> bool:
+    return source.format != "mlx" or spec.quantize is not None
+
+
+def _short(commit: str | None) -> str:
+    return commit[:7] if commit else "none"
+
+
+def _gb(n: int) -> str:
+    return f"{n / GIB:.1f} GB"
+
+
+def _spec_change(old: dict[str, object], new: dict[str, object]) -> str:
+    parts = []
+    for key, value in new.items():
+        before = old.get(key)
+        if before != value:
+            parts.append(f"{key} {before or 'unset'} → {value or 'unset'}")
+    return ", ".join(parts) or "build inputs changed"
+
+
+class _Builder:
+    def __init__(self, manifest: Manifest, observed: Observed, options: Options) -> None:
+        self.manifest = manifest
+        self.observed = observed
+        self.options = options
+        self.actions: list[Action] = []
+        self.resources: list[ResourceChange] = []
+        self.errors: list[str] = []
+        self.warnings: list[str] = []
+        self.model_footprint: dict[str, int] = {}
+        self.convert_peak = 0
+
+    def add(self, action: Action) -> str:
+        self.actions.append(action)
+        return action.id
+
+    # ------------------------------------------------------------------------------ models
+
+    def source_for(self, alias: str, spec: ModelSpec) -> tuple[LockedModel | None, str | None]:
+        """(source, why a resolve is planned). Errors are recorded for unresolvable aliases."""
+        locked = self.observed.lock.get(alias)
+        disagreement = lock_disagreement(spec, locked) if locked else "not in local-ai.lock"
+        if locked is not None and disagreement is None:
+            return locked, None
+        if self.options.frozen:
+            self.errors.append(
+                f"models.{alias}: manifest and local-ai.lock disagree ({disagreement}); "
+                "run `local-ai lock` to update the lock, or apply without --frozen"
+            )
+            return None, None
+        resolved = self.observed.resolved.get(alias)
+        if resolved is None:
+            why = self.observed.unresolved.get(alias, "not resolved")
+            self.errors.append(f"models.{alias}: cannot resolve {spec.source_label}: {why}")
+            return None, None
+        return resolved, disagreement
+
+    def plan_model(self, alias: str, spec: ModelSpec) -> list[str]:
+        """Actions for one alias; returns the ids the server reload must wait for."""
+        resource = f"model.{alias}"
+        source, resolve_cause = self.source_for(alias, spec)
+        if source is None:
+            return []
+        self.model_footprint[alias] = estimated_weights(spec, source) + kv_bytes(spec, source)
+        installed = self.observed.installed.get(alias)
+        key = install_key(spec)
+        if installed is None:
+            change, cause = Change.CREATE, "new model"
+        elif installed.spec_key != key:
+            change, cause = Change.REPLACE, _spec_change(installed.spec, install_fields(spec))
+        elif installed.commit != source.commit:
+            change = Change.REPLACE
+            cause = f"revision moved {_short(installed.commit)} → {_short(source.commit)}"
+        elif not installed.present:
+            change, cause = Change.REPLACE, installed.drift or "store entry missing on disk"
+        else:
+            if resolve_cause is not None:  # up to date, but the lock must catch up
+                self.add(self._resolve(alias, spec, source, resolve_cause))
+                self.resources.append(ResourceChange(resource, Change.UPDATE, resolve_cause))
+                return []
+            quant = spec.quantize or source.source_quantization or source.format
+            self.resources.append(
+                ResourceChange(
+                    resource, Change.NOOP, f"up to date ({_short(source.commit)}, {quant})"
+                )
+            )
+            return []
+        self.resources.append(ResourceChange(resource, change, cause))
+        deps: list[str] = []
+        if resolve_cause is not None:
+            deps.append(self.add(self._resolve(alias, spec, source, resolve_cause)))
+        if source.repo is not None:
+            if alias not in self.observed.cached:
+                deps.append(
+                    self.add(
+                        Action(
+                            id=f"fetch:{alias}",
+                            kind=Kind.FETCH,
+                            resource=resource,
+                            cause=cause,
+                            depends_on=tuple(deps),
+                            download_bytes=source.total_bytes,
+                            disk_bytes=source.total_bytes,
+                            detail=f"{len(source.files)} files from "
+                            f"{source.repo}@{_short(source.commit)}",
+                        )
+                    )
+                )
+            deps.append(
+                self.add(
+                    Action(
+                        id=f"verify:{alias}",
+                        kind=Kind.VERIFY,
+                        resource=resource,
+                        cause="check sha256 against local-ai.lock",
+                        depends_on=tuple(deps),
+                        detail=f"{len(source.files)} files",
+                    )
+                )
+            )
+        if needs_conversion(spec, source):
+            digest = convert_digest(source, spec, self.options.converter_version)
+            if digest not in self.observed.store_digests:
+                size = estimated_weights(spec, source)
+                peak = int(max(f.size for f in source.files) if source.files else 0) + int(
+                    size * _CONVERT_PEAK_FRACTION
+                )
+                self.convert_peak = max(self.convert_peak, peak)
+                recipe = spec.quantize or "source precision"
+                deps.append(
+                    self.add(
+                        Action(
+                            id=f"convert:{alias}",
+                            kind=Kind.CONVERT,
+                            resource=resource,
+                            cause=cause,
+                            depends_on=tuple(deps),
+                            disk_bytes=size,
+                            peak_memory_bytes=peak,
+                            detail=f"{source.format} → mlx {recipe}"
+                            + (f" g{spec.group_size}" if spec.quantize in _LEVEL_BITS else ""),
+                            params={"digest": digest},
+                        )
+                    )
+                )
+            self._warn_requantize(alias, spec, source)
+        install = self.add(
+            Action(
+                id=f"install:{alias}",
+                kind=Kind.INSTALL,
+                resource=resource,
+                cause=cause,
+                depends_on=tuple(deps),
+                detail=self._install_detail(spec, source),
+            )
+        )
+        return [install]
+
+    def _resolve(self, alias: str, spec: ModelSpec, source: LockedModel, cause: str) -> Action:
+        return Action(
+            id=f"resolve:{alias}",
+            kind=Kind.RESOLVE,
+            resource=f"model.{alias}",
+            cause=cause,
+            detail=f"{spec.source_label} → {_short(source.commit)} in local-ai.lock",
+        )
+
+    def _install_detail(self, spec: ModelSpec, source: LockedModel) -> str:
+        if needs_conversion(spec, source):
+            return "serve the converted model from the store"
+        if source.repo is not None:
+            return "serve the HF cache snapshot as is"
+        return f"serve {source.path}"
+
+    def _warn_requantize(self, alias: str, spec: ModelSpec, source: LockedModel) -> None:
+        if source.format != "gguf" or not source.source_bits or source.source_bits >= 8:
+            return
+        bits = target_bits(spec)
+        if spec.quantize is None or (bits is not None and bits >= 16):
+            return
+        hint = f"; the original weights are in {source.base_model}" if source.base_model else ""
+        self.warnings.append(
+            f"models.{alias}: {source.file} is already {source.source_quantization or 'low-bit'}; "
+            f"requantizing it to {spec.quantize} compounds the error{hint}"
+        )
+
+    def plan_removals(self) -> None:
+        for alias in sorted(set(self.observed.installed) - set(self.manifest.models)):
+            resource = f"model.{alias}"
+            if self.options.targets and alias not in self.options.targets:
+                continue
+            if self.options.prune:
+                self.resources.append(ResourceChange(resource, Change.DELETE, "not in manifest"))
+                self.add(
+                    Action(
+                        id=f"remove:{alias}",
+                        kind=Kind.REMOVE,
+                        resource=resource,
+                        cause="not in manifest",
+                        detail="forget the alias; `local-ai gc` frees its files",
+                    )
+                )
+            else:
+                self.resources.append(
+                    ResourceChange(
+                        resource, Change.NOOP, "not in manifest; `apply --prune` removes it"
+                    )
+                )
+
+    # ------------------------------------------------------------------------------ server
+
+    def plan_server(self, installs: list[str]) -> None:
+        server = self.observed.server
+        manifest = self.manifest
+        deps = tuple(installs)
+        commits = {
+            alias: (
+                self.observed.lock.get(alias) or self.observed.resolved.get(alias) or _NONE
+            ).commit
+            for alias in manifest.models
+        }
+        want_aliases = alias_map_hash(manifest, commits)
+        if not server.running:
+            if manifest.server.autostart:
+                self.resources.append(ResourceChange("server", Change.CREATE, "server not running"))
+                self.add(
+                    Action(
+                        id="start-server",
+                        kind=Kind.START_SERVER,
+                        resource="server",
+                        cause="server not running",
+                        depends_on=deps,
+                        detail=f"http://{manifest.server.host}:{manifest.server.port}",
+                    )
+                )
+            else:
+                self.resources.append(
+                    ResourceChange(
+                        "server", Change.NOOP, "server stopped (server.autostart = false)"
+                    )
+                )
+            return
+        gateway = gateway_settings(manifest)
+        if server.gateway != gateway:
+            cause = _settings_change("server", server.gateway, gateway)
+            self.resources.append(ResourceChange("server", Change.REPLACE, cause))
+            self.add(
+                Action(
+                    id="restart-server",
+                    kind=Kind.RESTART_SERVER,
+                    resource="server",
+                    cause=cause,
+                    depends_on=deps,
+                )
+            )
+            return
+        engine = engine_settings(manifest)
+        causes: list[str] = []
+        if server.engine != engine:
+            cause = _settings_change("server.engine", server.engine, engine)
+            causes.append(cause)
+            self.add(
+                Action(
+                    id="restart-engine",
+                    kind=Kind.RESTART_ENGINE,
+                    resource="server",
+                    cause=cause,
+                    depends_on=deps,
+                )
+            )
+        if server.aliases_hash != want_aliases or installs:
+            cause = _alias_change(server.aliases, tuple(manifest.models))
+            causes.append(cause)
+            self.add(
+                Action(
+                    id="reload-aliases",
+                    kind=Kind.RELOAD_ALIASES,
+                    resource="server",
+                    cause=cause,
+                    depends_on=deps + (("restart-engine",) if server.engine != engine else ()),
+                )
+            )
+        if causes:
+            self.resources.append(ResourceChange("server", Change.UPDATE, "; ".join(causes)))
+        else:
+            self.resources.append(
+                ResourceChange("server", Change.NOOP, "running with this configuration")
+            )
+
+    def plan_benchmarks(self, rebuilt: dict[str, str]) -> None:
+        if not (self.manifest.benchmark.on_apply and self.options.benchmark):
+            return
+        server_ready = [
+            a.id
+            for a in self.actions
+            if a.kind in (Kind.START_SERVER, Kind.RESTART_SERVER, Kind.RELOAD_ALIASES)
+        ]
+        for alias, install_id in rebuilt.items():
+            self.add(
+                Action(
+                    id=f"benchmark:{alias}",
+                    kind=Kind.BENCHMARK,
+                    resource=f"model.{alias}",
+                    cause="new or rebuilt model",
+                    depends_on=(install_id, *server_ready),
+                    detail=f"{self.manifest.benchmark.prompt_tokens} prompt / "
+                    f"{self.manifest.benchmark.gen_tokens} generated tokens",
+                )
+            )
+
+    # ------------------------------------------------------------------------------ memory
+
+    def check_memory(self) -> int:
+        usable = self.observed.usable_memory
+        sizes = self.model_footprint
+        if not sizes or usable <= 0:
+            return 0
+        for alias, size in sizes.items():
+            if size > usable:
+                self.errors.append(
+                    f"models.{alias}: needs about {_gb(size)} (weights + KV cache at "
+                    f"{self.manifest.models[alias].context} tokens) but {self.observed.machine} "
+                    f"has {_gb(usable)} usable; use a lower quantize level or a smaller context"
+                )
+        preload = [a for a in self.manifest.server.preload if a in sizes]
+        preload_total = sum(sizes[a] for a in preload)
+        if len(preload) > 1 and preload_total > usable:
+            self.errors.append(
+                f"server.preload: {', '.join(preload)} need {_gb(preload_total)} together but "
+                f"{_gb(usable)} is usable; preload fewer models"
+            )
+        largest = sorted(sizes.values(), reverse=True)[
+            : self.manifest.server.engine.max_loaded_models
+        ]
+        resident = sum(largest)
+        if resident > usable and len(largest) > 1:
+            self.warnings.append(
+                f"the {len(largest)} largest models need {_gb(resident)} together, more than "
+                f"{_gb(usable)} usable; the engine will unload one before loading another "
+                "(lower server.engine.max_loaded_models to make that explicit)"
+            )
+        return max(resident if resident <= usable else max(sizes.values()), self.convert_peak)
+
+
+class _NoSource:
+    commit: str | None = None
+
+
+_NONE = _NoSource()
+
+
+def _settings_change(prefix: str, old: dict[str, object], new: dict[str, object]) -> str:
+    parts = []
+    for key in new:
+        if old.get(key) != new[key]:
+            name = "api key" if key == "api_key" else f"{prefix}.{key}" if prefix else key
+            if key == "api_key":
+                parts.append("api key changed")
+            else:
+                parts.append(f"{name} {_show(old.get(key))} → {_show(new[key])}")
+    return ", ".join(parts) or f"{prefix} settings changed"
+
+
+def _show(value: object) -> str:
+    return "unset" if value is None else str(value)
+
+
+def _alias_change(served: tuple[str, ...], wanted: tuple[str, ...]) -> str:
+    added = [a for a in wanted if a not in served]
+    removed = [a for a in served if a not in wanted]
+    parts = [f"+{a}" for a in added] + [f"-{a}" for a in removed]
+    return "aliases changed: " + (
+        ", ".join(parts) if parts else "models rebuilt or settings changed"
+    )
+
+
+def plan(manifest: Manifest, observed: Observed, options: Options | None = None) -> Plan:
+    options = options or Options()
+    builder = _Builder(manifest, observed, options)
+    unknown = [
+        t for t in options.targets if t not in manifest.models and t not in observed.installed
+    ]
+    for target in unknown:
+        builder.errors.append(f"--target {target}: no such alias in the manifest")
+    installs: list[str] = []
+    rebuilt: dict[str, str] = {}
+    for alias, spec in manifest.models.items():
+        if options.targets and alias not in options.targets:
+            continue
+        ids = builder.plan_model(alias, spec)
+        installs += ids
+        if ids:
+            rebuilt[alias] = ids[0]
+    builder.plan_removals()
+    removal_ids = [a.id for a in builder.actions if a.kind is Kind.REMOVE]
+    builder.plan_server(installs + removal_ids)
+    builder.plan_benchmarks(rebuilt)
+    peak = builder.check_memory()
+    if builder.errors:
+        actions: tuple[Action, ...] = ()
+    else:
+        actions = tuple(builder.actions)
+    return Plan(
+        manifest_hash=manifest.fingerprint(),
+        observed_fingerprint=observed.fingerprint(),
+        actions=actions,
+        resources=tuple(builder.resources),
+        errors=tuple(builder.errors),
+        warnings=tuple(builder.warnings),
+        usable_memory=observed.usable_memory,
+        peak_memory=peak,
+    )
