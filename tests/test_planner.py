@@ -161,7 +161,7 @@ def test_empty_home_builds_everything() -> None:
         """
     )
     start = p.action("start-server")
-    assert set(start.depends_on) == {"install:coder", "install:general"}
+    assert set(start.after) == {"install:coder", "install:general"}
     assert p.action("convert:general").depends_on == (
         "resolve:general",
         "fetch:general",
@@ -228,7 +228,7 @@ def test_quantize_change_rebuilds_exactly_one_model() -> None:
     assert p.action("convert:general").detail == "safetensors → mlx q6 g64"
     assert Kind.FETCH not in kinds  # source files are already cached
     assert Kind.RESTART_ENGINE not in kinds
-    assert p.action("reload-aliases").depends_on == ("install:general",)
+    assert p.action("reload-aliases").after == ("install:general",)
 
 
 def test_model_deleted_out_of_band_is_repaired() -> None:
@@ -351,7 +351,7 @@ def test_removed_alias_needs_prune() -> None:
     assert [a.id for a in kept.actions] == ["reload-aliases"]
     pruned = plan(smaller, observed, Options(prune=True))
     assert "- model.general  (not in manifest)" in render_text(pruned)
-    assert pruned.action("reload-aliases").depends_on == ("remove:general",)
+    assert pruned.action("reload-aliases").after == ("remove:general",)
     assert pruned.action("reload-aliases").cause == "aliases changed: -general"
 
 
@@ -421,7 +421,7 @@ def test_targets_limit_model_actions() -> None:
     m = manifest()
     p = plan(m, empty(m), Options(targets=("coder",)))
     assert not any(a.resource == "model.general" for a in p.actions)
-    assert p.action("start-server").depends_on == ("install:coder",)
+    assert p.action("start-server").after == ("install:coder",)
     bad = plan(m, empty(m), Options(targets=("nope",)))
     assert bad.errors == ("--target nope: no such alias in the manifest",)
 

@@ -132,7 +132,8 @@ class Action:
     kind: Kind
     resource: str  # "model.coder", "server", "client.zed"
     cause: str
-    depends_on: tuple[str, ...] = ()
+    depends_on: tuple[str, ...] = ()  # must have succeeded
+    after: tuple[str, ...] = ()  # ordering only: runs after these whatever their outcome
     download_bytes: int | None = None  # None: known after resolve
     disk_bytes: int | None = None
     peak_memory_bytes: int | None = None

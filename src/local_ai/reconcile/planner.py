@@ -277,7 +277,9 @@ class _Builder:
     def plan_server(self, installs: list[str]) -> None:
         server = self.observed.server
         manifest = self.manifest
-        deps = tuple(installs)
+        # The server runs with whatever did install: a failed model must not keep the others
+        # offline, so installs only order these actions.
+        after = tuple(installs)
         commits = {
             alias: (
                 self.observed.lock.get(alias) or self.observed.resolved.get(alias) or _NONE
@@ -294,7 +296,7 @@ class _Builder:
                         kind=Kind.START_SERVER,
                         resource="server",
                         cause="server not running",
-                        depends_on=deps,
+                        after=after,
                         detail=f"http://{manifest.server.host}:{manifest.server.port}",
                     )
                 )
@@ -315,7 +317,7 @@ class _Builder:
                     kind=Kind.RESTART_SERVER,
                     resource="server",
                     cause=cause,
-                    depends_on=deps,
+                    after=after,
                 )
             )
             return
@@ -330,7 +332,7 @@ class _Builder:
                     kind=Kind.RESTART_ENGINE,
                     resource="server",
                     cause=cause,
-                    depends_on=deps,
+                    after=after,
                 )
             )
         if server.aliases_hash != want_aliases or installs:
@@ -342,7 +344,7 @@ class _Builder:
                     kind=Kind.RELOAD_ALIASES,
                     resource="server",
                     cause=cause,
-                    depends_on=deps + (("restart-engine",) if server.engine != engine else ()),
+                    after=after + (("restart-engine",) if server.engine != engine else ()),
                 )
             )
         if causes:
