@@ -1,0 +1,146 @@
+"""Generations: the alias map of every successful apply, kept for `rollback` and `gc`.
+
+`generations/<n>.json` holds one generation; `generations/current` names the one being served.
+Writes are atomic, and the number only grows, so a killed apply leaves the previous generation
+intact and current.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from local_ai.errors import ConfigError, NotFoundError
+from local_ai.util.atomic import atomic_write_text
+
+KEEP_DEFAULT = 10
+
+
+@dataclass(frozen=True)
+class AliasTarget:
+    path: str  # directory the engine loads
+    context: int
+    max_output_tokens: int
+    name: str | None = None
+    source: str = ""
+    format: str = "mlx"
+    quantization: str | None = None
+
+
+@dataclass(frozen=True)
+class Generation:
+    number: int
+    created: float
+    manifest_hash: str
+    aliases: dict[str, AliasTarget]
+    default: str | None
+    preload: tuple[str, ...] = ()
+    aliases_hash: str = ""
+    lock: dict[str, Any] = field(default_factory=dict)
+    server: dict[str, Any] = field(default_factory=dict)
+
+    def alias_map(self) -> dict[str, Any]:
+        """The run/aliases.json document the gateway serves (see docs/architecture.md)."""
+        return {
+            "version": 1,
+            "generation": self.number,
+            "hash": self.aliases_hash,
+            "default": self.default,
+            "preload": list(self.preload),
+            "models": {alias: asdict(t) for alias, t in self.aliases.items()},
+        }
+
+
+def _from_json(data: dict[str, Any]) -> Generation:
+    return Generation(
+        number=int(data["number"]),
+        created=float(data["created"]),
+        manifest_hash=str(data["manifest_hash"]),
+        aliases={a: AliasTarget(**t) for a, t in data["aliases"].items()},
+        default=data.get("default"),
+        preload=tuple(data.get("preload", ())),
+        aliases_hash=str(data.get("aliases_hash", "")),
+        lock=dict(data.get("lock", {})),
+        server=dict(data.get("server", {})),
+    )
+
+
+class Generations:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def _path(self, number: int) -> Path:
+        return self.directory / f"{number:06d}.json"
+
+    def numbers(self) -> list[int]:
+        if not self.directory.is_dir():
+            return []
+        return sorted(int(p.stem) for p in self.directory.glob("*.json") if p.stem.isdigit())
+
+    def load(self, number: int) -> Generation:
+        path = self._path(number)
+        try:
+            return _from_json(json.loads(path.read_text("utf-8")))
+        except FileNotFoundError:
+            raise NotFoundError(
+                f"generation {number} does not exist",
+                hint="`local-ai generations` lists the ones kept",
+            ) from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"is not a valid generation ({exc})", path=path) from None
+
+    def all(self) -> list[Generation]:
+        return [self.load(n) for n in self.numbers()]
+
+    def current_number(self) -> int | None:
+        try:
+            return int((self.directory / "current").read_text("utf-8").strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def current(self) -> Generation | None:
+        number = self.current_number()
+        return self.load(number) if number is not None else None
+
+    def record(
+        self,
+        *,
+        manifest_hash: str,
+        aliases: dict[str, AliasTarget],
+        default: str | None,
+        preload: tuple[str, ...],
+        aliases_hash: str,
+        lock: dict[str, Any] | None = None,
+        server: dict[str, Any] | None = None,
+        keep: int = KEEP_DEFAULT,
+    ) -> Generation:
+        """Store a new generation and make it current; prune the oldest beyond `keep`."""
+        numbers = self.numbers()
+        generation = Generation(
+            number=(numbers[-1] + 1) if numbers else 1,
+            created=time.time(),
+            manifest_hash=manifest_hash,
+            aliases=aliases,
+            default=default,
+            preload=preload,
+            aliases_hash=aliases_hash,
+            lock=lock or {},
+            server=server or {},
+        )
+        atomic_write_text(self._path(generation.number), json.dumps(asdict(generation), indent=2))
+        self.set_current(generation.number)
+        for old in self.numbers()[:-keep]:
+            if old != generation.number:
+                self._path(old).unlink(missing_ok=True)
+        return generation
+
+    def set_current(self, number: int) -> None:
+        self.load(number)  # refuse to point at a generation that is not there
+        atomic_write_text(self.directory / "current", f"{number}\n")
+
+    def referenced_paths(self) -> set[str]:
+        """Every model directory a kept generation serves: `gc` must not delete these."""
+        return {t.path for g in self.all() for t in g.aliases.values()}
