@@ -121,3 +121,73 @@ class IntegrityError(LocalAIError):
 
 class UnsafeInputError(LocalAIError):
     """Input from an untrusted source (hub, GGUF, request) was refused."""
+
+
+class AccessDeniedError(LocalAIError):
+    """The hub refused access: a gated or private repo, or a token it does not accept."""
+
+
+class PortInUseError(UnavailableError):
+    """The server's TCP port is taken by another process."""
+
+    def __init__(
+        self, host: str, port: int, holder: str | None, *, hint: str | None = None
+    ) -> None:
+        where = f"{host}:{port}"
+        by = f" by {holder}" if holder else ""
+        super().__init__(f"port {port} is already in use{by} ({where})", hint=hint)
+        self.host = host
+        self.port = port
+        self.holder = holder
+
+
+class ServerError(LocalAIError):
+    """The local server failed to start, stop or answer; ``log_tail`` holds its last log lines."""
+
+    def __init__(self, message: str, *, hint: str | None = None, log_tail: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.log_tail = log_tail
+
+    def __str__(self) -> str:
+        if not self.log_tail:
+            return self.message
+        return f"{self.message}\n--- last lines of the log ---\n{self.log_tail.rstrip()}"
+
+
+class MalformedFileError(UnsafeInputError):
+    """A model file (GGUF, safetensors) is malformed; names the file, the field and the offset."""
+
+    def __init__(
+        self,
+        path: Path,
+        field: str,
+        problem: str,
+        *,
+        offset: int | None = None,
+        hint: str | None = None,
+    ) -> None:
+        at = f" at byte {offset}" if offset is not None else ""
+        super().__init__(
+            f"{path}: {field}: {problem}{at}",
+            hint=hint or "the file is damaged or not a model file; download it again",
+        )
+        self.path = path
+        self.field = field
+        self.problem = problem
+        self.offset = offset
+
+
+class ConversionError(LocalAIError):
+    """A model conversion failed (the converter process died, ran out of its memory limit, or the
+    model cannot be mapped to MLX)."""
+
+
+class ClientFileChangedError(LocalAIError):
+    """A client config file (Zed, Claude Code, Goose) changed between planning and writing."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(
+            f"{path} changed after local-ai planned its edit; nothing was written to it",
+            hint="run the command again so the plan starts from the file as it is now",
+        )
+        self.path = path

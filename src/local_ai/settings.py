@@ -24,6 +24,7 @@ ENV_HF_HOME = "HF_HOME"
 ENV_HF_ENDPOINT = "HF_ENDPOINT"
 ENV_HF_OFFLINE = "HF_HUB_OFFLINE"
 ENV_HF_TOKEN = "HF_TOKEN"  # noqa: S105 (a variable name, not a secret)
+ENV_HF_TOKEN_PATH = "HF_TOKEN_PATH"  # noqa: S105
 
 DEFAULT_HF_ENDPOINT = "https://huggingface.co"
 _TRUTHY = {"1", "true", "yes", "on"}
@@ -69,6 +70,21 @@ def hf_home() -> Path:
 def hf_hub_cache() -> Path:
     raw = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
     return Path(raw).expanduser() if raw else hf_home() / "hub"
+
+
+def hf_token() -> str | None:
+    """The user's HF token as huggingface_hub would find it (env, then the token file), read now:
+    the client itself froze these paths when it was imported."""
+    raw = os.environ.get(ENV_HF_TOKEN) or os.environ.get("HUGGING_FACE_HUB_TOKEN")
+    if not raw:
+        token_path = os.environ.get(ENV_HF_TOKEN_PATH)
+        path = Path(token_path).expanduser() if token_path else hf_home() / "token"
+        try:
+            raw = path.read_text("utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+    token = raw.replace("\r", "").replace("\n", "").strip()
+    return token or None
 
 
 def user_config_dir() -> Path:
@@ -133,6 +149,39 @@ class Paths:
     @property
     def apply_lock(self) -> Path:
         return self.run / "apply.lock"
+
+    @property
+    def verified_hashes(self) -> Path:
+        """Hashes of HF cache blobs already checked (skips re-hashing unchanged files)."""
+        return self.root / "cache" / "verified-blobs.json"
+
+    @property
+    def server_pidfile(self) -> Path:
+        return self.run / "server.json"
+
+    @property
+    def admin_token(self) -> Path:
+        return self.run / "admin-token"
+
+    @property
+    def aliases_file(self) -> Path:
+        return self.run / "aliases.json"
+
+    @property
+    def engine_socket(self) -> Path:
+        return self.run / "engine.sock"
+
+    @property
+    def engine_config(self) -> Path:
+        return self.run / "engine.json"
+
+    @property
+    def server_log(self) -> Path:
+        return self.logs / "server.log"
+
+    @property
+    def engine_log(self) -> Path:
+        return self.logs / "engine.log"
 
 
 def paths() -> Paths:

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import stat as stat_module
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -139,3 +140,152 @@ def _staging_pid(name: str) -> int | None:
     if len(parts) == 3 and parts[1].isdigit():
         return int(parts[1])
     return None
+
+
+# ---- sizes, references and garbage ----------------------------------------------------------
+
+
+def disk_usage(path: Path) -> int:
+    """Bytes `path` occupies, following the HF cache's symlinks to their blobs and counting each
+    file once (hard links, several links to one blob)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    candidates = [path] if not path.is_dir() else (p for p in path.rglob("*"))
+    for item in candidates:
+        try:
+            stat = item.stat()  # follows symlinks
+        except OSError:
+            continue
+        if not stat_module.S_ISREG(stat.st_mode):
+            continue
+        key = (stat.st_dev, stat.st_ino)
+        if key not in seen:
+            seen.add(key)
+            total += stat.st_size
+    return total
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file written by another part of local-ai, or None when absent or unreadable."""
+    try:
+        return json.loads(path.read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+
+
+def served_paths(paths: Paths) -> dict[str, str]:
+    """alias -> model directory in `run/aliases.json`: what the server serves (or will serve on
+    its next start)."""
+    data = read_json(paths.aliases_file)
+    models = data.get("models") if isinstance(data, dict) else None
+    if not isinstance(models, dict):
+        return {}
+    out: dict[str, str] = {}
+    for alias, entry in models.items():
+        if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+            out[str(alias)] = entry["path"]
+    return out
+
+
+def server_running(paths: Paths) -> bool:
+    """Whether the pid in run/server.json is alive."""
+    data = read_json(paths.server_pidfile)
+    pid = data.get("pid") if isinstance(data, dict) else None
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    import psutil
+
+    return bool(psutil.pid_exists(pid))
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from _strings(item)
+
+
+@dataclass(frozen=True)
+class References:
+    """Who still needs which store path: installed aliases, the served alias map, generations."""
+
+    by_path: dict[str, tuple[str, ...]]
+
+    def holders(self, path: Path) -> tuple[str, ...]:
+        return self.by_path.get(str(path), ())
+
+
+def find_references(paths: Paths) -> References:
+    """Every store directory referenced by state.json, run/aliases.json or a kept generation.
+    Generations are scanned for any string naming a store path, whatever their layout."""
+    by_path: dict[str, list[str]] = {}
+
+    def add(raw: str, holder: str) -> None:
+        store_root = str(paths.store) + os.sep
+        if raw.startswith(store_root):
+            # The entry directory itself, even if a path inside it was named.
+            top = raw[len(store_root) :].split(os.sep, 1)[0]
+            by_path.setdefault(str(paths.store / top), []).append(holder)
+
+    state = read_json(paths.state_file)
+    models = state.get("models") if isinstance(state, dict) else None
+    for alias, model in (models or {}).items():
+        if isinstance(model, dict) and isinstance(model.get("location"), str):
+            add(model["location"], f"installed alias {alias}")
+    for alias, location in served_paths(paths).items():
+        add(location, f"served alias {alias} (run/aliases.json)")
+    if paths.generations.is_dir():
+        for gen in sorted(paths.generations.glob("*.json")):
+            for text in set(_strings(read_json(gen))):
+                add(text, f"generation {gen.stem}")
+    return References({k: tuple(dict.fromkeys(v)) for k, v in by_path.items()})
+
+
+@dataclass(frozen=True)
+class Garbage:
+    """What `gc` would delete: unreferenced store entries and leftovers of killed runs."""
+
+    entries: tuple[tuple[StoreEntry, int], ...]  # (entry, bytes)
+    staging: tuple[tuple[Path, int], ...]
+    incomplete: tuple[tuple[Path, int], ...]  # *.incomplete blobs in the HF cache
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(size for _, size in (*self.entries, *self.staging, *self.incomplete))
+
+    @property
+    def empty(self) -> bool:
+        return not (self.entries or self.staging or self.incomplete)
+
+
+def find_garbage(store: Store, incomplete: list[Path] | None = None) -> Garbage:
+    refs = find_references(store.paths)
+    entries = tuple(
+        (entry, disk_usage(entry.path)) for entry in store.entries() if not refs.holders(entry.path)
+    )
+    staging = tuple((path, disk_usage(path)) for path in store.leftovers())
+    leftovers = tuple((p, p.stat().st_size) for p in incomplete or [] if p.exists())
+    return Garbage(entries, staging, leftovers)
+
+
+def collect_garbage(store: Store, garbage: Garbage) -> int:
+    """Delete what `find_garbage` found, re-checking references first (call under the apply
+    lock). Returns the bytes freed."""
+    refs = find_references(store.paths)
+    freed = 0
+    for entry, size in garbage.entries:
+        if refs.holders(entry.path) or not entry.path.is_dir():
+            continue
+        store.remove(entry)
+        freed += size
+    for path, size in (*garbage.staging, *garbage.incomplete):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        freed += size
+    return freed

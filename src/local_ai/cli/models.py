@@ -1,0 +1,20 @@
+"""`local-ai models …`: convert, list, verify and remove models.
+
+Each command lives in its own module and is registered on this group here.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from local_ai.cli.models_convert import register as register_convert
+from local_ai.cli.models_store import register as register_store
+
+app = typer.Typer(
+    name="models",
+    help="Convert, list, verify and remove models.",
+    no_args_is_help=True,
+)
+
+register_convert(app)
+register_store(app)
