@@ -1,0 +1,344 @@
+"""Server benchmark: head-of-line blocking and per-token overhead, measured in one run.
+
+    uv run python -m benchmarks server            # table on stdout + JSON in benchmarks/results/
+    uv run python -m benchmarks server --no-omni  # skip the MLX Omni Server baseline
+
+Uses the ~25.7M-parameter fp32 qwen3 from the test harness (end tokens suppressed so every stream
+runs to max_tokens, greedy decoding) so per-token costs are visible on a CPU. Measures:
+
+1. raw `mlx_lm.stream_generate` decode rate in this process;
+2. the same model through `local-ai server start` (gateway → engine over a Unix socket, SSE):
+   decode rate of one stream and the per-token overhead against raw;
+3. time to first token (TTFT) of a short request alone, and while a long stream runs;
+4. aggregate decode rate of two concurrent streams;
+5. the same TTFT pair against MLX Omni Server's own routers (the baseline we replace).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from tests.harness.tinymodels import QWEN3_25M
+from tests.server_helpers import Daemon, build_chat_model, free_port, wait_for, write_manifest
+
+RESULTS = Path(__file__).parent / "results"
+SHORT_PROMPT = "Request {i}: write one short sentence about the weather in Paris."
+LONG_PROMPT = "Request {i}: write a long story about a local model server."
+
+
+@dataclass
+class StreamResult:
+    ttft: float
+    tokens: int
+    seconds: float
+    first_to_last: float
+
+    @property
+    def decode_rate(self) -> float:
+        return (self.tokens - 1) / self.first_to_last if self.first_to_last > 0 else 0.0
+
+
+def stream_chat(
+    url: str, model: str, prompt: str, max_tokens: int, headers: dict[str, str] | None = None
+) -> StreamResult:
+    body = {
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+    }
+    started = time.perf_counter()
+    first = last = 0.0
+    tokens = 0
+    with (
+        httpx.Client(timeout=600, trust_env=False) as client,
+        client.stream(
+            "POST", f"{url}/v1/chat/completions", json=body, headers=headers or {}
+        ) as response,
+    ):
+        response.raise_for_status()
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            choices = chunk.get("choices") or []
+            if choices and choices[0].get("delta", {}).get("content"):
+                now = time.perf_counter()
+                tokens += 1
+                if not first:
+                    first = now
+                last = now
+    ended = time.perf_counter()
+    return StreamResult(
+        ttft=first - started if first else float("nan"),
+        tokens=tokens,
+        seconds=ended - started,
+        first_to_last=last - first,
+    )
+
+
+@dataclass
+class Measurements:
+    ttft_alone: list[float] = field(default_factory=list)
+    ttft_during: list[float] = field(default_factory=list)
+    single_rate: float = 0.0
+    aggregate_rate_2: float = 0.0
+
+    def summary(self) -> dict[str, Any]:
+        alone = statistics.median(self.ttft_alone) if self.ttft_alone else float("nan")
+        during = statistics.median(self.ttft_during) if self.ttft_during else float("nan")
+        return {
+            "ttft_alone_s": alone,
+            "ttft_during_long_stream_s": during,
+            "ttft_ratio": during / alone if alone else float("nan"),
+            "single_stream_tok_s": self.single_rate,
+            "two_streams_aggregate_tok_s": self.aggregate_rate_2,
+            "ttft_alone_samples": self.ttft_alone,
+            "ttft_during_samples": self.ttft_during,
+        }
+
+
+def measure_server(
+    url: str,
+    model: str,
+    *,
+    long_tokens: int,
+    rounds: int,
+    headers: dict[str, str] | None = None,
+    aggregate: bool = True,
+) -> Measurements:
+    m = Measurements()
+    stream_chat(url, model, SHORT_PROMPT.format(i="warm"), 4, headers)  # load + warm up
+    stream_chat(url, model, LONG_PROMPT.format(i="warm"), 16, headers)
+    single = stream_chat(url, model, LONG_PROMPT.format(i="single"), long_tokens, headers)
+    m.single_rate = single.decode_rate
+    for i in range(rounds):
+        m.ttft_alone.append(
+            stream_chat(url, model, SHORT_PROMPT.format(i=f"a{i}"), 4, headers).ttft
+        )
+    for i in range(rounds):
+        prompt = LONG_PROMPT.format(i=f"l{i}")
+        thread = threading.Thread(
+            target=stream_chat, args=(url, model, prompt, long_tokens, headers)
+        )
+        thread.start()
+        # Send the short request once the long one is surely decoding.
+        time.sleep(max(0.5, 20 / max(m.single_rate, 1.0)))
+        short = stream_chat(url, model, SHORT_PROMPT.format(i=f"d{i}"), 4, headers)
+        m.ttft_during.append(short.ttft)
+        thread.join()
+    if aggregate:
+        results: list[StreamResult] = []
+
+        def run(i: int) -> None:
+            results.append(
+                stream_chat(url, model, LONG_PROMPT.format(i=f"g{i}"), long_tokens, headers)
+            )
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.perf_counter() - t0
+        m.aggregate_rate_2 = sum(r.tokens for r in results) / elapsed
+    return m
+
+
+def raw_decode_rate(model_dir: Path, tokens: int) -> dict[str, float]:
+    from mlx_lm import load
+    from mlx_lm.generate import stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    model, tokenizer = load(str(model_dir))[:2]
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": LONG_PROMPT.format(i="raw")}], add_generation_prompt=True
+    )
+    sampler = make_sampler(temp=0.0)
+    for _ in stream_generate(model, tokenizer, prompt, max_tokens=16, sampler=sampler):
+        pass
+    times = []
+    for response in stream_generate(model, tokenizer, prompt, max_tokens=tokens, sampler=sampler):
+        times.append(time.perf_counter())
+        last = response
+    rate = (len(times) - 1) / (times[-1] - times[0])
+    return {"raw_decode_tok_s": rate, "mlx_lm_generation_tps": float(last.generation_tps)}
+
+
+OMNI_APP = """
+import sys, uvicorn
+from fastapi import FastAPI
+from mlx_omni_server.chat.openai.router import router
+app = FastAPI()
+app.include_router(router)
+uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
+"""
+
+
+def measure_omni(
+    model_dir: Path, *, long_tokens: int, rounds: int, workdir: Path
+) -> dict[str, Any]:
+    """The baseline: Omni's own OpenAI router in a FastAPI app, served by uvicorn."""
+    port = free_port()
+    log = (workdir / "omni.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-c", OMNI_APP, str(port)],
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+
+        def up() -> bool:
+            try:
+                return httpx.get(f"{url}/docs", timeout=1, trust_env=False).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        if not wait_for(up, 60, 0.2):
+            raise RuntimeError("Omni baseline did not start; see omni.log")
+        return measure_server(url, str(model_dir), long_tokens=long_tokens, rounds=rounds).summary()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks server", description=__doc__)
+    parser.add_argument("--tokens", type=int, default=200, help="tokens in a long stream")
+    parser.add_argument("--rounds", type=int, default=3, help="TTFT samples per condition")
+    parser.add_argument("--no-omni", action="store_true", help="skip the Omni baseline")
+    parser.add_argument("--out", type=Path, help="JSON output (default: benchmarks/results/)")
+    parser.add_argument("--model-dir", type=Path, help="reuse/build the 25M model here")
+    args = parser.parse_args(argv)
+
+    with tempfile.TemporaryDirectory(prefix="local-ai-bench-") as tmp:
+        work = Path(tmp)
+        model_dir = args.model_dir or work / "qwen3-25m"
+        build_chat_model(model_dir, **QWEN3_25M)
+        print(f"model: {model_dir} (qwen3 ~25.7M params, fp32)", file=sys.stderr)
+
+        raw = raw_decode_rate(model_dir, args.tokens)
+        print(f"raw mlx_lm decode: {raw['raw_decode_tok_s']:.1f} tok/s", file=sys.stderr)
+
+        port = free_port()
+        manifest = write_manifest(
+            work,
+            port=port,
+            models={"bench": model_dir},
+            context=8192,
+            server_extra='preload = ["bench"]',
+        )
+        daemon = Daemon(home=work / "state", manifest=manifest, port=port)
+        started = daemon.start()
+        if started.returncode != 0:
+            print(started.stderr, file=sys.stderr)
+            return 1
+        try:
+            ours = measure_server(daemon.url, "bench", long_tokens=args.tokens, rounds=args.rounds)
+        finally:
+            daemon.cli("server", "stop")
+        local = ours.summary()
+        local["per_token_overhead_ms"] = 1000 * (
+            1 / local["single_stream_tok_s"] - 1 / raw["raw_decode_tok_s"]
+        )
+        local["server_over_raw"] = local["single_stream_tok_s"] / raw["raw_decode_tok_s"]
+        omni = None
+        if not args.no_omni:
+            print("measuring the MLX Omni Server baseline…", file=sys.stderr)
+            omni = measure_omni(
+                model_dir, long_tokens=args.tokens, rounds=args.rounds, workdir=work
+            )
+
+    report = {
+        "benchmark": "server_concurrency",
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": {
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
+        "model": "qwen3 25.7M fp32 (tests.harness.tinymodels.QWEN3_25M), greedy",
+        "long_stream_tokens": args.tokens,
+        "rounds": args.rounds,
+        "raw": raw,
+        "local_ai": local,
+        "omni_baseline": omni,
+    }
+    out = args.out or RESULTS / f"server_concurrency-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print_table(report)
+    print(f"\nwrote {out}")
+    return 0
+
+
+def print_table(report: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    raw = report["raw"]
+    local = report["local_ai"]
+    omni = report["omni_baseline"] or {}
+    table = Table(
+        title=f"server benchmark ({report['model']}, {report['long_stream_tokens']}-token streams)"
+    )
+    table.add_column("measure")
+    table.add_column("local-ai", justify="right")
+    table.add_column("Omni routers", justify="right")
+
+    def cell(data: dict[str, Any], key: str, fmt: str) -> str:
+        value = data.get(key)
+        return format(value, fmt) if isinstance(value, int | float) else "-"
+
+    table.add_row(
+        "raw mlx_lm.stream_generate decode (tok/s)", format(raw["raw_decode_tok_s"], ".1f"), ""
+    )
+    table.add_row(
+        "one stream through the server (tok/s)",
+        cell(local, "single_stream_tok_s", ".1f"),
+        cell(omni, "single_stream_tok_s", ".1f"),
+    )
+    table.add_row("per-token overhead vs raw (ms)", cell(local, "per_token_overhead_ms", ".2f"), "")
+    table.add_row(
+        "TTFT alone (s)", cell(local, "ttft_alone_s", ".3f"), cell(omni, "ttft_alone_s", ".3f")
+    )
+    table.add_row(
+        "TTFT during a long stream (s)",
+        cell(local, "ttft_during_long_stream_s", ".3f"),
+        cell(omni, "ttft_during_long_stream_s", ".3f"),
+    )
+    table.add_row(
+        "TTFT ratio (target ≤ 2)", cell(local, "ttft_ratio", ".2f"), cell(omni, "ttft_ratio", ".2f")
+    )
+    table.add_row(
+        "two streams, aggregate (tok/s)",
+        cell(local, "two_streams_aggregate_tok_s", ".1f"),
+        cell(omni, "two_streams_aggregate_tok_s", ".1f"),
+    )
+    Console().print(table)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

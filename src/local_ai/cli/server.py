@@ -1,0 +1,226 @@
+"""`local-ai server …`: run the local OpenAI/Anthropic server like a system service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from local_ai import settings
+from local_ai.cli.options import ConfigOption, JsonOption
+
+server_app = typer.Typer(
+    name="server",
+    help="Start, stop and inspect the local OpenAI/Anthropic server.",
+    no_args_is_help=True,
+)
+
+TimeoutOption = Annotated[
+    float | None,
+    typer.Option("--timeout", help="Seconds to wait (start: for readiness; stop: before SIGKILL)."),
+]
+
+
+def _print_skipped(skipped: dict[str, str]) -> None:
+    from rich.markup import escape
+
+    from local_ai.cli.output import err_console
+
+    for alias, reason in skipped.items():
+        err_console().print(f"[yellow]![/] {escape(alias)}: not served, {escape(reason)}")
+
+
+@server_app.command("start")
+def start_command(
+    config: ConfigOption = None,
+    foreground: Annotated[
+        bool,
+        typer.Option("--foreground", help="Run in this terminal (launchd, debugging)."),
+    ] = False,
+    timeout: TimeoutOption = None,
+    json: JsonOption = False,
+) -> None:
+    """Start the server in the background and wait until it is ready."""
+    from local_ai.cli.output import console, print_json
+    from local_ai.server import daemon
+
+    if foreground:
+        from local_ai.server.gateway.main import serve
+
+        prep = daemon.prepare(config)
+        _print_skipped(prep.skipped)
+        raise typer.Exit(serve(prep.config))
+    result = daemon.start(config, timeout=timeout or daemon.DEFAULT_START_TIMEOUT)
+    if json:
+        print_json(
+            {
+                "url": result.url,
+                "pid": result.pid,
+                "already_running": result.already_running,
+                "models": result.aliases,
+                "skipped": result.skipped,
+            }
+        )
+        return
+    _print_skipped(result.skipped)
+    if result.already_running:
+        console().print(f"already running at {result.url} (pid {result.pid})")
+    else:
+        models = ", ".join(result.aliases) or "no models yet"
+        console().print(f"[green]✓[/] serving {result.url} (pid {result.pid}): {models}")
+
+
+@server_app.command("stop")
+def stop_command(timeout: TimeoutOption = None, json: JsonOption = False) -> None:
+    """Stop the server: open streams get a bounded time, then it is killed."""
+    from local_ai.cli.output import console, print_json
+    from local_ai.server import daemon
+
+    result = daemon.stop(timeout=timeout)
+    if json:
+        print_json(result.__dict__)
+        return
+    if not result.was_running:
+        note = " (removed a stale pidfile)" if result.stale_removed else ""
+        console().print(f"not running{note}")
+    else:
+        how = " (forced)" if result.forced else ""
+        console().print(f"[green]✓[/] stopped (pid {result.pid}){how}")
+
+
+@server_app.command("restart")
+def restart_command(
+    config: ConfigOption = None, timeout: TimeoutOption = None, json: JsonOption = False
+) -> None:
+    """Stop the server (waiting for it to exit) and start it again."""
+    from local_ai.server import daemon
+
+    daemon.stop(timeout=timeout)
+    start_command(config=config, foreground=False, timeout=None, json=json)
+
+
+def _uptime(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    hours, rest = divmod(s, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _size(value: Any) -> str:
+    return f"{value / 1e9:.2f} GB" if isinstance(value, int | float) and value else "-"
+
+
+@server_app.command("status")
+def status_command(config: ConfigOption = None, json: JsonOption = False) -> None:
+    """Show whether the server runs, its engine, models and whether the manifest changed."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from local_ai.cli.output import console, print_json
+    from local_ai.server import daemon
+
+    info = daemon.status(config)
+    if json:
+        print_json(info)
+        return
+    out = console()
+    if not info["running"]:
+        stale = f" (stale pidfile for pid {info['stale_pid']})" if info.get("stale_pidfile") else ""
+        out.print(f"[dim]●[/] stopped{stale}")
+        return
+    state = info["state"]
+    mark = "[green]●[/]" if state == "running" else "[yellow]●[/]"
+    out.print(
+        f"{mark} {state} at {info['url']} (pid {info['pid']}, up {_uptime(info['uptime_s'])})"
+    )
+    out.print(f"  version {info['version']}, manifest {escape(str(info.get('manifest')))}")
+    engine = info.get("engine") or {}
+    if engine:
+        reason = f": {escape(str(engine['reason']))}" if engine.get("reason") else ""
+        out.print(
+            f"  engine {engine.get('state')} (pid {engine.get('pid')}, "
+            f"restarts {engine.get('restarts', 0)}){reason}"
+        )
+    if info.get("config_differs"):
+        out.print("  [yellow]the manifest changed since start[/]: run `local-ai server restart`")
+    models = info.get("models") or []
+    if models:
+        table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
+        for column in ("alias", "loaded", "memory", "context"):
+            table.add_column(column)
+        for m in models:
+            alias = m["alias"] + (" (default)" if m.get("default") else "")
+            loaded = "loading" if m.get("loading") else ("yes" if m.get("loaded") else "no")
+            table.add_row(escape(alias), loaded, _size(m.get("memory_bytes")), str(m["context"]))
+        out.print(table)
+
+
+@server_app.command("logs")
+def logs_command(
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new lines.")
+    ] = False,
+    lines: Annotated[int, typer.Option("--lines", "-n", help="Lines to show.")] = 50,
+    engine: Annotated[bool, typer.Option("--engine", help="The engine's log instead.")] = False,
+) -> None:
+    """Show the server log (logs/server.log, or logs/engine.log with --engine)."""
+    import sys
+
+    from local_ai.server import daemon
+
+    paths = settings.paths()
+    path = paths.engine_log if engine else paths.server_log
+    text = daemon.tail(path, lines)
+    if text:
+        sys.stdout.write(text + "\n")
+    elif not follow:
+        sys.stderr.write(f"no log yet at {path}\n")
+    sys.stdout.flush()
+    if follow:
+
+        def write(chunk: str) -> None:
+            sys.stdout.write(chunk)
+            sys.stdout.flush()
+
+        try:
+            daemon.follow(path, write, stop=lambda: False)
+        except KeyboardInterrupt:
+            return
+
+
+@server_app.command("enable")
+def enable_command(
+    config: ConfigOption = None,
+    print_only: Annotated[
+        bool, typer.Option("--print", help="Print the LaunchAgent plist instead of installing it.")
+    ] = False,
+) -> None:
+    """Start the server at login (macOS launchd LaunchAgent)."""
+    import sys
+
+    from local_ai.cli.output import console
+    from local_ai.manifest.load import load_manifest
+    from local_ai.server import launchd
+
+    loaded = load_manifest(settings.manifest_path(config))
+    plist = launchd.build_plist(
+        Path(loaded.path).resolve(), api_key_env=loaded.manifest.server.api_key_env
+    )
+    if print_only:
+        sys.stdout.write(launchd.render_plist(plist).decode())
+        return
+    path = launchd.enable(plist)
+    console().print(f"[green]✓[/] installed {path}; the server starts at login")
+
+
+@server_app.command("disable")
+def disable_command() -> None:
+    """Stop starting the server at login (removes the LaunchAgent)."""
+    from local_ai.cli.output import console
+    from local_ai.server import launchd
+
+    removed = launchd.disable()
+    console().print("[green]✓[/] LaunchAgent removed" if removed else "no LaunchAgent installed")

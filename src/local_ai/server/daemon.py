@@ -1,0 +1,336 @@
+"""Daemon control used by `local-ai server …`: start (spawn, wait for /health), stop (graceful,
+then forceful), restart, status and logs. Light imports only; the server itself runs in
+`local_ai.server.gateway.main`."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from local_ai import settings
+from local_ai.errors import PortInUseError, ServerError
+from local_ai.manifest.load import LoadedManifest, load_manifest
+from local_ai.server.aliases import AliasMap, build_alias_map, load_alias_map, save_alias_map
+from local_ai.server.config import (
+    DEFAULT_GRACEFUL_TIMEOUT,
+    ServerConfig,
+    config_hash,
+    server_config,
+)
+from local_ai.server.pidfile import PidInfo, is_same_process, read_pidfile, remove_pidfile
+
+DEFAULT_START_TIMEOUT = 90.0
+STOP_MARGIN_S = 5.0  # on top of the graceful timeout, for the engine to exit
+LOG_ROTATE_BYTES = 10 * 1024 * 1024
+POLL_S = 0.1
+
+
+@dataclass
+class Prepared:
+    loaded: LoadedManifest
+    config: ServerConfig
+    alias_map: AliasMap
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def prepare(config_path: Path | None) -> Prepared:
+    """Load the manifest, derive the server config and write run/aliases.json."""
+    loaded = load_manifest(settings.manifest_path(config_path))
+    config = server_config(loaded.manifest, loaded.path)
+    paths = settings.paths()
+    existing = load_alias_map(paths.aliases_file)
+    alias_map, skipped = build_alias_map(loaded.manifest, existing, base_dir=loaded.path.parent)
+    paths.run.mkdir(parents=True, exist_ok=True)
+    paths.run.chmod(0o700)
+    save_alias_map(paths.aliases_file, alias_map)
+    return Prepared(loaded, config, alias_map, skipped)
+
+
+def running_server() -> tuple[PidInfo | None, bool]:
+    """(pidfile content, whether that process is alive and is the server that wrote it)."""
+    info = read_pidfile(settings.paths().server_pidfile)
+    if info is None:
+        return None, False
+    return info, is_same_process(info.pid, info.started)
+
+
+def tail(path: Path, lines: int) -> str:
+    """The last `lines` lines of `path` ('' when it does not exist)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            block = min(size, max(4096, lines * 256))
+            while True:
+                handle.seek(size - block)
+                data = handle.read(block)
+                if data.count(b"\n") > lines or block == size:
+                    break
+                block = min(size, block * 2)
+    except FileNotFoundError:
+        return ""
+    text = data.decode("utf-8", errors="replace")
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def follow(path: Path, write: Callable[[str], None], *, stop: Callable[[], bool]) -> None:
+    """Print what is appended to `path` until `stop()`; survives truncation and rotation."""
+    position = path.stat().st_size if path.exists() else 0
+    while not stop():
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            size = 0
+        if size < position:
+            position = 0
+        if size > position:
+            with path.open("rb") as handle:
+                handle.seek(position)
+                data = handle.read(size - position)
+            position = size
+            write(data.decode("utf-8", errors="replace"))
+        time.sleep(0.25)
+
+
+def _rotate(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        if path.stat().st_size > LOG_ROTATE_BYTES:
+            path.replace(path.with_name(path.name + ".1"))
+
+
+def _health(url: str, timeout: float = 1.0) -> dict[str, Any] | None:
+    import httpx
+
+    try:
+        response = httpx.get(f"{url}/health", timeout=timeout, trust_env=False)
+        data: dict[str, Any] = response.json()
+        return data
+    except (httpx.HTTPError, ValueError):
+        return None
+
+
+def _log_tails() -> str:
+    paths = settings.paths()
+    text = tail(paths.server_log, 20)
+    engine = tail(paths.engine_log, 10)
+    if engine:
+        text += "\n--- logs/engine.log ---\n" + engine
+    return text
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """Kill a server we spawned (its own session, so the engine child goes too)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=STOP_MARGIN_S)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+
+
+@dataclass
+class StartResult:
+    url: str
+    pid: int
+    already_running: bool
+    skipped: dict[str, str]
+    aliases: list[str]
+
+
+def start(config_path: Path | None, *, timeout: float = DEFAULT_START_TIMEOUT) -> StartResult:
+    """Start the server in the background; returns once /health says ready."""
+    from local_ai.util.ports import port_free, port_holder
+
+    info, alive = running_server()
+    if info is not None and alive:
+        return StartResult(info.url, info.pid, True, {}, [])
+    prep = prepare(config_path)
+    paths = settings.paths()
+    if info is not None:
+        remove_pidfile(paths.server_pidfile)  # stale: the process is gone or is someone else
+    config = prep.config
+    if not port_free(config.host, config.port):
+        holder = port_holder(config.port)
+        raise PortInUseError(
+            config.host,
+            config.port,
+            holder.describe() if holder else None,
+            hint="stop that process or set server.port in the manifest",
+        )
+    paths.logs.mkdir(parents=True, exist_ok=True)
+    _rotate(paths.server_log)
+    _rotate(paths.engine_log)
+    env = {**os.environ, settings.ENV_HOME: str(paths.root)}
+    command = [
+        sys.executable,
+        "-m",
+        "local_ai",
+        "server",
+        "start",
+        "--foreground",
+        "--config",
+        str(prep.loaded.path),
+    ]
+    with paths.server_log.open("ab") as log_file:
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # survives the terminal; stop signals its whole group
+            env=env,
+            cwd=paths.root,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        code = proc.poll()
+        if code is not None:
+            raise ServerError(
+                f"the server exited during start-up (code {code})",
+                hint="see `local-ai server logs`",
+                log_tail=_log_tails(),
+            )
+        current = read_pidfile(paths.server_pidfile)
+        if current is not None and current.pid == proc.pid:
+            health = _health(current.url)
+            if health is not None and health.get("status") == "ready":
+                return StartResult(
+                    current.url, proc.pid, False, prep.skipped, list(prep.alias_map.models)
+                )
+            if health is not None and health.get("status") == "error":
+                _kill_group(proc)
+                remove_pidfile(paths.server_pidfile, token=current.token)
+                raise ServerError(
+                    f"the engine failed to start: {health.get('reason')}",
+                    hint="see `local-ai server logs --engine`",
+                    log_tail=_log_tails(),
+                )
+        time.sleep(POLL_S)
+    _kill_group(proc)
+    current = read_pidfile(paths.server_pidfile)
+    if current is not None and current.pid == proc.pid:
+        remove_pidfile(paths.server_pidfile, token=current.token)
+    raise ServerError(
+        f"the server was not ready after {timeout:.0f}s and was stopped",
+        hint="a large preload can take longer: `local-ai server start --timeout 300`",
+        log_tail=_log_tails(),
+    )
+
+
+@dataclass
+class StopResult:
+    was_running: bool
+    pid: int | None = None
+    forced: bool = False
+    stale_removed: bool = False
+
+
+def _wait_gone(pid: int, started: float, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_same_process(pid, started):
+            return True
+        time.sleep(POLL_S)
+    return not is_same_process(pid, started)
+
+
+def stop(*, timeout: float | None = None) -> StopResult:
+    """SIGTERM (open streams get the graceful timeout), then SIGKILL the server and its engine."""
+    paths = settings.paths()
+    info, alive = running_server()
+    if info is None:
+        return StopResult(was_running=False)
+    if not alive:
+        # Never signal it: the pid is dead or now belongs to an unrelated process.
+        remove_pidfile(paths.server_pidfile)
+        return StopResult(was_running=False, stale_removed=True)
+    wait = timeout if timeout is not None else DEFAULT_GRACEFUL_TIMEOUT + STOP_MARGIN_S
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(info.pid, signal.SIGTERM)
+    forced = False
+    if not _wait_gone(info.pid, info.started, wait):
+        forced = True
+        if is_same_process(info.pid, info.started):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(info.pid, signal.SIGKILL)
+        _wait_gone(info.pid, info.started, STOP_MARGIN_S)
+    # The engine exits with the gateway; make sure after a forced stop (verified identity only).
+    latest = read_pidfile(paths.server_pidfile) or info
+    if latest.engine_pid and is_same_process(latest.engine_pid, latest.engine_started):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(latest.engine_pid, signal.SIGKILL)
+    remove_pidfile(paths.server_pidfile, token=info.token)
+    with contextlib.suppress(OSError):
+        if paths.admin_token.read_text().strip() == info.token:
+            paths.admin_token.unlink()
+    return StopResult(was_running=True, pid=info.pid, forced=forced)
+
+
+def admin_request(info: PidInfo, method: str, path: str, timeout: float = 5.0) -> Any:
+    import httpx
+
+    response = httpx.request(
+        method,
+        f"{info.url}{path}",
+        headers={"authorization": f"Bearer {info.token}"},
+        timeout=timeout,
+        trust_env=False,
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+def status(config_path: Path | None) -> dict[str, Any]:
+    info, alive = running_server()
+    if info is None or not alive:
+        return {
+            "running": False,
+            "state": "stopped",
+            "stale_pidfile": info is not None,
+            "stale_pid": info.pid if info is not None else None,
+        }
+    result: dict[str, Any] = {
+        "running": True,
+        "state": "running",
+        "pid": info.pid,
+        "url": info.url,
+        "version": info.version,
+        "started_at": info.started_at,
+        "uptime_s": round(time.time() - info.started, 1),
+        "manifest": info.manifest,
+        "config_hash": info.config_hash,
+    }
+    try:
+        live = admin_request(info, "GET", "/api/status", timeout=3.0)
+    except Exception as exc:
+        result["state"] = "unresponsive"
+        result["error"] = f"{type(exc).__name__}: {exc}"
+        live = None
+    if live is not None:
+        result["engine"] = live.get("engine")
+        result["models"] = live.get("models")
+        result["requests"] = live.get("requests")
+        result["version"] = live.get("version", info.version)
+    try:
+        manifest_file = (
+            Path(info.manifest) if info.manifest else settings.manifest_path(config_path)
+        )
+        if config_path is not None:
+            manifest_file = settings.manifest_path(config_path)
+        current = load_manifest(manifest_file).manifest
+        result["config_differs"] = config_hash(current) != info.config_hash
+    except Exception as exc:
+        result["config_differs"] = None
+        result["config_error"] = str(exc)
+    return result

@@ -1,0 +1,1 @@
+"""The engine worker process (imported only there and in benchmarks)."""

@@ -1,0 +1,458 @@
+"""The engine's ASGI app: OpenAI chat completions and Anthropic messages through Omni's adapters,
+served on a Unix socket that only the gateway talks to.
+
+Each generation runs its (synchronous) Omni adapter in a worker thread; tokens come from the
+scheduler thread. The event loop only moves bytes, so health and status answer at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from local_ai import __version__
+from local_ai.server.aliases import load_alias_map
+from local_ai.server.asgi import (
+    BodyTooLarge,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    run_until_disconnect,
+    send_json,
+    start_stream,
+    wait_disconnect,
+)
+from local_ai.server.compat import (
+    Api,
+    context_error,
+    error_body,
+    normalize_anthropic,
+    normalize_openai,
+)
+from local_ai.server.engine.generator import (
+    ContextLengthExceeded,
+    Limits,
+    LocalAnthropicAdapter,
+    LocalOpenAIAdapter,
+    ScheduledChatGenerator,
+)
+from local_ai.server.engine.models import LoadedModel, ModelRegistry
+from local_ai.server.engine.scheduler import GenerationCancelled, Scheduler
+
+log = logging.getLogger("local_ai.engine")
+
+MAX_BODY = 1024 * 1024 * 1024
+_END = object()
+_ADMITTED = object()
+
+
+@dataclass
+class EngineConfig:
+    socket: str
+    aliases_file: str
+    max_loaded_models: int = 2
+    idle_ttl_s: int = 1800
+    prompt_cache: bool = True
+    preload: list[str] = field(default_factory=list)
+    debug: bool = False
+    parent_pid: int | None = None
+
+    @classmethod
+    def read(cls, path: Path) -> EngineConfig:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return cls(**data)
+
+
+class EngineApp:
+    def __init__(self, config: EngineConfig) -> None:
+        self.config = config
+        self.scheduler = Scheduler()
+        self._aliases_mtime = -1.0
+        self._paths: dict[str, bool] = {}  # allowed model path -> trust_remote_code
+        self._reload_aliases()
+        self.registry = ModelRegistry(
+            self.scheduler,
+            max_loaded=config.max_loaded_models,
+            idle_ttl_s=config.idle_ttl_s,
+            trusted_paths=frozenset(p for p, trust in self._paths.items() if trust),
+        )
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="req")
+        self.started = time.time()
+        self.requests = 0
+        self._background: list[asyncio.Future[None]] = []
+
+    # --- model paths -----------------------------------------------------------------------
+
+    def _reload_aliases(self) -> None:
+        path = Path(self.config.aliases_file)
+        try:
+            mtime = path.stat().st_mtime
+        except FileNotFoundError:
+            mtime = 0.0
+        if mtime == self._aliases_mtime:
+            return
+        alias_map = load_alias_map(path)
+        self._paths = {e.path: e.trust_remote_code for e in alias_map.models.values()}
+        self._aliases_mtime = mtime
+
+    def allowed(self, model_path: str) -> bool:
+        """Only directories the alias map names are ever loaded (defence in depth)."""
+        self._reload_aliases()
+        return model_path in self._paths
+
+    # --- ASGI ------------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path = scope["path"]
+        method = scope["method"]
+        try:
+            if method == "GET" and path == "/health":
+                await send_json(
+                    send, 200, {"status": "ready", "pid": os.getpid(), "version": __version__}
+                )
+            elif method == "GET" and path == "/status":
+                await send_json(send, 200, self.status())
+            elif method == "POST" and path == "/load":
+                await self._load(receive, send)
+            elif method == "POST" and path == "/v1/chat/completions":
+                await self._generate(scope, receive, send, "openai")
+            elif method == "POST" and path == "/anthropic/v1/messages":
+                await self._generate(scope, receive, send, "anthropic")
+            elif method == "POST" and path == "/anthropic/v1/messages/count_tokens":
+                await self._count_tokens(scope, receive, send)
+            else:
+                await send_json(send, 404, error_body("openai", 404, f"no route {method} {path}"))
+        except ClientGone:
+            pass
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.scheduler.start()
+                self._secure_socket()
+                self._background = [
+                    asyncio.ensure_future(self._preload(path)) for path in self.config.preload
+                ]
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                self.scheduler.stop()
+                self.pool.shutdown(wait=False, cancel_futures=True)
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _secure_socket(self) -> None:
+        with contextlib.suppress(OSError):
+            Path(self.config.socket).chmod(0o600)  # uvicorn creates it 0666
+
+    async def _preload(self, path: str) -> None:
+        if not self.allowed(path):
+            log.warning("not preloading %s: not in the alias map", path)
+            return
+        try:
+            loaded = await self.registry.acquire(path)
+        except Exception as exc:
+            log.error("preloading %s failed: %s", path, exc)
+            return
+        self.registry.release(loaded)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "models": self.registry.status(),
+            "errors": dict(self.registry.last_error),
+            "active_generations": self.scheduler.active,
+            "completed_generations": self.scheduler.completed,
+            "requests": self.requests,
+        }
+
+    async def _load(self, receive: Receive, send: Send) -> None:
+        body = json.loads(await read_body(receive, MAX_BODY) or b"{}")
+        path = str(body.get("path", ""))
+        if not self.allowed(path):
+            await send_json(send, 404, {"error": f"{path} is not in the alias map"})
+            return
+        try:
+            loaded = await self.registry.acquire(path)
+        except Exception as exc:
+            await send_json(send, 500, {"error": f"{type(exc).__name__}: {exc}"})
+            return
+        self.registry.release(loaded)
+        await send_json(send, 200, {"loaded": path, "memory_bytes": loaded.memory_bytes})
+
+    # --- generation ------------------------------------------------------------------------
+
+    async def _parse(
+        self, scope: Scope, receive: Receive, send: Send, api: Api
+    ) -> tuple[Any, str, Limits] | None:
+        """Validated request, model path and limits; None when an error was already sent."""
+        try:
+            body = json.loads(await read_body(receive, MAX_BODY))
+        except BodyTooLarge:
+            await send_json(send, 413, error_body(api, 413, "request body too large"))
+            return None
+        except ValueError:
+            await send_json(send, 400, error_body(api, 400, "the body is not valid JSON"))
+            return None
+        if not isinstance(body, dict):
+            await send_json(send, 400, error_body(api, 400, "the body must be a JSON object"))
+            return None
+        path = str(body.get("model", ""))
+        if not self.allowed(path):
+            await send_json(send, 404, error_body(api, 404, "unknown model"))
+            return None
+        alias = header(scope, b"x-local-ai-alias") or path
+        limits = Limits(
+            context=int(header(scope, b"x-local-ai-context") or 32768),
+            max_output_tokens=int(header(scope, b"x-local-ai-max-output") or 8192),
+            prefix_cache=self.config.prompt_cache,
+        )
+        try:
+            if api == "openai":
+                from mlx_omni_server.chat.openai.schema import ChatCompletionRequest
+
+                request: Any = ChatCompletionRequest.model_validate(normalize_openai(body))
+            else:
+                from mlx_omni_server.chat.anthropic.anthropic_schema import MessagesRequest
+
+                normalized = normalize_anthropic(body)
+                normalized.setdefault("max_tokens", limits.max_output_tokens)
+                request = MessagesRequest.model_validate(normalized)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()[:5]
+            )
+            await send_json(send, 400, error_body(api, 400, f"invalid request: {problems}"))
+            return None
+        request.model = alias
+        return request, path, limits
+
+    async def _acquire(self, send: Send, api: Api, path: str) -> LoadedModel | None:
+        try:
+            return await self.registry.acquire(path)
+        except Exception as exc:
+            log.error("loading %s failed: %s", path, exc)
+            await send_json(
+                send, 500, error_body(api, 500, f"the model could not be loaded: {exc}")
+            )
+            return None
+
+    async def _count_tokens(self, scope: Scope, receive: Receive, send: Send) -> None:
+        parsed = await self._parse(scope, receive, send, "anthropic")
+        if parsed is None:
+            return
+        request, path, limits = parsed
+        loop = asyncio.get_running_loop()
+
+        def count() -> int:
+            bundle = self.registry.tokenizer(path)
+            holder = _TokenizerOnly(bundle.tokenizer, bundle.model_type)
+            gen = ScheduledChatGenerator(holder, self.scheduler, limits)  # type: ignore[arg-type]
+            return LocalAnthropicAdapter(wrapper=gen).count_tokens(request)
+
+        try:
+            tokens = await loop.run_in_executor(self.pool, count)
+        except Exception as exc:
+            log.exception("count_tokens failed")
+            await send_json(send, 500, error_body("anthropic", 500, f"{exc}"))
+            return
+        await send_json(send, 200, {"input_tokens": tokens})
+
+    async def _generate(self, scope: Scope, receive: Receive, send: Send, api: Api) -> None:
+        parsed = await self._parse(scope, receive, send, api)
+        if parsed is None:
+            return
+        request, path, limits = parsed
+        self.requests += 1
+        loaded = await self._acquire(send, api, path)
+        if loaded is None:
+            return
+        cancel = threading.Event()
+        try:
+            gen = ScheduledChatGenerator(loaded, self.scheduler, limits, cancel)
+            if request.stream:
+                await self._stream(receive, send, api, request, gen, cancel)
+            else:
+                await self._complete(receive, send, api, request, gen, cancel)
+        finally:
+            cancel.set()  # a no-op after completion; stops the job if we got here early
+            self.registry.release(loaded)
+
+    async def _complete(
+        self,
+        receive: Receive,
+        send: Send,
+        api: Api,
+        request: Any,
+        gen: ScheduledChatGenerator,
+        cancel: threading.Event,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+
+        def work() -> dict[str, Any]:
+            if api == "openai":
+                response = LocalOpenAIAdapter(wrapper=gen).generate(request)
+            else:
+                response = LocalAnthropicAdapter(wrapper=gen).generate(request)
+            result: dict[str, Any] = response.model_dump(mode="json", exclude_none=True)
+            return result
+
+        future = loop.run_in_executor(self.pool, work)
+        try:
+            finished = await run_until_disconnect(receive, asyncio.shield(future))
+        except BaseException:
+            finished = True
+        if not finished:
+            cancel.set()
+            return
+        try:
+            result = await future
+        except BaseException as exc:
+            await self._send_error(send, api, exc)
+            return
+        await send_json(send, 200, result)
+
+    async def _send_error(self, send: Send, api: Api, exc: BaseException) -> None:
+        cause: BaseException | None = exc
+        while cause is not None and not isinstance(cause, ContextLengthExceeded):
+            cause = cause.__cause__ or cause.__context__
+        if isinstance(cause, ContextLengthExceeded):
+            await send_json(send, 400, context_error(api, cause.prompt_tokens, cause.context))
+            return
+        if isinstance(exc, GenerationCancelled):
+            return
+        if isinstance(exc, ValueError | TypeError):
+            await send_json(send, 400, error_body(api, 400, str(exc)))
+            return
+        log.error("generation failed: %s", exc)
+        await send_json(send, 500, error_body(api, 500, f"generation failed: {exc}"))
+
+    async def _stream(
+        self,
+        receive: Receive,
+        send: Send,
+        api: Api,
+        request: Any,
+        gen: ScheduledChatGenerator,
+        cancel: threading.Event,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        items: asyncio.Queue[Any] = asyncio.Queue()
+
+        def push(item: Any) -> None:
+            loop.call_soon_threadsafe(items.put_nowait, item)
+
+        def produce() -> None:
+            try:
+                if api == "openai":
+                    adapter = LocalOpenAIAdapter(wrapper=gen)
+                    gen.prepare(**adapter._prepare_generation_params(request))
+                    push(_ADMITTED)
+                    for chunk in adapter.generate_stream(request):
+                        data = chunk.model_dump(mode="json", exclude_none=True)
+                        if gen.finish_reason == "length":
+                            for choice in data.get("choices", []):
+                                if choice.get("finish_reason") == "stop":
+                                    choice["finish_reason"] = "length"
+                        push(f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode())
+                    push(b"data: [DONE]\n\n")
+                else:
+                    events = LocalAnthropicAdapter(wrapper=gen).stream_events(request)
+                    first = True
+                    for event in events:
+                        if first:
+                            push(_ADMITTED)
+                            first = False
+                        payload = json.dumps(event, ensure_ascii=False)
+                        push(f"event: {event['type']}\ndata: {payload}\n\n".encode())
+            except BaseException as exc:
+                push(exc)
+            finally:
+                push(_END)
+
+        producer = loop.run_in_executor(self.pool, produce)
+        watcher = asyncio.ensure_future(wait_disconnect(receive))
+        started = False
+        try:
+            while True:
+                getter = asyncio.ensure_future(items.get())
+                done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+                if getter not in done:
+                    getter.cancel()
+                    cancel.set()  # the client went away: stop generating
+                    return
+                item = getter.result()
+                if item is _END:
+                    return
+                if item is _ADMITTED:
+                    await start_stream(send, 200)
+                    started = True
+                elif isinstance(item, BaseException):
+                    if not started:
+                        await self._send_error(send, api, item)
+                        return
+                    if not isinstance(item, GenerationCancelled):
+                        log.error("stream failed: %s", item)
+                        await send(
+                            {
+                                "type": "http.response.body",
+                                "body": _stream_error(api, item),
+                                "more_body": True,
+                            }
+                        )
+                else:
+                    await send({"type": "http.response.body", "body": item, "more_body": True})
+        finally:
+            watcher.cancel()
+            cancel.set()
+            if started:
+                with contextlib.suppress(Exception):
+                    await send({"type": "http.response.body", "body": b"", "more_body": False})
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(asyncio.shield(producer), timeout=0.1)
+
+
+def _stream_error(api: Api, exc: BaseException) -> bytes:
+    body = error_body(api, 500, f"generation failed: {exc}")
+    if api == "anthropic":
+        return f"event: error\ndata: {json.dumps(body)}\n\n".encode()
+    return f"data: {json.dumps(body)}\n\n".encode()
+
+
+class _TokenizerOnly:
+    """Stands in for a LoadedModel when only the tokenizer is needed (count_tokens)."""
+
+    def __init__(self, tokenizer: Any, model_type: str) -> None:
+        from mlx_omni_server.chat.mlx.model_types import MLXModel
+        from mlx_omni_server.chat.mlx.tools.chat_template import ChatTemplate
+
+        self.tokenizer = tokenizer
+        self.model_type = model_type
+        self.mlx_model = MLXModel(
+            model_id="count-tokens",
+            adapter_path=None,
+            draft_model_id=None,
+            model=None,
+            tokenizer=tokenizer,
+            chat_template=ChatTemplate(model_type, tokenizer),
+        )

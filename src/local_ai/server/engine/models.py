@@ -1,0 +1,222 @@
+"""Loaded models: load on first use (in the MLX thread), keep at most N, unload when idle."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from local_ai.server.engine.scheduler import PrefixCache, Scheduler
+
+log = logging.getLogger("local_ai.engine")
+
+
+@dataclass
+class TokenizerBundle:
+    """What prompt building needs: enough for count_tokens without loading weights."""
+
+    tokenizer: Any  # mlx_lm TokenizerWrapper
+    model_type: str
+
+
+@dataclass
+class LoadedModel:
+    path: str
+    model: Any
+    tokenizer: Any
+    model_type: str
+    mlx_model: Any  # Omni's MLXModel container, what its ChatGenerator expects
+    memory_bytes: int
+    loaded_at: float
+    last_used: float
+    active: int = 0
+    prefix_cache: PrefixCache = field(default_factory=PrefixCache)
+
+
+def _model_type(path: str) -> str:
+    config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    return str(config.get("model_type", ""))
+
+
+class ModelRegistry:
+    def __init__(
+        self,
+        scheduler: Scheduler,
+        *,
+        max_loaded: int,
+        idle_ttl_s: int,
+        trusted_paths: frozenset[str] = frozenset(),
+    ) -> None:
+        self.scheduler = scheduler
+        self.max_loaded = max_loaded
+        self.idle_ttl_s = idle_ttl_s
+        self.trusted_paths = trusted_paths  # tokenizers allowed to run custom code
+        self._models: dict[str, LoadedModel] = {}
+        self._loading: set[str] = set()
+        self._lock = threading.Lock()
+        self._tokenizers: dict[str, TokenizerBundle] = {}
+        self.last_error: dict[str, str] = {}
+        scheduler.housekeeping = self._housekeeping
+
+    # --- request side (event loop / request threads) -------------------------------------------
+
+    async def acquire(self, path: str) -> LoadedModel:
+        """The loaded model at `path`, loading it first if needed; pair with release()."""
+        with self._lock:
+            loaded = self._models.get(path)
+            if loaded is not None:
+                loaded.active += 1
+                loaded.last_used = time.monotonic()
+                return loaded
+            self._loading.add(path)
+        try:
+            future = self.scheduler.call(lambda: self._load(path))
+            result: LoadedModel = await asyncio.wrap_future(future)
+        finally:
+            with self._lock:
+                self._loading.discard(path)
+        return result
+
+    def release(self, loaded: LoadedModel) -> None:
+        with self._lock:
+            loaded.active = max(0, loaded.active - 1)
+            loaded.last_used = time.monotonic()
+
+    def tokenizer(self, path: str) -> TokenizerBundle:
+        """Tokenizer and model type for `path`, from the loaded model or loaded on its own."""
+        with self._lock:
+            loaded = self._models.get(path)
+            if loaded is not None:
+                return TokenizerBundle(loaded.tokenizer, loaded.model_type)
+            bundle = self._tokenizers.get(path)
+        if bundle is None:
+            from mlx_lm.tokenizer_utils import load as load_tokenizer
+
+            tokenizer = load_tokenizer(
+                Path(path), tokenizer_config_extra={"trust_remote_code": path in self.trusted_paths}
+            )
+            bundle = TokenizerBundle(tokenizer, _model_type(path))
+            with self._lock:
+                self._tokenizers[path] = bundle
+        return bundle
+
+    def status(self) -> list[dict[str, Any]]:
+        now = time.monotonic()
+        with self._lock:
+            out = [
+                {
+                    "path": m.path,
+                    "loaded": True,
+                    "memory_bytes": m.memory_bytes,
+                    "active_requests": m.active,
+                    "idle_s": round(now - m.last_used, 1),
+                    "cached_prefixes": len(m.prefix_cache.entries),
+                }
+                for m in self._models.values()
+            ]
+            out += [{"path": p, "loaded": False, "loading": True} for p in self._loading]
+        return out
+
+    # --- MLX thread ----------------------------------------------------------------------------
+
+    def _load(self, path: str) -> LoadedModel:
+        with self._lock:
+            existing = self._models.get(path)
+            if existing is not None:
+                existing.active += 1
+                existing.last_used = time.monotonic()
+                return existing
+        self._evict(keep=self.max_loaded - 1)
+        from mlx.utils import tree_flatten
+        from mlx_lm.utils import load
+        from mlx_omni_server.chat.mlx.model_types import MLXModel
+        from mlx_omni_server.chat.mlx.tools.chat_template import ChatTemplate
+
+        if not (Path(path) / "config.json").is_file():
+            # mlx_lm.load would treat a missing directory as a hub repo id and download it.
+            raise FileNotFoundError(f"{path} is not a model directory")
+        started = time.perf_counter()
+        trust = path in self.trusted_paths
+        try:
+            model, tokenizer = load(path, tokenizer_config={"trust_remote_code": trust})[:2]
+        except Exception as exc:
+            self.last_error[path] = f"{type(exc).__name__}: {exc}"
+            raise
+        model_type = _model_type(path)
+        flat = tree_flatten(model.parameters(), destination={})
+        memory = sum(int(v.nbytes) for v in flat.values()) if isinstance(flat, dict) else 0
+        mlx_model = MLXModel(
+            model_id=path,
+            adapter_path=None,
+            draft_model_id=None,
+            model=model,
+            tokenizer=tokenizer,
+            chat_template=ChatTemplate(model_type, tokenizer),
+        )
+        now = time.monotonic()
+        loaded = LoadedModel(
+            path=path,
+            model=model,
+            tokenizer=tokenizer,
+            model_type=model_type,
+            mlx_model=mlx_model,
+            memory_bytes=memory,
+            loaded_at=now,
+            last_used=now,
+            active=1,
+        )
+        with self._lock:
+            self._models[path] = loaded
+            self._tokenizers.pop(path, None)
+        self.last_error.pop(path, None)
+        log.info("loaded %s (%.1f MB) in %.2fs", path, memory / 1e6, time.perf_counter() - started)
+        return loaded
+
+    def _evict(self, *, keep: int) -> None:
+        """Unload least recently used idle models until at most `keep` remain."""
+        with self._lock:
+            idle = sorted(
+                (m for m in self._models.values() if m.active == 0), key=lambda m: m.last_used
+            )
+            excess = len(self._models) - max(keep, 0)
+            victims = idle[: max(excess, 0)]
+            for m in victims:
+                del self._models[m.path]
+        for m in victims:
+            self._unloaded(m, "to make room")
+
+    def _unloaded(self, m: LoadedModel, why: str) -> None:
+        import mlx.core as mx
+
+        m.prefix_cache.clear()
+        gc.collect()
+        mx.clear_cache()
+        log.info("unloaded %s (%s)", m.path, why)
+
+    def unload_all(self) -> None:
+        with self._lock:
+            victims = [m for m in self._models.values() if m.active == 0]
+            for m in victims:
+                del self._models[m.path]
+        for m in victims:
+            self._unloaded(m, "requested")
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        expired: list[LoadedModel] = []
+        with self._lock:
+            for m in list(self._models.values()):
+                if m.active:
+                    continue
+                m.prefix_cache.expire(now)
+                if self.idle_ttl_s > 0 and now - m.last_used > self.idle_ttl_s:
+                    del self._models[m.path]
+                    expired.append(m)
+        for m in expired:
+            self._unloaded(m, f"idle for more than {self.idle_ttl_s}s")

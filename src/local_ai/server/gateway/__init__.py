@@ -1,0 +1,1 @@
+"""The gateway process (imported only by `local-ai server start --foreground`)."""

@@ -1,0 +1,537 @@
+"""The gateway: our ASGI app in front of the engine.
+
+Every request passes the Host allowlist (DNS rebinding), the Origin check on state-changing
+methods, CORS for configured origins only, the body limit and, on the API paths, the API key.
+Generation requests name an alias; the gateway swaps it for the model directory, refuses fields
+that would make the engine load files, waits for one of `max_active` engine slots (or answers
+503 when `max_queued_requests` already wait) and streams the engine's answer through unbuffered.
+A client that disconnects cancels its engine request, which stops the generation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import hmac
+import json
+import logging
+import os
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from local_ai import __version__
+from local_ai.server.aliases import AliasEntry, AliasMap, load_alias_map
+from local_ai.server.asgi import (
+    BodyTooLarge,
+    ClientGone,
+    Receive,
+    Scope,
+    Send,
+    header,
+    read_body,
+    run_until_disconnect,
+    send_bytes,
+    send_json,
+)
+from local_ai.server.compat import Api, api_of, error_body, forbidden_fields
+from local_ai.server.config import ServerConfig
+from local_ai.server.gateway.supervisor import EngineSupervisor
+from local_ai.server.web import PAGE_HTML, PAGE_JS
+
+log = logging.getLogger("local_ai.gateway")
+
+ENGINE_WAIT_S = 60.0  # how long a request waits for a (re)starting engine
+RETRY_AFTER_S = 2
+GENERATION_PATHS = {
+    "/v1/chat/completions": "/v1/chat/completions",
+    "/anthropic/v1/messages": "/anthropic/v1/messages",
+    "/anthropic/v1/messages/count_tokens": "/anthropic/v1/messages/count_tokens",
+}
+UNSUPPORTED_PATHS = {"/v1/completions", "/v1/embeddings", "/v1/responses"}
+STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
+SECURITY_HEADERS = [
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+]
+
+
+class Gateway:
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        aliases_file: Path,
+        token: str,
+        supervisor: EngineSupervisor,
+    ) -> None:
+        self.config = config
+        self.aliases_file = aliases_file
+        self.alias_map: AliasMap = load_alias_map(aliases_file)
+        self.token = token
+        self.supervisor = supervisor
+        self.allowed_hosts = config.allowed_hosts()
+        self.allowed_origins = config.allowed_origins()
+        self.cors_origins = frozenset(config.cors_origins)
+        self.started = time.time()
+        self.active = 0
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
+        self.counters = {"requests": 0, "generations": 0, "rejected_busy": 0, "cancelled": 0}
+        self._background: asyncio.Future[None] | None = None
+
+    # --- ASGI entry -------------------------------------------------------------------------
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await self._lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        self.counters["requests"] += 1
+        try:
+            await self._http(scope, receive, send)
+        except ClientGone:
+            self.counters["cancelled"] += 1
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                self.supervisor.start()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.supervisor.stop()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    # --- checks -----------------------------------------------------------------------------
+
+    def _cors_headers(self, scope: Scope) -> list[tuple[bytes, bytes]]:
+        origin = header(scope, b"origin")
+        if origin and origin in self.cors_origins:
+            return [(b"access-control-allow-origin", origin.encode()), (b"vary", b"origin")]
+        return []
+
+    def _api_key_ok(self, scope: Scope) -> bool:
+        key = self.config.api_key
+        if not key:
+            return True
+        offered = header(scope, b"x-api-key")
+        auth = header(scope, b"authorization")
+        if offered is None and auth and auth.lower().startswith("bearer "):
+            offered = auth[7:].strip()
+        return offered is not None and hmac.compare_digest(offered.encode(), key.encode())
+
+    def _admin_ok(self, scope: Scope) -> bool:
+        auth = header(scope, b"authorization") or ""
+        offered = auth[7:].strip() if auth.lower().startswith("bearer ") else ""
+        return bool(offered) and hmac.compare_digest(offered.encode(), self.token.encode())
+
+    async def _error(
+        self, scope: Scope, send: Send, status: int, message: str, **extra: Any
+    ) -> None:
+        path = scope["path"]
+        headers = [*self._cors_headers(scope), *extra.pop("headers", [])]
+        if path.startswith(("/v1/", "/anthropic/")):
+            body = error_body(api_of(path), status, message, code=extra.get("code"))
+        else:
+            body = {"error": message}
+        await send_json(send, status, body, headers, head=scope["method"] == "HEAD")
+
+    # --- routing ----------------------------------------------------------------------------
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        method = scope["method"]
+        path = scope["path"]
+        host = (header(scope, b"host") or "").strip().lower()
+        if not host or host not in self.allowed_hosts:
+            await self._error(scope, send, 403, f"host {host!r} is not allowed")
+            return
+        origin = header(scope, b"origin")
+        if method == "OPTIONS":
+            await self._preflight(scope, send, origin)
+            return
+        if method in STATE_CHANGING and origin is not None and origin not in self.allowed_origins:
+            await self._error(scope, send, 403, f"origin {origin!r} is not allowed")
+            return
+        is_api = path.startswith(("/v1/", "/anthropic/v1/")) or path in ("/v1", "/anthropic/v1")
+        if is_api and not self._api_key_ok(scope):
+            await self._error(
+                scope,
+                send,
+                401,
+                "invalid or missing API key (send it as Bearer token or x-api-key)",
+                headers=[(b"www-authenticate", b"Bearer")],
+            )
+            return
+        if method in ("GET", "HEAD"):
+            await self._get(scope, send, path)
+        elif method == "POST":
+            await self._post(scope, receive, send, path)
+        else:
+            await self._error(scope, send, 405, f"method {method} is not allowed")
+
+    async def _preflight(self, scope: Scope, send: Send, origin: str | None) -> None:
+        if not origin or origin not in self.cors_origins:
+            await self._error(scope, send, 403, "CORS is not enabled for this origin")
+            return
+        requested = header(scope, b"access-control-request-headers") or ""
+        headers = [
+            (b"access-control-allow-origin", origin.encode()),
+            (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+            (b"access-control-allow-headers", requested.encode() or b"content-type"),
+            (b"access-control-max-age", b"600"),
+            (b"vary", b"origin"),
+        ]
+        await send_bytes(send, 204, b"", b"text/plain", headers)
+
+    async def _get(self, scope: Scope, send: Send, path: str) -> None:
+        head = scope["method"] == "HEAD"
+        cors = self._cors_headers(scope)
+        if path == "/":
+            csp = (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'")
+            await send_bytes(
+                send,
+                200,
+                PAGE_HTML.encode(),
+                b"text/html; charset=utf-8",
+                [*SECURITY_HEADERS, csp],
+                head=head,
+            )
+        elif path == "/app.js":
+            await send_bytes(
+                send, 200, PAGE_JS.encode(), b"text/javascript", SECURITY_HEADERS, head=head
+            )
+        elif path == "/health":
+            state = self.supervisor.state
+            status = {"ready": "ready", "error": "error"}.get(state, "loading")
+            body: dict[str, Any] = {
+                "status": status,
+                "engine": state,
+                "reason": self.supervisor.reason,
+            }
+            await send_json(send, 200 if status == "ready" else 503, body, cors, head=head)
+        elif path == "/api/status":
+            await send_json(send, 200, await self.status(admin=self._admin_ok(scope)), head=head)
+        elif path == "/v1/models":
+            data = [self._openai_model(a, e) for a, e in self.alias_map.models.items()]
+            await send_json(send, 200, {"object": "list", "data": data}, cors, head=head)
+        elif path.startswith("/v1/models/"):
+            alias = path.removeprefix("/v1/models/")
+            entry = self.alias_map.models.get(alias)
+            if entry is None:
+                await self._unknown_model(scope, send, alias)
+                return
+            await send_json(send, 200, self._openai_model(alias, entry), cors, head=head)
+        elif path == "/anthropic/v1/models":
+            data = [self._anthropic_model(a, e) for a, e in self.alias_map.models.items()]
+            listing: dict[str, Any] = {
+                "data": data,
+                "has_more": False,
+                "first_id": data[0]["id"] if data else None,
+                "last_id": data[-1]["id"] if data else None,
+            }
+            await send_json(send, 200, listing, cors, head=head)
+        elif path.startswith("/anthropic/v1/models/"):
+            alias = path.removeprefix("/anthropic/v1/models/")
+            entry = self.alias_map.models.get(alias)
+            if entry is None:
+                await self._unknown_model(scope, send, alias)
+                return
+            await send_json(send, 200, self._anthropic_model(alias, entry), cors, head=head)
+        else:
+            await self._error(scope, send, 404, f"no route GET {path}")
+
+    async def _post(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        if path.startswith("/api/admin/"):
+            await self._admin(scope, receive, send, path)
+            return
+        if path in UNSUPPORTED_PATHS:
+            await self._error(scope, send, 404, f"{path} is not served; use /v1/chat/completions")
+            return
+        if path not in GENERATION_PATHS:
+            await self._error(scope, send, 404, f"no route POST {path}")
+            return
+        api = api_of(path)
+        body = await self._json_body(scope, receive, send)
+        if body is None:
+            return
+        model = body.get("model") or self.alias_map.default_alias
+        if not isinstance(model, str) or model not in self.alias_map.models:
+            await self._unknown_model(scope, send, str(model))
+            return
+        refused = forbidden_fields(body)
+        if refused:
+            await self._error(
+                scope, send, 400, f"field(s) not accepted by this server: {', '.join(refused)}"
+            )
+            return
+        entry = self.alias_map.models[model]
+        body["model"] = entry.path
+        payload = json.dumps(body).encode()
+        if path.endswith("/count_tokens"):
+            await self._forward(scope, send, api, path, payload, model, entry)
+            return
+        self.counters["generations"] += 1
+        await run_until_disconnect(
+            receive, self._generate(scope, send, api, path, payload, model, entry)
+        )
+
+    async def _json_body(self, scope: Scope, receive: Receive, send: Send) -> Any:
+        limit = self.config.max_body_bytes
+        length = header(scope, b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            await self._error(scope, send, 413, f"request body larger than {limit} bytes")
+            return None
+        content_type = (header(scope, b"content-type") or "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            await self._error(scope, send, 415, "send the body as application/json")
+            return None
+        try:
+            raw = await read_body(receive, limit)
+        except BodyTooLarge:
+            await self._error(scope, send, 413, f"request body larger than {limit} bytes")
+            return None
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            await self._error(scope, send, 400, "the body is not valid JSON")
+            return None
+        if not isinstance(body, dict):
+            await self._error(scope, send, 400, "the body must be a JSON object")
+            return None
+        return body
+
+    async def _unknown_model(self, scope: Scope, send: Send, model: str) -> None:
+        aliases = ", ".join(self.alias_map.models) or "none (run `local-ai apply`)"
+        await self._error(
+            scope,
+            send,
+            404,
+            f"model {model!r} is not served here; use one of the aliases: {aliases}",
+            code="model_not_found",
+        )
+
+    # --- generation -------------------------------------------------------------------------
+
+    async def _acquire_slot(self) -> bool:
+        if self.active < self.config.max_active and not self._waiters:
+            self.active += 1
+            return True
+        if len(self._waiters) >= self.config.engine.max_queued_requests:
+            return False
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(waiter)
+            if waiter.done() and not waiter.cancelled():
+                self._release_slot()  # the slot was handed to us as we were cancelled
+            raise
+        return True
+
+    def _release_slot(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)  # hand the slot over; `active` is unchanged
+                return
+        self.active -= 1
+
+    async def _generate(
+        self,
+        scope: Scope,
+        send: Send,
+        api: Api,
+        path: str,
+        payload: bytes,
+        alias: str,
+        entry: AliasEntry,
+    ) -> None:
+        if not await self._acquire_slot():
+            self.counters["rejected_busy"] += 1
+            await self._error(
+                scope,
+                send,
+                503,
+                f"the server is busy ({self.active} generating, "
+                f"{len(self._waiters)} waiting); retry shortly",
+                headers=[(b"retry-after", str(RETRY_AFTER_S).encode())],
+            )
+            return
+        try:
+            await self._forward(scope, send, api, path, payload, alias, entry)
+        finally:
+            self._release_slot()
+
+    async def _forward(
+        self,
+        scope: Scope,
+        send: Send,
+        api: Api,
+        path: str,
+        payload: bytes,
+        alias: str,
+        entry: AliasEntry,
+    ) -> None:
+        if not await self.supervisor.wait_ready(ENGINE_WAIT_S):
+            reason = self.supervisor.reason or "the engine is starting"
+            await self._error(
+                scope,
+                send,
+                503,
+                f"the engine is not ready: {reason}",
+                headers=[(b"retry-after", str(RETRY_AFTER_S).encode())],
+            )
+            return
+        headers = {
+            "content-type": "application/json",
+            "x-local-ai-alias": alias,
+            "x-local-ai-context": str(entry.context),
+            "x-local-ai-max-output": str(entry.max_output_tokens),
+        }
+        client = self.supervisor.client
+        request = client.build_request(
+            "POST", GENERATION_PATHS[path], content=payload, headers=headers
+        )
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            await self._error(
+                scope,
+                send,
+                503,
+                f"the engine is restarting ({type(exc).__name__}); retry shortly",
+                headers=[(b"retry-after", b"1")],
+            )
+            return
+        try:
+            out = [
+                (b"content-type", response.headers.get("content-type", "application/json").encode())
+            ]
+            for name in ("cache-control", "content-length", "x-accel-buffering"):
+                if name in response.headers:
+                    out.append((name.encode(), response.headers[name].encode()))
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": response.status_code,
+                    "headers": [*out, *self._cors_headers(scope)],
+                }
+            )
+            try:
+                async for chunk in response.aiter_raw():
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            except httpx.TransportError as exc:
+                log.warning("engine connection lost mid-response: %s", exc)
+                if "event-stream" in response.headers.get("content-type", ""):
+                    body = error_body(api, 503, "the engine stopped during generation")
+                    event = b"event: error\n" if api == "anthropic" else b""
+                    await send(
+                        {
+                            "type": "http.response.body",
+                            "body": event + b"data: " + json.dumps(body).encode() + b"\n\n",
+                            "more_body": True,
+                        }
+                    )
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await response.aclose()
+
+    # --- status and admin -------------------------------------------------------------------
+
+    def _openai_model(self, alias: str, entry: AliasEntry) -> dict[str, Any]:
+        return {
+            "id": alias,
+            "object": "model",
+            "created": int(self.started),
+            "owned_by": "local-ai",
+            "name": entry.name or alias,
+            "context_length": entry.context,
+            "max_output_tokens": entry.max_output_tokens,
+        }
+
+    def _anthropic_model(self, alias: str, entry: AliasEntry) -> dict[str, Any]:
+        created = datetime.fromtimestamp(self.started, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return {
+            "type": "model",
+            "id": alias,
+            "display_name": entry.name or alias,
+            "created_at": created,
+        }
+
+    async def status(self, *, admin: bool = False) -> dict[str, Any]:
+        engine_models: dict[str, dict[str, Any]] = {}
+        engine_status: dict[str, Any] = {}
+        if self.supervisor.ready:
+            try:
+                engine_status = await self.supervisor.get("/status", seconds=1.0)
+                engine_models = {m["path"]: m for m in engine_status.get("models", [])}
+            except (httpx.HTTPError, ValueError):
+                engine_status = {}
+        models = []
+        for alias, entry in self.alias_map.models.items():
+            seen = engine_models.get(entry.path, {})
+            item: dict[str, Any] = {
+                "alias": alias,
+                "name": entry.name or alias,
+                "default": alias == self.alias_map.default_alias,
+                "loaded": bool(seen.get("loaded")),
+                "loading": bool(seen.get("loading")),
+                "memory_bytes": seen.get("memory_bytes"),
+                "context": entry.context,
+                "max_output_tokens": entry.max_output_tokens,
+                "quantization": entry.quantization,
+            }
+            if admin:
+                item["path"] = entry.path
+                item["source"] = entry.source
+            models.append(item)
+        return {
+            "version": __version__,
+            "pid": os.getpid(),
+            "url": self.config.url,
+            "started_at": datetime.fromtimestamp(self.started, UTC).isoformat(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "config_hash": self.config.config_hash,
+            "auth": bool(self.config.api_key),
+            "engine": {
+                **self.supervisor.snapshot(),
+                "active_generations": engine_status.get("active_generations"),
+            },
+            "models": models,
+            "requests": {
+                **self.counters,
+                "active": self.active,
+                "queued": len(self._waiters),
+                "max_active": self.config.max_active,
+                "max_queued": self.config.engine.max_queued_requests,
+            },
+        }
+
+    async def _admin(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
+        if not self._admin_ok(scope):
+            await self._error(scope, send, 401, "the admin API needs the instance token")
+            return
+        with contextlib.suppress(BodyTooLarge):
+            await read_body(receive, 1024 * 1024)
+        if path == "/api/admin/reload":
+            try:
+                self.alias_map = load_alias_map(self.aliases_file)
+            except Exception as exc:
+                await self._error(scope, send, 400, f"cannot reload the alias map: {exc}")
+                return
+            log.info("alias map reloaded: %s", ", ".join(self.alias_map.models) or "(empty)")
+            await send_json(send, 200, {"reloaded": True, "models": list(self.alias_map.models)})
+        elif path == "/api/admin/restart-engine":
+            self._background = asyncio.ensure_future(self.supervisor.restart())
+            await send_json(send, 202, {"restarting": True})
+        else:
+            await self._error(scope, send, 404, f"no admin route {path}")

@@ -1,0 +1,243 @@
+"""The gateway keeps one engine worker running: spawn, wait until it answers, restart on exit
+with backoff, and report the state to /health."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from local_ai.util.atomic import atomic_write_text
+
+log = logging.getLogger("local_ai.gateway")
+
+READY_POLL_S = 0.05
+READY_TIMEOUT_S = 180.0  # a cold import of mlx + Omni on a slow disk
+FIRST_BACKOFF_S = 0.2
+MAX_BACKOFF_S = 30.0
+STABLE_AFTER_S = 60.0  # an engine that ran this long resets the backoff
+FAILURES_BEFORE_ERROR = 3
+STOP_TIMEOUT_S = 5.0
+
+
+@dataclass
+class EngineSpec:
+    """What the engine is started with (written to run/engine.json)."""
+
+    socket: str
+    aliases_file: str
+    max_loaded_models: int
+    idle_ttl_s: int
+    prompt_cache: bool
+    preload: list[str] = field(default_factory=list)
+    debug: bool = False
+    parent_pid: int | None = None
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+class EngineSupervisor:
+    def __init__(
+        self,
+        spec: EngineSpec,
+        *,
+        config_path: Path,
+        log_path: Path,
+        on_change: Callable[[int | None], None] | None = None,
+    ) -> None:
+        self.spec = spec
+        self.config_path = config_path
+        self.log_path = log_path
+        self.on_change = on_change
+        self.state = "starting"
+        self.reason: str | None = None
+        self.pid: int | None = None
+        self.started_at: float | None = None
+        self.restarts = 0
+        self.last_exit: str | None = None
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._restart_now = asyncio.Event()
+        self._ready = asyncio.Event()
+        self.client = httpx.AsyncClient(
+            transport=httpx.AsyncHTTPTransport(uds=spec.socket),
+            base_url="http://engine",
+            timeout=httpx.Timeout(None, connect=5.0),
+        )
+
+    # --- public -----------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    async def wait_ready(self, seconds: float) -> bool:
+        if self._ready.is_set():
+            return True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._ready.wait(), seconds)
+        return self._ready.is_set()
+
+    def start(self) -> None:
+        self.spec.parent_pid = os.getpid()
+        atomic_write_text(self.config_path, json.dumps(asdict(self.spec), indent=2), mode=0o600)
+        self._task = asyncio.create_task(self._run(), name="engine-supervisor")
+
+    async def restart(self) -> None:
+        """Replace the engine now (admin API); no backoff."""
+        self._restart_now.set()
+        await self._terminate()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._restart_now.set()
+        await self._terminate()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.client.aclose()
+
+    async def get(self, path: str, seconds: float = 2.0) -> Any:
+        response = await self.client.get(path, timeout=seconds)
+        response.raise_for_status()
+        return response.json()
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "state": self.state,
+            "reason": self.reason,
+            "pid": self.pid,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+            "uptime_s": round(time.monotonic() - self.started_at, 1) if self.started_at else None,
+        }
+
+    # --- the loop ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        backoff = FIRST_BACKOFF_S
+        failures = 0
+        while not self._stopping:
+            spawned = time.monotonic()
+            try:
+                proc = await self._spawn()
+            except OSError as exc:
+                self.state, self.reason = "error", f"cannot start the engine: {exc}"
+                log.error(self.reason)
+                await self._sleep(MAX_BACKOFF_S)
+                continue
+            became_ready = await self._wait_ready(proc)
+            if became_ready:
+                failures = 0
+                self.state, self.reason = "ready", None
+                self.started_at = time.monotonic()
+                self._ready.set()
+                log.info("engine ready (pid %s) after %.2fs", proc.pid, time.monotonic() - spawned)
+            code = await proc.wait()
+            self._ready.clear()
+            self.started_at = None
+            self.pid = None
+            if self.on_change:
+                self.on_change(None)
+            if self._stopping:
+                break
+            self.last_exit = _describe_exit(code)
+            self.restarts += 1
+            if not became_ready:
+                failures += 1
+            ran = time.monotonic() - spawned
+            if self._restart_now.is_set():
+                self._restart_now.clear()
+                backoff, delay = FIRST_BACKOFF_S, 0.0
+                self.state, self.reason = "starting", "restart requested"
+            else:
+                backoff = FIRST_BACKOFF_S if ran > STABLE_AFTER_S else backoff
+                delay = backoff
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                self.state = "error" if failures >= FAILURES_BEFORE_ERROR else "restarting"
+                self.reason = f"engine {self.last_exit}" + (
+                    "" if became_ready else " before it was ready; see logs/engine.log"
+                )
+                log.warning("%s; restarting in %.1fs", self.reason, delay)
+            await self._sleep(delay)
+
+    async def _sleep(self, seconds: float) -> None:
+        if seconds <= 0:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._restart_now.wait(), seconds)
+        if not self._stopping:
+            self._restart_now.clear()
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log_file:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "local_ai.server.engine",
+                "--config",
+                str(self.config_path),
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=log_file,
+            )
+        self._proc = proc
+        self.pid = proc.pid
+        if self.on_change:
+            self.on_change(proc.pid)
+        return proc
+
+    async def _wait_ready(self, proc: asyncio.subprocess.Process) -> bool:
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                return False
+            try:
+                response = await self.client.get("/health", timeout=1.0)
+                if response.status_code == 200:
+                    return True
+            except httpx.TransportError:
+                pass
+            wait = asyncio.ensure_future(proc.wait())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(wait), READY_POLL_S)
+            wait.cancel()
+        log.error("engine did not answer within %.0fs; killing it", READY_TIMEOUT_S)
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        return False
+
+    async def _terminate(self) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
+        try:
+            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()

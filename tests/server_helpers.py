@@ -1,0 +1,191 @@
+"""Shared by the server tests and benchmarks: tiny models with predictable output, manifests, and
+a handle on a real `local-ai server` daemon started as users start it."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tests.harness import tinymodels as tm
+
+# The scripted tool model answers every prompt with this call.
+TOOL_CALL_JSON = '\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
+TOOL_NAME = "get_weather"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _rms_normalised(rows: np.ndarray) -> np.ndarray:
+    return rows / np.sqrt((rows**2).mean(axis=1, keepdims=True) + 1e-6)
+
+
+def build_chat_model(out: Path, **shape: Any) -> Path:
+    """A qwen3 tiny model whose end tokens never win greedily: with temperature 0 a stream runs
+    to max_tokens (sampled, an end token is rare but possible)."""
+    if (out / "config.json").exists():
+        return out
+    tm.build_model(out, "qwen3", tie_word_embeddings=False, **shape)
+    weights, _ = tm.load_safetensors(out / "model.safetensors")
+    for token in ("<|im_end|>", "<|endoftext|>"):
+        # Logit 0 against ~N(0, 1) logits over 1024 tokens: never the argmax.
+        weights["lm_head.weight"][tm.token_id("qwen3", token)] = 0.0
+    tm.save_safetensors(out / "model.safetensors", weights)
+    return out
+
+
+def build_tool_model(out: Path) -> Path:
+    """A qwen3 tiny model that always answers with one `get_weather` tool call, then stops.
+
+    Attention and MLP outputs are zeroed so the next token depends only on the current one (a
+    bigram table in lm_head): after the prompt's final "\\n" comes `<tool_call>`, then one added
+    token holding the JSON, then `</tool_call>` and `<|im_end|>`.
+    """
+    if (out / "config.json").exists():
+        return out
+    vocab = tm.TOKENIZER_VOCAB_SIZE + 8
+    tm.build_model(out, "qwen3", vocab_size=vocab, tie_word_embeddings=False, num_layers=1)
+    tok_json = json.loads((out / "tokenizer.json").read_text())
+    tok_config = json.loads((out / "tokenizer_config.json").read_text())
+    json_id = tm.TOKENIZER_VOCAB_SIZE
+    added = {
+        "content": TOOL_CALL_JSON,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": False,
+    }
+    tok_json["added_tokens"].append({"id": json_id, **added})
+    tok_config["added_tokens_decoder"][str(json_id)] = added
+    (out / "tokenizer.json").write_text(json.dumps(tok_json))
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_config))
+
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))
+
+    def single(text: str) -> int:
+        ids = tokenizer.encode(text, add_special_tokens=False).ids
+        assert len(ids) == 1, (text, ids)
+        return int(ids[0])
+
+    weights, _ = tm.load_safetensors(out / "model.safetensors")
+    for name in weights:
+        if name.endswith(("o_proj.weight", "down_proj.weight")):
+            weights[name][:] = 0.0
+    weights["model.norm.weight"][:] = 1.0
+    unit = _rms_normalised(weights["model.embed_tokens.weight"])
+    head = np.zeros_like(weights["lm_head.weight"])
+    chain = [
+        single("\n"),
+        single("<tool_call>"),
+        json_id,
+        single("</tool_call>"),
+        tm.token_id("qwen3", "<|im_end|>"),
+    ]
+    for current, following in itertools.pairwise(chain):
+        head[following] += 20.0 * unit[current]
+    weights["lm_head.weight"] = head
+    tm.save_safetensors(out / "model.safetensors", weights)
+    return out
+
+
+def write_manifest(
+    directory: Path,
+    *,
+    port: int,
+    models: dict[str, Path],
+    context: int = 4096,
+    server_extra: str = "",
+    engine_extra: str = "",
+) -> Path:
+    lines = ["version = 1", "[server]", f"port = {port}", server_extra, "[server.engine]"]
+    lines.append(engine_extra)
+    for alias, path in models.items():
+        lines += [f"[models.{alias}]", f'path = "{path}"', f"context = {context}"]
+    manifest = directory / "local-ai.toml"
+    manifest.write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+@dataclass
+class Daemon:
+    """A real server started with `local-ai server start`, in its own state home."""
+
+    home: Path
+    manifest: Path
+    port: int
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "LOCAL_AI_HOME": str(self.home),
+            "LOCAL_AI_CONFIG": str(self.manifest),
+            "NO_COLOR": "1",
+            "COLUMNS": "200",
+            **self.extra_env,
+        }
+
+    def cli(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "local_ai", *args],
+            capture_output=True,
+            text=True,
+            env={**os.environ, **self.env},
+            timeout=timeout,
+            check=False,
+        )
+
+    def start(self) -> subprocess.CompletedProcess[str]:
+        return self.cli("server", "start", "--json")
+
+    def pidfile(self) -> dict[str, Any]:
+        return dict(json.loads((self.home / "run" / "server.json").read_text()))
+
+    def token(self) -> str:
+        return (self.home / "run" / "admin-token").read_text().strip()
+
+    def log(self, name: str = "server.log") -> str:
+        path = self.home / "logs" / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def kill(self) -> None:
+        """Last-resort cleanup for a test that failed mid-way: never leave servers behind."""
+        try:
+            info = self.pidfile()
+        except (OSError, ValueError):
+            return
+        for pid in (info.get("engine_pid"), info.get("pid")):
+            if pid:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(int(pid), signal.SIGKILL)
+
+
+def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())

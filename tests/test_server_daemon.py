@@ -1,0 +1,230 @@
+"""`local-ai server start|stop|restart|status|logs` as users run them: real daemons, pidfile
+semantics, port conflicts, stale pidfiles and start-up failures."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from local_ai.errors import ExitCode
+from tests.server_helpers import Daemon, build_chat_model, free_port, write_manifest
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_chat_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, model_dir: Path) -> Iterator[Daemon]:
+    port = free_port()
+    manifest = write_manifest(tmp_path, port=port, models={"tiny": model_dir})
+    d = Daemon(home=tmp_path / "state", manifest=manifest, port=port)
+    try:
+        yield d
+    finally:
+        d.kill()
+
+
+def alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def servers_of(daemon: Daemon) -> list[int]:
+    """Server processes started for this test's manifest (there must be none left)."""
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline"])
+        if str(daemon.manifest) in " ".join(p.info["cmdline"] or [])
+        and p.status() != psutil.STATUS_ZOMBIE
+    ]
+
+
+def test_start_status_restart_logs_stop(daemon: Daemon) -> None:
+    started = daemon.start()
+    assert started.returncode == 0, started.stderr + daemon.log()
+    info = json.loads(started.stdout)
+    assert info["url"] == daemon.url and info["already_running"] is False
+    pidfile = daemon.pidfile()
+    assert pidfile["pid"] == info["pid"] and pidfile["port"] == daemon.port
+    assert pidfile["token"] and pidfile["config_hash"] and pidfile["started"] > 0
+    assert oct((daemon.home / "run" / "server.json").stat().st_mode & 0o777) == "0o600"
+    assert httpx.get(f"{daemon.url}/health", trust_env=False).json()["status"] == "ready"
+
+    again = daemon.cli("server", "start")
+    assert again.returncode == 0 and "already running" in again.stdout
+
+    status = json.loads(daemon.cli("server", "status", "--json").stdout)
+    assert status["running"] and status["pid"] == info["pid"]
+    assert status["engine"]["state"] == "ready"
+
+    first_engine = daemon.pidfile()["engine_pid"]
+    restarted = daemon.cli("server", "restart", "--json")
+    assert restarted.returncode == 0, restarted.stderr
+    new_pid = json.loads(restarted.stdout)["pid"]
+    assert new_pid != info["pid"]
+    assert not alive(info["pid"]) and not alive(first_engine)
+
+    logs = daemon.cli("server", "logs", "-n", "200")
+    assert f"serving {daemon.url}" in logs.stdout
+    assert "engine ready" in logs.stdout
+
+    engine_pid = daemon.pidfile()["engine_pid"]
+    stopped = daemon.cli("server", "stop")
+    assert stopped.returncode == 0 and "stopped" in stopped.stdout
+    assert not alive(new_pid) and not alive(engine_pid)
+    assert not (daemon.home / "run" / "server.json").exists()
+    assert not (daemon.home / "run" / "admin-token").exists()
+    status = json.loads(daemon.cli("server", "status", "--json").stdout)
+    assert status == {
+        "running": False,
+        "state": "stopped",
+        "stale_pidfile": False,
+        "stale_pid": None,
+    }
+    assert "not running" in daemon.cli("server", "stop").stdout
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1", "0.0.0.0"])
+def test_port_in_use_is_reported_without_leftovers(daemon: Daemon, bind: str) -> None:
+    with socket.socket() as holder:
+        holder.bind((bind, daemon.port))
+        holder.listen()
+        result = daemon.cli("server", "start")
+    assert result.returncode == ExitCode.UNAVAILABLE
+    assert f"port {daemon.port} is already in use" in result.stderr
+    assert f"pid {os.getpid()}" in result.stderr  # the holder, named
+    assert not (daemon.home / "run" / "server.json").exists()
+    assert servers_of(daemon) == []
+
+
+def _write_stale_pidfile(daemon: Daemon, pid: int, started: float) -> None:
+    run = daemon.home / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    (run / "server.json").write_text(
+        json.dumps(
+            {
+                "pid": pid,
+                "started": started,
+                "host": "127.0.0.1",
+                "port": daemon.port,
+                "url": daemon.url,
+                "config_hash": "old",
+                "token": "stale-token",
+                "version": "0.0.1",
+                "started_at": "2020-01-01T00:00:00+00:00",
+                "engine_pid": pid,
+                "engine_started": started,
+            }
+        )
+    )
+
+
+def test_stale_pidfile_of_a_dead_process(daemon: Daemon) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    _write_stale_pidfile(daemon, dead.pid, time.time() - 100)
+    status = json.loads(daemon.cli("server", "status", "--json").stdout)
+    assert status["running"] is False and status["stale_pidfile"] is True
+    assert "stopped (stale pidfile" in daemon.cli("server", "status").stdout
+    started = daemon.start()
+    assert started.returncode == 0, started.stderr
+    assert daemon.pidfile()["token"] != "stale-token"
+    assert daemon.cli("server", "stop").returncode == 0
+
+
+def test_reused_pid_is_never_signalled(daemon: Daemon) -> None:
+    # A live, unrelated process holds the recorded pid but started at another time.
+    stranger = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        real_start = psutil.Process(stranger.pid).create_time()
+        _write_stale_pidfile(daemon, stranger.pid, real_start - 3600)
+        status = json.loads(daemon.cli("server", "status", "--json").stdout)
+        assert status["running"] is False and status["stale_pid"] == stranger.pid
+        stop = daemon.cli("server", "stop")
+        assert stop.returncode == 0 and "stale" in stop.stdout
+        assert stranger.poll() is None  # still alive: never signalled
+        _write_stale_pidfile(daemon, stranger.pid, real_start - 3600)
+        started = daemon.start()
+        assert started.returncode == 0, started.stderr
+        assert stranger.poll() is None
+        assert daemon.cli("server", "stop").returncode == 0
+        assert stranger.poll() is None
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_engine_that_cannot_start_fails_start_with_the_log(daemon: Daemon, tmp_path: Path) -> None:
+    # A broken Omni install: the gateway runs, every engine start dies at import.
+    shim = tmp_path / "shim" / "mlx_omni_server"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text("raise ImportError('omni is broken for this test')\n")
+    daemon.extra_env["PYTHONPATH"] = str(tmp_path / "shim")
+    result = daemon.start()
+    assert result.returncode == ExitCode.ERROR
+    assert "the engine failed to start" in result.stderr
+    assert "omni is broken for this test" in result.stderr  # the log tail
+    assert not (daemon.home / "run" / "server.json").exists()
+    assert servers_of(daemon) == []
+
+
+def test_stop_is_graceful_then_forceful(daemon: Daemon) -> None:
+    assert daemon.start().returncode == 0
+    info = daemon.pidfile()
+    body = {
+        "model": "tiny",
+        "messages": [{"role": "user", "content": "go"}],
+        "temperature": 0,
+        "stream": True,
+    }
+    got: dict[str, str] = {}
+
+    def stream(max_tokens: int, key: str) -> None:
+        try:
+            with httpx.stream(
+                "POST",
+                f"{daemon.url}/v1/chat/completions",
+                json={**body, "max_tokens": max_tokens},
+                timeout=60,
+                trust_env=False,
+            ) as response:
+                got[key] = "".join(response.iter_text())
+        except httpx.HTTPError as exc:
+            got[key] = f"error: {exc}"
+
+    # A short stream that is running when stop is asked finishes within the grace period.
+    short = threading.Thread(target=stream, args=(300, "short"))
+    short.start()
+    time.sleep(0.3)
+    stopped = daemon.cli("server", "stop", "--json")
+    short.join(10)
+    assert json.loads(stopped.stdout)["forced"] is False
+    assert got["short"].rstrip().endswith("data: [DONE]")
+    assert not alive(info["pid"]) and not alive(info["engine_pid"])
+
+    # A stream longer than the wait is cut: the server is killed, engine included.
+    assert daemon.start().returncode == 0
+    info = daemon.pidfile()
+    long = threading.Thread(target=stream, args=(100000, "long"))
+    long.start()
+    time.sleep(0.5)
+    forced = daemon.cli("server", "stop", "--timeout", "1", "--json")
+    long.join(10)
+    assert json.loads(forced.stdout)["forced"] is True
+    assert not alive(info["pid"]) and not alive(info["engine_pid"])
+    assert not (daemon.home / "run" / "server.json").exists()

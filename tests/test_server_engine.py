@@ -1,0 +1,117 @@
+"""The engine's MLX thread in-process with a real tiny model: interleaving, chunked prefill and
+prefix-cache reuse give the same tokens as mlx-lm alone; models unload by LRU and idle TTL."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from local_ai.server.engine.models import ModelRegistry
+from local_ai.server.engine.scheduler import GenerationCancelled, Job, Scheduler
+from tests.server_helpers import build_chat_model, wait_for
+
+
+@pytest.fixture(scope="module")
+def model_paths(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    base = tmp_path_factory.mktemp("engine-models")
+    return build_chat_model(base / "a"), build_chat_model(base / "b", seed=1)
+
+
+@pytest.fixture
+def scheduler() -> Iterator[Scheduler]:
+    mlx_thread = Scheduler(prefill_chunk=16)
+    mlx_thread.start()
+    yield mlx_thread
+    mlx_thread.stop()
+
+
+def greedy(n: int) -> dict[str, Any]:
+    from mlx_lm.sample_utils import make_sampler
+
+    return {"max_tokens": n, "sampler": make_sampler(temp=0.0)}
+
+
+def reference(path: Path, prompt: list[int], n: int) -> list[int]:
+    from mlx_lm import load
+    from mlx_lm.generate import stream_generate
+
+    model, tokenizer = load(str(path))[:2]
+    return [r.token for r in stream_generate(model, tokenizer, prompt, **greedy(n))]
+
+
+def run_jobs(*jobs: Job) -> list[list[int]]:
+    return [[e.token for e in job.events()] for job in jobs]
+
+
+def test_interleaved_chunked_and_cached_generation_match_mlx_lm(
+    scheduler: Scheduler, model_paths: tuple[Path, Path]
+) -> None:
+    registry = ModelRegistry(scheduler, max_loaded=2, idle_ttl_s=0)
+    path = str(model_paths[0])
+    loaded = asyncio.run(registry.acquire(path))
+    prompt = loaded.tokenizer.encode("The weather in Paris is mild in spring. " * 6)
+    assert len(prompt) > 3 * scheduler.prefill_chunk  # exercises chunked prefill
+    expected = reference(model_paths[0], prompt, 40)
+
+    # Two requests at once: both complete, each with exactly mlx-lm's tokens.
+    long = Job(model=loaded, prompt=prompt, kwargs=greedy(40))
+    short = Job(model=loaded, prompt=prompt[:20], kwargs=greedy(5))
+    scheduler.submit(long)
+    scheduler.submit(short)
+    long_tokens, short_tokens = run_jobs(long, short)
+    assert long_tokens == expected
+    assert short_tokens == reference(model_paths[0], prompt[:20], 5)
+
+    # The same prompt again reuses the cached prefix and still yields the same tokens.
+    again = Job(model=loaded, prompt=prompt, kwargs=greedy(40))
+    scheduler.submit(again)
+    events = list(again.events())
+    assert events[0].cached_tokens >= len(prompt) - 1
+    assert [e.token for e in events] == expected
+    assert events[-1].finish_reason == "length"
+    registry.release(loaded)
+
+
+def test_streams_interleave_and_cancel(
+    scheduler: Scheduler, model_paths: tuple[Path, Path]
+) -> None:
+    registry = ModelRegistry(scheduler, max_loaded=2, idle_ttl_s=0)
+    loaded = asyncio.run(registry.acquire(str(model_paths[0])))
+    prompt = loaded.tokenizer.encode("hello there")
+    first = Job(model=loaded, prompt=prompt, kwargs=greedy(3000))
+    scheduler.submit(first)
+    stream = first.events()
+    next(stream)
+    second = Job(model=loaded, prompt=prompt, kwargs=greedy(3))
+    scheduler.submit(second)
+    assert len(run_jobs(second)[0]) == 3  # done while the first is still generating
+    assert scheduler.active == 1
+    first.cancel()
+    with pytest.raises(GenerationCancelled):
+        for _ in stream:
+            pass
+    assert wait_for(lambda: scheduler.active == 0, 2)
+    registry.release(loaded)
+
+
+def test_models_unload_by_lru_and_idle_ttl(
+    scheduler: Scheduler, model_paths: tuple[Path, Path]
+) -> None:
+    registry = ModelRegistry(scheduler, max_loaded=1, idle_ttl_s=1)
+    a, b = (str(p) for p in model_paths)
+    first = asyncio.run(registry.acquire(a))
+    registry.release(first)
+    second = asyncio.run(registry.acquire(b))
+    loaded = {m["path"] for m in registry.status() if m["loaded"]}
+    assert loaded == {b}  # a was the least recently used
+    assert second.memory_bytes > 0
+    registry.release(second)
+    time.sleep(1.1)
+    assert wait_for(lambda: not registry.status(), 3)  # idle longer than the TTL: unloaded
+    with pytest.raises(FileNotFoundError):
+        asyncio.run(registry.acquire(str(model_paths[0].parent / "missing")))
