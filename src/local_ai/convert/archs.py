@@ -1,0 +1,368 @@
+"""GGUF architectures local-ai converts, and how each maps to the config and tensor names mlx-lm
+expects. Pure data and standard library: the CLI shows :data:`GGUF_ARCHITECTURES` in ``--help``.
+
+Facts carried over from llama.cpp (convert_hf_to_gguf.py, gguf-py's tensor map):
+
+* metadata keys are ``<arch>.<name>`` (``qwen3.embedding_length``, ``llama.attention.head_count``);
+* tensor names are ``token_embd``, ``blk.N.attn_q``, ``blk.N.ffn_gate_exps`` …;
+* for archs llama.cpp runs with "normal" (GPT-J style, adjacent pairs) RoPE, the converter
+  permutes the rows of Q and K within each head (``[x0..x_{d/2-1}, y0..] -> [x0, y0, x1, …]``);
+  we undo it so MLX's rotate-half RoPE sees the original HuggingFace rows;
+* tied embeddings: a file without ``output.weight`` reuses ``token_embd`` as the output layer;
+* MoE experts are stored stacked, ``(n_expert, out, in)``, which is mlx-lm's ``switch_mlp`` layout.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Final
+
+from local_ai.convert.gguf_reader import GGUFFile, TensorInfo
+from local_ai.convert.recipe import Recipe
+from local_ai.errors import MalformedFileError, NotYetError
+
+
+@dataclass(frozen=True)
+class ArchMap:
+    gguf_arch: str
+    model_type: str  # mlx-lm model module / config model_type
+    hf_class: str
+    permuted_qk: bool  # llama.cpp permuted Q/K rows for its normal-RoPE kernels
+    moe: bool = False
+
+
+_ARCHS: Final[tuple[ArchMap, ...]] = (
+    ArchMap("llama", "llama", "LlamaForCausalLM", permuted_qk=True),
+    # Mistral-Small-3.x text weights; converted to a llama-layout model (mlx-lm maps mistral too).
+    ArchMap("mistral3", "mistral", "MistralForCausalLM", permuted_qk=True),
+    ArchMap("qwen2", "qwen2", "Qwen2ForCausalLM", permuted_qk=False),
+    ArchMap("qwen3", "qwen3", "Qwen3ForCausalLM", permuted_qk=False),
+    ArchMap("qwen3moe", "qwen3_moe", "Qwen3MoeForCausalLM", permuted_qk=False, moe=True),
+)
+ARCHS: Final[dict[str, ArchMap]] = {a.gguf_arch: a for a in _ARCHS}
+
+#: GGUF ``general.architecture`` values ``models convert`` accepts (shown by ``--help``).
+GGUF_ARCHITECTURES: Final[tuple[str, ...]] = tuple(ARCHS)
+#: Next in line (mlx-lm supports them; local-ai's maps for them are not written yet).
+PLANNED_GGUF_ARCHITECTURES: Final[tuple[str, ...]] = ("gemma3", "deepseek2", "glm4moe")
+
+# Ceilings on what metadata may claim before a model skeleton is built from it.
+_MAX_LAYERS = 1024
+_MAX_HEADS = 1024
+_MAX_EXPERTS = 4096
+_MAX_WIDTH = 1 << 20
+
+
+def arch_for(gguf: GGUFFile) -> ArchMap:
+    name = gguf.architecture
+    arch = ARCHS.get(name)
+    if arch is None:
+        planned = " (planned)" if name in PLANNED_GGUF_ARCHITECTURES else ""
+        raise NotYetError(
+            f"{gguf.path}: GGUF architecture {name!r}{planned} is not supported yet",
+            hint=f"supported: {', '.join(GGUF_ARCHITECTURES)}; convert the original safetensors "
+            "repo instead if it exists",
+        )
+    return arch
+
+
+# ------------------------------------------------------------------------------------- config
+
+
+def hf_config(gguf: GGUFFile) -> dict[str, Any]:
+    """The config.json mlx-lm needs, from GGUF metadata (and tensor presence for flags that
+    llama.cpp does not store as metadata: biases, tied output, dense layers in MoE models)."""
+    arch = arch_for(gguf)
+    a = arch.gguf_arch
+
+    def key(name: str) -> str:
+        return f"{a}.{name}"
+
+    hidden = gguf.get_int(key("embedding_length"), minimum=1, maximum=_MAX_WIDTH)
+    layers = gguf.get_int(key("block_count"), minimum=1, maximum=_MAX_LAYERS)
+    n_head = gguf.get_int(key("attention.head_count"), minimum=1, maximum=_MAX_HEADS)
+    n_kv = gguf.get_int(key("attention.head_count_kv"), n_head, minimum=1, maximum=n_head)
+    if n_head % n_kv:
+        raise _bad(gguf, key("attention.head_count_kv"), f"{n_kv} does not divide {n_head} heads")
+    head_dim = gguf.get_int(
+        key("attention.key_length"), hidden // n_head, minimum=1, maximum=_MAX_WIDTH
+    )
+    value_dim = gguf.get_int(key("attention.value_length"), head_dim, minimum=1)
+    if value_dim != head_dim:
+        raise NotYetError(
+            f"{gguf.path}: attention with key length {head_dim} != value length {value_dim} "
+            f"is not supported for {a}"
+        )
+    rope_dims = gguf.get_int(key("rope.dimension_count"), head_dim, minimum=1)
+    if rope_dims != head_dim:
+        raise NotYetError(
+            f"{gguf.path}: partial rotary embeddings ({rope_dims} of {head_dim} dims) are not "
+            f"supported for {a}"
+        )
+    embed = _tensor(gguf, "token_embd.weight")
+    if len(embed.shape) != 2 or embed.shape[1] != hidden:
+        raise _bad_tensor(gguf, embed, f"shape {embed.shape} does not match hidden size {hidden}")
+    vocab = embed.shape[0]
+    context = gguf.get_int(key("context_length"), 4096, minimum=1, maximum=1 << 31)
+    cfg: dict[str, Any] = {
+        "architectures": [arch.hf_class],
+        "model_type": arch.model_type,
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": n_head,
+        "num_key_value_heads": n_kv,
+        "head_dim": head_dim,
+        "rms_norm_eps": gguf.get_float(key("attention.layer_norm_rms_epsilon")),
+        "rope_theta": gguf.get_float(key("rope.freq_base"), 10000.0),
+        "max_position_embeddings": context,
+        "vocab_size": vocab,
+        "tie_word_embeddings": gguf.tensor("output.weight") is None,
+        "hidden_act": "silu",
+    }
+    scaling = _rope_scaling(gguf, a, head_dim, cfg["rope_theta"])
+    if scaling is not None:
+        cfg["rope_scaling"] = scaling
+
+    dense_ffn = gguf.get_int(key("feed_forward_length"), 0, minimum=0, maximum=_MAX_WIDTH)
+    if arch.model_type == "qwen2":
+        if head_dim * n_head != hidden:
+            raise NotYetError(f"{gguf.path}: qwen2 requires head_dim * heads == hidden size")
+        del cfg["head_dim"]
+    if arch.model_type in ("llama", "mistral"):
+        cfg["attention_bias"] = gguf.tensor("blk.0.attn_q.bias") is not None
+        cfg["mlp_bias"] = gguf.tensor("blk.0.ffn_up.bias") is not None
+    if arch.moe:
+        n_exp = gguf.get_int(key("expert_count"), minimum=1, maximum=_MAX_EXPERTS)
+        used = gguf.get_int(key("expert_used_count"), minimum=1, maximum=n_exp)
+        moe_ffn = gguf.get_int(key("expert_feed_forward_length"), minimum=1, maximum=_MAX_WIDTH)
+        dense_layers = [
+            i for i in range(layers) if gguf.tensor(f"blk.{i}.ffn_gate_exps.weight") is None
+        ]
+        cfg |= {
+            "num_experts": n_exp,
+            "num_experts_per_tok": used,
+            "moe_intermediate_size": moe_ffn,
+            "decoder_sparse_step": 1,
+            "mlp_only_layers": dense_layers,
+            # llama.cpp always renormalises the top-k weights for qwen3moe.
+            "norm_topk_prob": True,
+        }
+        if dense_layers and not dense_ffn:
+            raise _bad(gguf, key("feed_forward_length"), "required for the dense layers")
+        dense_ffn = dense_ffn or moe_ffn
+    elif not dense_ffn:
+        raise _bad(gguf, key("feed_forward_length"), "required key is missing")
+    cfg["intermediate_size"] = dense_ffn
+    return dict(sorted(cfg.items()))
+
+
+def _rope_scaling(gguf: GGUFFile, a: str, head_dim: int, theta: float) -> dict[str, Any] | None:
+    kind = gguf.get_str(f"{a}.rope.scaling.type", "none")
+    if kind == "none":
+        scaling = None
+    elif kind == "linear":
+        scaling = {"type": "linear", "factor": gguf.get_float(f"{a}.rope.scaling.factor")}
+    elif kind == "yarn":
+        scaling = {
+            "type": "yarn",
+            "factor": gguf.get_float(f"{a}.rope.scaling.factor"),
+            "original_max_position_embeddings": gguf.get_int(
+                f"{a}.rope.scaling.original_context_length", minimum=1
+            ),
+        }
+        for gkey, hkey in (("yarn_beta_fast", "beta_fast"), ("yarn_beta_slow", "beta_slow")):
+            if gguf.has(f"{a}.rope.scaling.{gkey}"):
+                scaling[hkey] = gguf.get_float(f"{a}.rope.scaling.{gkey}")
+    else:
+        raise NotYetError(f"{gguf.path}: rope scaling type {kind!r} is not supported yet")
+    if gguf.tensor("rope_freqs.weight") is not None:
+        if scaling is not None:
+            raise NotYetError(f"{gguf.path}: rope_freqs together with {kind} scaling")
+        return _llama3_scaling(gguf, head_dim, theta)
+    return scaling
+
+
+def _llama3_scaling(gguf: GGUFFile, head_dim: int, theta: float) -> dict[str, Any]:
+    """llama.cpp stores Llama-3.1-style rope scaling as a ``rope_freqs`` tensor of per-frequency
+    divisors; HF configs store its parameters. The tensor is checked against the parameters every
+    released Llama 3.x uses (low 1, high 4, original context 8192) with the factor it implies."""
+    info = _tensor(gguf, "rope_freqs.weight")
+    if info.type.name != "F32" or info.shape != (head_dim // 2,):
+        raise _bad_tensor(gguf, info, f"expected F32 of shape ({head_dim // 2},)")
+    with gguf.path.open("rb") as handle:
+        handle.seek(info.offset)
+        raw = handle.read(info.nbytes)
+    factors = [v for (v,) in struct.iter_unpack("<f", raw)]
+    params: dict[str, Any] = {
+        "factor": max(factors),
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
+    expected = llama3_rope_factors(head_dim, theta, **params)
+    if not all(math.isclose(x, y, rel_tol=1e-4) for x, y in zip(factors, expected, strict=True)):
+        raise NotYetError(
+            f"{gguf.path}: rope_freqs does not match Llama-3 rope scaling with standard parameters"
+        )
+    return {"rope_type": "llama3", **params}
+
+
+def llama3_rope_factors(
+    head_dim: int,
+    theta: float,
+    *,
+    factor: float,
+    low_freq_factor: float,
+    high_freq_factor: float,
+    original_max_position_embeddings: int,
+) -> list[float]:
+    """Per-frequency divisors of Llama-3 rope scaling, as llama.cpp's converter writes them."""
+    low_wavelen = original_max_position_embeddings / low_freq_factor
+    high_wavelen = original_max_position_embeddings / high_freq_factor
+    out = []
+    for i in range(0, head_dim, 2):
+        wavelen = 2 * math.pi / (1.0 / theta ** (i / head_dim))
+        if wavelen < high_wavelen:
+            out.append(1.0)
+        elif wavelen > low_wavelen:
+            out.append(factor)
+        else:
+            smooth = (original_max_position_embeddings / wavelen - low_freq_factor) / (
+                high_freq_factor - low_freq_factor
+            )
+            out.append(1 / ((1 - smooth) / factor + smooth))
+    return out
+
+
+# ------------------------------------------------------------------------------------ tensors
+
+_GLOBAL: Final[dict[str, str]] = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+_BLOCK: Final[dict[str, str]] = {
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "attn_output.bias": "self_attn.o_proj.bias",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+    "ffn_gate.bias": "mlp.gate_proj.bias",
+    "ffn_up.bias": "mlp.up_proj.bias",
+    "ffn_down.bias": "mlp.down_proj.bias",
+    "ffn_gate_inp.weight": "mlp.gate.weight",
+    "ffn_gate_exps.weight": "mlp.switch_mlp.gate_proj.weight",
+    "ffn_up_exps.weight": "mlp.switch_mlp.up_proj.weight",
+    "ffn_down_exps.weight": "mlp.switch_mlp.down_proj.weight",
+}
+# Tensors llama.cpp stores that carry no weights of their own in MLX (folded into config).
+_CONFIG_ONLY: Final = frozenset({"rope_freqs.weight"})
+_BLOCK_RE: Final = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+
+@dataclass(frozen=True)
+class TensorPlan:
+    source: TensorInfo
+    target: str  # MLX parameter name
+    unpermute_heads: int | None = None  # undo llama.cpp's Q/K row permutation with this many heads
+
+
+def tensor_plan(gguf: GGUFFile, config: dict[str, Any]) -> list[TensorPlan]:
+    """Map every GGUF tensor to its MLX name, in file order (sequential reads)."""
+    arch = arch_for(gguf)
+    n_head = int(config["num_attention_heads"])
+    n_kv = int(config["num_key_value_heads"])
+    layers = int(config["num_hidden_layers"])
+    plans: list[TensorPlan] = []
+    for info in sorted(gguf.tensors, key=lambda t: t.offset):
+        name = info.name
+        if name in _CONFIG_ONLY:
+            continue
+        target = _GLOBAL.get(name)
+        heads = None
+        if target is None:
+            match = _BLOCK_RE.match(name)
+            if match and int(match.group(1)) < layers and match.group(2) in _BLOCK:
+                suffix = match.group(2)
+                target = f"model.layers.{int(match.group(1))}.{_BLOCK[suffix]}"
+                if arch.permuted_qk and suffix.startswith("attn_q."):
+                    heads = n_head
+                elif arch.permuted_qk and suffix.startswith("attn_k."):
+                    heads = n_kv
+        if target is None:
+            raise NotYetError(
+                f"{gguf.path}: tensor {name!r} has no MLX counterpart for {arch.gguf_arch}",
+                hint="this GGUF carries weights local-ai does not know how to map; convert the "
+                "original safetensors repo if there is one",
+            )
+        plans.append(TensorPlan(info, target, heads))
+    return plans
+
+
+def low_bit_types(tensors: Iterable[TensorInfo]) -> dict[str, int]:
+    """Bytes per storage type for 2-D+ weights stored below 8 bits (requantizing them compounds
+    error)."""
+    high = {"F32", "F16", "BF16", "F64", "Q8_0", "Q8_1", "Q8_K", "I8", "I16", "I32", "I64"}
+    out: dict[str, int] = {}
+    for t in tensors:
+        if len(t.dims) >= 2 and t.type.name not in high:
+            out[t.type.name] = out.get(t.type.name, 0) + t.nbytes
+    return out
+
+
+def requantize_warning(
+    low_bit: Mapping[str, int], base_model: str | None, recipe: Recipe
+) -> str | None:
+    """The warning for quantizing weights a GGUF already stores below 8 bits."""
+    if not low_bit or not recipe.quantized:
+        return None
+    msg = (
+        f"the GGUF's weights are already quantized below 8 bits ({', '.join(sorted(low_bit))}); "
+        f"converting them to {recipe.level} compounds the quantization error"
+    )
+    if base_model:
+        msg += f"; for better quality convert the original repo instead: {base_model}"
+    return msg
+
+
+def base_model_repo(gguf: GGUFFile) -> str | None:
+    """``org/name`` of the model this GGUF was made from, when its metadata says."""
+    for i in range(min(gguf.get_int("general.base_model.count", 0, maximum=64), 64)):
+        url = gguf.get_str(f"general.base_model.{i}.repo_url", "")
+        match = re.match(r"^https://huggingface\.co/([\w.-]+/[\w.-]+)/?$", url)
+        if match:
+            return match.group(1)
+        org = gguf.get_str(f"general.base_model.{i}.organization", "")
+        name = gguf.get_str(f"general.base_model.{i}.name", "")
+        if org and name and re.match(r"^[\w.-]+$", org) and re.match(r"^[\w.-]+$", name):
+            return f"{org}/{name}"
+    return None
+
+
+def _tensor(gguf: GGUFFile, name: str) -> TensorInfo:
+    info = gguf.tensor(name)
+    if info is None:
+        raise MalformedFileError(gguf.path, f"tensor {name!r}", "required tensor is missing")
+    return info
+
+
+def _bad(gguf: GGUFFile, key: str, problem: str) -> MalformedFileError:
+    return MalformedFileError(gguf.path, f"metadata {key!r}", problem)
+
+
+def _bad_tensor(gguf: GGUFFile, info: TensorInfo, problem: str) -> MalformedFileError:
+    return MalformedFileError(gguf.path, f"tensor {info.name!r}", problem)

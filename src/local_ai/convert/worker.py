@@ -1,0 +1,130 @@
+"""The conversion process: ``python -m local_ai.convert.worker`` reads one JSON request on stdin
+and answers with JSON lines (events, then a result or an error) on its original stdout.
+
+It runs apart from the CLI so that a hostile or huge model file can at worst kill this process.
+Before importing MLX it caps its own address space (Linux ``RLIMIT_AS``; macOS does not enforce
+that limit, so there the parent also watches the resident size). Anything else printed — mlx-lm's
+``[INFO]`` lines, C-level output — goes to stderr, which the parent keeps for diagnostics.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+import traceback
+from dataclasses import asdict, is_dataclass
+from pathlib import Path
+from typing import IO, Any
+
+
+def _limit_memory(limit: int | None) -> None:
+    if not limit or sys.platform != "linux":
+        return
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = limit if hard == resource.RLIM_INFINITY else min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+
+
+def error_payload(exc: BaseException) -> dict[str, Any]:
+    """A typed error as JSON; the parent rebuilds the same class (see runner.rebuild_error)."""
+    from local_ai.errors import LocalAIError, MalformedFileError
+
+    if isinstance(exc, MalformedFileError):
+        return {
+            "type": "MalformedFileError",
+            "message": exc.message,
+            "hint": exc.hint,
+            "path": str(exc.path),
+            "field": exc.field,
+            "problem": exc.problem,
+            "offset": exc.offset,
+        }
+    if isinstance(exc, LocalAIError):
+        return {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}
+    if isinstance(exc, MemoryError):
+        return {"type": "MemoryLimit", "message": "the converter ran out of its memory limit"}
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return {
+            "type": "DiskSpaceError",
+            "message": f"no space left on the device while writing {exc.filename or 'the model'}",
+            "hint": "free some disk space (or use --out on another disk) and run it again",
+        }
+    text = str(exc)
+    if "bad_alloc" in text or "Unable to allocate" in text or "[malloc]" in text:
+        return {"type": "MemoryLimit", "message": f"the converter ran out of memory: {text}"}
+    return {
+        "type": "internal",
+        "message": f"{type(exc).__name__}: {text}",
+        "traceback": "".join(traceback.format_exception(exc)),
+    }
+
+
+def _jsonable(value: Any) -> Any:
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return value
+
+
+def handle(request: dict[str, Any], emit: Any) -> dict[str, Any]:
+    from local_ai.convert.recipe import Recipe
+
+    op = request["op"]
+    source = Path(request["source"])
+    if op == "inspect" and request["kind"] == "gguf":
+        from local_ai.convert.gguf_to_mlx import inspect_gguf
+
+        return inspect_gguf(source)
+    if op != "convert":
+        raise ValueError(f"unknown request {op!r}")
+    recipe = Recipe.from_json(request["recipe"])
+    out_dir = Path(request["out_dir"])
+    if request["kind"] == "gguf":
+        from local_ai.convert.gguf_to_mlx import DEFAULT_SHARD_BYTES, convert_gguf
+
+        result: Any = convert_gguf(
+            source,
+            out_dir,
+            recipe,
+            on_event=emit,
+            shard_bytes=int(request.get("shard_bytes") or DEFAULT_SHARD_BYTES),
+        )
+    else:
+        from local_ai.convert.safetensors_to_mlx import convert_safetensors
+
+        result = convert_safetensors(source, out_dir, recipe, on_event=emit)
+    out: dict[str, Any] = _jsonable(result)
+    return out
+
+
+def main() -> int:
+    # Keep the real stdout for events; everything else printed goes to stderr.
+    events: IO[str] = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+
+    def emit(event: dict[str, Any]) -> None:
+        events.write(json.dumps(event, default=str) + "\n")
+
+    try:
+        request = json.loads(sys.stdin.read())
+        _limit_memory(request.get("memory_limit"))
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+        result = handle(request, emit)
+    except BaseException as exc:  # every failure is reported as data, never as a traceback
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        try:
+            emit({"event": "error", "error": error_payload(exc)})
+        except BaseException:
+            return 3
+        return 1
+    emit({"event": "result", "result": result})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
