@@ -1,0 +1,406 @@
+"""The pure core shared by every client: documents as slots, what local-ai owns, merge, remove
+and drift.
+
+A client config is a few files; in each file local-ai owns some *slots* (a key path such as
+``("env", "ANTHROPIC_BASE_URL")``, or ``()`` for a whole file). A ledger records, per slot, the
+value local-ai wrote and the value it replaced, so removal restores the user's value and leaves
+anything the user changed since alone. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from local_ai.clients import jsonc, yamlkeys
+from local_ai.reconcile.model import Change
+
+Slot = tuple[str, ...]
+FormatName = Literal["jsonc", "json-file", "yaml-keys"]
+LEDGER_VERSION = 1
+
+
+class _Absent:
+    """A slot with no value (the key or file does not exist)."""
+
+    _instance: _Absent | None = None
+
+    def __new__(cls) -> _Absent:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "ABSENT"
+
+
+ABSENT: Any = _Absent()
+
+
+class DocumentError(ValueError):
+    """A client file cannot be read or edited; `line`/`column` point at the problem if known."""
+
+    def __init__(self, message: str, line: int | None = None, column: int | None = None) -> None:
+        super().__init__(message)
+        self.line = line
+        self.column = column
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal as JSON (so True != 1 and key order does not matter)."""
+    if a is ABSENT or b is ABSENT:
+        return a is b
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+# ------------------------------------------------------------------------------- formats
+
+
+class Format(Protocol):
+    name: FormatName
+
+    def get(self, text: str | None, slot: Slot) -> Any:
+        """The value at `slot`, or ABSENT."""
+
+    def set(self, text: str | None, slot: Slot, value: Any) -> tuple[str, list[Slot]]:
+        """New text, and the containers the edit created."""
+
+    def delete(self, text: str | None, slot: Slot) -> str | None:
+        """New text without `slot` (None: the file goes away)."""
+
+    def prune(self, text: str | None, container: Slot) -> str | None:
+        """Remove `container` if it is empty; the text unchanged otherwise."""
+
+
+class JsoncFormat:
+    """JSON with comments, edited in place (Zed and Claude Code settings)."""
+
+    name: FormatName = "jsonc"
+
+    @staticmethod
+    def _checked(text: str) -> str:
+        try:
+            jsonc.parse(text)
+        except jsonc.JsoncError as exc:
+            raise DocumentError(exc.problem, exc.line, exc.column) from None
+        return text
+
+    def get(self, text: str | None, slot: Slot) -> Any:
+        if text is None:
+            return ABSENT
+        found, value = jsonc.lookup(self._checked(text), slot)
+        return value if found else ABSENT
+
+    def set(self, text: str | None, slot: Slot, value: Any) -> tuple[str, list[Slot]]:
+        try:
+            new, created = jsonc.set_value(self._checked(text or ""), slot, value)
+        except jsonc.JsoncEditError as exc:
+            raise DocumentError(str(exc)) from None
+        return new, created
+
+    def delete(self, text: str | None, slot: Slot) -> str | None:
+        return None if text is None else jsonc.delete(self._checked(text), slot)
+
+    def prune(self, text: str | None, container: Slot) -> str | None:
+        if text is None or not jsonc.is_empty_object(text, container):
+            return text
+        return jsonc.delete_root(text) if container == () else jsonc.delete(text, container)
+
+
+class JsonFileFormat:
+    """A whole JSON file local-ai owns (Goose's custom provider); the only slot is ``()``."""
+
+    name: FormatName = "json-file"
+
+    def get(self, text: str | None, slot: Slot) -> Any:
+        if text is None:
+            return ABSENT
+        try:
+            return jsonc.loads(text)
+        except jsonc.JsoncError as exc:
+            raise DocumentError(exc.problem, exc.line, exc.column) from None
+
+    def set(self, text: str | None, slot: Slot, value: Any) -> tuple[str, list[Slot]]:
+        return json.dumps(value, indent=2, ensure_ascii=False) + "\n", []
+
+    def delete(self, text: str | None, slot: Slot) -> str | None:
+        return None
+
+    def prune(self, text: str | None, container: Slot) -> str | None:
+        return text
+
+
+class YamlKeysFormat:
+    """Top-level ``KEY: value`` lines of a YAML file (Goose's config.yaml); slots are (KEY,)."""
+
+    name: FormatName = "yaml-keys"
+
+    def get(self, text: str | None, slot: Slot) -> Any:
+        if text is None:
+            return ABSENT
+        found, value = yamlkeys.get(text, slot[0])
+        return value if found else ABSENT
+
+    def set(self, text: str | None, slot: Slot, value: Any) -> tuple[str, list[Slot]]:
+        try:
+            return yamlkeys.set_key(text or "", slot[0], str(value)), []
+        except yamlkeys.YamlKeysError as exc:
+            raise DocumentError(str(exc)) from None
+
+    def delete(self, text: str | None, slot: Slot) -> str | None:
+        return None if text is None else yamlkeys.delete_key(text, slot[0])
+
+    def prune(self, text: str | None, container: Slot) -> str | None:
+        return text
+
+
+FORMATS: dict[FormatName, Format] = {
+    "jsonc": JsoncFormat(),
+    "json-file": JsonFileFormat(),
+    "yaml-keys": YamlKeysFormat(),
+}
+
+
+# -------------------------------------------------------------------------------- ledger
+
+
+@dataclass(frozen=True)
+class Owned:
+    """One slot local-ai wrote: the value it wrote and the value it replaced."""
+
+    slot: Slot
+    wrote: Any
+    previous: Any = ABSENT
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"slot": list(self.slot), "wrote": self.wrote}
+        if self.previous is not ABSENT:
+            out["previous"] = self.previous
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Owned:
+        return cls(tuple(data["slot"]), data["wrote"], data.get("previous", ABSENT))
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """What local-ai owns in one file."""
+
+    path: str
+    format: FormatName
+    created_file: bool = False
+    created: tuple[Slot, ...] = ()  # containers local-ai created (pruned when left empty)
+    owned: tuple[Owned, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "format": self.format,
+            "created_file": self.created_file,
+            "created": [list(c) for c in self.created],
+            "owned": [o.to_json() for o in self.owned],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> FileRecord:
+        fmt = data["format"]
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown format {fmt!r}")
+        return cls(
+            path=str(data["path"]),
+            format=fmt,
+            created_file=bool(data.get("created_file", False)),
+            created=tuple(tuple(c) for c in data.get("created", [])),
+            owned=tuple(Owned.from_json(o) for o in data.get("owned", [])),
+        )
+
+
+@dataclass(frozen=True)
+class Ledger:
+    """Everything local-ai wrote for one client (kept in LOCAL_AI_HOME/clients/<client>.json)."""
+
+    client: str
+    files: tuple[FileRecord, ...] = ()
+
+    def file(self, path: str) -> FileRecord | None:
+        return next((f for f in self.files if f.path == path), None)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": LEDGER_VERSION,
+            "client": self.client,
+            "files": [f.to_json() for f in self.files],
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Ledger:
+        if data.get("version") != LEDGER_VERSION:
+            raise ValueError(f"unsupported ledger version {data.get('version')!r}")
+        return cls(str(data["client"]), tuple(FileRecord.from_json(f) for f in data["files"]))
+
+
+# ------------------------------------------------------------------------ merge / remove
+
+
+def _restore(fmt: Format, text: str | None, owned: Owned) -> str | None:
+    """Put back the user's value, unless the user changed the slot since local-ai wrote it."""
+    if not same(fmt.get(text, owned.slot), owned.wrote):
+        return text
+    if owned.previous is ABSENT:
+        return fmt.delete(text, owned.slot)
+    return fmt.set(text, owned.slot, owned.previous)[0]
+
+
+def merge(
+    fmt: Format,
+    path: str,
+    text: str | None,
+    desired: Mapping[Slot, Any],
+    record: FileRecord | None,
+) -> tuple[str | None, FileRecord | None]:
+    """The file with every desired slot set and every formerly owned slot restored, plus the
+    new record. Pure. With an empty `desired` this is removal."""
+    owned = {o.slot: o for o in record.owned} if record else {}
+    created = list(record.created) if record else []
+    created_file = text is None or (record is not None and record.created_file)
+    for slot, was in owned.items():
+        if slot not in desired:
+            text = _restore(fmt, text, was)
+    new_owned: list[Owned] = []
+    for slot, value in desired.items():
+        current = fmt.get(text, slot)
+        old = owned.get(slot)
+        previous = old.previous if old is not None and same(current, old.wrote) else current
+        if not same(current, value):
+            text, made = fmt.set(text, slot, value)
+            created += [c for c in made if c not in created]
+        new_owned.append(Owned(slot, value, previous))
+    # Deepest first, so a parent empties once its children are gone.
+    for container in sorted(created, key=len, reverse=True):
+        text = fmt.prune(text, container)
+    if not desired:
+        if created_file and text is not None and text.strip() == "":
+            text = None
+        return text, None
+    kept = tuple(c for c in created if _exists(fmt, text, c))
+    return text, FileRecord(path, fmt.name, created_file, kept, tuple(new_owned))
+
+
+def _exists(fmt: Format, text: str | None, container: Slot) -> bool:
+    if text is None:
+        return False
+    if container == ():
+        return jsonc.parse(text) is not None  # only JSONC documents get a created root
+    return fmt.get(text, container) is not ABSENT
+
+
+# --------------------------------------------------------------------------------- drift
+
+
+def _label(prefix: str, slot: Slot) -> str:
+    return prefix + ".".join(slot) if prefix or slot else "(file)"
+
+
+def _mask(value: Any) -> str:
+    digest = hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:6]
+    return f"<secret {digest}>"
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    text = json.dumps(value, ensure_ascii=False, sort_keys=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _path_text(label: str, parts: Iterable[Any]) -> str:
+    out = label
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return out
+
+
+def drift(
+    fmt: Format,
+    text: str | None,
+    desired: Mapping[Slot, Any],
+    record: FileRecord | None,
+    secret: frozenset[Slot] = frozenset(),
+    prefix: str = "",
+) -> list[str]:
+    """Human-readable differences between the file and what local-ai wants in it:
+    ``+ path: value`` (missing), ``- path`` (to remove or restore), ``~ path: old → new``."""
+    lines: list[str] = []
+    changed: list[tuple[str, Any, Any]] = []
+    for slot, value in desired.items():
+        have = fmt.get(text, slot)
+        if same(have, value):
+            continue
+        label = _label(prefix, slot)
+        if slot in secret:
+            have, value = (ABSENT if have is ABSENT else _mask(have)), _mask(value)
+        if have is ABSENT:
+            lines.append(f"+ {label}: {_show(value)}")
+        else:
+            changed.append((label, have, value))
+    if record is not None:
+        for owned in record.owned:
+            if owned.slot not in desired and same(fmt.get(text, owned.slot), owned.wrote):
+                what = "remove" if owned.previous is ABSENT else "restore the previous value"
+                lines.append(f"- {_label(prefix, owned.slot)} ({what})")
+    if changed:
+        from deepdiff import DeepDiff  # heavy (~0.7 s): only when a value differs
+
+        for label, have, value in changed:
+            diff = DeepDiff(have, value, view="tree", verbose_level=2)
+            for report in diff.values():
+                for level in report:
+                    where = _path_text(label, level.path(output_format="list"))
+                    if type(level.t1).__name__ == "NotPresent":
+                        lines.append(f"+ {where}: {_show(level.t2)}")
+                    elif type(level.t2).__name__ == "NotPresent":
+                        lines.append(f"- {where}: {_show(level.t1)}")
+                    else:
+                        lines.append(f"~ {where}: {_show(level.t1)} → {_show(level.t2)}")
+    return sorted(lines, key=lambda line: (line[2:], line[0]))
+
+
+# --------------------------------------------------------------------------- plan output
+
+
+@dataclass(frozen=True)
+class FileEdit:
+    """One file before and after (None: absent / to be deleted)."""
+
+    path: Path
+    before: str | None
+    after: str | None
+    backup: bool = True  # False when removing a file local-ai created (its content was ours)
+
+    @property
+    def changed(self) -> bool:
+        return self.before != self.after
+
+
+@dataclass(frozen=True)
+class ClientChange:
+    """What planning decided for one client: the reconciler turns it into a WRITE_CLIENT action."""
+
+    client: str  # "zed", "claude-code", "goose"
+    resource: str  # "client.zed"
+    change: Change
+    cause: str  # for NOOP: why nothing is done
+    drift: tuple[str, ...] = ()
+    edits: tuple[FileEdit, ...] = ()
+    ledger: Ledger | None = None  # what local-ai owns afterwards (None: nothing)
+    ledger_changed: bool = False
+    notes: tuple[str, ...] = ()  # what the user still has to do (environment variables)
+    secrets: tuple[str, ...] = field(default=(), repr=False)  # values to mask when printing
+    error: str | None = None  # the client cannot be planned; nothing will be written
+
+    @property
+    def has_changes(self) -> bool:
+        return self.error is None and (any(e.changed for e in self.edits) or self.ledger_changed)
