@@ -89,6 +89,12 @@ class ManifestError(ConfigError):
         return "\n".join(str(p) for p in self.problems)
 
 
+class UsageError(LocalAIError):
+    """The command line asks for something that cannot be done as asked."""
+
+    exit_code = ExitCode.USAGE
+
+
 class NotFoundError(LocalAIError):
     """A file, model, alias or repository that was named does not exist."""
 

@@ -8,7 +8,18 @@ from typing import Annotated
 import typer
 
 from local_ai import __version__
-from local_ai.cli import doctor, gc, init, lock, models, server, validate
+from local_ai.cli import (
+    apply,
+    doctor,
+    gc,
+    generations,
+    init,
+    lock,
+    models,
+    plan,
+    server,
+    validate,
+)
 from local_ai.errors import ExitCode
 
 app = typer.Typer(
@@ -41,6 +52,10 @@ def _root(
 app.command("init")(init.init_command)
 app.command("doctor")(doctor.doctor_command)
 app.command("validate")(validate.validate_command)
+app.command("plan")(plan.plan_command)
+app.command("apply")(apply.apply_command)
+app.command("generations")(generations.generations_command)
+app.command("rollback")(generations.rollback_command)
 app.add_typer(models.app, name="models")
 app.command("lock")(lock.lock_command)
 app.command("gc")(gc.gc_command)

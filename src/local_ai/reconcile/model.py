@@ -207,7 +207,8 @@ def lock_disagreement(spec: ModelSpec, locked: LockedModel) -> str | None:
     """Why the lock entry no longer describes the manifest's source, or None when it does."""
     for name in ("repo", "file", "path", "revision"):
         want, have = getattr(spec, name), getattr(locked, name)
-        if want != have:
+        same = (want or "main") == (have or "main") if name == "revision" else want == have
+        if not same:  # (no revision means main)
             return f"{name} {have or 'unset'} → {want or 'unset'}"
     return None
 

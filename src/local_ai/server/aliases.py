@@ -39,6 +39,11 @@ class AliasMap(BaseModel):
     version: int = ALIAS_MAP_VERSION
     default: str | None = None
     models: dict[str, AliasEntry] = Field(default_factory=dict)
+    # Written by apply: identity of this map (reconcile.model.alias_map_hash) and its generation;
+    # the gateway reports both so `plan` can tell whether a reload is needed.
+    hash: str | None = None
+    generation: int | None = None
+    preload: list[str] = Field(default_factory=list)
 
     @property
     def default_alias(self) -> str | None:
@@ -100,6 +105,10 @@ def build_alias_map(
         if not directory.is_absolute() and base_dir is not None:
             directory = base_dir / directory
         directory = directory.resolve()
+        known = existing.models.get(alias)
+        if known is not None and known.path == str(directory) and directory.is_dir():
+            models[alias] = known  # written by apply for this very directory
+            continue
         config_file = directory / "config.json"
         if not directory.is_dir() or not config_file.is_file():
             if alias in existing.models:
@@ -124,4 +133,6 @@ def build_alias_map(
     default = manifest.default_alias
     if default not in models:
         default = next(iter(models), None)
+    if models == dict(existing.models) and default == existing.default:
+        return existing, skipped  # what apply wrote, with its hash and generation
     return AliasMap(default=default, models=models), skipped

@@ -7,6 +7,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from local_ai.errors import ConfigError
 from local_ai.manifest.models import EngineSettings, Manifest, is_loopback
@@ -49,6 +50,8 @@ class ServerConfig:
     max_active: int = DEFAULT_MAX_ACTIVE
     graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT
     extra_hosts: tuple[str, ...] = field(default_factory=tuple)
+    # reconcile.model.gateway_settings/engine_settings of the manifest it started from
+    settings: dict[str, Any] = field(default_factory=dict)
 
     @property
     def url(self) -> str:
@@ -134,4 +137,13 @@ def server_config(
         config_hash=config_hash(manifest),
         manifest_path=str(manifest_path) if manifest_path else None,
         extra_hosts=_machine_addresses() if bind in WILDCARD_HOSTS else (),
+        settings=running_settings(manifest),
     )
+
+
+def running_settings(manifest: Manifest) -> dict[str, Any]:
+    """What `plan` compares with the manifest: a gateway change restarts the server, an engine
+    change only the engine."""
+    from local_ai.reconcile.model import engine_settings, gateway_settings
+
+    return {"gateway": gateway_settings(manifest), "engine": engine_settings(manifest)}

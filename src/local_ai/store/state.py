@@ -43,7 +43,8 @@ class InstalledModel(BaseModel):
     quantization: str | None = None
     recipe: dict[str, Any] = Field(default_factory=dict)
     store_digest: str | None = None
-    spec_fingerprint: str = ""  # hash of the manifest fields that shaped this install
+    spec_fingerprint: str = ""  # install_key() of the manifest fields that shaped this install
+    spec: dict[str, Any] = Field(default_factory=dict)  # those fields, to explain a change
     files: dict[str, FileRecord] = Field(default_factory=dict)
     size_bytes: int = 0
     installed_at: float = Field(default_factory=time.time)

@@ -83,6 +83,8 @@ class Gateway:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.counters = {"requests": 0, "generations": 0, "rejected_busy": 0, "cancelled": 0}
         self._background: asyncio.Future[None] | None = None
+        # The engine settings it runs with: from the manifest at start, then from restart-engine.
+        self.engine_settings: dict[str, Any] = dict(config.settings.get("engine", {}))
 
     # --- ASGI entry -------------------------------------------------------------------------
 
@@ -507,6 +509,7 @@ class Gateway:
                 "active_generations": engine_status.get("active_generations"),
             },
             "models": models,
+            **({"settings": self._settings()} if admin else {}),
             "requests": {
                 **self.counters,
                 "active": self.active,
@@ -516,12 +519,37 @@ class Gateway:
             },
         }
 
+    def _settings(self) -> dict[str, Any]:
+        """What `local-ai plan` compares with the manifest (admin only)."""
+        return {
+            "gateway": self.config.settings.get("gateway", {}),
+            "engine": self.engine_settings,
+            "aliases_hash": self.alias_map.hash,
+            "generation": self.alias_map.generation,
+        }
+
+    def _reconfigure_engine(self, settings: dict[str, Any]) -> None:
+        """New engine settings from apply, used by the engine started next."""
+        from dataclasses import replace
+
+        from local_ai.manifest.models import EngineSettings
+
+        engine = EngineSettings.model_validate(settings)
+        self.config = replace(self.config, engine=engine)
+        self.supervisor.reconfigure(
+            max_loaded_models=engine.max_loaded_models,
+            idle_ttl_s=engine.idle_ttl_seconds,
+            prompt_cache=engine.prompt_cache,
+        )
+        self.engine_settings = engine.model_dump(mode="json")
+
     async def _admin(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         if not self._admin_ok(scope):
             await self._error(scope, send, 401, "the admin API needs the instance token")
             return
+        raw = b""
         with contextlib.suppress(BodyTooLarge):
-            await read_body(receive, 1024 * 1024)
+            raw = await read_body(receive, 1024 * 1024)
         if path == "/api/admin/reload":
             try:
                 self.alias_map = load_alias_map(self.aliases_file)
@@ -531,6 +559,13 @@ class Gateway:
             log.info("alias map reloaded: %s", ", ".join(self.alias_map.models) or "(empty)")
             await send_json(send, 200, {"reloaded": True, "models": list(self.alias_map.models)})
         elif path == "/api/admin/restart-engine":
+            try:
+                body = json.loads(raw) if raw.strip() else {}
+                if isinstance(body, dict) and isinstance(body.get("engine"), dict):
+                    self._reconfigure_engine(body["engine"])
+            except ValueError as exc:
+                await self._error(scope, send, 400, f"invalid engine settings: {exc}")
+                return
             self._background = asyncio.ensure_future(self.supervisor.restart())
             await send_json(send, 202, {"restarting": True})
         else:

@@ -103,6 +103,12 @@ class EngineSupervisor:
         atomic_write_text(self.config_path, json.dumps(asdict(self.spec), indent=2), mode=0o600)
         self._task = asyncio.create_task(self._run(), name="engine-supervisor")
 
+    def reconfigure(self, **changes: Any) -> None:
+        """Change what the next engine starts with (rewrites run/engine.json)."""
+        for name, value in changes.items():
+            setattr(self.spec, name, value)
+        atomic_write_text(self.config_path, json.dumps(asdict(self.spec), indent=2), mode=0o600)
+
     async def restart(self) -> None:
         """Replace the engine now (admin API); no backoff."""
         self._restart_now.set()

@@ -1,0 +1,432 @@
+"""The actions' hands: one handler per action kind, each doing exactly what its action says.
+
+Handlers make no decisions (the planner did); each records its result as soon as it completes
+(state.json, local-ai.lock, the alias map), so an interrupted apply converges on the next run.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from local_ai import settings
+from local_ai.errors import LocalAIError, ServerError
+from local_ai.manifest.models import ModelSpec
+from local_ai.reconcile.model import (
+    Action,
+    Kind,
+    alias_map_hash,
+    engine_settings,
+    install_fields,
+    install_key,
+)
+from local_ai.reconcile.observe import Snapshot
+from local_ai.store.lockfile import LockEntry, LockFile, entry_from_resolved, save_lock
+from local_ai.store.state import FileRecord, InstalledModel, save_state
+
+if TYPE_CHECKING:
+    from local_ai.convert.api import ConversionResult, ConvertSource, SourceKind
+    from local_ai.convert.recipe import Recipe
+    from local_ai.hub.fetch import FetchResult
+    from local_ai.hub.progress import FetchProgress
+    from local_ai.hub.source import ResolvedSource
+    from local_ai.server.aliases import AliasMap
+
+Handler = Callable[[Action], str | None]
+ENGINE_READY_TIMEOUT = 120.0
+
+
+def _alias(action: Action) -> str:
+    return action.resource.split(".", 1)[1]
+
+
+def recipe_for(spec: ModelSpec) -> Recipe:
+    """The conversion recipe of a spec; no `quantize` on a non-MLX source keeps 16-bit floats."""
+    from local_ai.convert.recipe import AFFINE_BITS, MIXED_RECIPES, make_recipe
+
+    level = spec.quantize or "fp16"
+    grouped = level in AFFINE_BITS or level in MIXED_RECIPES
+    return make_recipe(level, spec.group_size if grouped else None)
+
+
+class Adapters:
+    """Handlers bound to one observed snapshot."""
+
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        *,
+        offline: bool = False,
+        frozen: bool = False,
+        fetch_progress: Callable[[], FetchProgress] | None = None,
+        convert_events: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.snap = snapshot
+        self.manifest = snapshot.loaded.manifest
+        self.offline = offline
+        self.frozen = frozen
+        self.state = snapshot.state
+        self.lock_models: dict[str, LockEntry] = dict(snapshot.lock.models)
+        self.fetched: dict[str, FetchResult] = {}
+        self.converted: dict[str, ConversionResult] = {}
+        self.fetch_progress = fetch_progress
+        self.convert_events = convert_events
+        self.alias_map_written: AliasMap | None = None
+
+    def handlers(self) -> dict[Kind, Handler]:
+        return {
+            Kind.RESOLVE: self.resolve,
+            Kind.FETCH: self.fetch,
+            Kind.VERIFY: self.verify,
+            Kind.CONVERT: self.convert,
+            Kind.INSTALL: self.install,
+            Kind.REMOVE: self.remove,
+            Kind.START_SERVER: self.start_server,
+            Kind.RESTART_SERVER: self.restart_server,
+            Kind.RESTART_ENGINE: self.restart_engine,
+            Kind.RELOAD_ALIASES: self.reload_aliases,
+            Kind.BENCHMARK: self.benchmark,
+        }
+
+    # ---- models ----------------------------------------------------------------------------
+
+    def _spec(self, alias: str) -> ModelSpec:
+        return self.manifest.models[alias]
+
+    def _source(self, alias: str) -> ResolvedSource:
+        return self.snap.sources[alias]
+
+    def _save_lock_entry(self, alias: str) -> None:
+        if self.frozen:
+            return
+        spec = self._spec(alias)
+        entry = entry_from_resolved(self._source(alias), spec, fetched=self.fetched.get(alias))
+        before = self.lock_models.get(alias)
+        if before is not None:
+            from local_ai.store.lockfile import _keep_learned_hashes
+
+            entry = _keep_learned_hashes(entry, before)
+        self.lock_models[alias] = entry
+        self._write_lock()
+
+    def _write_lock(self) -> None:
+        # Entries of aliases the manifest dropped go when `apply --prune` removes them.
+        models = dict(self.lock_models)
+        save_lock(self.snap.lock_path, LockFile(models=models))
+
+    def resolve(self, action: Action) -> str:
+        alias = _alias(action)
+        self._save_lock_entry(alias)
+        source = self._source(alias)
+        return f"locked {source.label}"
+
+    def fetch(self, action: Action) -> str:
+        from local_ai.hub.fetch import fetch
+
+        alias = _alias(action)
+        progress = self.fetch_progress() if self.fetch_progress else None
+        result = fetch(self._source(alias), progress=progress, offline=self.offline)
+        self.fetched[alias] = result
+        return f"{_mb(result.downloaded_bytes)} downloaded, {_mb(result.reused_bytes)} already here"
+
+    def verify(self, action: Action) -> str:
+        from local_ai.hub.fetch import fetch
+
+        alias = _alias(action)
+        # Every file is present now; fetch checks each against its sha256 (by stat when the
+        # same bytes were hashed before) and transfers nothing.
+        result = fetch(self._source(alias), offline=True)
+        self.fetched[alias] = result
+        return f"{len(result.files)} files match local-ai.lock"
+
+    def _fetched(self, alias: str) -> FetchResult:
+        if alias not in self.fetched:
+            from local_ai.hub.fetch import fetch
+
+            self.fetched[alias] = fetch(self._source(alias), offline=True)
+        return self.fetched[alias]
+
+    def _convert_source(self, alias: str) -> ConvertSource:
+        from local_ai.convert.api import hub_source, local_source
+
+        source = self._source(alias)
+        if source.kind == "path":
+            return local_source(source.path or "")
+        result = self._fetched(alias)
+        assert source.repo is not None and source.commit is not None
+        kind: SourceKind = "gguf" if source.format == "gguf" else "safetensors"
+        path = result.path / source.file if source.file else result.path
+        hashes = result.sha256s()
+        return hub_source(
+            kind=kind,
+            path=path,
+            repo=source.repo,
+            commit=source.commit,
+            files=[(f.name, f.size, f.sha256 or hashes.get(f.name)) for f in source.files],
+            file=source.file,
+        )
+
+    def convert(self, action: Action) -> str:
+        from local_ai.convert.api import convert_to_store
+        from local_ai.store.layout import safe_name
+
+        alias = _alias(action)
+        spec = self._spec(alias)
+        recipe = recipe_for(spec)
+        source = self._convert_source(alias)
+        base = (self._source(alias).repo or Path(source.path).stem).split("/")[-1]
+        result = convert_to_store(
+            source,
+            recipe,
+            digest=str(action.params["digest"]),
+            name=safe_name(f"{base}-{recipe.level}"),
+            on_event=self.convert_events,
+        )
+        self.converted[alias] = result
+        return f"{'reused' if result.reused else 'built'} {result.path.name}"
+
+    def install(self, action: Action) -> str:
+        alias = _alias(action)
+        spec = self._spec(alias)
+        source = self._source(alias)
+        converted = self.converted.get(alias)
+        if converted is None and action.detail.startswith("serve the converted"):
+            converted = self._reuse_conversion(alias)
+        if converted is not None:
+            record = _store_record(alias, source, converted)
+        else:
+            from local_ai.hub.fetch import as_installed
+
+            record = as_installed(source, self._fetched(alias))
+        record = record.model_copy(
+            update={"spec_fingerprint": install_key(spec), "spec": install_fields(spec)}
+        )
+        models = {**self.state.models, alias: record}
+        self.state = save_state(
+            settings.paths().state_file, self.state.model_copy(update={"models": models})
+        )
+        self._save_lock_entry(alias)
+        return f"{alias} → {record.location}"
+
+    def _reuse_conversion(self, alias: str) -> ConversionResult:
+        """The store already holds this conversion (the planner planned no convert)."""
+        from local_ai.convert.api import convert_to_store
+        from local_ai.reconcile.model import convert_digest
+
+        spec = self._spec(alias)
+        locked = self.snap.observed.lock.get(alias) or self.snap.observed.resolved[alias]
+        from local_ai.convert.api import CONVERTER_VERSION
+
+        digest = convert_digest(locked, spec, CONVERTER_VERSION)
+        # convert_to_store returns the existing entry without converting.
+        from local_ai.store.layout import Store
+
+        store = Store(settings.paths())
+        entry = next((e for e in store.entries() if e.digest == digest), None)
+        if entry is None:
+            raise LocalAIError(f"the store entry {digest} for {alias} disappeared during apply")
+        return convert_to_store(
+            self._convert_source(alias), recipe_for(spec), digest=digest, name=entry.name
+        )
+
+    def remove(self, action: Action) -> str:
+        alias = _alias(action)
+        models = {a: m for a, m in self.state.models.items() if a != alias}
+        self.state = save_state(
+            settings.paths().state_file, self.state.model_copy(update={"models": models})
+        )
+        if alias in self.lock_models and not self.frozen:
+            del self.lock_models[alias]
+            self._write_lock()
+        return f"{alias} forgotten; `local-ai gc` frees its files"
+
+    # ---- server ----------------------------------------------------------------------------
+
+    def build_alias_map(self) -> AliasMap:
+        from local_ai.server.aliases import AliasEntry, AliasMap
+
+        entries: dict[str, AliasEntry] = {}
+        for alias, spec in self.manifest.models.items():
+            model = self.state.models.get(alias)
+            if model is None:
+                continue
+            entries[alias] = AliasEntry(
+                path=model.location,
+                context=spec.context,
+                max_output_tokens=spec.max_output_tokens,
+                name=spec.name,
+                source=model.source,
+                format="mlx",
+                quantization=model.quantization,
+            )
+        commits = {a: s.commit for a, s in self.snap.sources.items()}
+        complete = set(entries) == set(self.manifest.models)
+        default = self.manifest.default_alias
+        return AliasMap(
+            default=default if default in entries else next(iter(entries), None),
+            models=entries,
+            # Only a map serving every alias is the one the manifest asks for.
+            hash=alias_map_hash(self.manifest, commits) if complete else None,
+            preload=[a for a in self.manifest.server.preload if a in entries],
+        )
+
+    def write_alias_map(self) -> AliasMap:
+        from local_ai.server.aliases import save_alias_map
+
+        alias_map = self.build_alias_map()
+        paths = settings.paths()
+        paths.run.mkdir(parents=True, exist_ok=True)
+        save_alias_map(paths.aliases_file, alias_map)
+        self.alias_map_written = alias_map
+        return alias_map
+
+    def start_server(self, action: Action) -> str:
+        from local_ai.server import daemon
+
+        self.write_alias_map()
+        result = daemon.start(self.snap.loaded.path)
+        return f"serving {', '.join(result.aliases) or 'no models yet'} at {result.url}"
+
+    def restart_server(self, action: Action) -> str:
+        from local_ai.server import daemon
+
+        daemon.stop()
+        return self.start_server(action)
+
+    def restart_engine(self, action: Action) -> str:
+        info = _running()
+        admin_post(info, "/api/admin/restart-engine", {"engine": engine_settings(self.manifest)})
+        wait_engine_ready(info.url)
+        return "engine restarted"
+
+    def reload_aliases(self, action: Action) -> str:
+        alias_map = self.write_alias_map()
+        admin_post(_running(), "/api/admin/reload", {})
+        return f"serving {', '.join(alias_map.models) or 'no models'}"
+
+    def benchmark(self, action: Action) -> str:
+        from local_ai.bench.quick import bench_alias
+
+        alias = _alias(action)
+        info = _running()
+        settings_ = self.manifest.benchmark
+        result = bench_alias(
+            info.url,
+            alias,
+            prompt_tokens=settings_.prompt_tokens,
+            gen_tokens=settings_.gen_tokens,
+            api_key=_api_key(self.snap),
+        )
+        record = {"alias": alias, "at": time.time(), **result}
+        self.state = save_state(
+            settings.paths().state_file,
+            self.state.model_copy(update={"benchmarks": [*self.state.benchmarks[-99:], record]}),
+        )
+        floor = self._spec(alias).min_tokens_per_second or settings_.min_tokens_per_second
+        summary = (
+            f"{result['decode_tokens_per_second']:.1f} tok/s decode, "
+            f"first token {result['ttft_s'] * 1000:.0f} ms"
+        )
+        if floor is not None and result["decode_tokens_per_second"] < floor:
+            raise LocalAIError(
+                f"{alias} decodes at {result['decode_tokens_per_second']:.1f} tok/s, below the "
+                f"{floor} tok/s asked for",
+                hint="pick a lower quantize level or a smaller model, or lower "
+                "min_tokens_per_second",
+            )
+        return summary
+
+
+def _store_record(
+    alias: str, source: ResolvedSource, converted: ConversionResult
+) -> InstalledModel:
+    from local_ai.store.layout import PROVENANCE_FILE
+
+    files: dict[str, FileRecord] = {}
+    total = 0
+    for path in sorted(converted.path.rglob("*")):
+        if path.is_file() and path.name != PROVENANCE_FILE:
+            stat = path.stat()
+            files[str(path.relative_to(converted.path))] = FileRecord(
+                size=stat.st_size, mtime_ns=stat.st_mtime_ns
+            )
+            total += stat.st_size
+    label = (
+        source.label
+        if source.kind == "path"
+        else f"{source.repo}" + (f":{source.file}" if source.file else "")
+    )
+    return InstalledModel(
+        alias=alias,
+        source=label,
+        format="mlx",
+        location=str(converted.path),
+        location_kind="store",
+        commit=source.commit,
+        quantization=converted.recipe.level,
+        recipe=converted.recipe.to_json(),
+        store_digest=converted.digest,
+        files=files,
+        size_bytes=total,
+    )
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB"
+
+
+def _api_key(snapshot: Snapshot) -> str | None:
+    from local_ai.server.config import resolve_api_key
+
+    return resolve_api_key(snapshot.loaded.manifest, snapshot.loaded.path)
+
+
+def _running() -> Any:
+    from local_ai.server.daemon import running_server
+
+    info, alive = running_server()
+    if info is None or not alive:
+        raise ServerError("the server is not running", hint="run `local-ai server start`")
+    return info
+
+
+def admin_post(info: Any, path: str, body: dict[str, Any]) -> Any:
+    import httpx
+
+    try:
+        response = httpx.post(
+            f"{info.url}{path}",
+            json=body,
+            headers={"authorization": f"Bearer {info.token}"},
+            timeout=30.0,
+            trust_env=False,
+        )
+        response.raise_for_status()
+    except httpx.HTTPError as exc:
+        raise ServerError(
+            f"the server did not accept {path}: {exc}", hint="see `local-ai server logs`"
+        ) from exc
+    return response.json()
+
+
+def wait_engine_ready(url: str, timeout: float = ENGINE_READY_TIMEOUT) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    time.sleep(0.2)  # the old engine takes a moment to be seen as gone
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = httpx.get(f"{url}/health", timeout=2.0, trust_env=False).json()
+            if last.get("status") == "ready":
+                return
+            if last.get("status") == "error":
+                break
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.2)
+    raise ServerError(
+        f"the engine did not come back: {last}", hint="see `local-ai server logs --engine`"
+    )

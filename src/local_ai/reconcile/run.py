@@ -1,0 +1,209 @@
+"""Plan and apply as the CLI and watch mode run them: observe → plan → execute → record."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from local_ai import settings
+from local_ai.errors import ConfigError, LocalAIError
+from local_ai.manifest.load import LoadedManifest
+from local_ai.reconcile.adapters import Adapters
+from local_ai.reconcile.executor import Outcome, Report, execute
+from local_ai.reconcile.generations import AliasTarget, Generation, Generations
+from local_ai.reconcile.model import Action, Plan, engine_settings, gateway_settings
+from local_ai.reconcile.observe import Snapshot, observe
+from local_ai.reconcile.planner import Options, plan
+
+PLAN_FILE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    prune: bool = False
+    frozen: bool = False
+    targets: tuple[str, ...] = ()
+    offline: bool = False
+    benchmark: bool = True
+
+    def planner(self) -> Options:
+        from local_ai.convert.api import CONVERTER_VERSION
+
+        return Options(
+            prune=self.prune,
+            frozen=self.frozen,
+            targets=self.targets,
+            converter_version=CONVERTER_VERSION,
+            benchmark=self.benchmark,
+        )
+
+
+def make_plan(loaded: LoadedManifest, options: RunOptions) -> tuple[Snapshot, Plan]:
+    snapshot = observe(
+        loaded, offline=options.offline, frozen=options.frozen, targets=options.targets
+    )
+    return snapshot, plan(loaded.manifest, snapshot.observed, options.planner())
+
+
+# ---- saved plans ----------------------------------------------------------------------------
+
+
+def save_plan(path: Path, loaded: LoadedManifest, options: RunOptions, the_plan: Plan) -> None:
+    from local_ai.reconcile.render import to_json
+    from local_ai.util.atomic import atomic_write_text
+
+    doc = {
+        "local_ai_plan": PLAN_FILE_VERSION,
+        "manifest": str(loaded.path),
+        "options": {
+            "prune": options.prune,
+            "frozen": options.frozen,
+            "targets": list(options.targets),
+            "offline": options.offline,
+            "benchmark": options.benchmark,
+        },
+        "plan": to_json(the_plan),
+    }
+    atomic_write_text(path, json.dumps(doc, indent=2, default=str) + "\n")
+
+
+@dataclass(frozen=True)
+class SavedPlan:
+    manifest: Path
+    options: RunOptions
+    manifest_hash: str
+    observed_fingerprint: str
+
+
+def load_plan(path: Path) -> SavedPlan:
+    try:
+        doc = json.loads(path.read_text("utf-8"))
+        opts = doc["options"]
+        return SavedPlan(
+            manifest=Path(doc["manifest"]),
+            options=RunOptions(
+                prune=bool(opts["prune"]),
+                frozen=bool(opts["frozen"]),
+                targets=tuple(opts["targets"]),
+                offline=bool(opts["offline"]),
+                benchmark=bool(opts["benchmark"]),
+            ),
+            manifest_hash=str(doc["plan"]["manifest_hash"]),
+            observed_fingerprint=str(doc["plan"]["observed_fingerprint"]),
+        )
+    except FileNotFoundError:
+        raise ConfigError("no such plan file", path=path) from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(
+            f"is not a plan written by `local-ai plan --out` ({exc})",
+            path=path,
+            hint="run `local-ai plan --out plan.json` again",
+        ) from None
+
+
+def stale_reason(saved: SavedPlan, fresh: Plan) -> str | None:
+    if saved.manifest_hash != fresh.manifest_hash:
+        return f"{saved.manifest} changed since the plan was made"
+    if saved.observed_fingerprint != fresh.observed_fingerprint:
+        return "the store, the lock file or the server changed since the plan was made"
+    return None
+
+
+# ---- apply ----------------------------------------------------------------------------------
+
+
+@dataclass
+class ApplyResult:
+    report: Report
+    generation: Generation | None
+
+
+def apply_plan(
+    snapshot: Snapshot,
+    the_plan: Plan,
+    options: RunOptions,
+    *,
+    on_start: Callable[[Action], None] | None = None,
+    on_done: Callable[[Outcome], None] | None = None,
+    adapters: Adapters | None = None,
+) -> ApplyResult:
+    """Execute `the_plan` (made from `snapshot`) and record a generation when it all worked.
+    The caller holds the apply lock."""
+    if the_plan.errors:
+        raise LocalAIError("the plan has errors; nothing was changed")
+    from local_ai.store.layout import Store
+
+    Store(settings.paths()).clean_leftovers()  # staging dirs of a killed run
+    adapters = adapters or Adapters(snapshot, offline=options.offline, frozen=options.frozen)
+    report = execute(the_plan, adapters.handlers(), on_start=on_start, on_done=on_done)
+    generation = None
+    if report.ok and not report.interrupted and the_plan.has_changes:
+        generation = record_generation(snapshot, adapters)
+    return ApplyResult(report, generation)
+
+
+def record_generation(snapshot: Snapshot, adapters: Adapters) -> Generation:
+    manifest = snapshot.loaded.manifest
+    alias_map = adapters.alias_map_written or adapters.build_alias_map()
+    targets = {
+        alias: AliasTarget(
+            path=entry.path,
+            context=entry.context,
+            max_output_tokens=entry.max_output_tokens,
+            name=entry.name,
+            source=entry.source or "",
+            format=entry.format,
+            quantization=entry.quantization,
+        )
+        for alias, entry in alias_map.models.items()
+    }
+    lock: dict[str, Any] = {
+        alias: entry.model_dump(mode="json") for alias, entry in adapters.lock_models.items()
+    }
+    return Generations(settings.paths().generations).record(
+        manifest_hash=manifest.fingerprint(),
+        aliases=targets,
+        default=alias_map.default,
+        preload=tuple(alias_map.preload),
+        aliases_hash=alias_map.hash or "",
+        lock=lock,
+        server={"gateway": gateway_settings(manifest), "engine": engine_settings(manifest)},
+    )
+
+
+def rollback(number: int | None) -> Generation:
+    """Serve generation `number` (default: the one before the current) again."""
+    from local_ai.errors import NotFoundError
+    from local_ai.reconcile.adapters import _running, admin_post
+    from local_ai.server.aliases import AliasMap, save_alias_map
+    from local_ai.server.daemon import running_server
+
+    generations = Generations(settings.paths().generations)
+    numbers = generations.numbers()
+    current = generations.current_number()
+    if number is None:
+        older = [n for n in numbers if current is None or n < current]
+        if not older:
+            raise NotFoundError(
+                "there is no earlier generation to roll back to",
+                hint="`local-ai generations` lists what is kept",
+            )
+        number = older[-1]
+    target = generations.load(number)
+    missing = [a for a, t in target.aliases.items() if not Path(t.path).exists()]
+    if missing:
+        raise NotFoundError(
+            f"generation {number} serves {', '.join(missing)} from files that are gone",
+            hint="`local-ai gc` keeps what generations reference; pick another generation",
+        )
+    paths = settings.paths()
+    paths.run.mkdir(parents=True, exist_ok=True)
+    save_alias_map(paths.aliases_file, AliasMap.model_validate(target.alias_map()))
+    generations.set_current(number)
+    info, alive = running_server()
+    if info is not None and alive:
+        admin_post(_running(), "/api/admin/reload", {})
+    return target

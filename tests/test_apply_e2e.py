@@ -1,0 +1,354 @@
+"""plan / apply / rollback / watch end to end: the real CLI in subprocesses, the real
+huggingface_hub client against the fake hub, real conversions and the real server daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.harness.fakehub import FakeHub
+from tests.server_helpers import build_chat_model, free_port, wait_for
+
+MLX = "mlx-community/tiny-chat"
+HF = "org/tiny-chat"
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_chat_model(tmp_path_factory.mktemp("models") / "chat")
+
+
+@pytest.fixture
+def hub(fake_hub: FakeHub, chat_model: Path) -> FakeHub:
+    fake_hub.add_repo_from_dir(MLX, chat_model, metadata={"library_name": "mlx", "tags": ["mlx"]})
+    fake_hub.add_repo_from_dir(HF, chat_model, metadata={"library_name": "transformers"})
+    return fake_hub
+
+
+class Project:
+    def __init__(self, directory: Path, home: Path) -> None:
+        self.dir = directory
+        self.home = home
+        self.port = free_port()
+        self.manifest = directory / "local-ai.toml"
+
+    def write(
+        self, models: str, *, server: str = "", engine: str = "", bench: bool = False
+    ) -> None:
+        self.manifest.write_text(
+            "version = 1\n"
+            f"[server]\nport = {self.port}\n{server}\n"
+            f"[server.engine]\n{engine}\n"
+            f"[benchmark]\non_apply = {'true' if bench else 'false'}\n"
+            "prompt_tokens = 16\ngen_tokens = 8\n" + models
+        )
+
+    def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "NO_COLOR": "1",
+            "COLUMNS": "200",
+            "LOCAL_AI_CONFIG": str(self.manifest),
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "local_ai", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=self.dir,
+            timeout=timeout,
+            check=False,
+        )
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        env = {
+            **os.environ,
+            "NO_COLOR": "1",
+            "COLUMNS": "200",
+            "LOCAL_AI_CONFIG": str(self.manifest),
+        }
+        return subprocess.Popen(
+            [sys.executable, "-m", "local_ai", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=self.dir,
+        )
+
+    def chat(self, alias: str) -> httpx.Response:
+        return httpx.post(
+            f"http://127.0.0.1:{self.port}/v1/chat/completions",
+            json={"model": alias, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+            timeout=60,
+            trust_env=False,
+        )
+
+    def served_paths(self) -> dict[str, str]:
+        data = json.loads((self.home / "run" / "aliases.json").read_text())
+        return {alias: entry["path"] for alias, entry in data["models"].items()}
+
+    def state(self) -> dict[str, object]:
+        return dict(json.loads((self.home / "state.json").read_text()))
+
+
+@pytest.fixture
+def project(tmp_path: Path, isolated_home: Path) -> Iterator[Project]:
+    proj = Project(tmp_path / "work", isolated_home)
+    yield proj
+    proj.cli("server", "stop", timeout=60)
+
+
+MODELS = f"""
+[models.chat]
+repo = "{MLX}"
+context = 4096
+[models.conv]
+repo = "{HF}"
+quantize = "fp16"
+context = 4096
+"""
+
+
+def _plan_lines(text: str) -> list[str]:
+    return [line.rstrip() for line in text.splitlines() if line.strip()]
+
+
+def test_apply_builds_serves_converges_rebuilds_one_and_rolls_back(
+    hub: FakeHub, project: Project
+) -> None:
+    project.write(MODELS, bench=True)
+    first = project.cli("apply", "--yes")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "+ model.chat  (new model)" in first.stdout and "start-server" in first.stdout
+    assert "Apply complete" in first.stdout and "Generation 1" in first.stdout
+    # The server answers by alias, from the HF cache snapshot and from the store.
+    assert project.chat("chat").status_code == 200
+    assert project.chat("conv").status_code == 200
+    served = project.served_paths()
+    assert "/snapshots/" in served["chat"] and str(project.home / "store") in served["conv"]
+    lock = (project.dir / "local-ai.lock").read_text()
+    assert MLX in lock and HF in lock and 'quantize = "fp16"' in lock
+    benchmarks = project.state()["benchmarks"]
+    assert isinstance(benchmarks, list)
+    assert {b["alias"] for b in benchmarks} == {"chat", "conv"}
+
+    # A second apply right away is a no-op: nothing fetched, nothing converted.
+    hub.clear_requests()
+    again = project.cli("plan", "--detailed-exitcode")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "No changes." in again.stdout
+    assert not [r for r in hub.requests if r.kind == "file"]
+
+    # Reordered keys and comments: still nothing to do.
+    project.write(
+        "# my models\n" + MODELS.replace("context = 4096\n[models.conv]", "[models.conv]"),
+        bench=True,
+    )
+    project.manifest.write_text(
+        project.manifest.read_text().replace(
+            f'repo = "{MLX}"\n', f'repo = "{MLX}"\ncontext = 4096\n', 1
+        )
+    )
+    assert project.cli("plan", "--detailed-exitcode").returncode == 0
+
+    # quantize fp16 → q8: exactly one rebuild and an alias reload, no engine restart.
+    project.write(MODELS.replace('"fp16"', '"q8"'))
+    plan = project.cli("plan", "--detailed-exitcode")
+    assert plan.returncode == 2, plan.stdout + plan.stderr
+    lines = _plan_lines(plan.stdout)
+    assert "-/+ model.conv  (quantize fp16 → q8)" in lines
+    assert sum(1 for line in lines if line.strip().startswith("convert")) == 1
+    assert any(line.strip() == "reload-aliases" for line in lines)
+    assert not any("restart-engine" in line or "fetch" in line.split() for line in lines)
+    old_conv = served["conv"]
+    applied = project.cli("apply", "--yes")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert "Generation 2" in applied.stdout
+    new_conv = project.served_paths()["conv"]
+    assert new_conv != old_conv and new_conv.endswith("-q8")
+    assert project.chat("conv").status_code == 200
+
+    # rollback serves generation 1 again; plan shows the drift; apply returns.
+    listed = project.cli("generations", "--json")
+    assert [g["number"] for g in json.loads(listed.stdout)["generations"]] == [1, 2]
+    back = project.cli("rollback")
+    assert back.returncode == 0, back.stderr
+    assert project.served_paths()["conv"] == old_conv
+    assert project.chat("conv").status_code == 200
+    drift = project.cli("plan", "--detailed-exitcode")
+    assert drift.returncode == 2 and "reload-aliases" in drift.stdout
+
+    # An engine setting restarts the engine only (the server keeps its pid).
+    pid = json.loads((project.home / "run" / "server.json").read_text())["pid"]
+    project.write(MODELS.replace('"fp16"', '"q8"'), engine="max_loaded_models = 1")
+    plan = project.cli("plan")
+    assert "server.engine.max_loaded_models 2 → 1" in plan.stdout
+    assert "restart-engine" in plan.stdout and "restart-server" not in plan.stdout
+    assert project.cli("apply", "--yes").returncode == 0
+    assert json.loads((project.home / "run" / "server.json").read_text())["pid"] == pid
+    assert project.served_paths()["conv"] == new_conv
+    assert project.cli("plan", "--detailed-exitcode").returncode == 0
+    assert project.chat("conv").status_code == 200
+
+
+def test_apply_asks_and_refuses_without_a_terminal(hub: FakeHub, project: Project) -> None:
+    project.write(MODELS, server="autostart = false")
+    result = project.cli("apply")
+    assert result.returncode == 64
+    assert "--yes" in result.stderr
+    assert not (project.home / "state.json").exists()
+    assert not (project.dir / "local-ai.lock").exists()
+
+
+def test_saved_plan_applies_and_a_stale_one_is_refused(hub: FakeHub, project: Project) -> None:
+    project.write(MODELS, server="autostart = false")
+    saved = project.dir / "plan.json"
+    made = project.cli("plan", "--out", str(saved))
+    assert made.returncode == 0, made.stderr
+    # The manifest changes after the plan was made: refused, nothing done.
+    project.write(MODELS.replace('"fp16"', '"q8"'), server="autostart = false")
+    stale = project.cli("apply", str(saved))
+    assert stale.returncode == 1
+    assert "stale plan" in stale.stderr and "local-ai plan" in stale.stderr
+    assert not (project.home / "state.json").exists()
+    # A fresh plan applies as saved.
+    assert project.cli("plan", "--out", str(saved)).returncode == 0
+    applied = project.cli("apply", str(saved))
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    assert set(json.loads((project.home / "state.json").read_text())["models"]) == {"chat", "conv"}
+
+
+def test_frozen_uses_only_the_lock(hub: FakeHub, project: Project) -> None:
+    project.write(MODELS, server="autostart = false")
+    missing = project.cli("plan", "--frozen")
+    assert missing.returncode == 1
+    assert "local-ai.lock" in missing.stdout and "local-ai lock" in missing.stdout
+    assert project.cli("lock").returncode == 0
+    frozen = project.cli("apply", "--yes", "--frozen")
+    assert frozen.returncode == 0, frozen.stdout + frozen.stderr
+    # The repo moves on; --frozen stays on the locked commit.
+    hub.commit(MLX, {"README.md": "new\n"}, message="moved")
+    assert project.cli("plan", "--frozen", "--detailed-exitcode").returncode == 0
+
+
+def test_a_failed_model_skips_its_dependents_and_a_rerun_converges(
+    hub: FakeHub, project: Project
+) -> None:
+    project.write(MODELS, server="autostart = false")
+    # A connection reset mid-file on every attempt (huggingface_hub does not retry it).
+    hub.inject("drop_connection", repo_id=HF, target="file", path="model.safetensors", at=1000)
+    first = project.cli("apply", "--yes")
+    assert first.returncode == 1
+    assert "✗ fetch:conv" in first.stderr
+    assert "convert:conv skipped" in first.stderr and "install:conv skipped" in first.stderr
+    assert "✓ install:chat" in first.stderr  # the independent model still installed
+    assert set(project.state()["models"]) == {"chat"}  # type: ignore[arg-type]
+    hub.clear_faults()
+    rerun = project.cli("apply", "--yes")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert "model.chat  (up to date" in rerun.stdout
+    assert set(project.state()["models"]) == {"chat", "conv"}  # type: ignore[arg-type]
+    assert project.cli("plan", "--detailed-exitcode").returncode == 0
+
+
+@pytest.mark.parametrize("stage", ["fetch", "convert"])
+def test_kill_9_during_apply_then_rerun_converges(
+    hub: FakeHub, project: Project, stage: str
+) -> None:
+    project.write(MODELS, server="autostart = false")
+    if stage == "fetch":
+        hub.inject("slow", repo_id=HF, bytes_per_second=64 * 1024, max_seconds=30)
+    proc = project.popen("apply", "--yes")
+    marker = f"→ {stage}:conv"
+    seen: list[str] = []
+
+    def reached() -> bool:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        seen.append(line)
+        return marker in line or proc.poll() is not None
+
+    assert wait_for(reached, timeout=120), "".join(seen)
+    time.sleep(0.5 if stage == "fetch" else 0.3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    hub.clear_faults()
+    # Whatever was half-built is not in view: no staging leftovers once a new apply starts,
+    # and every store entry that exists is complete.
+    rerun = project.cli("apply", "--yes")
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    store = project.home / "store"
+    entries = [p for p in store.iterdir() if not p.name.startswith(".")]
+    assert entries and all((p / ".local-ai.json").is_file() for p in entries)
+    assert all((p / "config.json").is_file() for p in entries)
+    assert project.cli("plan", "--detailed-exitcode").returncode == 0
+
+
+def test_prune_removes_what_the_manifest_dropped(hub: FakeHub, project: Project) -> None:
+    project.write(MODELS, server="autostart = false")
+    assert project.cli("apply", "--yes").returncode == 0
+    only_chat = MODELS.split("[models.conv]")[0]
+    project.write(only_chat, server="autostart = false")
+    kept = project.cli("plan", "--detailed-exitcode")
+    assert kept.returncode == 0 and "apply --prune" in kept.stdout
+    pruned = project.cli("apply", "--yes", "--prune")
+    assert pruned.returncode == 0, pruned.stdout + pruned.stderr
+    assert "- model.conv  (not in manifest)" in pruned.stdout
+    assert set(project.state()["models"]) == {"chat"}  # type: ignore[arg-type]
+    assert "org/tiny-chat" not in (project.dir / "local-ai.lock").read_text()
+
+
+def test_watch_applies_edits_and_keeps_the_last_good_manifest(
+    hub: FakeHub, project: Project
+) -> None:
+    only_chat = MODELS.split("[models.conv]")[0]
+    project.write(only_chat, server="autostart = false")
+    proc = project.popen("apply", "--watch", "--yes")
+    out: list[str] = []
+
+    def saw(text: str, timeout: float = 90) -> bool:
+        assert proc.stdout is not None
+
+        def step() -> bool:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            out.append(line)
+            return text in line or proc.poll() is not None
+
+        return any(text in line for line in out) or wait_for(step, timeout)
+
+    try:
+        assert saw("waiting for changes"), "".join(out)
+        out.clear()
+        # An editor's truncate-then-write: one round.
+        with project.manifest.open("r+") as f:
+            text = f.read()
+            f.seek(0)
+            f.truncate()
+            f.flush()
+            time.sleep(0.05)
+            f.write(text + MODELS.split(only_chat)[1])
+        assert saw("waiting for changes"), "".join(out)
+        assert "install:conv" in "".join(out)
+        out.clear()
+        # A broken save keeps the last good manifest and says so.
+        project.manifest.write_text(project.manifest.read_text() + "\n[models.bad\n")
+        assert saw("has errors"), "".join(out)
+        assert "local-ai.toml" in "".join(out)
+        assert set(project.state()["models"]) == {"chat", "conv"}  # type: ignore[arg-type]
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    assert proc.returncode in (0, 130)
