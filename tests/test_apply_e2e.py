@@ -352,3 +352,29 @@ def test_watch_applies_edits_and_keeps_the_last_good_manifest(
         except subprocess.TimeoutExpired:
             proc.kill()
     assert proc.returncode in (0, 130)
+
+
+def test_models_add_edits_the_manifest_keeping_comments_and_applies(
+    hub: FakeHub, project: Project
+) -> None:
+    project.write("# chat models below\n", server="autostart = false")
+    before = project.manifest.read_text()
+    added = project.cli("models", "add", HF, "--quantize", "fp16", "--yes")
+    assert added.returncode == 0, added.stdout + added.stderr
+    text = project.manifest.read_text()
+    assert text.startswith(before) and "# chat models below" in text
+    assert '[models.tiny-chat]\nrepo = "org/tiny-chat"\nquantize = "fp16"' in text
+    assert "+ model.tiny-chat  (new model)" in added.stdout
+    assert set(project.state()["models"]) == {"tiny-chat"}  # type: ignore[arg-type]
+    # The same alias again is refused and nothing changes.
+    again = project.cli("models", "add", HF, "--yes")
+    assert again.returncode == 64 and "--alias" in again.stderr
+    assert project.manifest.read_text() == text
+    # Not a repo, GGUF or path: a clear error pointing at search.
+    bad = project.cli("models", "add", "qwen coder", "--yes")
+    assert bad.returncode == 64 and "models search" in bad.stderr
+    # Without a terminal and without --yes: the edit stays, nothing is applied.
+    pending = project.cli("models", "add", MLX, "--alias", "chat")
+    assert pending.returncode == 64 and "--yes" in pending.stderr
+    assert "[models.chat]" in project.manifest.read_text()
+    assert set(project.state()["models"]) == {"tiny-chat"}  # type: ignore[arg-type]

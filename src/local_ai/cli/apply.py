@@ -20,8 +20,10 @@ from local_ai.errors import ExitCode, LocalAIError, UsageError
 
 if TYPE_CHECKING:
     from local_ai.manifest.load import LoadedManifest
+    from local_ai.reconcile.adapters import Adapters
     from local_ai.reconcile.executor import Outcome
     from local_ai.reconcile.model import Action, Plan
+    from local_ai.reconcile.observe import Snapshot
     from local_ai.reconcile.run import ApplyResult, RunOptions
 
 LockTimeoutOption = Annotated[
@@ -145,6 +147,7 @@ def _apply_once(
             options,
             on_start=None if json else _announce,
             on_done=None if json else _finished,
+            adapters=_adapters(snapshot, options, json=json),
         )
     if json:
         print_json(_result_json(the_plan, result))
@@ -153,6 +156,21 @@ def _apply_once(
     if result.report.interrupted:
         return ExitCode.INTERRUPTED
     return ExitCode.OK if result.report.ok else ExitCode.ERROR
+
+
+def _adapters(snapshot: Snapshot, options: RunOptions, *, json: bool) -> Adapters:
+    """Handlers with progress bars for people at a terminal (none for scripts)."""
+    from local_ai.cli.output import err_console
+    from local_ai.hub.progress import RichProgress
+    from local_ai.reconcile.adapters import Adapters
+
+    bars = not json and err_console().is_terminal
+    return Adapters(
+        snapshot,
+        offline=options.offline,
+        frozen=options.frozen,
+        fetch_progress=RichProgress if bars else None,
+    )
 
 
 def _announce(action: Action) -> None:
