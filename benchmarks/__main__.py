@@ -7,6 +7,7 @@ import sys
 
 BENCHMARKS = {
     "server": "benchmarks.server_concurrency",
+    "plan": "benchmarks.plan_apply",
 }
 
 
