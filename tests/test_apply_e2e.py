@@ -261,9 +261,12 @@ def test_a_failed_model_skips_its_dependents_and_a_rerun_converges(
     assert project.cli("plan", "--detailed-exitcode").returncode == 0
 
 
-@pytest.mark.parametrize("stage", ["fetch", "convert"])
-def test_kill_9_during_apply_then_rerun_converges(
-    hub: FakeHub, project: Project, stage: str
+@pytest.mark.parametrize(
+    ("stage", "sig"),
+    [("fetch", signal.SIGKILL), ("convert", signal.SIGKILL), ("fetch", signal.SIGINT)],
+)
+def test_kill_during_apply_then_rerun_converges(
+    hub: FakeHub, project: Project, stage: str, sig: signal.Signals
 ) -> None:
     project.write(MODELS, server="autostart = false")
     if stage == "fetch":
@@ -280,8 +283,12 @@ def test_kill_9_during_apply_then_rerun_converges(
 
     assert wait_for(reached, timeout=120), "".join(seen)
     time.sleep(0.5 if stage == "fetch" else 0.3)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=30)
+    proc.send_signal(sig)
+    code = proc.wait(timeout=30)
+    if sig == signal.SIGINT:  # Ctrl-C: a clean stop that says what was left
+        rest = proc.stdout.read() if proc.stdout else ""
+        assert code == 130, rest
+        assert "interrupted" in rest
     hub.clear_faults()
     # Whatever was half-built is not in view: no staging leftovers once a new apply starts,
     # and every store entry that exists is complete.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
@@ -86,4 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         if isinstance(exc, SystemExit):
             raise
         code = report(exc)
+    if code == ExitCode.INTERRUPTED:
+        # Ctrl-C: do not wait for download threads to finish their files (huggingface_hub
+        # resumes them next time); everything recorded so far is already on disk.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     sys.exit(code)
