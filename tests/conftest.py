@@ -9,6 +9,9 @@ import pytest
 
 from tests.harness.fakehub import FakeHub, client_pointed_at, running_hub
 
+# Fixtures for tests that drive a whole project through the CLI (tiny_hub, project).
+pytest_plugins = ["tests.projects"]
+
 _ISOLATED_VARS = (
     "LOCAL_AI_HOME",
     "LOCAL_AI_CONFIG",

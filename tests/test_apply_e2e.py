@@ -4,109 +4,15 @@ huggingface_hub client against the fake hub, real conversions and the real serve
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.harness.fakehub import FakeHub
-from tests.server_helpers import build_chat_model, free_port, wait_for
-
-MLX = "mlx-community/tiny-chat"
-HF = "org/tiny-chat"
-
-
-@pytest.fixture(scope="module")
-def chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_chat_model(tmp_path_factory.mktemp("models") / "chat")
-
-
-@pytest.fixture
-def hub(fake_hub: FakeHub, chat_model: Path) -> FakeHub:
-    fake_hub.add_repo_from_dir(MLX, chat_model, metadata={"library_name": "mlx", "tags": ["mlx"]})
-    fake_hub.add_repo_from_dir(HF, chat_model, metadata={"library_name": "transformers"})
-    return fake_hub
-
-
-class Project:
-    def __init__(self, directory: Path, home: Path) -> None:
-        self.dir = directory
-        self.home = home
-        self.port = free_port()
-        self.manifest = directory / "local-ai.toml"
-
-    def write(
-        self, models: str, *, server: str = "", engine: str = "", bench: bool = False
-    ) -> None:
-        self.manifest.write_text(
-            "version = 1\n"
-            f"[server]\nport = {self.port}\n{server}\n"
-            f"[server.engine]\n{engine}\n"
-            f"[benchmark]\non_apply = {'true' if bench else 'false'}\n"
-            "prompt_tokens = 16\ngen_tokens = 8\n" + models
-        )
-
-    def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-        env = {
-            **os.environ,
-            "NO_COLOR": "1",
-            "COLUMNS": "200",
-            "LOCAL_AI_CONFIG": str(self.manifest),
-        }
-        return subprocess.run(
-            [sys.executable, "-m", "local_ai", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=self.dir,
-            timeout=timeout,
-            check=False,
-        )
-
-    def popen(self, *args: str) -> subprocess.Popen[str]:
-        env = {
-            **os.environ,
-            "NO_COLOR": "1",
-            "COLUMNS": "200",
-            "LOCAL_AI_CONFIG": str(self.manifest),
-        }
-        return subprocess.Popen(
-            [sys.executable, "-m", "local_ai", *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            cwd=self.dir,
-        )
-
-    def chat(self, alias: str) -> httpx.Response:
-        return httpx.post(
-            f"http://127.0.0.1:{self.port}/v1/chat/completions",
-            json={"model": alias, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
-            timeout=60,
-            trust_env=False,
-        )
-
-    def served_paths(self) -> dict[str, str]:
-        data = json.loads((self.home / "run" / "aliases.json").read_text())
-        return {alias: entry["path"] for alias, entry in data["models"].items()}
-
-    def state(self) -> dict[str, object]:
-        return dict(json.loads((self.home / "state.json").read_text()))
-
-
-@pytest.fixture
-def project(tmp_path: Path, isolated_home: Path) -> Iterator[Project]:
-    proj = Project(tmp_path / "work", isolated_home)
-    yield proj
-    proj.cli("server", "stop", timeout=60)
-
+from tests.projects import HF, MLX, Project
+from tests.server_helpers import wait_for
 
 MODELS = f"""
 [models.chat]
@@ -124,7 +30,7 @@ def _plan_lines(text: str) -> list[str]:
 
 
 def test_apply_builds_serves_converges_rebuilds_one_and_rolls_back(
-    hub: FakeHub, project: Project
+    tiny_hub: FakeHub, project: Project
 ) -> None:
     project.write(MODELS, bench=True)
     first = project.cli("apply", "--yes")
@@ -143,11 +49,11 @@ def test_apply_builds_serves_converges_rebuilds_one_and_rolls_back(
     assert {b["alias"] for b in benchmarks} == {"chat", "conv"}
 
     # A second apply right away is a no-op: nothing fetched, nothing converted.
-    hub.clear_requests()
+    tiny_hub.clear_requests()
     again = project.cli("plan", "--detailed-exitcode")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "No changes." in again.stdout
-    assert not [r for r in hub.requests if r.kind == "file"]
+    assert not [r for r in tiny_hub.requests if r.kind == "file"]
 
     # Reordered keys and comments: still nothing to do.
     project.write(
@@ -201,7 +107,7 @@ def test_apply_builds_serves_converges_rebuilds_one_and_rolls_back(
     assert project.chat("conv").status_code == 200
 
 
-def test_apply_asks_and_refuses_without_a_terminal(hub: FakeHub, project: Project) -> None:
+def test_apply_asks_and_refuses_without_a_terminal(tiny_hub: FakeHub, project: Project) -> None:
     project.write(MODELS, server="autostart = false")
     result = project.cli("apply")
     assert result.returncode == 64
@@ -210,7 +116,7 @@ def test_apply_asks_and_refuses_without_a_terminal(hub: FakeHub, project: Projec
     assert not (project.dir / "local-ai.lock").exists()
 
 
-def test_saved_plan_applies_and_a_stale_one_is_refused(hub: FakeHub, project: Project) -> None:
+def test_saved_plan_applies_and_a_stale_one_is_refused(tiny_hub: FakeHub, project: Project) -> None:
     project.write(MODELS, server="autostart = false")
     saved = project.dir / "plan.json"
     made = project.cli("plan", "--out", str(saved))
@@ -228,7 +134,7 @@ def test_saved_plan_applies_and_a_stale_one_is_refused(hub: FakeHub, project: Pr
     assert set(json.loads((project.home / "state.json").read_text())["models"]) == {"chat", "conv"}
 
 
-def test_frozen_uses_only_the_lock(hub: FakeHub, project: Project) -> None:
+def test_frozen_uses_only_the_lock(tiny_hub: FakeHub, project: Project) -> None:
     project.write(MODELS, server="autostart = false")
     missing = project.cli("plan", "--frozen")
     assert missing.returncode == 1
@@ -237,23 +143,23 @@ def test_frozen_uses_only_the_lock(hub: FakeHub, project: Project) -> None:
     frozen = project.cli("apply", "--yes", "--frozen")
     assert frozen.returncode == 0, frozen.stdout + frozen.stderr
     # The repo moves on; --frozen stays on the locked commit.
-    hub.commit(MLX, {"README.md": "new\n"}, message="moved")
+    tiny_hub.commit(MLX, {"README.md": "new\n"}, message="moved")
     assert project.cli("plan", "--frozen", "--detailed-exitcode").returncode == 0
 
 
 def test_a_failed_model_skips_its_dependents_and_a_rerun_converges(
-    hub: FakeHub, project: Project
+    tiny_hub: FakeHub, project: Project
 ) -> None:
     project.write(MODELS, server="autostart = false")
     # A connection reset mid-file on every attempt (huggingface_hub does not retry it).
-    hub.inject("drop_connection", repo_id=HF, target="file", path="model.safetensors", at=1000)
+    tiny_hub.inject("drop_connection", repo_id=HF, target="file", path="model.safetensors", at=1000)
     first = project.cli("apply", "--yes")
     assert first.returncode == 1
     assert "✗ fetch:conv" in first.stderr
     assert "convert:conv skipped" in first.stderr and "install:conv skipped" in first.stderr
     assert "✓ install:chat" in first.stderr  # the independent model still installed
     assert set(project.state()["models"]) == {"chat"}  # type: ignore[arg-type]
-    hub.clear_faults()
+    tiny_hub.clear_faults()
     rerun = project.cli("apply", "--yes")
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert "model.chat  (up to date" in rerun.stdout
@@ -266,11 +172,11 @@ def test_a_failed_model_skips_its_dependents_and_a_rerun_converges(
     [("fetch", signal.SIGKILL), ("convert", signal.SIGKILL), ("fetch", signal.SIGINT)],
 )
 def test_kill_during_apply_then_rerun_converges(
-    hub: FakeHub, project: Project, stage: str, sig: signal.Signals
+    tiny_hub: FakeHub, project: Project, stage: str, sig: signal.Signals
 ) -> None:
     project.write(MODELS, server="autostart = false")
     if stage == "fetch":
-        hub.inject("slow", repo_id=HF, bytes_per_second=64 * 1024, max_seconds=30)
+        tiny_hub.inject("slow", repo_id=HF, bytes_per_second=64 * 1024, max_seconds=30)
     proc = project.popen("apply", "--yes")
     marker = f"→ {stage}:conv"
     seen: list[str] = []
@@ -289,7 +195,7 @@ def test_kill_during_apply_then_rerun_converges(
         rest = proc.stdout.read() if proc.stdout else ""
         assert code == 130, rest
         assert "interrupted" in rest
-    hub.clear_faults()
+    tiny_hub.clear_faults()
     # Whatever was half-built is not in view: no staging leftovers once a new apply starts,
     # and every store entry that exists is complete.
     rerun = project.cli("apply", "--yes")
@@ -301,7 +207,7 @@ def test_kill_during_apply_then_rerun_converges(
     assert project.cli("plan", "--detailed-exitcode").returncode == 0
 
 
-def test_prune_removes_what_the_manifest_dropped(hub: FakeHub, project: Project) -> None:
+def test_prune_removes_what_the_manifest_dropped(tiny_hub: FakeHub, project: Project) -> None:
     project.write(MODELS, server="autostart = false")
     assert project.cli("apply", "--yes").returncode == 0
     only_chat = MODELS.split("[models.conv]")[0]
@@ -316,7 +222,7 @@ def test_prune_removes_what_the_manifest_dropped(hub: FakeHub, project: Project)
 
 
 def test_watch_applies_edits_and_keeps_the_last_good_manifest(
-    hub: FakeHub, project: Project
+    tiny_hub: FakeHub, project: Project
 ) -> None:
     only_chat = MODELS.split("[models.conv]")[0]
     project.write(only_chat, server="autostart = false")
@@ -362,7 +268,7 @@ def test_watch_applies_edits_and_keeps_the_last_good_manifest(
 
 
 def test_models_add_edits_the_manifest_keeping_comments_and_applies(
-    hub: FakeHub, project: Project
+    tiny_hub: FakeHub, project: Project
 ) -> None:
     project.write("# chat models below\n", server="autostart = false")
     before = project.manifest.read_text()

@@ -94,6 +94,24 @@ def user_config_dir() -> Path:
     return base / APP_NAME
 
 
+# Read by the editors and agents local-ai configures, so it edits the files they read.
+ENV_CLAUDE_CONFIG_DIR = "CLAUDE_CONFIG_DIR"
+ENV_GOOSE_PATH_ROOT = "GOOSE_PATH_ROOT"
+
+
+def xdg_config_home() -> Path:
+    """$XDG_CONFIG_HOME when absolute (the XDG rule), else ~/.config."""
+    raw = os.environ.get("XDG_CONFIG_HOME", "")
+    path = Path(raw).expanduser() if raw else None
+    return path if path is not None and path.is_absolute() else Path.home() / ".config"
+
+
+def client_env_dir(name: str) -> Path | None:
+    """A client's directory override (CLAUDE_CONFIG_DIR, GOOSE_PATH_ROOT), when set."""
+    raw = os.environ.get(name, "").strip()
+    return Path(raw).expanduser() if raw else None
+
+
 def manifest_path(explicit: Path | None = None) -> Path:
     """The manifest to use: --config, $LOCAL_AI_CONFIG, ./local-ai.toml if present, else the
     user's ~/.config/local-ai/local-ai.toml (where `local-ai init` writes by default)."""

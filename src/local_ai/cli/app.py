@@ -11,6 +11,8 @@ import typer
 from local_ai import __version__
 from local_ai.cli import (
     apply,
+    bench,
+    clients,
     doctor,
     gc,
     generations,
@@ -57,10 +59,12 @@ app.command("plan")(plan.plan_command)
 app.command("apply")(apply.apply_command)
 app.command("generations")(generations.generations_command)
 app.command("rollback")(generations.rollback_command)
+app.command("bench")(bench.bench_command)
 app.add_typer(models.app, name="models")
 app.command("lock")(lock.lock_command)
 app.command("gc")(gc.gc_command)
 app.add_typer(server.server_app, name="server")
+app.add_typer(clients.clients_app, name="clients")
 
 
 def main(argv: list[str] | None = None) -> int:

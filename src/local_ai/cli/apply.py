@@ -209,6 +209,11 @@ def _print_summary(result: ApplyResult) -> None:
     line += f": {done} done, {failed} failed, {skipped} skipped."
     if result.generation is not None:
         line += f" Generation {result.generation.number}."
+    if result.gated_back_to is not None:
+        line += (
+            f" A model is below benchmark.min_tokens_per_second, so the server stays on "
+            f"generation {result.gated_back_to} (benchmark.gate)."
+        )
     if not report.ok:
         line += " Run `local-ai apply` again to continue from here."
     console().print(line, markup=False)
@@ -223,6 +228,7 @@ def _result_json(the_plan: Plan, result: ApplyResult) -> dict[str, Any]:
         "ok": result.report.ok,
         "interrupted": result.report.interrupted,
         "generation": result.generation.number if result.generation else None,
+        "gated_back_to": result.gated_back_to,
         "outcomes": [
             {
                 "id": o.action.id,

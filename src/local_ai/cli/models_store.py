@@ -38,6 +38,7 @@ def list_command(config: ConfigOption = None, json: JsonOption = False) -> None:
 
     Reads state.json and the server's alias map (run/aliases.json); changes nothing.
     """
+    from local_ai.bench.results import headline, latest_by_alias
     from local_ai.store.layout import disk_usage, served_paths, server_running
     from local_ai.store.state import load_state
 
@@ -45,6 +46,7 @@ def list_command(config: ConfigOption = None, json: JsonOption = False) -> None:
     state = load_state(paths.state_file)
     served = served_paths(paths)
     running = server_running(paths)
+    benchmarks = latest_by_alias()
     rows = []
     for alias in sorted(state.models):
         model = state.models[alias]
@@ -61,6 +63,10 @@ def list_command(config: ConfigOption = None, json: JsonOption = False) -> None:
                 "where": model.location_kind,
                 "location": model.location,
                 "server": ("serving" if running else "in map") if in_map else None,
+                # single-stream decode rate of the latest benchmark of this very build
+                "decode_tps": headline(bench)
+                if (bench := benchmarks.get(alias)) and bench.get("model_path") == model.location
+                else None,
             }
         )
     if json:
@@ -83,7 +89,7 @@ def _print_list(rows: list[dict[str, Any]]) -> None:
         out.print("no models installed yet; declare some in local-ai.toml and run `local-ai apply`")
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("alias", "source", "format", "quant", "size", "where", "server"):
+    for column in ("alias", "source", "format", "quant", "size", "tok/s", "where", "server"):
         # fold rather than truncate: a repo id or path cut with "…" cannot be copied
         table.add_column(column, justify="right" if column == "size" else "left", overflow="fold")
     for row in rows:
@@ -94,6 +100,7 @@ def _print_list(rows: list[dict[str, Any]]) -> None:
             row["format"],
             escape(row["quantization"] or "-"),
             size,
+            f"{row['decode_tps']:.1f}" if row["decode_tps"] is not None else "-",
             row["where"],  # the full path is in --json
             row["server"] or "",
         )

@@ -75,6 +75,12 @@ class Format(Protocol):
     def prune(self, text: str | None, container: Slot) -> str | None:
         """Remove `container` if it is empty; the text unchanged otherwise."""
 
+    def raw(self, text: str | None, slot: Slot) -> str | None:
+        """The value at `slot` exactly as written in the file (None: absent)."""
+
+    def set_raw(self, text: str | None, slot: Slot, raw: str) -> str:
+        """Put a value back exactly as it was written (the inverse of `raw`)."""
+
 
 class JsoncFormat:
     """JSON with comments, edited in place (Zed and Claude Code settings)."""
@@ -110,6 +116,15 @@ class JsoncFormat:
             return text
         return jsonc.delete_root(text) if container == () else jsonc.delete(text, container)
 
+    def raw(self, text: str | None, slot: Slot) -> str | None:
+        return None if text is None else jsonc.raw_value(self._checked(text), slot)
+
+    def set_raw(self, text: str | None, slot: Slot, raw: str) -> str:
+        try:
+            return jsonc.replace_raw(self._checked(text or ""), slot, raw)
+        except jsonc.JsoncEditError as exc:
+            raise DocumentError(str(exc)) from None
+
 
 class JsonFileFormat:
     """A whole JSON file local-ai owns (Goose's custom provider); the only slot is ``()``."""
@@ -132,6 +147,12 @@ class JsonFileFormat:
 
     def prune(self, text: str | None, container: Slot) -> str | None:
         return text
+
+    def raw(self, text: str | None, slot: Slot) -> str | None:
+        return text
+
+    def set_raw(self, text: str | None, slot: Slot, raw: str) -> str:
+        return raw
 
 
 class YamlKeysFormat:
@@ -157,6 +178,15 @@ class YamlKeysFormat:
     def prune(self, text: str | None, container: Slot) -> str | None:
         return text
 
+    def raw(self, text: str | None, slot: Slot) -> str | None:
+        return None if text is None else yamlkeys.raw_value(text, slot[0])
+
+    def set_raw(self, text: str | None, slot: Slot, raw: str) -> str:
+        try:
+            return yamlkeys.set_key(text or "", slot[0], raw, raw=True)
+        except yamlkeys.YamlKeysError as exc:
+            raise DocumentError(str(exc)) from None
+
 
 FORMATS: dict[FormatName, Format] = {
     "jsonc": JsoncFormat(),
@@ -175,16 +205,23 @@ class Owned:
     slot: Slot
     wrote: Any
     previous: Any = ABSENT
+    previous_raw: str | None = None  # the replaced value as written, to put back byte for byte
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"slot": list(self.slot), "wrote": self.wrote}
         if self.previous is not ABSENT:
             out["previous"] = self.previous
+            if self.previous_raw is not None:
+                out["previous_raw"] = self.previous_raw
         return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Owned:
-        return cls(tuple(data["slot"]), data["wrote"], data.get("previous", ABSENT))
+        previous = data.get("previous", ABSENT)
+        raw = data.get("previous_raw")
+        return cls(
+            tuple(data["slot"]), data["wrote"], previous, raw if isinstance(raw, str) else None
+        )
 
 
 @dataclass(frozen=True)
@@ -253,6 +290,10 @@ def _restore(fmt: Format, text: str | None, owned: Owned) -> str | None:
         return text
     if owned.previous is ABSENT:
         return fmt.delete(text, owned.slot)
+    if owned.previous_raw is not None:
+        restored = fmt.set_raw(text, owned.slot, owned.previous_raw)
+        if same(fmt.get(restored, owned.slot), owned.previous):
+            return restored
     return fmt.set(text, owned.slot, owned.previous)[0]
 
 
@@ -275,11 +316,14 @@ def merge(
     for slot, value in desired.items():
         current = fmt.get(text, slot)
         old = owned.get(slot)
-        previous = old.previous if old is not None and same(current, old.wrote) else current
+        if old is not None and same(current, old.wrote):
+            previous, raw = old.previous, old.previous_raw
+        else:  # first write, or the user changed the value since: theirs now
+            previous, raw = current, None if current is ABSENT else fmt.raw(text, slot)
         if not same(current, value):
             text, made = fmt.set(text, slot, value)
             created += [c for c in made if c not in created]
-        new_owned.append(Owned(slot, value, previous))
+        new_owned.append(Owned(slot, value, previous, raw))
     # Deepest first, so a parent empties once its children are gone.
     for container in sorted(created, key=len, reverse=True):
         text = fmt.prune(text, container)
@@ -302,8 +346,14 @@ def _exists(fmt: Format, text: str | None, container: Slot) -> bool:
 # --------------------------------------------------------------------------------- drift
 
 
-def _label(prefix: str, slot: Slot) -> str:
-    return prefix + ".".join(slot) if prefix or slot else "(file)"
+def _label(prefix: str, slot: Slot, parts: Iterable[Any] = ()) -> str:
+    """`file: key.path[0].sub`, or the part that applies."""
+    out = ""
+    for part in (*slot, *parts):
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    if prefix:
+        return f"{prefix}: {out}" if out else prefix
+    return out or "(file)"
 
 
 def _mask(value: Any) -> str:
@@ -314,13 +364,6 @@ def _mask(value: Any) -> str:
 def _show(value: Any, limit: int = 80) -> str:
     text = json.dumps(value, ensure_ascii=False, sort_keys=False)
     return text if len(text) <= limit else text[: limit - 1] + "…"
-
-
-def _path_text(label: str, parts: Iterable[Any]) -> str:
-    out = label
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
 
 
 def drift(
@@ -334,7 +377,7 @@ def drift(
     """Human-readable differences between the file and what local-ai wants in it:
     ``+ path: value`` (missing), ``- path`` (to remove or restore), ``~ path: old → new``."""
     lines: list[str] = []
-    changed: list[tuple[str, Any, Any]] = []
+    changed: list[tuple[Slot, Any, Any]] = []
     for slot, value in desired.items():
         have = fmt.get(text, slot)
         if same(have, value):
@@ -345,7 +388,7 @@ def drift(
         if have is ABSENT:
             lines.append(f"+ {label}: {_show(value)}")
         else:
-            changed.append((label, have, value))
+            changed.append((slot, have, value))
     if record is not None:
         for owned in record.owned:
             if owned.slot not in desired and same(fmt.get(text, owned.slot), owned.wrote):
@@ -354,11 +397,11 @@ def drift(
     if changed:
         from deepdiff import DeepDiff  # heavy (~0.7 s): only when a value differs
 
-        for label, have, value in changed:
+        for slot, have, value in changed:
             diff = DeepDiff(have, value, view="tree", verbose_level=2)
             for report in diff.values():
                 for level in report:
-                    where = _path_text(label, level.path(output_format="list"))
+                    where = _label(prefix, slot, level.path(output_format="list"))
                     if type(level.t1).__name__ == "NotPresent":
                         lines.append(f"+ {where}: {_show(level.t2)}")
                     elif type(level.t2).__name__ == "NotPresent":
@@ -384,6 +427,14 @@ class FileEdit:
     def changed(self) -> bool:
         return self.before != self.after
 
+    @property
+    def action(self) -> str:
+        if not self.changed:
+            return "unchanged"
+        if self.before is None:
+            return "create"
+        return "delete" if self.after is None else "update"
+
 
 @dataclass(frozen=True)
 class ClientChange:
@@ -404,3 +455,30 @@ class ClientChange:
     @property
     def has_changes(self) -> bool:
         return self.error is None and (any(e.changed for e in self.edits) or self.ledger_changed)
+
+    def to_json(self) -> dict[str, Any]:
+        """For `--json` output and plan files: what changes, never file contents or secrets."""
+
+        return {
+            "client": self.client,
+            "resource": self.resource,
+            "change": self.change.value,
+            "cause": self.cause,
+            "drift": list(self.drift),
+            "files": [
+                {
+                    "path": str(e.path),
+                    "action": e.action,
+                    "backup": e.backup and e.changed and e.before is not None,
+                }
+                for e in self.edits
+            ],
+            "notes": list(self.notes),
+            "error": self.error,
+        }
+
+    def masked(self, text: str) -> str:
+        """`text` with this change's secret values replaced."""
+        for secret in self.secrets:
+            text = text.replace(secret, "<secret>")
+        return text

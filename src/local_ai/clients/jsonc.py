@@ -205,6 +205,31 @@ def find_member(node: Node, key: str) -> Member | None:
     return None
 
 
+def node_at(text: str, path: Path) -> Node | None:
+    """The value node at `path` (None when missing or a non-object is on the way)."""
+    node = parse(text)
+    for key in path:
+        if node is None or node.kind != "object":
+            return None
+        member = find_member(node, key)
+        node = member.value if member else None
+    return node
+
+
+def raw_value(text: str, path: Path) -> str | None:
+    """The exact source text of the value at `path` (comments and commas inside included)."""
+    node = node_at(text, path)
+    return None if node is None else text[node.start : node.end]
+
+
+def replace_raw(text: str, path: Path, raw: str) -> str:
+    """Put `raw` source text back as the value at `path`, which must exist."""
+    node = node_at(text, path)
+    if node is None:
+        raise JsoncEditError(f"{'.'.join(path)} is missing")
+    return text[: node.start] + raw + text[node.end :]
+
+
 def lookup(text: str, path: Path) -> tuple[bool, Any]:
     """(found, value) at `path`; a missing file or key, or a non-object on the way, is not found."""
     node = parse(text)

@@ -7,6 +7,8 @@ planner, and `apply_client_change` from a WRITE_CLIENT action.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -52,20 +54,41 @@ class ClientsObserved:
     ledgers: Mapping[str, Ledger] = field(default_factory=dict)
     unreadable: Mapping[Path, str] = field(default_factory=dict)  # path -> why
 
+    def fingerprint(self) -> str:
+        """Identity of this snapshot (for a plan's observed-state fingerprint): paths, file
+        contents by hash and the ledgers."""
+        data = {
+            "targets": {c: {r: str(p) for r, p in t.items()} for c, t in self.targets.items()},
+            "files": {
+                str(p): None if t is None else hashlib.sha256(t.encode()).hexdigest()
+                for p, t in self.files.items()
+            },
+            "ledgers": {c: ledger.to_json() for c, ledger in self.ledgers.items()},
+            "unreadable": {str(p): why for p, why in self.unreadable.items()},
+        }
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()
+
 
 # ----------------------------------------------------------------------------- locations
 
 
 def default_locations() -> dict[str, Path]:
-    """Where each client keeps its config by default on this machine."""
+    """Where each client keeps its config by default on this machine, as the client itself
+    decides (its own directory overrides included)."""
     home = Path.home()
-    xdg_config = settings.user_config_dir().parent  # $XDG_CONFIG_HOME or ~/.config
-    # Zed uses ~/.config/zed on macOS whatever XDG says, and the XDG directory on Linux.
-    zed_dir = home / ".config" / "zed" if settings.is_macos() else xdg_config / "zed"
+    # Zed: ~/.config/zed on macOS whatever XDG says; the XDG config directory on Linux.
+    zed_dir = (
+        home / ".config" / "zed" if settings.is_macos() else settings.xdg_config_home() / "zed"
+    )
+    claude_dir = settings.client_env_dir(settings.ENV_CLAUDE_CONFIG_DIR) or home / ".claude"
+    # Goose: $GOOSE_PATH_ROOT/config, else the XDG config directory on macOS and Linux alike.
+    goose_root = settings.client_env_dir(settings.ENV_GOOSE_PATH_ROOT)
+    goose_dir = goose_root / "config" if goose_root else settings.xdg_config_home() / "goose"
     return {
         "zed.settings": zed_dir / "settings.json",
-        "claude-code.settings": home / ".claude" / "settings.json",
-        "goose.dir": xdg_config / "goose",
+        "claude-code.settings": claude_dir / "settings.json",
+        "goose.dir": goose_dir,
     }
 
 
@@ -180,7 +203,7 @@ def _plan_one(
         fmt = FORMATS[fp.format]
         try:
             after, new_record = merge(fmt, str(fp.path), before, fp.desired, record)
-            prefix = f"{fp.path.name}: " if len(plans) > 1 else ""
+            prefix = fp.path.name if len(plans) > 1 else ""
             lines += drift(fmt, before, fp.desired, record, fp.secret, prefix)
         except DocumentError as exc:
             where = f":{exc.line}:{exc.column}" if exc.line is not None else ""
@@ -232,15 +255,40 @@ def _failed(client: str, message: str, title: str | None = None) -> ClientChange
 
 
 def plan_clients(
-    manifest: Manifest, server_url: str, observed: ClientsObserved
+    manifest: Manifest, server_url: str | None, observed: ClientsObserved
 ) -> list[ClientChange]:
-    """One change per client that is declared in the manifest or recorded in a ledger. Pure."""
+    """One change per client that is declared in the manifest or recorded in a ledger. Pure.
+    `server_url` defaults to where the manifest's server listens (spec.server_url)."""
+    from local_ai.clients.spec import server_url as manifest_server_url
+
+    server_url = server_url or manifest_server_url(manifest)
     changes = []
     for client in CLIENTS:
         change = _plan_one(client, manifest, server_url, observed)
         if change is not None:
             changes.append(change)
     return changes
+
+
+def unified_diff(change: ClientChange) -> str:
+    """The planned edits as a unified diff per file, secrets masked."""
+    import difflib
+
+    out: list[str] = []
+    for edit in change.edits:
+        if not edit.changed:
+            continue
+        before = change.masked(edit.before or "").splitlines(keepends=True)
+        after = change.masked(edit.after or "").splitlines(keepends=True)
+        name = str(edit.path)
+        lines = difflib.unified_diff(
+            before,
+            after,
+            fromfile="/dev/null" if edit.before is None else name,
+            tofile="/dev/null" if edit.after is None else name,
+        )
+        out += [line if line.endswith("\n") else line + "\n" for line in lines]
+    return "".join(out)
 
 
 # --------------------------------------------------------------------------------- apply
@@ -271,3 +319,32 @@ def apply_client_change(change: ClientChange, *, now: datetime | None = None) ->
     if change.ledger is None:
         save_ledger(change.client, None)
     return backups
+
+
+def describe_result(change: ClientChange, backups: list[Path]) -> str:
+    """One line for the executor's summary: what was written where, and the backups."""
+    title = CLIENTS[change.client][2]
+    if not change.has_changes:
+        return f"{title}: {change.cause}"
+    done = [f"{e.action} {e.path}" for e in change.edits if e.changed]
+    text = f"{title}: " + ("; ".join(done) if done else "ownership record updated")
+    if backups:
+        text += f" (backup: {', '.join(str(b) for b in backups)})"
+    return text
+
+
+def write_client(
+    manifest: Manifest,
+    client: str,
+    *,
+    server_url: str | None = None,
+    base_dir: Path | None = None,
+    now: datetime | None = None,
+) -> str:
+    """Observe, plan and apply one client in a single call (for a WRITE_CLIENT action run from
+    a saved plan). Raises LocalAIError when the client's file cannot be edited."""
+    observed = observe_clients(manifest, base_dir=base_dir)
+    for change in plan_clients(manifest, server_url, observed):
+        if change.client == client:
+            return describe_result(change, apply_client_change(change, now=now))
+    return f"{CLIENTS[client][2]}: nothing to do"

@@ -10,6 +10,7 @@ import json
 import re
 
 _KEY_LINE = r"^{key}[ \t]*:(?P<rest>[^\r\n]*)(?P<eol>\r?\n|$)"
+_EMPTY_FLOW = re.compile(r"\s*\{\s*\}\s*")
 
 
 class YamlKeysError(ValueError):
@@ -21,6 +22,8 @@ def _check_block_mapping(text: str) -> None:
         stripped = line.strip()
         if not stripped or stripped.startswith("#") or stripped in ("---", "..."):
             continue
+        if _EMPTY_FLOW.fullmatch(text):
+            return
         if stripped.startswith(("{", "[", "- ")) or stripped == "-":
             raise YamlKeysError("the top level is not a block mapping (KEY: value lines)")
         return
@@ -73,17 +76,32 @@ def get(text: str, key: str) -> tuple[bool, str | None]:
     return True, _scalar(value)
 
 
+def raw_value(text: str, key: str) -> str | None:
+    """The value of `key` as written (quotes included, comment excluded)."""
+    match = _find(text, key)
+    if match is None:
+        return None
+    value, _ = _split_comment(match.group("rest"))
+    return value.strip()
+
+
 def quote(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def set_key(text: str, key: str, value: str) -> str:
-    """Set `key` to the quoted `value`: in place (keeping a trailing comment) or appended."""
+def set_key(text: str, key: str, value: str, *, raw: bool = False) -> str:
+    """Set `key` to the quoted `value` (`raw`: as given): in place, keeping a trailing
+    comment, or appended."""
     _check_block_mapping(text)
+    written = value if raw else quote(value)
+    if _EMPTY_FLOW.fullmatch(text):
+        # `{}` (how YAML writers save an empty mapping) becomes the first key.
+        nl = "\r\n" if "\r\n" in text else "\n"
+        return f"{key}: {written}{nl}"
     match = _find(text, key)
     if match is None:
         nl = "\r\n" if "\r\n" in text else "\n"
-        line = f"{key}: {quote(value)}"
+        line = f"{key}: {written}"
         if text == "" or text.endswith("\n"):
             return text + line + nl
         return text + nl + line
@@ -92,7 +110,7 @@ def set_key(text: str, key: str, value: str) -> str:
         raise YamlKeysError(f"{key} holds a nested block, not a single value")
     # Keep the spacing before a trailing comment.
     gap = (old_value[len(old_value.rstrip()) :] or " ") if comment else ""
-    new_rest = f" {quote(value)}{gap}{comment}"
+    new_rest = f" {written}{gap}{comment}"
     return text[: match.start("rest")] + new_rest + text[match.end("rest") :]
 
 

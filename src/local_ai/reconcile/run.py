@@ -119,6 +119,7 @@ def stale_reason(saved: SavedPlan, fresh: Plan) -> str | None:
 class ApplyResult:
     report: Report
     generation: Generation | None
+    gated_back_to: int | None = None  # benchmark.gate switched the server back to this one
 
 
 def apply_plan(
@@ -140,9 +141,29 @@ def apply_plan(
     adapters = adapters or Adapters(snapshot, offline=options.offline, frozen=options.frozen)
     report = execute(the_plan, adapters.handlers(), on_start=on_start, on_done=on_done)
     generation = None
+    gated = None
+    if _too_slow(report) and snapshot.loaded.manifest.benchmark.gate:
+        gated = _serve_current_generation()
     if report.ok and not report.interrupted and the_plan.has_changes:
         generation = record_generation(snapshot, adapters)
-    return ApplyResult(report, generation)
+    return ApplyResult(report, generation, gated)
+
+
+def _too_slow(report: Report) -> bool:
+    return any(
+        o.status == "failed" and o.action.kind.value == "benchmark" and "tok/s asked" in o.message
+        for o in report.outcomes
+    )
+
+
+def _serve_current_generation() -> int | None:
+    """benchmark.gate: a model below min_tokens_per_second does not go into service; the
+    server goes back to the generation it served before this apply."""
+    current = Generations(settings.paths().generations).current_number()
+    if current is None:
+        return None
+    rollback(current)
+    return current
 
 
 def record_generation(snapshot: Snapshot, adapters: Adapters) -> Generation:

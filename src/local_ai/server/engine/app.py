@@ -184,6 +184,7 @@ class EngineApp:
             "active_generations": self.scheduler.active,
             "completed_generations": self.scheduler.completed,
             "requests": self.requests,
+            **_mlx_memory(),
         }
 
     async def _load(self, receive: Receive, send: Send) -> None:
@@ -456,3 +457,16 @@ class _TokenizerOnly:
             tokenizer=tokenizer,
             chat_template=ChatTemplate(model_type, tokenizer),
         )
+
+
+def _mlx_memory() -> dict[str, int]:
+    """MLX's own accounting (unified memory on a Mac): in use now and the peak since start."""
+    import mlx.core as mx
+
+    try:
+        return {
+            "active_memory_bytes": mx.get_active_memory(),
+            "peak_memory_bytes": mx.get_peak_memory(),
+        }
+    except (AttributeError, RuntimeError):
+        return {}

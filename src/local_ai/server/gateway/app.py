@@ -507,6 +507,8 @@ class Gateway:
             "engine": {
                 **self.supervisor.snapshot(),
                 "active_generations": engine_status.get("active_generations"),
+                "active_memory_bytes": engine_status.get("active_memory_bytes"),
+                "peak_memory_bytes": engine_status.get("peak_memory_bytes"),
             },
             "models": models,
             **({"settings": self._settings()} if admin else {}),

@@ -1,0 +1,374 @@
+"""`local-ai clients check`: send each configured client's first requests to the server.
+
+The requests are read from the client files as local-ai wrote them (base URL, model names),
+shaped as each client sends them: Zed's tool-calling chat stream, Claude Code's `HEAD` probe,
+model list and `/v1/messages?beta=true` stream with tools, Goose's model list and chat stream.
+The key sent is the server's own (server.api_key, or the variable server.api_key_env names).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from local_ai.clients import claude_code, goose, jsonc, yamlkeys, zed
+from local_ai.clients.plan import CLIENTS, ClientsObserved, observe_clients
+from local_ai.manifest.models import Manifest, ZedClient
+
+if TYPE_CHECKING:
+    import httpx
+
+MAX_TOKENS = 8
+TOOL = {
+    "name": "read_file",
+    "description": "Read a file of the project",
+    "parameters": {
+        "type": "object",
+        "properties": {"path": {"type": "string"}},
+        "required": ["path"],
+    },
+}
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One request and what came back."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+@dataclass(frozen=True)
+class ClientCheck:
+    client: str
+    title: str
+    probes: tuple[Probe, ...] = ()
+    problem: str | None = None  # why no request could be sent (not configured, unreadable)
+    endpoint: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.problem is None and all(p.ok for p in self.probes)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "client": self.client,
+            "ok": self.ok,
+            "endpoint": self.endpoint,
+            "problem": self.problem,
+            "probes": [{"name": p.name, "ok": p.ok, "detail": p.detail} for p in self.probes],
+        }
+
+
+class _NotConfigured(Exception):
+    pass
+
+
+# ------------------------------------------------------------------------------- requests
+
+
+def _message(response: httpx.Response) -> str:
+    """The error message of an OpenAI- or Anthropic-shaped error body, else the text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text.strip()[:200] or response.reason_phrase
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    return str(error or body)[:200]
+
+
+def _sse(text: str) -> Iterator[str]:
+    for line in text.splitlines():
+        if line.startswith("data:"):
+            yield line[5:].strip()
+
+
+class _Prober:
+    def __init__(self, client: httpx.Client) -> None:
+        self.client = client
+        self.probes: list[Probe] = []
+
+    def run(
+        self,
+        name: str,
+        method: str,
+        url: str,
+        *,
+        judge: Callable[[httpx.Response], str | None] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response | None:
+        """Send one request; a failure is recorded, not raised. `judge` returns a problem."""
+        import httpx
+
+        try:
+            response = self.client.request(method, url, **kwargs)
+        except httpx.ConnectError:
+            self.probes.append(Probe(name, False, f"cannot connect to {_origin(url)}"))
+            return None
+        except httpx.HTTPError as exc:
+            self.probes.append(Probe(name, False, f"{type(exc).__name__}: {exc}"))
+            return None
+        if response.status_code >= 400 and method != "HEAD":
+            detail = f"{response.status_code}: {_message(response)}"
+            self.probes.append(Probe(name, False, detail))
+            return None
+        problem = judge(response) if judge else None
+        detail = problem or f"{response.status_code} {response.reason_phrase}".strip()
+        self.probes.append(Probe(name, problem is None, detail))
+        return response if problem is None else None
+
+    @property
+    def down(self) -> bool:
+        return bool(self.probes) and self.probes[-1].detail.startswith("cannot connect")
+
+
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def _lists(models: list[str], key: str = "id") -> Callable[[httpx.Response], str | None]:
+    def judge(response: httpx.Response) -> str | None:
+        served = {str(m.get(key)) for m in response.json().get("data", [])}
+        missing = [m for m in models if m not in served]
+        if missing:
+            return f"not served: {', '.join(missing)} (served: {', '.join(sorted(served))})"
+        return None
+
+    return judge
+
+
+def _openai_stream(response: httpx.Response) -> str | None:
+    events = list(_sse(response.text))
+    if not events or events[-1] != "[DONE]":
+        return "the stream did not end with [DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    if not any(c.get("choices") for c in chunks):
+        return "the stream carried no choices"
+    return None
+
+
+def _anthropic_stream(response: httpx.Response) -> str | None:
+    kinds = []
+    for data in _sse(response.text):
+        try:
+            kinds.append(json.loads(data).get("type"))
+        except ValueError:
+            return f"not an event: {data[:80]}"
+    if not kinds or kinds[0] != "message_start" or kinds[-1] != "message_stop":
+        return f"unexpected events: {', '.join(map(str, kinds[:6])) or 'none'}"
+    return None
+
+
+def _chat_body(model: str, system: str) -> dict[str, Any]:
+    return {
+        "model": model,
+        "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": [{"type": "text", "text": "Which files are here?"}]},
+        ],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_completion_tokens": MAX_TOKENS,
+        "tool_choice": "auto",
+        "tools": [{"type": "function", "function": TOOL}],
+    }
+
+
+# -------------------------------------------------------------------------------- clients
+
+
+def _read(observed: ClientsObserved, path: Path) -> str:
+    if path in observed.unreadable:
+        raise _NotConfigured(f"{path}: {observed.unreadable[path]}")
+    text = observed.files.get(path)
+    if text is None:
+        raise _NotConfigured(f"{path} does not exist")
+    return text
+
+
+def _json(observed: ClientsObserved, path: Path) -> Any:
+    try:
+        return jsonc.loads(_read(observed, path))
+    except jsonc.JsoncError as exc:
+        raise _NotConfigured(f"{path}:{exc.line}:{exc.column}: {exc.problem}") from None
+
+
+def _dig(data: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(data, dict):
+            return None
+        data = data.get(key)
+    return data
+
+
+def _check_zed(
+    manifest: Manifest, observed: ClientsObserved, prober: _Prober, key: str
+) -> str | None:
+    cfg = manifest.clients.zed or ZedClient()
+    settings = _json(observed, observed.targets[zed.NAME]["settings"])
+    entry = _dig(settings, "language_models", "openai_compatible", cfg.provider_name)
+    if not isinstance(entry, dict) or not entry.get("api_url"):
+        raise _NotConfigured(f"Zed's settings have no provider {cfg.provider_name!r}")
+    api_url = str(entry["api_url"]).rstrip("/")
+    names = [str(m.get("name")) for m in entry.get("available_models") or [] if isinstance(m, dict)]
+    if not names:
+        raise _NotConfigured(f"Zed's provider {cfg.provider_name!r} lists no models")
+    agent = _dig(settings, "agent", "default_model")
+    ours = isinstance(agent, dict) and agent.get("provider") == cfg.provider_name
+    model = str(agent.get("model") or names[0]) if ours else names[0]
+    auth = {"authorization": f"Bearer {key}"}
+    prober.run("models listed", "GET", f"{api_url}/models", headers=auth, judge=_lists(names))
+    if not prober.down:
+        body = _chat_body(model, "You are a helpful assistant in Zed.")
+        body |= {"parallel_tool_calls": False, "prompt_cache_key": "local-ai-check"}
+        prober.run(
+            f"tool-calling chat stream ({model})",
+            "POST",
+            f"{api_url}/chat/completions",
+            headers=auth,
+            json=body,
+            judge=_openai_stream,
+        )
+    return api_url
+
+
+def _check_claude(
+    manifest: Manifest, observed: ClientsObserved, prober: _Prober, key: str
+) -> str | None:
+    env = _dig(_json(observed, observed.targets[claude_code.NAME]["settings"]), "env")
+    if not isinstance(env, dict) or not env.get("ANTHROPIC_BASE_URL"):
+        raise _NotConfigured("Claude Code's settings set no ANTHROPIC_BASE_URL")
+    base = str(env["ANTHROPIC_BASE_URL"]).rstrip("/")
+    model = env.get("ANTHROPIC_MODEL")
+    if not model:
+        raise _NotConfigured("Claude Code's settings set no ANTHROPIC_MODEL")
+    tiers = [env.get(var) for var, _ in claude_code.TIERS]
+    tiers.append(env.get("CLAUDE_CODE_SUBAGENT_MODEL"))
+    models = list(dict.fromkeys(str(m) for m in [model, *tiers] if m))
+    token = str(env.get(claude_code.TOKEN) or key)
+    headers = {
+        "authorization": f"Bearer {token}",
+        "anthropic-version": "2023-06-01",
+        "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
+        "user-agent": "claude-cli (local-ai clients check)",
+    }
+    prober.run(
+        "HEAD /", "HEAD", _origin(base) + "/", headers={"authorization": headers["authorization"]}
+    )
+    if prober.down:
+        return base
+    prober.run("models listed", "GET", f"{base}/v1/models", headers=headers, judge=_lists(models))
+    body = {
+        "model": model,
+        "max_tokens": MAX_TOKENS,
+        "stream": True,
+        "system": [
+            {"type": "text", "text": "x-anthropic-billing-header: cc_version=check"},
+            {
+                "type": "text",
+                "text": "You are Claude Code.",
+                "cache_control": {"type": "ephemeral"},
+            },
+        ],
+        "tools": [
+            {
+                "name": TOOL["name"],
+                "description": TOOL["description"],
+                "input_schema": TOOL["parameters"],
+            }
+        ],
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Which files?"}]}],
+        "metadata": {"user_id": "local-ai-check"},
+    }
+    prober.run(
+        f"messages stream with tools ({model})",
+        "POST",
+        f"{base}/v1/messages?beta=true",
+        headers=headers,
+        json=body,
+        judge=_anthropic_stream,
+    )
+    return base
+
+
+def _check_goose(
+    manifest: Manifest, observed: ClientsObserved, prober: _Prober, key: str
+) -> str | None:
+    targets = observed.targets[goose.NAME]
+    provider = _json(observed, targets["provider"])
+    if not isinstance(provider, dict) or not provider.get("base_url"):
+        raise _NotConfigured(f"{targets['provider']} has no base_url")
+    found, chosen = yamlkeys.get(_read(observed, targets["config"]), "GOOSE_PROVIDER")
+    if not found or chosen != provider.get("name"):
+        raise _NotConfigured(f"{targets['config']} does not select {provider.get('name')}")
+    _, model = yamlkeys.get(_read(observed, targets["config"]), "GOOSE_MODEL")
+    names = [str(m.get("name")) for m in provider.get("models") or [] if isinstance(m, dict)]
+    if not model:
+        raise _NotConfigured(f"{targets['config']} sets no GOOSE_MODEL")
+    url = str(provider["base_url"])
+    # Goose lists models at its chat path with chat/completions replaced by models.
+    models_url = url.replace("chat/completions", "models") if "chat/completions" in url else url
+    auth = {"authorization": f"Bearer {key}"}
+    prober.run("models listed", "GET", models_url, headers=auth, judge=_lists(names))
+    if not prober.down:
+        body = _chat_body(model, "You are a general-purpose AI agent called goose.")
+        prober.run(
+            f"chat stream with tools ({model})",
+            "POST",
+            url,
+            headers=auth,
+            json=body,
+            judge=_openai_stream,
+        )
+    return _origin(url)
+
+
+_CHECKS = {zed.NAME: _check_zed, claude_code.NAME: _check_claude, goose.NAME: _check_goose}
+
+
+def server_key(manifest: Manifest) -> str:
+    """The key clients send: the server's, or a placeholder when it needs none."""
+    server = manifest.server
+    if server.api_key:
+        return server.api_key
+    if server.api_key_env:
+        return os.environ.get(server.api_key_env, "").strip()
+    return claude_code.PLACEHOLDER_TOKEN
+
+
+def check_clients(
+    manifest: Manifest,
+    *,
+    base_dir: Path | None = None,
+    only: list[str] | None = None,
+    timeout: float = 120.0,
+    observed: ClientsObserved | None = None,
+) -> list[ClientCheck]:
+    """Check every enabled client (or those in `only`) against the running server."""
+    import httpx
+
+    observed = observed or observe_clients(manifest, base_dir=base_dir)
+    key = server_key(manifest)
+    results: list[ClientCheck] = []
+    with httpx.Client(timeout=timeout, trust_env=False) as http:
+        for client, (attr, _, title) in CLIENTS.items():
+            cfg = getattr(manifest.clients, attr)
+            if cfg is None or not cfg.enabled or (only and client not in only):
+                continue
+            prober = _Prober(http)
+            try:
+                endpoint = _CHECKS[client](manifest, observed, prober, key)
+            except _NotConfigured as exc:
+                results.append(ClientCheck(client, title, problem=f"not configured: {exc}"))
+                continue
+            results.append(ClientCheck(client, title, tuple(prober.probes), None, endpoint))
+    return results

@@ -1,0 +1,113 @@
+"""A project directory with a manifest, driven through the real `local-ai` CLI in subprocesses,
+against the fake hub serving a real tiny chat model (shared by apply, bench and client tests)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.harness.fakehub import FakeHub
+from tests.server_helpers import build_chat_model, free_port
+
+MLX = "mlx-community/tiny-chat"
+HF = "org/tiny-chat"
+
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_chat_model(tmp_path_factory.mktemp("models") / "chat")
+
+
+@pytest.fixture
+def tiny_hub(fake_hub: FakeHub, chat_model: Path) -> FakeHub:
+    fake_hub.add_repo_from_dir(MLX, chat_model, metadata={"library_name": "mlx", "tags": ["mlx"]})
+    fake_hub.add_repo_from_dir(HF, chat_model, metadata={"library_name": "transformers"})
+    return fake_hub
+
+
+class Project:
+    def __init__(self, directory: Path, home: Path) -> None:
+        self.dir = directory
+        self.home = home
+        self.port = free_port()
+        self.manifest = directory / "local-ai.toml"
+
+    def write(
+        self,
+        models: str,
+        *,
+        server: str = "",
+        engine: str = "",
+        bench: bool = False,
+        extra: str = "",
+    ) -> None:
+        """The manifest: `extra` goes into [benchmark]."""
+        self.manifest.write_text(
+            "version = 1\n"
+            f"[server]\nport = {self.port}\n{server}\n"
+            f"[server.engine]\n{engine}\n"
+            f"[benchmark]\non_apply = {'true' if bench else 'false'}\n"
+            f"prompt_tokens = 16\ngen_tokens = 8\n{extra}" + models
+        )
+
+    def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        env = {
+            **os.environ,
+            "NO_COLOR": "1",
+            "COLUMNS": "200",
+            "LOCAL_AI_CONFIG": str(self.manifest),
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "local_ai", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=self.dir,
+            timeout=timeout,
+            check=False,
+        )
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        env = {
+            **os.environ,
+            "NO_COLOR": "1",
+            "COLUMNS": "200",
+            "LOCAL_AI_CONFIG": str(self.manifest),
+        }
+        return subprocess.Popen(
+            [sys.executable, "-m", "local_ai", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=self.dir,
+        )
+
+    def chat(self, alias: str) -> httpx.Response:
+        return httpx.post(
+            f"http://127.0.0.1:{self.port}/v1/chat/completions",
+            json={"model": alias, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4},
+            timeout=60,
+            trust_env=False,
+        )
+
+    def served_paths(self) -> dict[str, str]:
+        data = json.loads((self.home / "run" / "aliases.json").read_text())
+        return {alias: entry["path"] for alias, entry in data["models"].items()}
+
+    def state(self) -> dict[str, object]:
+        return dict(json.loads((self.home / "state.json").read_text()))
+
+
+@pytest.fixture
+def project(tmp_path: Path, isolated_home: Path) -> Iterator[Project]:
+    proj = Project(tmp_path / "work", isolated_home)
+    yield proj
+    proj.cli("server", "stop", timeout=60)
