@@ -291,3 +291,42 @@ def test_models_add_edits_the_manifest_keeping_comments_and_applies(
     assert pending.returncode == 64 and "--yes" in pending.stderr
     assert "[models.chat]" in project.manifest.read_text()
     assert set(project.state()["models"]) == {"tiny-chat"}  # type: ignore[arg-type]
+
+
+def test_apply_writes_client_configs_and_repairs_their_drift(
+    tiny_hub: FakeHub, project: Project, tmp_path: Path
+) -> None:
+    claude = tmp_path / "user-home" / ".claude" / "settings.json"
+    claude.parent.mkdir(parents=True)
+    claude.write_text('{\n  "theme": "dark"\n}\n')
+    with_clients = MODELS + '[clients.claude_code]\nmodel = "chat"\nhaiku = "conv"\n'
+    project.write(with_clients, server="autostart = false")
+    plan = project.cli("plan")
+    assert "client.claude-code" in plan.stdout and "write-client" in plan.stdout
+    first = project.cli("apply", "--yes")
+    assert first.returncode == 0, first.stdout + first.stderr
+    written = json.loads(claude.read_text())
+    assert written["theme"] == "dark"  # the user's own settings stay
+    env = written["env"]
+    assert env["ANTHROPIC_BASE_URL"] == f"http://127.0.0.1:{project.port}/anthropic"
+    assert env["ANTHROPIC_MODEL"] == "chat" and env["ANTHROPIC_DEFAULT_HAIKU_MODEL"] == "conv"
+    assert project.cli("plan", "--detailed-exitcode").returncode == 0
+
+    # Someone edits the file: drift is shown and the next apply repairs only our keys.
+    written["env"]["ANTHROPIC_MODEL"] = "other"
+    written["verbose"] = True
+    claude.write_text(json.dumps(written, indent=2))
+    drift = project.cli("plan", "--detailed-exitcode")
+    assert drift.returncode == 2 and "~ client.claude-code" in drift.stdout
+    assert project.cli("apply", "--yes").returncode == 0
+    repaired = json.loads(claude.read_text())
+    assert repaired["env"]["ANTHROPIC_MODEL"] == "chat" and repaired["verbose"] is True
+
+    # The manifest drops the client: local-ai takes back what it wrote and gives back the
+    # value it replaced (the user's "other"), nothing else.
+    project.write(MODELS, server="autostart = false")
+    dropped = project.cli("apply", "--yes")
+    assert dropped.returncode == 0, dropped.stdout + dropped.stderr
+    assert "- client.claude-code" in dropped.stdout
+    left = json.loads(claude.read_text())
+    assert left == {"theme": "dark", "verbose": True, "env": {"ANTHROPIC_MODEL": "other"}}

@@ -88,7 +88,14 @@ class Adapters:
             Kind.RESTART_ENGINE: self.restart_engine,
             Kind.RELOAD_ALIASES: self.reload_aliases,
             Kind.BENCHMARK: self.benchmark,
+            Kind.WRITE_CLIENT: self.write_client,
         }
+
+    def write_client(self, action: Action) -> str:
+        from local_ai.clients.plan import apply_client_change, describe_result
+
+        change = self.snap.client_changes[action.resource]
+        return describe_result(change, apply_client_change(change))
 
     # ---- models ----------------------------------------------------------------------------
 

@@ -81,6 +81,18 @@ class ServerView:
 
 
 @dataclass(frozen=True)
+class ClientView:
+    """A client config as observed and planned by local_ai.clients (pure over the files read)."""
+
+    resource: str  # "client.zed"
+    changes: bool  # its files differ from what the manifest asks for
+    cause: str  # why (or, with no changes, why nothing is done)
+    delete: bool = False  # the manifest dropped the client: local-ai's entries are taken out
+    error: str | None = None  # a file cannot be parsed: nothing is written
+    files_fingerprint: str = ""
+
+
+@dataclass(frozen=True)
 class Observed:
     """One snapshot of what is."""
 
@@ -94,6 +106,7 @@ class Observed:
     server: ServerView
     usable_memory: int  # bytes the machine can give to models
     machine: str
+    clients: tuple[ClientView, ...] = ()
 
     def fingerprint(self) -> str:
         return stable_hash(asdict(self))

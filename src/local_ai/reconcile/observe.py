@@ -16,6 +16,7 @@ from local_ai.hub.source import ResolvedSource
 from local_ai.manifest.load import LoadedManifest
 from local_ai.manifest.models import ModelSpec
 from local_ai.reconcile.model import (
+    ClientView,
     InstalledView,
     LockedFile,
     LockedModel,
@@ -47,6 +48,7 @@ class Snapshot:
     state: State
     sources: dict[str, ResolvedSource] = field(default_factory=dict)  # alias -> source to use
     fresh: dict[str, ResolvedSource] = field(default_factory=dict)  # resolved now, not locked
+    client_changes: dict[str, Any] = field(default_factory=dict)  # resource -> ClientChange
 
 
 def observe(
@@ -97,6 +99,7 @@ def observe(
     from local_ai.hardware import detect
 
     hardware = detect()
+    client_changes, client_views = observe_clients(loaded) if not targets else ({}, ())
     observed = Observed(
         state_serial=state.serial,
         installed=installed,
@@ -108,8 +111,38 @@ def observe(
         server=observe_server(),
         usable_memory=hardware.usable_memory_bytes,
         machine=hardware.describe(),
+        clients=client_views,
     )
-    return Snapshot(loaded, observed, lock, lock_path, state, sources, fresh)
+    return Snapshot(loaded, observed, lock, lock_path, state, sources, fresh, client_changes)
+
+
+def observe_clients(loaded: LoadedManifest) -> tuple[dict[str, Any], tuple[ClientView, ...]]:
+    """Read the client config files and plan their edits (pure over what was read)."""
+    from local_ai.clients import plan as clients
+
+    manifest = loaded.manifest
+    base_dir = loaded.path.parent
+    try:
+        seen = clients.observe_clients(manifest, base_dir=base_dir)
+    except LocalAIError as exc:
+        view = ClientView(
+            "clients", False, "", error=str(exc) + (f" ({exc.hint})" if exc.hint else "")
+        )
+        return {}, (view,)
+    changes = clients.plan_clients(manifest, None, seen)
+    fingerprint = seen.fingerprint()
+    views = tuple(
+        ClientView(
+            resource=c.resource,
+            changes=c.has_changes,
+            cause=c.cause,
+            delete=c.change.value == "-",
+            error=c.error,
+            files_fingerprint=fingerprint,
+        )
+        for c in changes
+    )
+    return {c.resource: c for c in changes}, views
 
 
 def _resolve(alias: str, spec: ModelSpec, *, offline: bool, base_dir: Path) -> ResolvedSource:

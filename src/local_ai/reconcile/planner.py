@@ -354,6 +354,35 @@ class _Builder:
                 ResourceChange("server", Change.NOOP, "running with this configuration")
             )
 
+    def plan_clients(self) -> None:
+        server_ids = tuple(
+            a.id
+            for a in self.actions
+            if a.kind in (Kind.START_SERVER, Kind.RESTART_SERVER, Kind.RELOAD_ALIASES)
+        )
+        for client in self.observed.clients:
+            if client.error is not None:
+                self.errors.append(f"{client.resource}: {client.error}")
+                continue
+            if not client.changes:
+                self.resources.append(ResourceChange(client.resource, Change.NOOP, client.cause))
+                continue
+            self.resources.append(
+                ResourceChange(
+                    client.resource, Change.DELETE if client.delete else Change.UPDATE, client.cause
+                )
+            )
+            self.add(
+                Action(
+                    id=f"write-client:{client.resource.split('.', 1)[1]}",
+                    kind=Kind.WRITE_CLIENT,
+                    resource=client.resource,
+                    cause=client.cause,
+                    # Point editors at the server once it serves the new aliases.
+                    after=server_ids,
+                )
+            )
+
     def plan_benchmarks(self, rebuilt: dict[str, str]) -> None:
         if not (self.manifest.benchmark.on_apply and self.options.benchmark):
             return
@@ -462,6 +491,8 @@ def plan(manifest: Manifest, observed: Observed, options: Options | None = None)
     removal_ids = [a.id for a in builder.actions if a.kind is Kind.REMOVE]
     builder.plan_server(installs + removal_ids)
     builder.plan_benchmarks(rebuilt)
+    if not options.targets:
+        builder.plan_clients()
     peak = builder.check_memory()
     if builder.errors:
         actions: tuple[Action, ...] = ()
