@@ -54,6 +54,9 @@ def test_bench_measures_through_the_server_and_keeps_results(
     listed = json.loads(project.cli("models", "list", "--json").stdout)["models"]
     assert listed[0]["decode_tps"] == history[-1]["levels"][0]["decode_tps_per_stream"]["median"]
 
+    status = json.loads(project.cli("status", "--json").stdout)
+    assert status["models"][0]["decode_tps"] == listed[0]["decode_tps"]
+
     unknown = project.cli("bench", "nope")
     assert unknown.returncode == 64 and "served aliases: chat" in unknown.stderr
 

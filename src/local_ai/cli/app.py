@@ -60,6 +60,9 @@ app.command("apply")(apply.apply_command)
 app.command("generations")(generations.generations_command)
 app.command("rollback")(generations.rollback_command)
 app.command("bench")(bench.bench_command)
+app.command("status", help="The server's state, its models and their speed (= server status).")(
+    server.status_command
+)
 app.add_typer(models.app, name="models")
 app.command("lock")(lock.lock_command)
 app.command("gc")(gc.gc_command)

@@ -119,10 +119,16 @@ def status_command(config: ConfigOption = None, json: JsonOption = False) -> Non
     from rich.markup import escape
     from rich.table import Table
 
+    from local_ai.bench.results import headline, latest_by_alias
     from local_ai.cli.output import console, print_json
     from local_ai.server import daemon
 
     info = daemon.status(config)
+    latest = latest_by_alias()
+    for model in info.get("models") or []:
+        bench = latest.get(model.get("alias", ""))
+        same_build = bench is not None and bench.get("model_path") in (None, model.get("path"))
+        model["decode_tps"] = headline(bench) if bench is not None and same_build else None
     if json:
         print_json(info)
         return
@@ -149,12 +155,19 @@ def status_command(config: ConfigOption = None, json: JsonOption = False) -> Non
     models = info.get("models") or []
     if models:
         table = Table(box=None, pad_edge=False, show_header=True, header_style="bold")
-        for column in ("alias", "loaded", "memory", "context"):
+        for column in ("alias", "loaded", "memory", "context", "tok/s"):
             table.add_column(column)
         for m in models:
             alias = m["alias"] + (" (default)" if m.get("default") else "")
             loaded = "loading" if m.get("loading") else ("yes" if m.get("loaded") else "no")
-            table.add_row(escape(alias), loaded, _size(m.get("memory_bytes")), str(m["context"]))
+            tps = m.get("decode_tps")
+            table.add_row(
+                escape(alias),
+                loaded,
+                _size(m.get("memory_bytes")),
+                str(m["context"]),
+                f"{tps:.1f}" if tps is not None else "-",
+            )
         out.print(table)
 
 
