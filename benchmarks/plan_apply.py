@@ -1,4 +1,4 @@
-"""How long `local-ai plan` and a converged `local-ai apply` take, next to `hf --help`.
+"""How long `local-ai --help`, `plan` and a converged `apply` take, next to `hf --help`.
 
 Everything runs in one go on this machine: a fake hub on loopback serves a tiny model, one
 apply converges a fresh state home, then each command runs `--repeat` times in turn (interleaved,
@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SystemExit("the `hf` CLI of huggingface_hub is not installed next to python")
             _timed([*local_ai, "apply", "--yes"], env)  # converge once
             commands = {
+                "local_ai_help": [*local_ai, "--help"],
                 "plan": [*local_ai, "plan", "--detailed-exitcode"],
                 "apply_converged": [*local_ai, "apply", "--yes"],
                 "hf_help": [hf, "--help"],

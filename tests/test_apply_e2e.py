@@ -208,6 +208,25 @@ def test_kill_during_apply_then_rerun_converges(
     assert project.cli("plan", "--detailed-exitcode").returncode == 0
 
 
+def test_a_model_deleted_out_of_band_is_shown_and_rebuilt(
+    tiny_hub: FakeHub, project: Project
+) -> None:
+    import shutil
+
+    project.write(MODELS, server="autostart = false")
+    assert project.cli("apply", "--yes").returncode == 0
+    conv = Path(project.state()["models"]["conv"]["location"])  # type: ignore[index]
+    shutil.rmtree(conv)
+    drift = project.cli("plan", "--detailed-exitcode")
+    assert drift.returncode == 2
+    assert "-/+ model.conv  (store entry missing on disk" in drift.stdout
+    assert "= model.chat" in drift.stdout
+    repaired = project.cli("apply", "--yes")
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert (conv / "config.json").is_file(), repaired.stdout  # same inputs, same address
+    assert project.cli("plan", "--detailed-exitcode").returncode == 0
+
+
 def test_prune_removes_what_the_manifest_dropped(tiny_hub: FakeHub, project: Project) -> None:
     project.write(MODELS, server="autostart = false")
     assert project.cli("apply", "--yes").returncode == 0
@@ -331,3 +350,23 @@ def test_apply_writes_client_configs_and_repairs_their_drift(
     assert "- client.claude-code" in dropped.stdout
     left = json.loads(claude.read_text())
     assert left == {"theme": "dark", "verbose": True, "env": {"ANTHROPIC_MODEL": "other"}}
+
+
+def test_quantize_auto_picks_a_level_for_this_machine_and_records_it(
+    tiny_hub: FakeHub, project: Project
+) -> None:
+    auto = f'[models.conv]\nrepo = "{HF}"\nquantize = "auto"\ncontext = 4096\n'
+    project.write(auto, server="autostart = false")
+    plan = project.cli("plan")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    # The tiny fp32 source fits at the best quality auto offers without upcasting past 16 bits.
+    assert "auto → bf16" in plan.stdout and "safetensors → mlx bf16" in plan.stdout
+    applied = project.cli("apply", "--yes")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    model = project.state()["models"]["conv"]  # type: ignore[index]
+    assert model["location"].endswith("-bf16") and model["quantization"] == "bf16"
+    lock = (project.dir / "local-ai.lock").read_text()
+    assert 'quantize = "auto"' in lock and 'chosen = "bf16"' in lock
+    again = project.cli("plan", "--detailed-exitcode")
+    assert again.returncode == 0, again.stdout
+    assert "= model.conv  (up to date (" in again.stdout and "auto: bf16" in again.stdout

@@ -6,6 +6,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -27,6 +28,11 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(tmp_path: Path) -> None:
     )
     wheels = list(dist.glob("local_ai-*.whl"))
     assert len(wheels) == 1
+    # The web page's files are package data: the page must work from an installed wheel.
+    with zipfile.ZipFile(wheels[0]) as wheel:
+        names = set(wheel.namelist())
+    for asset in ("index.html", "app.js", "app.css", "favicon.svg"):
+        assert f"local_ai/server/web/{asset}" in names, asset
     # On Linux the same overrides as pyproject's [tool.uv] drop Omni's audio/image stacks; the
     # lock pins the same versions the tests ran with.
     pyproject = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())
@@ -76,3 +82,15 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(tmp_path: Path) -> None:
         cwd=tmp_path,
     )
     assert str(venv) in where.stdout
+    page = subprocess.run(
+        [
+            str(python),
+            "-c",
+            "from local_ai.server import web; print(all(web.asset(p) for p in web.ASSETS))",
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    assert page.stdout.strip() == "True", page.stderr

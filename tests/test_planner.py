@@ -400,6 +400,29 @@ def test_server_stopped_without_autostart_is_a_reasoned_no_op() -> None:
     assert "= server  (server stopped (server.autostart = false))" in render_text(p)
 
 
+def test_client_configs_are_written_after_the_server_and_errors_stop_the_plan() -> None:
+    from local_ai.reconcile.model import ClientView
+
+    m = manifest()
+    clients = (
+        ClientView("client.zed", True, "settings differ: language_models.openai_compatible"),
+        ClientView("client.goose", False, "up to date"),
+        ClientView("client.claude-code", True, "removed from the manifest", delete=True),
+    )
+    p = plan(m, replace(converged(m), server=ServerView(running=False), clients=clients))
+    text = render_text(p)
+    assert "  ~ client.zed  (settings differ: language_models.openai_compatible)" in text
+    assert "  = client.goose  (up to date)" in text
+    assert "  - client.claude-code  (removed from the manifest)" in text
+    assert p.action("write-client:zed").after == ("start-server",)
+    assert "write-client:goose" not in {a.id for a in p.actions}
+
+    broken = (ClientView("client.zed", False, "", error="settings.json:3:1: not JSON"),)
+    failed = plan(m, replace(converged(m), clients=broken))
+    assert not failed.actions
+    assert failed.errors == ("client.zed: settings.json:3:1: not JSON",)
+
+
 def test_local_path_model_installs_without_fetch() -> None:
     m = manifest('[models.mine]\npath = "/models/mine"\n[benchmark]\non_apply = false\n')
     src = LockedModel(

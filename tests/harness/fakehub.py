@@ -39,8 +39,25 @@ from pathlib import Path
 from typing import Any, BinaryIO, Literal, get_args
 from urllib.parse import parse_qs, unquote, urlencode, urlsplit
 
-FileSource = bytes | str | Path
-"""File content for ``add_repo``/``commit``: bytes, text (UTF-8 encoded) or a file on disk."""
+
+@dataclass(frozen=True)
+class SizedFile:
+    """A file that only looks big: listings, HEAD and metadata report ``size`` and the hub derives
+    safetensors/GGUF info from ``head``; GET serves ``head`` then zeros. Its sha256 and git id
+    are made up (hashing gigabytes of zeros would be slow), so a download fails verification:
+    for search and sizing tests, not fetch tests."""
+
+    size: int
+    head: bytes = b""
+
+    def __post_init__(self) -> None:
+        if self.size < len(self.head):
+            raise ValueError("SizedFile.size must be at least len(head)")
+
+
+FileSource = bytes | str | Path | SizedFile
+"""File content for ``add_repo``/``commit``: bytes, text (UTF-8 encoded), a file on disk, or a
+``SizedFile`` (big in listings, never materialized)."""
 
 FaultKind = Literal[
     "truncate",
@@ -104,14 +121,23 @@ class Blob:
     without holding them in memory (they must not change afterwards).
     """
 
-    __slots__ = ("_data", "_path", "git_sha1", "sha256", "size")
+    __slots__ = ("_data", "_head", "_path", "git_sha1", "sha256", "size")
 
-    def __init__(self, data: bytes | None = None, path: Path | None = None) -> None:
-        if (data is None) == (path is None):
-            raise ValueError("Blob needs exactly one of data or path")
+    def __init__(
+        self, data: bytes | None = None, path: Path | None = None, sized: SizedFile | None = None
+    ) -> None:
+        if sum(x is not None for x in (data, path, sized)) != 1:
+            raise ValueError("Blob needs exactly one of data, path or sized")
         self._data = data
         self._path = path
+        self._head = sized.head if sized is not None else None
         sha256 = hashlib.sha256()
+        if sized is not None:
+            self.size = sized.size
+            marker = f"sized:{sized.size}:".encode() + sized.head
+            self.git_sha1 = hashlib.sha1(marker).hexdigest()
+            self.sha256 = hashlib.sha256(marker).hexdigest()
+            return
         if data is not None:
             self.size = len(data)
             sha1 = hashlib.sha1(_git_blob_sha1_header(self.size))
@@ -129,14 +155,23 @@ class Blob:
         self.sha256 = sha256.hexdigest()
 
     def open(self) -> BinaryIO:
-        """A fresh binary stream over the content."""
+        """A fresh binary stream over the content (a SizedFile: over its head only)."""
         if self._data is not None:
             return io.BytesIO(self._data)
+        if self._head is not None:
+            return io.BytesIO(self._head)
         assert self._path is not None
         return self._path.open("rb")
 
     def iter_range(self, start: int, stop: int) -> Iterator[bytes]:
         """Bytes ``[start, stop)`` in chunks."""
+        if self._head is not None:
+            head = self._head
+            for pos in range(start, stop, _CHUNK):
+                end = min(stop, pos + _CHUNK)
+                part = head[pos:end] if pos < len(head) else b""
+                yield part + bytes(end - pos - len(part))
+            return
         if self._data is not None:
             for pos in range(start, stop, _CHUNK):
                 yield self._data[pos : min(stop, pos + _CHUNK)]
@@ -161,6 +196,8 @@ def _as_blob(source: FileSource) -> Blob:
         return Blob(data=source)
     if isinstance(source, str):
         return Blob(data=source.encode())
+    if isinstance(source, SizedFile):
+        return Blob(sized=source)
     return Blob(path=Path(source))
 
 

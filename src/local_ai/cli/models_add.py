@@ -94,7 +94,14 @@ def add_command(
             f"models.{name} is already in {path}",
             hint="choose another name with --alias, or edit that entry",
         )
-    fields: dict[str, Any] = source_fields(reference, file)
+    try:
+        fields: dict[str, Any] = source_fields(reference, file)
+    except UsageError:
+        if file is not None or ":" in reference or "/" in reference:
+            raise
+        from local_ai.cli.models_search import resolve_name  # a name: pick a variant
+
+        fields = resolve_name(reference, context, config)
     if quantize is not None:
         fields["quantize"] = quantize
     if context is not None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
+from local_ai.discovery import auto as _auto
 from local_ai.discovery.names import QuantLabel, display_name, format_params
 from local_ai.hardware import (
     MIB,
@@ -37,7 +38,7 @@ from local_ai.hardware import (
 )
 from local_ai.manifest.models import QUANTIZE_LEVELS, ModelSpec
 
-# Imported as a module: the planner imports this one for `quantize = "auto"`.
+# Imported as a module: the planner may import discovery.auto, which imports the planner.
 from local_ai.reconcile import planner as _planner
 
 Format = Literal["mlx", "safetensors", "gguf"]
@@ -288,13 +289,15 @@ def auto_quantize(
     hardware: Hardware,
     *,
     group_size: int = DEFAULT_GROUP_SIZE,
+    source_level: str | None = None,
 ) -> AutoQuant:
     """The highest-quality quantize level whose weights plus KV cache fit ``hardware``.
 
     ``source_bytes`` at ``source_bits`` per weight is the source as downloaded (a bf16 model:
     params * 2 bytes, 16 bits); weights at a level are ``source_bytes * level_bits /
     source_bits``, the planner's own estimate. Levels above the source precision are never
-    chosen. When nothing fits, the smallest level is returned with ``fits`` False.
+    chosen. Candidates are those of ``quantize = "auto"`` (``discovery.auto``). When nothing
+    fits, the smallest level is returned with ``fits`` False.
     """
     if source_bytes < 0 or source_bits <= 0:
         raise ValueError("source_bytes must be >= 0 and source_bits > 0")
@@ -302,7 +305,7 @@ def auto_quantize(
     options = sorted(
         (
             (level_bits(level, group_size), -i, level)
-            for i, level in enumerate(concrete_levels())
+            for i, level in enumerate(_auto.candidate_levels(source_level))
             if _allowed(level_bits(level, group_size), level, source_bits)
         ),
         reverse=True,
@@ -468,6 +471,7 @@ def assess(
             variant.shape or estimated_shape(variant.params),
             context,
             hardware,
+            source_level=variant.quant.label if variant.quant else None,
         )
         return Assessment(
             variant,

@@ -74,6 +74,7 @@ class Adapters:
         self.fetch_progress = fetch_progress
         self.convert_events = convert_events
         self.alias_map_written: AliasMap | None = None
+        self.auto_levels: dict[str, str | None] = {}  # alias -> level auto chose in the plan
 
     def handlers(self) -> dict[Kind, Handler]:
         return {
@@ -99,8 +100,16 @@ class Adapters:
 
     # ---- models ----------------------------------------------------------------------------
 
-    def _spec(self, alias: str) -> ModelSpec:
-        return self.manifest.models[alias]
+    def _spec(self, alias: str, action: Action | None = None) -> ModelSpec:
+        """The manifest's spec; for `quantize = "auto"`, with the level the plan chose."""
+        spec = self.manifest.models[alias]
+        if spec.quantize == "auto":
+            level = self.auto_levels.get(alias)
+            if action is not None and "quantize" in action.params:
+                level = action.params["quantize"]
+                self.auto_levels[alias] = level
+            spec = spec.model_copy(update={"quantize": level})
+        return spec
 
     def _source(self, alias: str) -> ResolvedSource:
         return self.snap.sources[alias]
@@ -108,8 +117,13 @@ class Adapters:
     def _save_lock_entry(self, alias: str) -> None:
         if self.frozen:
             return
-        spec = self._spec(alias)
+        spec = self.manifest.models[alias]
         entry = entry_from_resolved(self._source(alias), spec, fetched=self.fetched.get(alias))
+        if spec.quantize == "auto" and alias in self.auto_levels:
+            chosen = self.auto_levels[alias]
+            entry = entry.model_copy(
+                update={"recipe": entry.recipe.model_copy(update={"chosen": chosen})}
+            )
         before = self.lock_models.get(alias)
         if before is not None:
             from local_ai.store.lockfile import _keep_learned_hashes
@@ -180,7 +194,7 @@ class Adapters:
         from local_ai.store.layout import safe_name
 
         alias = _alias(action)
-        spec = self._spec(alias)
+        spec = self._spec(alias, action)
         recipe = recipe_for(spec)
         source = self._convert_source(alias)
         base = (self._source(alias).repo or Path(source.path).stem).split("/")[-1]
@@ -196,11 +210,11 @@ class Adapters:
 
     def install(self, action: Action) -> str:
         alias = _alias(action)
-        spec = self._spec(alias)
+        spec = self._spec(alias, action)
         source = self._source(alias)
         converted = self.converted.get(alias)
         if converted is None and action.detail.startswith("serve the converted"):
-            converted = self._reuse_conversion(alias)
+            converted = self._reuse_conversion(alias, spec)
         if converted is not None:
             record = _store_record(alias, source, converted)
         else:
@@ -217,12 +231,11 @@ class Adapters:
         self._save_lock_entry(alias)
         return f"{alias} → {record.location}"
 
-    def _reuse_conversion(self, alias: str) -> ConversionResult:
+    def _reuse_conversion(self, alias: str, spec: ModelSpec) -> ConversionResult:
         """The store already holds this conversion (the planner planned no convert)."""
         from local_ai.convert.api import convert_to_store
         from local_ai.reconcile.model import convert_digest
 
-        spec = self._spec(alias)
         locked = self.snap.observed.lock.get(alias) or self.snap.observed.resolved[alias]
         from local_ai.convert.api import CONVERTER_VERSION
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from local_ai import settings
 from local_ai.errors import LocalAIError
-from local_ai.hub.source import ResolvedSource
+from local_ai.hub.source import ResolvedSource, SourceFile
 from local_ai.manifest.load import LoadedManifest
 from local_ai.manifest.models import ModelSpec
 from local_ai.reconcile.model import (
@@ -202,7 +202,7 @@ def _view_of(alias: str, spec: ModelSpec, source: ResolvedSource, base_dir: Path
         revision=_revision(source.revision) if source.kind == "repo" else None,
         commit=source.commit,
         format=source.format,
-        files=tuple(LockedFile(f.name, f.size, f.sha256) for f in source.files),
+        files=tuple(LockedFile(f.name, f.size, _identity(f)) for f in source.files),
         source_quantization=label or _gguf_quant(source.file),
         source_bits=_source_bits(source),
         num_layers=layers,
@@ -210,6 +210,12 @@ def _view_of(alias: str, spec: ModelSpec, source: ResolvedSource, base_dir: Path
         head_dim=head_dim,
         base_model=source.base_model,
     )
+
+
+def _identity(file: SourceFile) -> str | None:
+    """A content identity that does not change once a fetch learns a git file's sha256: the
+    git blob id when the hub gave one, else the sha256 (local files)."""
+    return f"git-{file.blob_id}" if file.blob_id else file.sha256
 
 
 def _int(value: Any) -> int | None:

@@ -126,6 +126,17 @@ class _Builder:
         source, resolve_cause = self.source_for(alias, spec)
         if source is None:
             return []
+        auto_reason = None
+        if spec.quantize == "auto":
+            from local_ai.discovery.auto import resolve_auto
+
+            chosen = resolve_auto(spec, source, self.observed.usable_memory)
+            if not chosen.fits:
+                self.errors.append(f"models.{alias}: {chosen.reason}")
+                return []
+            # From here on the model is planned as the level auto chose on this machine.
+            spec = spec.model_copy(update={"quantize": chosen.level})
+            auto_reason = chosen.reason
         self.model_footprint[alias] = estimated_weights(spec, source) + kv_bytes(spec, source)
         installed = self.observed.installed.get(alias)
         key = install_key(spec)
@@ -144,6 +155,8 @@ class _Builder:
                 self.resources.append(ResourceChange(resource, Change.UPDATE, resolve_cause))
                 return []
             quant = spec.quantize or source.source_quantization or source.format
+            if auto_reason:
+                quant = f"auto: {quant}"
             self.resources.append(
                 ResourceChange(
                     resource, Change.NOOP, f"up to date ({_short(source.commit)}, {quant})"
@@ -204,7 +217,7 @@ class _Builder:
                             peak_memory_bytes=peak,
                             detail=f"{source.format} → mlx {recipe}"
                             + (f" g{spec.group_size}" if spec.quantize in _LEVEL_BITS else ""),
-                            params={"digest": digest},
+                            params={"digest": digest, "quantize": spec.quantize},
                         )
                     )
                 )
@@ -216,7 +229,9 @@ class _Builder:
                 resource=resource,
                 cause=cause,
                 depends_on=tuple(deps),
-                detail=self._install_detail(spec, source),
+                detail=self._install_detail(spec, source)
+                + (f" ({auto_reason})" if auto_reason else ""),
+                params={"quantize": spec.quantize},
             )
         )
         return [install]

@@ -78,6 +78,9 @@ class Recipe(_Strict):
 
     quantize: QuantizeLevel | None = None
     group_size: int | None = None
+    # For quantize = "auto": the level chosen on the machine that wrote the lock (None: the MLX
+    # source is served as published).
+    chosen: QuantizeLevel | None = None
 
 
 class Versions(_Strict):

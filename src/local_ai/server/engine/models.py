@@ -140,6 +140,7 @@ class ModelRegistry:
 
         if not (Path(path) / "config.json").is_file():
             # mlx_lm.load would treat a missing directory as a hub repo id and download it.
+            self.last_error[path] = f"FileNotFoundError: {path} has no config.json"
             raise FileNotFoundError(f"{path} is not a model directory")
         started = time.perf_counter()
         trust = path in self.trusted_paths

@@ -24,7 +24,8 @@ from typing import Any
 
 import httpx
 
-from local_ai import __version__
+from local_ai import __version__, settings
+from local_ai.server import web
 from local_ai.server.aliases import AliasEntry, AliasMap, load_alias_map
 from local_ai.server.asgi import (
     BodyTooLarge,
@@ -41,7 +42,6 @@ from local_ai.server.asgi import (
 from local_ai.server.compat import Api, api_of, error_body, forbidden_fields
 from local_ai.server.config import ServerConfig
 from local_ai.server.gateway.supervisor import EngineSupervisor
-from local_ai.server.web import PAGE_HTML, PAGE_JS
 
 log = logging.getLogger("local_ai.gateway")
 
@@ -195,19 +195,11 @@ class Gateway:
     async def _get(self, scope: Scope, send: Send, path: str) -> None:
         head = scope["method"] == "HEAD"
         cors = self._cors_headers(scope)
-        if path == "/":
-            csp = (b"content-security-policy", b"default-src 'self'; frame-ancestors 'none'")
+        page_file = web.asset(path)
+        if page_file is not None:
+            content, content_type = page_file
             await send_bytes(
-                send,
-                200,
-                PAGE_HTML.encode(),
-                b"text/html; charset=utf-8",
-                [*SECURITY_HEADERS, csp],
-                head=head,
-            )
-        elif path == "/app.js":
-            await send_bytes(
-                send, 200, PAGE_JS.encode(), b"text/javascript", SECURITY_HEADERS, head=head
+                send, 200, content, content_type, [*SECURITY_HEADERS, *web.headers()], head=head
             )
         elif path == "/health":
             state = self.supervisor.state
@@ -219,7 +211,9 @@ class Gateway:
             }
             await send_json(send, 200 if status == "ready" else 503, body, cors, head=head)
         elif path == "/api/status":
-            await send_json(send, 200, await self.status(admin=self._admin_ok(scope)), head=head)
+            admin, key_ok = self._admin_ok(scope), self._api_key_ok(scope)
+            report = await self.status(admin=admin, detail=key_ok)
+            await send_json(send, 200, report, head=head)
         elif path == "/v1/models":
             data = [self._openai_model(a, e) for a, e in self.alias_map.models.items()]
             await send_json(send, 200, {"object": "list", "data": data}, cors, head=head)
@@ -252,6 +246,9 @@ class Gateway:
     async def _post(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         if path.startswith("/api/admin/"):
             await self._admin(scope, receive, send, path)
+            return
+        if path == "/api/load":
+            await self._load(scope, receive, send)
             return
         if path in UNSUPPORTED_PATHS:
             await self._error(scope, send, 404, f"{path} is not served; use /v1/chat/completions")
@@ -469,9 +466,12 @@ class Gateway:
             "created_at": created,
         }
 
-    async def status(self, *, admin: bool = False) -> dict[str, Any]:
+    async def status(self, *, admin: bool = False, detail: bool = False) -> dict[str, Any]:
+        """`detail` (the API key, when one is set): load errors and log paths, for the page."""
+        detail = detail or admin
         engine_models: dict[str, dict[str, Any]] = {}
         engine_status: dict[str, Any] = {}
+        state_file = settings.paths().state_file
         if self.supervisor.ready:
             try:
                 engine_status = await self.supervisor.get("/status", seconds=1.0)
@@ -491,6 +491,11 @@ class Gateway:
                 "context": entry.context,
                 "max_output_tokens": entry.max_output_tokens,
                 "quantization": entry.quantization,
+                "format": entry.format,
+                "source": web.public_source(entry.source),
+                "size_bytes": web.directory_size(entry.path),
+                "error": web.load_error(engine_status, entry.path, detail=detail),
+                "benchmarks": web.benchmarks(state_file, alias, entry.path),
             }
             if admin:
                 item["path"] = entry.path
@@ -511,6 +516,7 @@ class Gateway:
                 "peak_memory_bytes": engine_status.get("peak_memory_bytes"),
             },
             "models": models,
+            **({"logs": {"engine": str(self.supervisor.log_path)}} if detail else {}),
             **({"settings": self._settings()} if admin else {}),
             "requests": {
                 **self.counters,
@@ -520,6 +526,40 @@ class Gateway:
                 "max_queued": self.config.engine.max_queued_requests,
             },
         }
+
+    async def _load(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Load an alias's model now (the page, when a model is chosen); its error if it fails."""
+        if not self._api_key_ok(scope):
+            await self._error(scope, send, 401, "invalid or missing API key")
+            return
+        body = await self._json_body(scope, receive, send)
+        if body is None:
+            return
+        alias = body.get("model")
+        entry = self.alias_map.models.get(alias) if isinstance(alias, str) else None
+        if entry is None:
+            await self._unknown_model(scope, send, str(alias))
+            return
+        if not await self.supervisor.wait_ready(ENGINE_WAIT_S):
+            await self._error(scope, send, 503, self.supervisor.reason or "the engine is starting")
+            return
+        started = time.monotonic()
+        try:
+            response = await self.supervisor.client.post("/load", json={"path": entry.path})
+            answer = response.json()
+        except (httpx.HTTPError, ValueError) as exc:
+            await self._error(scope, send, 503, f"the engine is restarting ({type(exc).__name__})")
+            return
+        seconds = round(time.monotonic() - started, 2)
+        result: dict[str, Any] = {"alias": alias, "seconds": seconds}
+        if response.status_code == 200:
+            result.update(loaded=True, memory_bytes=answer.get("memory_bytes"))
+        else:  # the request worked; the model did not load (the page shows why)
+            error = answer.get("error") if isinstance(answer, dict) else None
+            result.update(
+                loaded=False, error=str(error or f"engine answered {response.status_code}")
+            )
+        await send_json(send, 200, result)
 
     def _settings(self) -> dict[str, Any]:
         """What `local-ai plan` compares with the manifest (admin only)."""
