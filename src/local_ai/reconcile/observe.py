@@ -204,7 +204,7 @@ def _view_of(alias: str, spec: ModelSpec, source: ResolvedSource, base_dir: Path
         format=source.format,
         files=tuple(LockedFile(f.name, f.size, _identity(f)) for f in source.files),
         source_quantization=label or _gguf_quant(source.file),
-        source_bits=_source_bits(source),
+        source_bits=_source_bits(source, config),
         num_layers=layers,
         num_kv_heads=kv_heads,
         head_dim=head_dim,
@@ -229,7 +229,9 @@ def _gguf_quant(file: str | None) -> str | None:
     return match.group(1).upper() if match else None
 
 
-def _source_bits(source: ResolvedSource) -> float | None:
+def _source_bits(source: ResolvedSource, config: dict[str, Any]) -> float | None:
+    """Bits per weight of the source as stored, for size estimates: fp8 and mxfp4 originals
+    are not 16-bit (their config.json says so)."""
     quant = source.quantization
     if quant is not None and quant.bits:
         return quant.bits + 32 / (quant.group_size or 64)
@@ -238,7 +240,10 @@ def _source_bits(source: ResolvedSource) -> float | None:
         if name is None:
             return None
         return next((bits for key, bits in _GGUF_BITS.items() if name.startswith(key)), None)
-    return 16.0
+    from local_ai.discovery.names import config_quant
+
+    label = config_quant(config)
+    return label.bits if label is not None else 16.0
 
 
 def _config_of(source: ResolvedSource) -> dict[str, Any]:
