@@ -11,6 +11,7 @@ BENCHMARKS = {
     "server": "benchmarks.server_concurrency",
     "plan": "benchmarks.plan_apply",
     "prefix": "benchmarks.prefix_cache",
+    "convert": "benchmarks.convert_throughput",
 }
 
 

@@ -285,6 +285,8 @@ def test_page_loads_with_csp_and_shows_status(tab: Page, daemon: Daemon) -> None
     page.wait_for_selector("#key-form", state="visible")
     page.fill("#key-input", API_KEY)
     page.click("#key-form button")
+    # The page checks the key against /v1/models before keeping it: wait for that round trip.
+    page.wait_for_function("() => sessionStorage.getItem('local-ai-api-key') !== null")
     assert page.evaluate("sessionStorage.getItem('local-ai-api-key')") == API_KEY
     assert page.evaluate("localStorage.length") == 0
     page.wait_for_function(

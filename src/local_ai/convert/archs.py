@@ -91,6 +91,8 @@ def hf_config(gguf: GGUFFile) -> dict[str, Any]:
     head_dim = gguf.get_int(
         key("attention.key_length"), hidden // n_head, minimum=1, maximum=_MAX_WIDTH
     )
+    if head_dim < 1:
+        raise _bad(gguf, key("attention.head_count"), f"{n_head} heads exceed hidden size {hidden}")
     value_dim = gguf.get_int(key("attention.value_length"), head_dim, minimum=1)
     if value_dim != head_dim:
         raise NotYetError(

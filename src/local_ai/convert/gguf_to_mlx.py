@@ -260,13 +260,12 @@ def _write_headers(out_dir: Path, shards: list[list[_Output]]) -> tuple[list[int
     return bases, names
 
 
-def _chunks(item: _Item) -> Iterator[tuple[int, int]]:
+def _chunks(item: _Item, chunk_elements: int) -> Iterator[tuple[int, int]]:
     info = item.plan.source
-    if item.plan.unpermute_heads is not None:
-        yield 0, info.outer_rows  # Q/K rows move within heads: keep the tensor whole
-        return
     per_row = max(1, info.n_elements // info.outer_rows)
-    step = max(1, CHUNK_ELEMENTS // per_row)
+    # Q/K rows move only within their head: chunks hold whole heads.
+    unit = info.outer_rows // item.plan.unpermute_heads if item.plan.unpermute_heads else 1
+    step = max(unit, chunk_elements // per_row // unit * unit)
     for start in range(0, info.outer_rows, step):
         yield start, min(step, info.outer_rows - start)
 
@@ -315,8 +314,10 @@ def convert_gguf(
     *,
     on_event: Event | None = None,
     shard_bytes: int = DEFAULT_SHARD_BYTES,
+    chunk_elements: int = CHUNK_ELEMENTS,
 ) -> GGUFConversion:
-    """Convert ``source`` into the existing, empty directory ``out_dir``."""
+    """Convert ``source`` into the existing, empty directory ``out_dir``, reading at most
+    about ``chunk_elements`` values of one tensor at a time."""
     started = time.monotonic()
     emit = on_event or (lambda _e: None)
     gguf = read_gguf(source)
@@ -351,7 +352,7 @@ def convert_gguf(
     try:
         with source.open("rb", buffering=0) as handle:
             for item in items:
-                _convert_item(handle, item, fds, bases, dtype)
+                _convert_item(handle, item, fds, bases, dtype, chunk_elements)
                 done += item.plan.source.nbytes
                 emit(
                     {
@@ -391,26 +392,36 @@ def convert_gguf(
 
 
 def _tokenizer(gguf: GGUFFile, config: dict[str, Any]) -> Any:
+    # Imported first, so that failing to load the libraries (out of memory) is not blamed on
+    # the file below.
+    import tokenizers  # noqa: F401
+    import transformers.integrations.ggml  # noqa: F401
+
     try:
         return build_tokenizer(gguf, model_max_length=config.get("max_position_embeddings"))
-    except (MalformedFileError, NotYetError):
+    except (MalformedFileError, NotYetError, MemoryError):
         raise
     except Exception as exc:  # the tokenizers library rejecting hostile vocabularies
         raise MalformedFileError(gguf.path, "metadata 'tokenizer.*'", str(exc)) from None
 
 
-def _convert_item(handle: Any, item: _Item, fds: list[int], bases: list[int], dtype: Any) -> None:
+def _convert_item(
+    handle: Any, item: _Item, fds: list[int], bases: list[int], dtype: Any, chunk_elements: int
+) -> None:
     info = item.plan.source
     row_bytes = info.bytes_per_outer_row
-    for start, rows in _chunks(item):
+    for start, rows in _chunks(item, chunk_elements):
         raw = np.empty(rows * row_bytes, dtype=np.uint8)
         read_rows(handle, info, start, rows, raw)
         w = _dequantize(raw, info, rows)
         del raw
         if item.plan.unpermute_heads is not None:
-            w = _unpermute(w, item.plan.unpermute_heads)
+            w = _unpermute(w, rows * item.plan.unpermute_heads // info.outer_rows)
         w = w.astype(dtype)
-        finite = mx.all(mx.isfinite(w))
+        # MLX's CPU isfinite on fp16 is slow: float outputs are checked as bits in numpy instead
+        # (non-finite weights make non-finite scales); mxfp4 scales are exponents, so check w.
+        mxfp4 = item.quant is not None and item.quant["mode"] == "mxfp4"
+        finite = mx.all(mx.isfinite(w)) if mxfp4 else mx.array(True)
         if item.quant is not None:
             results = list(
                 mx.quantize(
@@ -437,10 +448,30 @@ def _convert_item(handle: Any, item: _Item, fds: list[int], bases: list[int], dt
                 )
             per_row = out.nbytes // out.shape[0]
             data = _as_bytes(arr)
+            if not _finite_bits(data, arr.dtype):
+                raise MalformedFileError(
+                    info_path(handle), f"tensor {info.name!r}", "contains NaN or infinite values"
+                )
             offset = bases[out.shard] + out.start + start * per_row
             written = 0
             while written < len(data):
                 written += os.pwrite(fds[out.shard], data[written:], offset + written)
+
+
+_EXPONENT_MASKS = {
+    mx.float16: (np.uint16, 0x7C00),
+    mx.bfloat16: (np.uint16, 0x7F80),
+    mx.float32: (np.uint32, 0x7F800000),
+}
+
+
+def _finite_bits(data: memoryview, dtype: Any) -> bool:
+    """No inf/NaN among float values given as raw bytes (all exponent bits set means one)."""
+    if dtype not in _EXPONENT_MASKS:
+        return True
+    kind, mask = _EXPONENT_MASKS[dtype]
+    bits = np.frombuffer(data, dtype=kind)
+    return not bool(np.any((bits & kind(mask)) == kind(mask)))
 
 
 def info_path(handle: Any) -> Path:

@@ -29,6 +29,23 @@ def _limit_memory(limit: int | None) -> None:
     resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
 
 
+def _exit_with_parent(poll: float = 0.5) -> None:
+    """End this process when the parent dies (kill -9 of the CLI): an orphaned conversion
+    would keep writing into a staging directory nobody will rename."""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(poll)
+            if os.getppid() != parent:
+                os._exit(137)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def error_payload(exc: BaseException) -> dict[str, Any]:
     """A typed error as JSON; the parent rebuilds the same class (see runner.rebuild_error)."""
     from local_ai.errors import LocalAIError, MalformedFileError
@@ -54,7 +71,8 @@ def error_payload(exc: BaseException) -> dict[str, Any]:
             "hint": "free some disk space (or use --out on another disk) and run it again",
         }
     text = str(exc)
-    if "bad_alloc" in text or "Unable to allocate" in text or "[malloc]" in text:
+    # The last one: a shared library that cannot be mapped under the address-space limit.
+    if any(s in text for s in ("bad_alloc", "Unable to allocate", "[malloc]", "map segment")):
         return {"type": "MemoryLimit", "message": f"the converter ran out of memory: {text}"}
     return {
         "type": "internal",
@@ -109,6 +127,7 @@ def main() -> int:
     def emit(event: dict[str, Any]) -> None:
         events.write(json.dumps(event, default=str) + "\n")
 
+    _exit_with_parent()
     try:
         request = json.loads(sys.stdin.read())
         _limit_memory(request.get("memory_limit"))

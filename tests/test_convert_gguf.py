@@ -1,0 +1,302 @@
+"""GGUF -> MLX: every supported architecture round-trips through llama.cpp's layout.
+
+Oracles, from strongest to loosest:
+
+* the converted model's parameters equal, bit for bit, those ``mlx_lm.load`` gives for an HF
+  directory holding the GGUF's values as gguf-py dequantizes them (mapped back by the harness,
+  not by local_ai.convert), stored in the same dtype;
+* next-token logits against the original fp32 HF model, within the tolerances measured for each
+  GGUF type (docs/conversion.md);
+* converting a GGUF to a quantized level gives the same bytes as mlx-lm's own conversion of the
+  dequantized weights (mlx-lm decides which layers are quantized and how).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from local_ai.convert.archs import ARCHS
+from local_ai.convert.chat_template import render_chat_template
+from local_ai.convert.gguf_to_mlx import convert_gguf, inspect_gguf
+from local_ai.convert.recipe import LEVELS, Recipe, make_recipe
+from local_ai.convert.safetensors_to_mlx import convert_safetensors
+from tests.convert_helpers import (
+    MESSAGES,
+    TEXT,
+    WIDE,
+    assert_same_parameters,
+    assert_same_weights,
+    compare,
+    dequantized_reference,
+    load_model,
+    logits,
+    model_parameters,
+    prompt_ids,
+    wide_models,
+)
+from tests.harness import gguf_export as ge
+from tests.harness import tinymodels as tm
+
+__all__ = ["wide_models"]  # the fixture, imported for pytest
+
+ARCHS_UNDER_TEST = tm.ARCHITECTURES
+ROUND_TRIP_TYPES = ("F16", "Q8_0", "Q4_0", "Q4_K", "Q6_K")
+OTHER_TYPES = ("F32", "BF16", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q5_K")
+# Logits of the fp16 conversion against the original fp32 model, over all five archs and both
+# prompts. Measured worst case (docs/conversion.md) -> limit. F16/Q8_0 bound the largest
+# difference; lower-bit types bound rms(diff)/rms(logits), since they differ by the GGUF's own
+# quantization error, which the tiny random models amplify.
+MAX_ABS = {"F16": 0.05, "Q8_0": 0.6}  # measured 0.016, 0.285
+REL_RMS = {"Q8_0": 0.04, "Q6_K": 0.2, "Q4_0": 0.55, "Q4_K": 0.6}  # 0.021 0.123 0.382 0.400
+TOP1 = {"F16": 0.95, "Q8_0": 0.95}  # measured 0.98 (a near-tie flips), 0.98
+CHUNK = 4096  # values per read in tests, so every tensor (Q/K included) spans several chunks
+
+
+@pytest.fixture(scope="module")
+def original(wide_models: dict[str, Path]) -> dict[str, tuple[list[list[int]], np.ndarray]]:
+    out = {}
+    for arch, path in wide_models.items():
+        ids = prompt_ids(path)
+        out[arch] = (ids, logits(path, ids))
+    return out
+
+
+@pytest.fixture(scope="module")
+def gguf_file(
+    wide_models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory
+) -> Callable[[str, str], Path]:
+    root = tmp_path_factory.mktemp("gguf")
+    cache: dict[tuple[str, str], Path] = {}
+
+    def make(arch: str, qtype: str) -> Path:
+        if (arch, qtype) not in cache:
+            out = root / f"{arch}-{qtype}.gguf"
+            cache[arch, qtype] = ge.export_gguf(wide_models[arch], out, qtype)
+        return cache[arch, qtype]
+
+    return make
+
+
+def convert(source: Path, out: Path, recipe: Recipe, **kwargs: Any) -> Path:
+    out.mkdir(parents=True)
+    convert_gguf(source, out, recipe, chunk_elements=CHUNK, **kwargs)
+    return out
+
+
+@pytest.mark.parametrize("qtype", ROUND_TRIP_TYPES)
+@pytest.mark.parametrize("arch", ARCHS_UNDER_TEST)
+def test_round_trip_matches_dequantized_weights_and_original_logits(
+    arch: str,
+    qtype: str,
+    wide_models: dict[str, Path],
+    gguf_file: Callable[[str, str], Path],
+    original: dict[str, tuple[list[list[int]], np.ndarray]],
+    tmp_path: Path,
+) -> None:
+    source = gguf_file(arch, qtype)
+    out = convert(source, tmp_path / "mlx", make_recipe("fp16"))
+    reference = dequantized_reference(wide_models[arch], source, tmp_path / "ref")
+    model = load_model(out)
+    assert_same_parameters(model_parameters(model), model_parameters(reference))
+
+    ids, want = original[arch]
+    got = compare(logits(model, ids), want)
+    if qtype in MAX_ABS:
+        assert got["max_abs"] <= MAX_ABS[qtype], got
+    if qtype in REL_RMS:
+        assert got["rel_rms"] <= REL_RMS[qtype], got
+    if qtype in TOP1:
+        assert got["top1"] >= TOP1[qtype], got
+
+
+@pytest.mark.parametrize("qtype", OTHER_TYPES)
+def test_every_other_tensor_type_dequantizes_exactly(
+    qtype: str, wide_models: dict[str, Path], gguf_file: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    source = gguf_file("qwen3", qtype)
+    assert qtype in inspect_gguf(source)["tensor_types"]  # really stored in that type
+    out = convert(source, tmp_path / "mlx", make_recipe("fp16"))
+    reference = dequantized_reference(wide_models["qwen3"], source, tmp_path / "ref")
+    assert_same_parameters(model_parameters(out), model_parameters(reference))
+
+
+@pytest.mark.parametrize("arch", ARCHS_UNDER_TEST)
+def test_config_tokenizer_and_chat_template_survive(
+    arch: str, wide_models: dict[str, Path], gguf_file: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    src = wide_models[arch]
+    out = convert(gguf_file(arch, "F16"), tmp_path / "mlx", make_recipe("fp16"))
+    want_cfg = json.loads((src / "config.json").read_text())
+    got_cfg = json.loads((out / "config.json").read_text())
+    keys = [
+        "model_type",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "num_key_value_heads",
+        "intermediate_size",
+        "vocab_size",
+        "rms_norm_eps",
+        "rope_theta",
+        "tie_word_embeddings",
+        "max_position_embeddings",
+    ]
+    if arch == "qwen3_moe":
+        keys += ["num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob"]
+    # llama.cpp writes MistralForCausalLM as arch "llama": same layers, llama model type.
+    want_cfg["model_type"] = ARCHS[ge.GGUF_ARCH[arch]].model_type
+    assert {k: got_cfg[k] for k in keys} == {k: want_cfg[k] for k in keys}
+    assert got_cfg["eos_token_id"] == want_cfg["eos_token_id"]
+    # Tied models have no output tensor in the GGUF and no lm_head after conversion.
+    assert ("lm_head.weight" in model_parameters(out)) is not want_cfg["tie_word_embeddings"]
+
+    want_tok = AutoTokenizer.from_pretrained(str(src))
+    got_tok = AutoTokenizer.from_pretrained(str(out))
+    ids = want_tok.encode(TEXT)
+    assert got_tok.encode(TEXT) == ids
+    assert got_tok.decode(ids) == want_tok.decode(ids)
+    assert got_tok.convert_ids_to_tokens(ids) == want_tok.convert_ids_to_tokens(ids)
+    assert (got_tok.eos_token, got_tok.pad_token) == (want_tok.eos_token, want_tok.pad_token)
+    for generation_prompt in (False, True):
+        want = want_tok.apply_chat_template(
+            MESSAGES, tokenize=False, add_generation_prompt=generation_prompt
+        )
+        got = got_tok.apply_chat_template(
+            MESSAGES, tokenize=False, add_generation_prompt=generation_prompt
+        )
+        assert got == want
+        # local-ai's sandboxed renderer gives the same text as transformers.
+        template = json.loads((out / "tokenizer_config.json").read_text())["chat_template"]
+        specials = {"bos_token": got_tok.bos_token, "eos_token": got_tok.eos_token}
+        sandboxed = render_chat_template(
+            template, MESSAGES, add_generation_prompt=generation_prompt, special_tokens=specials
+        )
+        assert sandboxed == want
+
+
+def test_qk_permutation_is_undone(wide_models: dict[str, Path], tmp_path: Path) -> None:
+    """llama.cpp interleaves Q/K rows per head for llama-family archs; the converter must put
+    HF's rows back (an F32 export makes the comparison exact up to the fp16 target)."""
+    import mlx.core as mx
+
+    src = wide_models["llama"]
+    weights, _ = tm.load_safetensors(src / "model.safetensors")
+    for arch_name in ("llama", "mistral3"):
+        gguf_path = ge.export_gguf(
+            src, tmp_path / f"{arch_name}.gguf", "F32", arch_override=arch_name
+        )
+        stored = ge.read_tensors(gguf_path)
+        q_hf = weights["model.layers.1.self_attn.q_proj.weight"]
+        assert not np.array_equal(stored["blk.1.attn_q.weight"][1], q_hf)  # really permuted
+        out = convert(gguf_path, tmp_path / f"{arch_name}-mlx", make_recipe("fp16"))
+        params = model_parameters(out)
+        for proj in ("q_proj", "k_proj"):
+            name = f"model.layers.1.self_attn.{proj}.weight"
+            want = weights[name].astype(np.float16)
+            assert np.array_equal(np.array(params[name].astype(mx.float16)), want), name
+    assert json.loads((tmp_path / "mistral3-mlx" / "config.json").read_text())["model_type"] == (
+        ARCHS["mistral3"].model_type
+    )
+
+
+def test_moe_with_dense_layers_and_untied_head(tmp_path: Path) -> None:
+    """qwen3moe with a dense layer (mlp_only_layers) and an untied output head. (The dense layer
+    is the last: mlx-lm only stacks HF experts when layer 0 has them.)"""
+    src = tm.build_model(tmp_path / "src", "qwen3_moe", seed=3, mlp_only_layers=[1], **WIDE)
+    source = ge.export_gguf(src, tmp_path / "moe.gguf", "Q8_0")
+    out = convert(source, tmp_path / "mlx", make_recipe("fp16"))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["mlp_only_layers"] == [1] and cfg["tie_word_embeddings"] is False
+    params = model_parameters(out)
+    assert params["model.layers.0.mlp.switch_mlp.up_proj.weight"].shape == (4, 256, 256)
+    assert "model.layers.1.mlp.up_proj.weight" in params and "lm_head.weight" in params
+    reference = dequantized_reference(src, source, tmp_path / "ref")
+    assert_same_parameters(params, model_parameters(reference))
+
+
+def test_shards_are_laid_out_and_indexed(wide_models: dict[str, Path], tmp_path: Path) -> None:
+    source = ge.export_gguf(wide_models["qwen3"], tmp_path / "q.gguf", "Q4_K")
+    one = convert(source, tmp_path / "one", make_recipe("q4"))
+    many = convert(source, tmp_path / "many", make_recipe("q4"), shard_bytes=100_000)
+    shards = sorted(p.name for p in many.glob("model-*.safetensors"))
+    assert len(shards) > 3 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    index = json.loads((many / "model.safetensors.index.json").read_text())
+    assert set(index["weight_map"].values()) == set(shards)
+    assert_same_weights(one, many)
+    assert_same_parameters(model_parameters(many), model_parameters(one))
+
+
+@pytest.mark.parametrize("level", [lv for lv in LEVELS if lv != "fp16"])
+def test_quantized_levels_match_mlx_lm_on_the_dequantized_weights(
+    level: str, wide_models: dict[str, Path], gguf_file: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """GGUF -> level gives the same tensors and quantization config as mlx-lm's own conversion
+    of the same (dequantized) weights: which layers are quantized, with what bits and groups."""
+    source = gguf_file("qwen3", "Q8_0")
+    # Without a dtype the GGUF converter casts to fp16 first (the file has no BF16 tensor).
+    dtype: tm.DType = "float32" if level == "bf16" else "float16"
+    reference = dequantized_reference(wide_models["qwen3"], source, tmp_path / "ref", dtype)
+    recipe = make_recipe(level, 128 if level in ("q4", "mixed_4_6") else None)
+    ours = convert(source, tmp_path / "ours", recipe)
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    convert_safetensors(reference, theirs, recipe)
+    assert_same_weights(ours, theirs)
+    got, want = (json.loads((d / "config.json").read_text()) for d in (ours, theirs))
+    assert got.get("quantization") == want.get("quantization")
+    if recipe.mixed:  # per-layer entries: 6 bits for some v_proj/down_proj, low bits elsewhere
+        low = int(level.split("_")[1])
+        bits = {v["bits"] for v in got["quantization"].values() if isinstance(v, dict)}
+        assert bits == {low, 6}
+    elif recipe.quantized:
+        assert got["quantization"]["bits"] == recipe.bits
+        assert got["quantization"]["group_size"] == recipe.group_size
+
+
+@pytest.mark.parametrize("arch", ARCHS_UNDER_TEST)
+def test_q8_of_each_arch_matches_mlx_lm_and_stays_close(
+    arch: str,
+    wide_models: dict[str, Path],
+    gguf_file: Callable[[str, str], Path],
+    original: dict[str, tuple[list[list[int]], np.ndarray]],
+    tmp_path: Path,
+) -> None:
+    source = gguf_file(arch, "F16")
+    reference = dequantized_reference(wide_models[arch], source, tmp_path / "ref")
+    ours = convert(source, tmp_path / "ours", make_recipe("q8"))
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    convert_safetensors(reference, theirs, make_recipe("q8"))
+    assert_same_weights(ours, theirs)
+    ids, want = original[arch]
+    got = compare(logits(ours, ids), want)
+    # Measured: 0.022 for the dense archs; 0.116 for qwen3_moe, where 8-bit router weights
+    # flip a few expert choices (docs/conversion.md).
+    assert got["rel_rms"] <= (0.2 if arch == "qwen3_moe" else 0.04), got
+
+
+def test_requantizing_low_bit_weights_warns_and_names_the_base_repo(
+    wide_models: dict[str, Path], tmp_path: Path
+) -> None:
+    from local_ai.convert.api import plan_warnings
+
+    low = ge.export_gguf(
+        wide_models["qwen3"], tmp_path / "low.gguf", "Q4_K", base_model="Org/Base-7B"
+    )
+    facts = inspect_gguf(low)
+    assert facts["base_model"] == "Org/Base-7B" and "Q4_K" in facts["low_bit_types"]
+    (warning,) = plan_warnings(facts, make_recipe("q4"))
+    assert "compounds" in warning and "Org/Base-7B" in warning
+    assert plan_warnings(facts, make_recipe("bf16")) == []
+    (tmp_path / "out").mkdir()
+    assert convert_gguf(low, tmp_path / "out", make_recipe("q4")).warnings == [warning]
+    high = ge.export_gguf(wide_models["qwen3"], tmp_path / "high.gguf", "Q8_0")
+    assert plan_warnings(inspect_gguf(high), make_recipe("q4")) == []
