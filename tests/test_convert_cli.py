@@ -80,10 +80,18 @@ def test_hub_gguf_and_safetensors_repos(fake_hub: FakeHub, tmp_path: Path) -> No
     _generates(Path(data["path"]))
 
 
-def test_auto_and_bad_levels_fail_cleanly(tmp_path: Path) -> None:
-    result = run_cli("models", "convert", str(tmp_path), "-q", "auto")
-    assert result.returncode != 0 and "not available yet" in result.stderr
-    assert "Traceback" not in result.stderr
+def test_auto_picks_a_level_and_bad_levels_fail_cleanly(tmp_path: Path) -> None:
+    from tests.harness.tinymodels import build_model
+
+    src = build_model(tmp_path / "src", "qwen3")
+    out = tmp_path / "auto-out"
+    result = run_cli("models", "convert", str(src), "-q", "auto", "--out", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    # A 32-bit tiny source fits anywhere: the best quality auto offers without upcasting.
+    assert json.loads(result.stdout)["recipe"]["level"] == "bf16"
+    assert (out / "config.json").is_file()
+    empty = run_cli("models", "convert", str(tmp_path / "nothing-here"), "-q", "auto")
+    assert empty.returncode != 0 and "Traceback" not in empty.stderr
     result = run_cli("models", "convert", str(tmp_path), "-q", "q7")
     assert "unknown quantization level 'q7'" in result.stderr and "Traceback" not in result.stderr
 

@@ -90,6 +90,10 @@ def convert_command(
             show_default=False,
         ),
     ] = None,
+    context: Annotated[
+        int,
+        typer.Option("--context", help="Context to leave room for with --quantize auto."),
+    ] = 32768,
     json: JsonOption = False,
 ) -> None:
     from local_ai.cli.output import console, err_console, print_json
@@ -97,13 +101,20 @@ def convert_command(
     from local_ai.convert.recipe import make_recipe
     from local_ai.convert.runner import parse_size
 
-    recipe = make_recipe(quantize, group_size, dtype)
+    # A bad level fails before anything is read; "auto" is decided once the source is known.
+    recipe = make_recipe(quantize, group_size, dtype) if quantize != "auto" else None
     limit = parse_size(memory_limit) if memory_limit else None
     err = err_console()
     with err.status("reading the source…", spinner="dots") if not json else nullcontext():
         src = _resolve_source(source)
         facts = api.inspect_source(src, memory_limit=limit)
     _check_supported(src, facts)
+    if quantize == "auto":
+        quantize, reason = _auto_level(src, group_size, context)
+        if not json:
+            err.print(reason)
+        recipe = make_recipe(quantize, group_size, dtype)
+    assert recipe is not None
     warnings = api.plan_warnings(facts, recipe)
     if not json:
         for warning in warnings:
@@ -242,3 +253,37 @@ class _progress:
     def __exit__(self, *exc: object) -> None:
         if self.bar is not None:
             self.bar.stop()
+
+
+def _auto_level(src: ConvertSource, group_size: int | None, context: int) -> tuple[str, str]:
+    """`--quantize auto`: the best level whose weights and KV cache at `context` fit this
+    machine's usable memory (the rule `quantize = "auto"` follows in the manifest)."""
+    import json as jsonlib
+
+    from local_ai.discovery.auto import choose_level
+    from local_ai.discovery.names import config_quant
+    from local_ai.discovery.ranking import shape_from_config
+    from local_ai.errors import LocalAIError
+    from local_ai.hardware import detect
+    from local_ai.reconcile.observe import gguf_bits
+
+    config: dict[str, Any] = {}
+    if src.kind == "safetensors":
+        try:
+            config = jsonlib.loads((Path(src.path) / "config.json").read_text("utf-8"))
+        except (OSError, ValueError):
+            config = {}
+    if src.kind == "gguf":
+        bits = gguf_bits(Path(src.path).name) or 16.0
+    else:
+        label = config_quant(config)
+        bits = label.bits if label is not None else 16.0
+    shape = shape_from_config(config) if config else None
+    kv = shape.kv_bytes(context) if shape is not None else 0
+    size = src.total_bytes or Path(src.path).stat().st_size
+    chosen = choose_level(
+        size, bits, kv, detect().usable_memory_bytes, context=context, group_size=group_size or 64
+    )
+    if not chosen.fits or chosen.level is None:
+        raise LocalAIError(chosen.reason, hint="pick a level with --quantize, or a smaller model")
+    return chosen.level, chosen.reason

@@ -229,6 +229,14 @@ def _gguf_quant(file: str | None) -> str | None:
     return match.group(1).upper() if match else None
 
 
+def gguf_bits(file_name: str | None) -> float | None:
+    """Bits per weight a GGUF file's name announces (Q4_K_M → about 4.8), for estimates."""
+    name = _gguf_quant(file_name)
+    if name is None:
+        return None
+    return next((bits for key, bits in _GGUF_BITS.items() if name.startswith(key)), None)
+
+
 def _source_bits(source: ResolvedSource, config: dict[str, Any]) -> float | None:
     """Bits per weight of the source as stored, for size estimates: fp8 and mxfp4 originals
     are not 16-bit (their config.json says so)."""
@@ -236,10 +244,7 @@ def _source_bits(source: ResolvedSource, config: dict[str, Any]) -> float | None
     if quant is not None and quant.bits:
         return quant.bits + 32 / (quant.group_size or 64)
     if source.format == "gguf":
-        name = _gguf_quant(source.file)
-        if name is None:
-            return None
-        return next((bits for key, bits in _GGUF_BITS.items() if name.startswith(key)), None)
+        return gguf_bits(source.file)
     from local_ai.discovery.names import config_quant
 
     label = config_quant(config)
