@@ -170,7 +170,14 @@ def _adapters(snapshot: Snapshot, options: RunOptions, *, json: bool) -> Adapter
         offline=options.offline,
         frozen=options.frozen,
         fetch_progress=RichProgress if bars else None,
+        convert_progress=(lambda: _convert_bar(enabled=True)) if bars else None,
     )
+
+
+def _convert_bar(*, enabled: bool) -> Any:
+    from local_ai.cli.models_convert import ConvertBar
+
+    return ConvertBar(enabled=enabled)
 
 
 def _announce(action: Action) -> None:

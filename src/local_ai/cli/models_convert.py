@@ -120,7 +120,7 @@ def convert_command(
         for warning in warnings:
             err.print(f"[yellow]warning:[/] {warning}")
 
-    with _progress(enabled=not json and err.is_terminal) as on_event:
+    with ConvertBar(enabled=not json and err.is_terminal) as on_event:
         if out is not None:
             result = api.convert_to_dir(src, recipe, out, on_event=on_event, memory_limit=limit)
         else:
@@ -209,7 +209,7 @@ def _check_supported(src: ConvertSource, facts: dict[str, Any]) -> None:
         )
 
 
-class _progress:
+class ConvertBar:
     """A byte progress bar fed by the worker's events (nothing when not a terminal)."""
 
     def __init__(self, *, enabled: bool) -> None:

@@ -61,7 +61,7 @@ class Adapters:
         offline: bool = False,
         frozen: bool = False,
         fetch_progress: Callable[[], FetchProgress] | None = None,
-        convert_events: Callable[[dict[str, Any]], None] | None = None,
+        convert_progress: Callable[[], Any] | None = None,
     ) -> None:
         self.snap = snapshot
         self.manifest = snapshot.loaded.manifest
@@ -72,7 +72,8 @@ class Adapters:
         self.fetched: dict[str, FetchResult] = {}
         self.converted: dict[str, ConversionResult] = {}
         self.fetch_progress = fetch_progress
-        self.convert_events = convert_events
+        # A context manager factory yielding an event handler (or None) for conversions.
+        self.convert_progress = convert_progress
         self.alias_map_written: AliasMap | None = None
         self.auto_levels: dict[str, str | None] = {}  # alias -> level auto chose in the plan
 
@@ -198,13 +199,17 @@ class Adapters:
         recipe = recipe_for(spec)
         source = self._convert_source(alias)
         base = (self._source(alias).repo or Path(source.path).stem).split("/")[-1]
-        result = convert_to_store(
-            source,
-            recipe,
-            digest=str(action.params["digest"]),
-            name=safe_name(f"{base}-{recipe.level}"),
-            on_event=self.convert_events,
-        )
+        from contextlib import nullcontext
+
+        progress = self.convert_progress() if self.convert_progress else nullcontext()
+        with progress as on_event:
+            result = convert_to_store(
+                source,
+                recipe,
+                digest=str(action.params["digest"]),
+                name=safe_name(f"{base}-{recipe.level}"),
+                on_event=on_event,
+            )
         self.converted[alias] = result
         return f"{'reused' if result.reused else 'built'} {result.path.name}"
 
