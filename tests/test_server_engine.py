@@ -115,3 +115,23 @@ def test_models_unload_by_lru_and_idle_ttl(
     assert wait_for(lambda: not registry.status(), 3)  # idle longer than the TTL: unloaded
     with pytest.raises(FileNotFoundError):
         asyncio.run(registry.acquire(str(model_paths[0].parent / "missing")))
+
+
+def test_a_short_accidental_prefix_match_keeps_the_long_cached_prefix(tmp_path: Path) -> None:
+    """Another conversation sharing only the chat template's first tokens must not consume (and
+    trim) the cache of a long system prompt; the next turn of that conversation reuses it."""
+    from mlx_lm import load
+    from mlx_lm.models.cache import make_prompt_cache
+
+    from local_ai.server.engine.scheduler import MIN_PREFIX_REUSE, PrefixCache
+    from tests.harness import tinymodels as tm
+
+    model = load(str(tm.build_model(tmp_path / "m", "qwen3")))[0]
+    cache = PrefixCache()
+    system = list(range(10, 10 + 4 * MIN_PREFIX_REUSE))
+    cache.checkin(system, make_prompt_cache(model))
+    other = [*system[:3], 999, 998, 997]
+    _, reused = cache.checkout(model, other)
+    assert reused == 0 and len(cache.entries) == 1  # a fresh cache; the long entry stays
+    _, reused = cache.checkout(model, [*system, 5, 6])
+    assert reused == len(system) and not cache.entries

@@ -27,6 +27,10 @@ log = logging.getLogger("local_ai.engine")
 PREFILL_CHUNK = 512
 # Prefix caches kept per model (each holds a KV cache) and how long an unused one is kept.
 PREFIX_CACHE_ENTRIES = 4
+# A cached prefix is reused only when it saves at least this many prompt tokens: checking out an
+# entry consumes it, and a short accidental match (the chat template's first tokens) must not
+# destroy a long system-prompt cache that the next turn of that conversation needs.
+MIN_PREFIX_REUSE = 32
 PREFIX_CACHE_TTL_S = 600.0
 HOUSEKEEPING_INTERVAL_S = 1.0
 
@@ -126,7 +130,7 @@ class PrefixCache:
             n = _common_prefix(entry.tokens, prompt)
             if n > best_len:
                 best, best_len = entry, n
-        if best is not None:
+        if best is not None and min(best_len, len(prompt) - 1) >= MIN_PREFIX_REUSE:
             self.entries.remove(best)
             # At least one prompt token must go through the model to produce logits.
             reuse = min(best_len, len(prompt) - 1)
