@@ -100,7 +100,10 @@ def dequantized_reference(
             stacked = stored[f"blk.{layer.group(1)}.ffn_{expert.group(2)}_exps.weight"][1]
             weights[name] = stacked[int(expert.group(1))]
             continue
-        value = stored[ge.gguf_name(name)][1]
+        value = stored[ge.gguf_name(name, config["model_type"])][1]
+        shift = ge.norm_shift(config["model_type"], name)
+        if shift:
+            value = value - np.float32(shift)
         for prefix, n in heads.items():
             if permuted and layer and layer.group(2).startswith(prefix):
                 value = ge.unpermute_qk(value, n)

@@ -151,6 +151,30 @@ def test_config_tokenizer_and_chat_template_survive(
     ]
     if arch == "qwen3_moe":
         keys += ["num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob"]
+    if arch == "glm4_moe":
+        keys += [
+            "head_dim",
+            "attention_bias",
+            "partial_rotary_factor",
+            "n_routed_experts",
+            "n_shared_experts",
+            "num_experts_per_tok",
+            "moe_intermediate_size",
+            "first_k_dense_replace",
+            "routed_scaling_factor",
+            "norm_topk_prob",
+            "n_group",
+            "topk_group",
+        ]
+    if arch == "gemma3_text":
+        keys += [
+            "head_dim",
+            "hidden_activation",
+            "query_pre_attn_scalar",
+            "rope_local_base_freq",
+            "sliding_window",
+            "sliding_window_pattern",
+        ]
     # llama.cpp writes MistralForCausalLM as arch "llama": same layers, llama model type.
     want_cfg["model_type"] = ARCHS[ge.GGUF_ARCH[arch]].model_type
     assert {k: got_cfg[k] for k in keys} == {k: want_cfg[k] for k in keys}
@@ -300,3 +324,109 @@ def test_requantizing_low_bit_weights_warns_and_names_the_base_repo(
     assert convert_gguf(low, tmp_path / "out", make_recipe("q4")).warnings == [warning]
     high = ge.export_gguf(wide_models["qwen3"], tmp_path / "high.gguf", "Q8_0")
     assert plan_warnings(inspect_gguf(high), make_recipe("q4")) == []
+
+
+def test_gemma3_norm_shift_tied_head_and_sliding_window(
+    wide_models: dict[str, Path], gguf_file: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """llama.cpp stores Gemma norms as 1 + w and keeps the window size as metadata; the
+    converter subtracts the 1 again, drops the tied head as mlx-lm's loader does, and restores
+    the window settings, so cached (incremental) decoding past the window matches the original."""
+    import mlx.core as mx
+    from mlx_lm import generate, load
+
+    src = wide_models["gemma3_text"]
+    weights, _ = tm.load_safetensors(src / "model.safetensors")
+    source = ge.export_gguf(src, tmp_path / "g.gguf", "F32")
+    stored = ge.read_tensors(source)
+    norm = "model.layers.5.post_feedforward_layernorm.weight"
+    assert np.array_equal(stored["blk.5.post_ffw_norm.weight"][1], weights[norm] + np.float32(1))
+    out = convert(source, tmp_path / "mlx", make_recipe("fp16"))
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["sliding_window"], cfg["sliding_window_pattern"]) == (16, 6)
+    params = model_parameters(out)
+    assert "lm_head.weight" not in params
+    for name in (norm, "model.norm.weight", "model.layers.0.self_attn.q_norm.weight"):
+        got = np.array(params[name].astype(mx.float32))
+        assert np.abs(got - weights[name]).max() < 1e-4, name  # fp16 rounding only
+
+    prompt = "def fibonacci(n: int) -> list[int]:\n    values"  # + 30 tokens > window 16
+    texts = []
+    for path in (src, out):
+        model, tok = load(str(path))
+        model.set_dtype(mx.float32)
+        texts.append(generate(model, tok, prompt, max_tokens=30))
+    assert texts[0] == texts[1] and texts[0]
+
+
+def test_gemma3_refuses_what_mlx_lm_cannot_run(
+    wide_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Final-logit softcapping (Gemma 2 style) has no mlx-lm gemma3_text counterpart."""
+    from local_ai.errors import NotYetError
+
+    src = ge.export_gguf(wide_models["gemma3_text"], tmp_path / "g.gguf", "F16")
+    capped = _rewrite_gguf(src, tmp_path / "capped.gguf", {"gemma3.final_logit_softcapping": 30.0})
+    with pytest.raises(NotYetError, match="final_logit_softcapping"):
+        convert(capped, tmp_path / "mlx", make_recipe("fp16"))
+
+
+def _rewrite_gguf(
+    src: Path, dst: Path, values: dict[str, Any], tensors: dict[str, np.ndarray] | None = None
+) -> Path:
+    """``src`` with metadata ``values`` set (ints as UINT32, floats as FLOAT32) and ``tensors``
+    (float32) appended."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(src))
+    arch = str(reader.fields["general.architecture"].contents())
+    writer = gguf.GGUFWriter(str(dst), arch)
+    for name, field in reader.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture" or name in values:
+            continue
+        writer.add_key_value(name, field.contents(), field.types[0], field.types[-1])
+    for name, value in values.items():
+        if isinstance(value, float):
+            writer.add_float32(name, value)
+        else:
+            writer.add_uint32(name, int(value))
+    for t in reader.tensors:
+        writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+    for name, arr in (tensors or {}).items():
+        writer.add_tensor(name, arr.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst
+
+
+def test_glm4moe_router_bias_shared_expert_and_mtp_block(tmp_path: Path) -> None:
+    """GLM-4.5's GGUFs carry the multi-token-prediction block after the decoder layers
+    (``nextn_predict_layers``); mlx-lm drops it, and so does the converter. The router's
+    score-correction bias stays float32 (mlx-lm's cast_predicate) in every target."""
+    import mlx.core as mx
+
+    src = tm.build_model(tmp_path / "src", "glm4_moe", seed=2, num_layers=3, **WIDE)
+    three = ge.export_gguf(src, tmp_path / "three.gguf", "Q8_0")
+    hidden = WIDE["hidden_size"]
+    mtp = _rewrite_gguf(
+        three,
+        tmp_path / "mtp.gguf",
+        {"glm4moe.block_count": 3, "glm4moe.nextn_predict_layers": 1},
+        {"blk.2.nextn.eh_proj.weight": np.ones((hidden, 2 * hidden), np.float32)},
+    )
+    out = convert(mtp, tmp_path / "mlx", make_recipe("q4"))
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 2 and cfg["num_nextn_predict_layers"] == 0
+    params = model_parameters(out)
+    assert not any(n.startswith("model.layers.2.") for n in params)
+    bias = params["model.layers.1.mlp.gate.e_score_correction_bias"]
+    assert bias.dtype == mx.float32
+    want = tm.load_safetensors(src / "model.safetensors")[0]
+    assert np.array_equal(np.array(bias), want["model.layers.1.mlp.gate.e_score_correction_bias"])
+    assert "model.layers.1.mlp.shared_experts.up_proj.scales" in params
+
+    # Without the MTP block the same file is a 3-layer model.
+    full = convert(three, tmp_path / "full", make_recipe("fp16"))
+    assert json.loads((full / "config.json").read_text())["num_hidden_layers"] == 3

@@ -83,9 +83,17 @@ def test_config_and_tensors_follow_hf_layout(tiny_models: dict[str, Path], arch:
     assert cfg["tie_word_embeddings"] is spec.tie_word_embeddings
     assert cfg["vocab_size"] == tm.TOKENIZER_VOCAB_SIZE
     assert ("head_dim" in cfg) is (arch != "qwen2")
-    if arch in ("qwen3", "qwen3_moe", "llama"):
+    if arch in ("qwen3", "qwen3_moe", "llama", "gemma3_text"):
         assert cfg["attention_bias"] is False
-    if arch == "qwen3_moe":
+    if arch == "gemma3_text":
+        assert "hidden_act" not in cfg and cfg["hidden_activation"] == "gelu_pytorch_tanh"
+        assert cfg["query_pre_attn_scalar"] == cfg["head_dim"]
+        assert cfg["sliding_window_pattern"] == 6 and cfg["sliding_window"] == 16
+    if arch == "glm4_moe":
+        assert cfg["first_k_dense_replace"] == 1 and cfg["n_shared_experts"] == 1
+        assert cfg["partial_rotary_factor"] == 0.5 and cfg["n_routed_experts"] == 4
+        assert "num_experts" not in cfg
+    elif arch == "qwen3_moe":
         for key in (
             "num_experts",
             "num_experts_per_tok",
@@ -104,17 +112,27 @@ def test_config_and_tensors_follow_hf_layout(tiny_models: dict[str, Path], arch:
     assert "model.embed_tokens.weight" in names
     assert "model.norm.weight" in names
     assert ("lm_head.weight" in names) is (not spec.tie_word_embeddings)
-    assert any(n.endswith("q_proj.bias") for n in names) is (arch == "qwen2")
+    assert any(n.endswith("q_proj.bias") for n in names) is spec.attention_bias
     assert any(n.endswith("q_norm.weight") for n in names) is spec.qk_norm
     if arch == "qwen3_moe":
         assert weights["model.layers.1.mlp.experts.3.down_proj.weight"].shape == (64, 64)
         assert weights["model.layers.0.mlp.gate.weight"].shape == (4, 64)
         assert not any(".mlp.gate_proj." in n for n in names)
+    if arch == "glm4_moe":  # layer 0 dense, layer 1 MoE with a shared expert
+        assert "model.layers.0.mlp.gate_proj.weight" in names
+        assert weights["model.layers.1.mlp.experts.3.down_proj.weight"].shape == (64, 64)
+        assert weights["model.layers.1.mlp.shared_experts.up_proj.weight"].shape == (64, 64)
+        assert weights["model.layers.1.mlp.gate.e_score_correction_bias"].shape == (4,)
+        assert "model.layers.0.mlp.gate.weight" not in names
     assert weights["model.layers.0.self_attn.q_proj.weight"].shape == (64, 64)
     assert weights["model.layers.0.self_attn.k_proj.weight"].shape == (32, 64)
+    if arch == "gemma3_text":
+        for norm in ("pre_feedforward_layernorm", "post_feedforward_layernorm"):
+            assert f"model.layers.1.{norm}.weight" in names
+    center = 0.0 if arch in tm.OFFSET_NORM_ARCHS else 1.0  # Gemma: scale is 1 + weight
     for name, arr in weights.items():
         if name.endswith("norm.weight"):
-            assert abs(float(arr.mean()) - 1.0) < 0.05 and float(arr.std()) > 0.01
+            assert abs(float(arr.mean()) - center) < 0.05 and float(arr.std()) > 0.01
         else:
             assert float(arr.std()) > 0.005, name
     gen = json.loads((path / "generation_config.json").read_text())
@@ -389,17 +407,28 @@ def _expected_gguf_tensors(cfg: dict[str, Any]) -> dict[str, MT]:
     out[f"{names[MT.OUTPUT_NORM]}.weight"] = MT.OUTPUT_NORM
     if not cfg["tie_word_embeddings"]:
         out[f"{names[MT.OUTPUT]}.weight"] = MT.OUTPUT
-    kinds = [MT.ATTN_NORM, MT.ATTN_Q, MT.ATTN_K, MT.ATTN_V, MT.ATTN_OUT, MT.FFN_NORM]
-    if cfg["model_type"] in ("qwen3", "qwen3_moe"):
-        kinds += [MT.ATTN_Q_NORM, MT.ATTN_K_NORM]
-    if cfg.get("num_experts"):
-        kinds += [MT.FFN_GATE_INP, MT.FFN_GATE_EXP, MT.FFN_UP_EXP, MT.FFN_DOWN_EXP]
+    kinds = [MT.ATTN_NORM, MT.ATTN_Q, MT.ATTN_K, MT.ATTN_V, MT.ATTN_OUT]
+    if cfg["model_type"] == "gemma3_text":  # same name, "blk.N.ffn_norm", as FFN_NORM
+        kinds += [MT.FFN_PRE_NORM, MT.ATTN_POST_NORM, MT.FFN_POST_NORM]
+    elif cfg["model_type"] == "glm4_moe":
+        kinds += [MT.ATTN_POST_NORM]
     else:
-        kinds += [MT.FFN_GATE, MT.FFN_UP, MT.FFN_DOWN]
+        kinds += [MT.FFN_NORM]
+    if cfg["model_type"] in ("qwen3", "qwen3_moe", "gemma3_text"):
+        kinds += [MT.ATTN_Q_NORM, MT.ATTN_K_NORM]
+    moe = [MT.FFN_GATE_INP, MT.FFN_GATE_EXP, MT.FFN_UP_EXP, MT.FFN_DOWN_EXP]
+    dense = [MT.FFN_GATE, MT.FFN_UP, MT.FFN_DOWN]
     for bid in range(cfg["num_hidden_layers"]):
-        for kind in kinds:
+        if not tm.is_moe_layer(cfg, bid):
+            ffn = dense
+        elif cfg["model_type"] == "glm4_moe":
+            ffn = [*moe, MT.FFN_GATE_SHEXP, MT.FFN_UP_SHEXP, MT.FFN_DOWN_SHEXP]
+            out[f"{names[MT.FFN_EXP_PROBS_B].format(bid=bid)}.bias"] = MT.FFN_EXP_PROBS_B
+        else:
+            ffn = moe
+        for kind in kinds + ffn:
             out[f"{names[kind].format(bid=bid)}.weight"] = kind
-        if cfg["model_type"] == "qwen2":
+        if cfg["model_type"] in ("qwen2", "glm4_moe"):
             for kind in (MT.ATTN_Q, MT.ATTN_K, MT.ATTN_V):
                 out[f"{names[kind].format(bid=bid)}.bias"] = kind
     return out
@@ -408,7 +437,7 @@ def _expected_gguf_tensors(cfg: dict[str, Any]) -> dict[str, MT]:
 def _hf_from_gguf(
     tensors: dict[str, tuple[QT, np.ndarray]], cfg: dict[str, Any], permuted: bool
 ) -> dict[str, tuple[QT, np.ndarray]]:
-    """Undo the export: HF names, Q/K un-permuted, experts unstacked."""
+    """Undo the export: HF names, Q/K un-permuted, experts unstacked, Gemma norms shifted."""
     out: dict[str, tuple[QT, np.ndarray]] = {}
     n_head, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     for hf_name in tm.weight_shapes(cfg):
@@ -419,7 +448,8 @@ def _hf_from_gguf(
             qtype, arr = tensors[f"blk.{layer}.ffn_{proj}_exps.weight"]
             out[hf_name] = (qtype, arr[expert])
             continue
-        qtype, arr = tensors[ge.gguf_name(hf_name)]
+        qtype, arr = tensors[ge.gguf_name(hf_name, cfg["model_type"])]
+        arr = arr - np.float32(ge.norm_shift(cfg["model_type"], hf_name))
         if permuted and ".q_proj." in hf_name:
             arr = ge.unpermute_qk(arr, n_head)
         elif permuted and ".k_proj." in hf_name:
@@ -469,6 +499,7 @@ def test_gguf_export_round_trips(
     out = ge.export_gguf(path, tmp_path / f"{arch}-{qtype}.gguf", qtype)
     meta = ge.read_metadata(out)
     tensors = ge.read_tensors(out)
+    want_weights = tm.make_weights(cfg, seed=1)
 
     # metadata
     a = gguf_arch
@@ -477,13 +508,27 @@ def test_gguf_export_round_trips(
     assert meta["general.file_type"] == int(ge.FILE_TYPES[qtype])
     assert meta[f"{a}.context_length"] == cfg["max_position_embeddings"]
     assert meta[f"{a}.embedding_length"] == 256
-    assert meta[f"{a}.block_count"] == 2
+    assert meta[f"{a}.block_count"] == tm.default_layers(arch)
     assert meta[f"{a}.feed_forward_length"] == 512
     assert meta[f"{a}.attention.head_count"] == 4
     assert meta[f"{a}.attention.head_count_kv"] == 2
     assert meta[f"{a}.attention.key_length"] == meta[f"{a}.attention.value_length"] == 64
     assert meta[f"{a}.rope.freq_base"] == pytest.approx(cfg["rope_theta"])
     assert meta[f"{a}.attention.layer_norm_rms_epsilon"] == pytest.approx(cfg["rms_norm_eps"])
+    if arch == "gemma3_text":
+        assert meta[f"{a}.attention.sliding_window"] == 16
+        # llama.cpp's Gemma3Model adds 1 to every norm (HF's Gemma RMSNorm scales by 1 + w).
+        assert np.array_equal(
+            tensors["blk.0.post_ffw_norm.weight"][1],
+            want_weights["model.layers.0.post_feedforward_layernorm.weight"] + np.float32(1),
+        )
+    if arch == "glm4_moe":
+        assert meta[f"{a}.rope.dimension_count"] == 32  # partial rotary: half of 64
+        assert meta[f"{a}.expert_count"] == 4 and meta[f"{a}.expert_shared_count"] == 1
+        assert meta[f"{a}.leading_dense_block_count"] == 1
+        assert meta[f"{a}.expert_gating_func"] == int(gguf.ExpertGatingFuncType.SIGMOID)
+        assert meta[f"{a}.expert_weights_scale"] == pytest.approx(2.5)
+        assert meta[f"{a}.expert_weights_norm"] is True
     if arch == "qwen3_moe":
         assert meta[f"{a}.expert_count"] == 4
         assert meta[f"{a}.expert_used_count"] == 2
@@ -491,7 +536,7 @@ def test_gguf_export_round_trips(
     tok_cfg = json.loads((path / "tokenizer_config.json").read_text())
     tok_json = json.loads((path / "tokenizer.json").read_text())
     assert meta["tokenizer.ggml.model"] == "gpt2"
-    assert meta["tokenizer.ggml.pre"] == tm.SPECS[arch].pretokenizer
+    assert meta["tokenizer.ggml.pre"] == ge.PRE_NAMES.get(arch, tm.SPECS[arch].pretokenizer)
     tokens = meta["tokenizer.ggml.tokens"]
     assert len(tokens) == tm.TOKENIZER_VOCAB_SIZE
     for text, tid in tok_json["model"]["vocab"].items():
@@ -531,10 +576,10 @@ def test_gguf_export_round_trips(
         assert tensors["blk.0.ffn_gate_exps.weight"][1].shape == (4, 256, 256)
 
     # values: identical to the HF weights after undoing the export transforms
-    want = tm.make_weights(cfg, seed=1)
     permuted = arch in ("llama", "mistral")
     for hf_name, (stored, got) in _hf_from_gguf(tensors, cfg, permuted).items():
-        _check_values(hf_name, stored, got, want[hf_name])
+        shift = np.float32(ge.norm_shift(arch, hf_name))  # (w + 1) - 1 rounds in float32
+        _check_values(hf_name, stored, got, (want_weights[hf_name] + shift) - shift)
 
 
 @pytest.mark.parametrize("qtype", ["BF16", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q5_K"])
@@ -616,8 +661,10 @@ def test_gguf_names_agree_with_gguf_tensor_map() -> None:
         for hf_name in tm.weight_shapes(cfg):
             if ".mlp.experts." in hf_name:
                 continue  # stacked below
-            mapped = tmap.get_name(hf_name, try_suffixes=(".weight", ".bias"))
-            assert mapped == ge.gguf_name(hf_name), (arch, hf_name)
+            # llama.cpp's converters rename it ".bias" (DeepSeek/GLM modify_tensors)
+            tm_name = hf_name.replace("e_score_correction_bias", "e_score_correction.bias")
+            mapped = tmap.get_name(tm_name, try_suffixes=(".weight", ".bias"))
+            assert mapped == ge.gguf_name(hf_name, arch), (arch, hf_name)
     moe = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3MOE, 2)
     for proj in ("gate", "up", "down"):
         stacked = f"model.layers.1.mlp.experts.{proj}_proj.weight"

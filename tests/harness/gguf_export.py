@@ -2,12 +2,14 @@
 
 Tests of GGUF import/serving need GGUF files without llama.cpp (its converter needs torch) and
 without downloads. This module reads a directory written by ``tinymodels.build_model`` (or any
-llama/mistral/qwen2/qwen3/qwen3_moe safetensors checkpoint with a byte-level BPE tokenizer.json)
-and writes one GGUF file with ``gguf.GGUFWriter``:
+llama/mistral/qwen2/qwen3/qwen3_moe/gemma3_text/glm4_moe safetensors checkpoint with a byte-level
+BPE tokenizer.json) and writes one GGUF file with ``gguf.GGUFWriter``:
 
 * tensor names ``token_embd``, ``blk.N.attn_q`` …, experts stacked as ``blk.N.ffn_*_exps``;
 * Q/K rows permuted for archs llama.cpp runs with "normal" (GPT-J style) RoPE (llama, mistral3),
-  not for NeoX-RoPE archs (qwen2, qwen3, qwen3moe);
+  not for NeoX-RoPE archs (qwen2, qwen3, qwen3moe, gemma3, glm4moe);
+* Gemma norms stored as 1 + w, Gemma/GLM layer names and metadata as llama.cpp's Gemma3Model
+  and Glm4MoeModel write them (sliding window; partial rotary, shared experts, router bias);
 * norms, biases and the MoE router in F32; other 2-D/3-D weights in the requested type, falling
   back like ``llama-quantize`` when a row length is not a multiple of the block size;
 * K-quants (Q2_K … Q6_K) through the numpy block encoders below, because gguf-py 0.19 only
@@ -56,7 +58,11 @@ GGUF_ARCH: dict[str, str] = {
     "qwen2": "qwen2",
     "qwen3": "qwen3",
     "qwen3_moe": "qwen3moe",
+    "gemma3_text": "gemma3",
+    "glm4_moe": "glm4moe",
 }
+#: ``tokenizer.ggml.pre`` per model type where llama.cpp names the same regex differently.
+PRE_NAMES: dict[str, str] = {"glm4_moe": "glm4"}
 #: GGUF archs llama.cpp evaluates with normal (non-NeoX) RoPE: their Q/K rows are permuted.
 PERMUTED_ARCHS: frozenset[str] = frozenset({"llama", "mistral3"})
 
@@ -105,6 +111,27 @@ _LAYER_MAP: dict[str, str] = {
     "mlp.down_proj.weight": "ffn_down.weight",
     "mlp.gate.weight": "ffn_gate_inp.weight",
 }
+# Gemma 3 has four norms per layer; llama.cpp calls the pre-MLP one ffn_norm.
+_GEMMA3_LAYER_MAP: dict[str, str] = {
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "pre_feedforward_layernorm.weight": "ffn_norm.weight",
+    "post_feedforward_layernorm.weight": "post_ffw_norm.weight",
+}
+# GLM-4 MoE: post-attention norm under its own name, router score bias, shared expert.
+_GLM4_MOE_LAYER_MAP: dict[str, str] = {
+    "post_attention_layernorm.weight": "post_attention_norm.weight",
+    "mlp.gate.e_score_correction_bias": "exp_probs_b.bias",
+    "mlp.shared_experts.gate_proj.weight": "ffn_gate_shexp.weight",
+    "mlp.shared_experts.up_proj.weight": "ffn_up_shexp.weight",
+    "mlp.shared_experts.down_proj.weight": "ffn_down_shexp.weight",
+}
+_LAYER_MAPS: dict[str, dict[str, str]] = {
+    "gemma3_text": _LAYER_MAP | _GEMMA3_LAYER_MAP,
+    "glm4_moe": _LAYER_MAP | _GLM4_MOE_LAYER_MAP,
+}
+#: Model types whose norm weights llama.cpp stores with 1 added (Gemma's RMSNorm scales by
+#: 1 + weight; llama.cpp's norm kernels multiply by the stored weight).
+NORM_SHIFT: dict[str, float] = {"gemma3_text": 1.0}
 _GLOBAL_MAP: dict[str, str] = {
     "model.embed_tokens.weight": "token_embd.weight",
     "model.norm.weight": "output_norm.weight",
@@ -303,14 +330,20 @@ def gguf_arch_for(config: Mapping[str, Any], arch_override: str | None = None) -
     return GGUF_ARCH[model_type]
 
 
-def gguf_name(hf_name: str) -> str:
+def gguf_name(hf_name: str, model_type: str | None = None) -> str:
     """GGUF name of a non-expert HF tensor (``model.layers.3.mlp.up_proj.weight`` -> …)."""
     if hf_name in _GLOBAL_MAP:
         return _GLOBAL_MAP[hf_name]
+    layer_map = _LAYER_MAPS.get(model_type or "", _LAYER_MAP)
     match = _LAYER_RE.match(hf_name)
-    if match and match.group(2) in _LAYER_MAP:
-        return f"blk.{match.group(1)}.{_LAYER_MAP[match.group(2)]}"
+    if match and match.group(2) in layer_map:
+        return f"blk.{match.group(1)}.{layer_map[match.group(2)]}"
     raise KeyError(f"no GGUF name for {hf_name!r}")
+
+
+def norm_shift(model_type: str, hf_name: str) -> float:
+    """What llama.cpp's converter adds to this tensor (Gemma norms: 1.0; otherwise 0.0)."""
+    return NORM_SHIFT.get(model_type, 0.0) if hf_name.endswith("norm.weight") else 0.0
 
 
 def convert_tensors(
@@ -322,6 +355,7 @@ def convert_tensors(
     Tied models get no ``output.weight``; llama.cpp reuses ``token_embd`` then.
     """
     arch = gguf_arch_for(config, arch_override)
+    model_type = str(config["model_type"])
     permute = arch in PERMUTED_ARCHS
     n_head = int(config["num_attention_heads"])
     n_kv = int(config.get("num_key_value_heads") or n_head)
@@ -331,6 +365,9 @@ def convert_tensors(
     for name, arr in weights.items():
         if name == "lm_head.weight" and config.get("tie_word_embeddings", False):
             continue
+        shift = norm_shift(model_type, name)
+        if shift:
+            arr = arr + np.float32(shift)
         layer_match = _LAYER_RE.match(name)
         if layer_match:
             bid, rest = int(layer_match.group(1)), layer_match.group(2)
@@ -344,7 +381,7 @@ def convert_tensors(
                 arr = permute_qk(arr, n_head)
             elif permute and rest.startswith("self_attn.k_proj."):
                 arr = permute_qk(arr, n_kv)
-            out[gguf_name(name)] = arr
+            out[gguf_name(name, model_type)] = arr
         elif name in ("model.norm.weight", "lm_head.weight"):
             tail[gguf_name(name)] = arr
         else:
@@ -504,19 +541,40 @@ def export_gguf(
     writer.add_head_count_kv(int(config.get("num_key_value_heads") or n_head))
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
-    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_dimension_count(int(head_dim * float(config.get("partial_rotary_factor", 1.0))))
     writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
     writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
+    if arch == "gemma3":
+        # llama.cpp's Gemma3Model: the window size only; pattern (6), local rope base (10000)
+        # and the attention scale are implied by the arch. It refuses other values.
+        if (
+            config.get("sliding_window_pattern", 6) != 6
+            or config.get("rope_local_base_freq", 10000.0) != 10000.0
+        ):
+            raise ValueError("llama.cpp's gemma3 fixes sliding_window_pattern 6, local base 1e4")
+        if config.get("query_pre_attn_scalar", head_dim) != head_dim:
+            raise ValueError("llama.cpp's gemma3 scales attention by 1/sqrt(head_dim)")
+        writer.add_sliding_window(int(config["sliding_window"]))
     if config.get("num_experts"):
         writer.add_expert_count(int(config["num_experts"]))
         writer.add_expert_used_count(int(config["num_experts_per_tok"]))
         writer.add_expert_feed_forward_length(int(config["moe_intermediate_size"]))
+    if arch == "glm4moe":  # llama.cpp's Glm4MoeModel.set_gguf_parameters
+        writer.add_expert_count(int(config["n_routed_experts"]))
+        writer.add_expert_used_count(int(config["num_experts_per_tok"]))
+        writer.add_expert_feed_forward_length(int(config["moe_intermediate_size"]))
+        writer.add_expert_shared_count(int(config["n_shared_experts"]))
+        writer.add_leading_dense_block_count(int(config["first_k_dense_replace"]))
+        writer.add_expert_gating_func(gguf.ExpertGatingFuncType.SIGMOID)
+        writer.add_expert_weights_scale(float(config["routed_scaling_factor"]))
+        writer.add_expert_weights_norm(bool(config["norm_topk_prob"]))
+        writer.add_nextn_predict_layers(int(config.get("num_nextn_predict_layers", 0)))
     writer.add_file_type(int(FILE_TYPES[qtype]))
     writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
 
     tok = tokenizer_metadata(model_dir, int(config["vocab_size"]))
     writer.add_tokenizer_model(tok["model"])
-    writer.add_tokenizer_pre(tok["pre"])
+    writer.add_tokenizer_pre(PRE_NAMES.get(str(config["model_type"]), tok["pre"]))
     writer.add_token_list(tok["tokens"])
     writer.add_token_types(tok["token_type"])
     writer.add_token_merges(tok["merges"])

@@ -28,7 +28,19 @@ import numpy as np
 DType = Literal["float32", "float16", "bfloat16"]
 DTYPES: tuple[DType, ...] = ("float32", "float16", "bfloat16")
 
-ARCHITECTURES: tuple[str, ...] = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe")
+ARCHITECTURES: tuple[str, ...] = (
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "qwen3_moe",
+    "gemma3_text",
+    "glm4_moe",
+)
+#: Archs whose RMSNorm scales by ``1 + weight`` (HF stores the offset; norms are drawn around 0).
+OFFSET_NORM_ARCHS: frozenset[str] = frozenset({"gemma3_text"})
+#: Gemma 3's interleaving: every 6th layer global, the rest sliding-window (llama.cpp fixes 6).
+GEMMA3_SLIDING_WINDOW_PATTERN = 6
 
 #: Size of the trained tokenizer, special tokens included.
 TOKENIZER_VOCAB_SIZE = 1024
@@ -49,6 +61,9 @@ _ADDED_TOKENS: tuple[tuple[str, bool], ...] = (
 # Archs without reasoning get reserved control tokens in the <think> slots, so the ids stay stable
 # and mlx-lm does not switch on its reasoning parser for them.
 _RESERVED_THINK = ("<|reserved_0|>", "<|reserved_1|>")
+# Gemma 3 gets its turn markers there instead (<end_of_turn> also ends generation, id 106 in the
+# real vocabulary; the tiny template stays ChatML like the other archs').
+_TURN_SLOTS: dict[str, tuple[str, str]] = {"gemma3_text": ("<start_of_turn>", "<end_of_turn>")}
 SPECIAL_TOKENS: tuple[str, ...] = tuple(tok for tok, _ in _ADDED_TOKENS)
 
 # Pre-tokenizer regexes: Qwen2's splits digits one by one, Llama-3's groups up to three.
@@ -159,6 +174,41 @@ SPECS: dict[str, ArchSpec] = {
         add_bos_token=False,
         thinking=True,
         pretokenizer="qwen2",
+    ),
+    # Text-only Gemma 3 (Gemma3ForCausalLM, like gemma-3-1b-it): qk-norm, four norms per layer,
+    # GeLU-tanh MLP, embeddings scaled by sqrt(hidden), sliding-window layers. The tokenizer is
+    # the shared byte-level BPE (llama.cpp's "gpt2" vocab path for repos without tokenizer.model).
+    "gemma3_text": ArchSpec(
+        model_type="gemma3_text",
+        hf_class="Gemma3ForCausalLM",
+        attention_bias=False,
+        qk_norm=True,
+        moe=False,
+        tie_word_embeddings=True,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=32768,
+        bos_token="<|begin_of_text|>",
+        add_bos_token=True,
+        thinking=False,
+        pretokenizer="llama-bpe",
+    ),
+    # GLM-4.5-style MoE (Glm4MoeForCausalLM): leading dense layers, sigmoid router with a
+    # score-correction bias, a shared expert, partial rotary (half of each head), q/k/v biases.
+    "glm4_moe": ArchSpec(
+        model_type="glm4_moe",
+        hf_class="Glm4MoeForCausalLM",
+        attention_bias=True,
+        qk_norm=False,
+        moe=True,
+        tie_word_embeddings=False,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-5,
+        max_position_embeddings=131072,
+        bos_token=None,
+        add_bos_token=False,
+        thinking=True,
+        pretokenizer="llama-bpe",  # GLM-4's regex is Llama-3's (llama.cpp's "glm4")
     ),
 }
 
@@ -347,7 +397,8 @@ def added_tokens(arch: str) -> list[tuple[int, str, bool]]:
     out: list[tuple[int, str, bool]] = []
     for i, (content, special) in enumerate(_ADDED_TOKENS):
         if not SPECS[arch].thinking and content in ("<think>", "</think>"):
-            out.append((first + i, _RESERVED_THINK[content == "</think>"], True))
+            slots = _TURN_SLOTS.get(arch, _RESERVED_THINK)
+            out.append((first + i, slots[content == "</think>"], True))
         else:
             out.append((first + i, content, special))
     return out
@@ -491,7 +542,7 @@ def model_config(
     *,
     dtype: DType = "float32",
     hidden_size: int = 64,
-    num_layers: int = 2,
+    num_layers: int | None = None,
     num_heads: int = 4,
     num_kv_heads: int = 2,
     head_dim: int | None = None,
@@ -508,6 +559,7 @@ def model_config(
 ) -> dict[str, Any]:
     """The HF ``config.json`` for ``arch`` with the keys real checkpoints of that family carry."""
     spec = SPECS[arch]
+    num_layers = num_layers or default_layers(arch)
     if vocab_size < TOKENIZER_VOCAB_SIZE:
         raise ValueError(f"vocab_size must be >= {TOKENIZER_VOCAB_SIZE} (the tokenizer size)")
     hd = head_dim if head_dim is not None else hidden_size // num_heads
@@ -554,6 +606,39 @@ def model_config(
             "sliding_window": cfg["max_position_embeddings"],
             "use_sliding_window": False,
         }
+    elif arch == "gemma3_text":
+        del cfg["hidden_act"]
+        cfg |= {
+            # like gemma-3's [<eos>, <end_of_turn>]
+            "eos_token_id": [token_id(arch, "<|im_end|>"), token_id(arch, "<end_of_turn>")],
+            "attention_bias": False,
+            "attn_logit_softcapping": None,
+            "final_logit_softcapping": None,
+            "head_dim": hd,
+            "hidden_activation": "gelu_pytorch_tanh",
+            "query_pre_attn_scalar": hd,
+            "rope_local_base_freq": 10000.0,
+            # Short, so the two test prompts (~23 tokens) really use the window.
+            "sliding_window": 16,
+            "sliding_window_pattern": GEMMA3_SLIDING_WINDOW_PATTERN,
+        }
+    elif arch == "glm4_moe":
+        cfg |= {
+            "attention_bias": True,
+            "first_k_dense_replace": 1,
+            "head_dim": hd,
+            "moe_intermediate_size": moe_intermediate_size or hidden_size,
+            "n_group": 1,
+            "n_routed_experts": num_experts,
+            "n_shared_experts": 1,
+            "norm_topk_prob": norm_topk_prob,
+            "num_experts_per_tok": num_experts_per_tok,
+            "num_nextn_predict_layers": 0,
+            "partial_rotary_factor": 0.5,
+            "routed_scaling_factor": 2.5,
+            "topk_group": 1,
+            "use_qk_norm": False,
+        }
     else:  # qwen3, qwen3_moe
         cfg |= {
             "attention_bias": False,
@@ -562,7 +647,7 @@ def model_config(
             "sliding_window": None,
             "use_sliding_window": False,
         }
-    if spec.moe:
+    if spec.moe and arch == "qwen3_moe":
         cfg |= {
             "decoder_sparse_step": decoder_sparse_step,
             "mlp_only_layers": list(mlp_only_layers),
@@ -576,6 +661,12 @@ def model_config(
     return dict(sorted(cfg.items()))
 
 
+def default_layers(arch: str) -> int:
+    """2, or 6 for Gemma 3: one global layer after five sliding ones (mlx-lm's gemma3_text
+    indexes its caches by the pattern, so it needs at least that many layers)."""
+    return GEMMA3_SLIDING_WINDOW_PATTERN if arch == "gemma3_text" else 2
+
+
 def head_dim_of(config: Mapping[str, Any]) -> int:
     """``head_dim`` as HF computes it when the key is absent."""
     hd = config.get("head_dim")
@@ -584,6 +675,8 @@ def head_dim_of(config: Mapping[str, Any]) -> int:
 
 def is_moe_layer(config: Mapping[str, Any], layer: int) -> bool:
     """Whether ``layer`` has a sparse MoE block (HF/mlx-lm's qwen3_moe rule)."""
+    if config.get("n_routed_experts"):  # glm4_moe: dense first, then MoE
+        return layer >= int(config.get("first_k_dense_replace", 0))
     if not config.get("num_experts"):
         return False
     step = int(config.get("decoder_sparse_step", 1))
@@ -611,18 +704,28 @@ def weight_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
             shapes[f"{p}.self_attn.q_proj.bias"] = (n_head * hd,)
             shapes[f"{p}.self_attn.k_proj.bias"] = (n_kv * hd,)
             shapes[f"{p}.self_attn.v_proj.bias"] = (n_kv * hd,)
-        if mt in ("qwen3", "qwen3_moe"):
+        if mt in ("qwen3", "qwen3_moe", "gemma3_text"):
             shapes[f"{p}.self_attn.q_norm.weight"] = (hd,)
             shapes[f"{p}.self_attn.k_norm.weight"] = (hd,)
         shapes[f"{p}.post_attention_layernorm.weight"] = (h,)
+        if mt == "gemma3_text":
+            shapes[f"{p}.pre_feedforward_layernorm.weight"] = (h,)
+            shapes[f"{p}.post_feedforward_layernorm.weight"] = (h,)
         if is_moe_layer(config, i):
-            n_exp = int(config["num_experts"])
+            n_exp = int(config.get("num_experts") or config["n_routed_experts"])
             moe_ffn = int(config["moe_intermediate_size"])
             shapes[f"{p}.mlp.gate.weight"] = (n_exp, h)
+            if mt == "glm4_moe":
+                shapes[f"{p}.mlp.gate.e_score_correction_bias"] = (n_exp,)
             for e in range(n_exp):
                 shapes[f"{p}.mlp.experts.{e}.gate_proj.weight"] = (moe_ffn, h)
                 shapes[f"{p}.mlp.experts.{e}.up_proj.weight"] = (moe_ffn, h)
                 shapes[f"{p}.mlp.experts.{e}.down_proj.weight"] = (h, moe_ffn)
+            if config.get("n_shared_experts"):
+                shared = moe_ffn * int(config["n_shared_experts"])
+                shapes[f"{p}.mlp.shared_experts.gate_proj.weight"] = (shared, h)
+                shapes[f"{p}.mlp.shared_experts.up_proj.weight"] = (shared, h)
+                shapes[f"{p}.mlp.shared_experts.down_proj.weight"] = (h, shared)
         else:
             shapes[f"{p}.mlp.gate_proj.weight"] = (ffn, h)
             shapes[f"{p}.mlp.up_proj.weight"] = (ffn, h)
@@ -644,18 +747,22 @@ def make_weights(config: Mapping[str, Any], seed: int = 0) -> dict[str, np.ndarr
     Scales are chosen so a forward pass stays well conditioned and logits differ across tokens:
     embeddings/lm_head ~N(0, 2.5/sqrt(hidden)) so next-token logits have a std of about 2 (a top
     token with a few percent to tens of percent of the mass, not a flat distribution),
-    projections ~N(0, 1/sqrt(fan_in)) (0.02 floor), biases ~N(0, 0.02), norms 1 + N(0, 0.05),
+    projections ~N(0, 1/sqrt(fan_in)) (0.02 floor), biases ~N(0, 0.02), norms 1 + N(0, 0.05)
+    (N(0, 0.05) for archs that scale by 1 + weight, so the effective scale is the same),
     router ~N(0, 0.5/sqrt(hidden)) so experts are chosen unevenly.
     """
     out: dict[str, np.ndarray] = {}
+    norm_center = 0.0 if config["model_type"] in OFFSET_NORM_ARCHS else 1.0
     for name, shape in weight_shapes(config).items():
         rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
         if name.endswith("norm.weight"):
-            arr = 1.0 + 0.05 * rng.standard_normal(shape)
+            arr = norm_center + 0.05 * rng.standard_normal(shape)
         elif name.endswith(".bias"):
             arr = 0.02 * rng.standard_normal(shape)
         elif name.endswith(("embed_tokens.weight", "lm_head.weight")):
             arr = (2.5 / math.sqrt(shape[1])) * rng.standard_normal(shape)
+        elif name.endswith("e_score_correction_bias"):
+            arr = 0.1 * rng.standard_normal(shape)
         elif name.endswith("mlp.gate.weight"):
             arr = (0.5 / math.sqrt(shape[1])) * rng.standard_normal(shape)
         else:
@@ -691,7 +798,8 @@ def save_safetensors(
     """Write ``weights`` in ``dtype``; bfloat16 goes through safetensors' TensorSpec API.
 
     numpy has no bfloat16, so ``safetensors.numpy.save_file`` cannot write it; the uint16 bit
-    patterns are handed to the serializer with dtype ``bfloat16`` instead.
+    patterns are handed to the serializer with dtype ``bfloat16`` instead. MoE score-correction
+    biases stay float32 whatever ``dtype`` is, as in GLM/DeepSeek checkpoints.
     """
     from safetensors import TensorSpec, serialize_file
     from safetensors.numpy import save_file
@@ -701,20 +809,33 @@ def save_safetensors(
     if dtype in ("float32", "float16"):
         np_dtype = np.float32 if dtype == "float32" else np.float16
         save_file(
-            {k: np.ascontiguousarray(v.astype(np_dtype)) for k, v in weights.items()},
+            {
+                k: np.ascontiguousarray(v.astype(np.float32 if _keeps_fp32(k) else np_dtype))
+                for k, v in weights.items()
+            },
             str(path),
             metadata=metadata,
         )
         return path
-    buffers = {k: np.ascontiguousarray(to_bf16_bits(v)) for k, v in weights.items()}
+    buffers = {
+        k: np.ascontiguousarray(v.astype(np.float32) if _keeps_fp32(k) else to_bf16_bits(v))
+        for k, v in weights.items()
+    }
     specs = {
         k: TensorSpec(
-            dtype="bfloat16", shape=list(b.shape), data_ptr=b.ctypes.data, data_len=b.nbytes
+            dtype="float32" if _keeps_fp32(k) else "bfloat16",
+            shape=list(b.shape),
+            data_ptr=b.ctypes.data,
+            data_len=b.nbytes,
         )
         for k, b in buffers.items()
     }
     serialize_file(specs, str(path), metadata=metadata)
     return path
+
+
+def _keeps_fp32(name: str) -> bool:
+    return name.endswith("e_score_correction_bias")
 
 
 _ST_DTYPES: dict[str, Any] = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16}
@@ -766,7 +887,7 @@ def build_model(
     dtype: DType = "float32",
     seed: int = 0,
     hidden_size: int = 64,
-    num_layers: int = 2,
+    num_layers: int | None = None,
     num_heads: int = 4,
     num_kv_heads: int = 2,
     head_dim: int | None = None,
@@ -783,9 +904,10 @@ def build_model(
 ) -> Path:
     """Write a complete random-weight HF model directory for ``arch`` and return its path.
 
-    Defaults give a 0.14M-0.26M-parameter model (hidden 64, 2 layers, 4 heads, 2 KV heads, head_dim
-    16, vocab 1024; 4 experts with top-2 for qwen3_moe) that loads and generates in well under a
-    second with mlx-lm on CPU. Shape parameters that an arch does not use are ignored.
+    Defaults give a 0.14M-0.26M-parameter model (hidden 64, 2 layers (6 for gemma3_text), 4
+    heads, 2 KV heads, head_dim 16, vocab 1024; 4 experts with top-2 for qwen3_moe) that loads
+    and generates in well under a second with mlx-lm on CPU. Shape parameters that an arch does
+    not use are ignored.
     """
     if arch not in SPECS:
         raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHITECTURES}")

@@ -9,7 +9,16 @@ Facts carried over from llama.cpp (convert_hf_to_gguf.py, gguf-py's tensor map):
   permutes the rows of Q and K within each head (``[x0..x_{d/2-1}, y0..] -> [x0, y0, x1, …]``);
   we undo it so MLX's rotate-half RoPE sees the original HuggingFace rows;
 * tied embeddings: a file without ``output.weight`` reuses ``token_embd`` as the output layer;
-* MoE experts are stored stacked, ``(n_expert, out, in)``, which is mlx-lm's ``switch_mlp`` layout.
+* MoE experts are stored stacked, ``(n_expert, out, in)``, which is mlx-lm's ``switch_mlp`` layout;
+* Gemma 3 (``Gemma3Model``): every ``*norm.weight`` is stored with 1 added (HF's RMSNorm scales by
+  ``1 + w``), the pre-MLP norm is ``ffn_norm`` and the post norms ``post_attention_norm`` /
+  ``post_ffw_norm``; only the window size is metadata: the pattern (every 6th layer global), the
+  local RoPE base (10000) and the attention scale (1/sqrt(head_dim), hidden/heads for the
+  62-layer 27B) are fixed by llama.cpp's loader. The sqrt(hidden) embedding scale is applied at
+  run time by both llama.cpp and mlx-lm, so the stored embedding is HF's;
+* GLM-4 MoE (``Glm4MoeModel``): NeoX RoPE on ``rope.dimension_count`` of each head's dims, the
+  router's score-correction bias as ``exp_probs_b.bias``, shared experts as ``ffn_*_shexp``, and
+  ``nextn_predict_layers`` multi-token-prediction blocks after the decoder layers.
 """
 
 from __future__ import annotations
@@ -33,6 +42,8 @@ class ArchMap:
     hf_class: str
     permuted_qk: bool  # llama.cpp permuted Q/K rows for its normal-RoPE kernels
     moe: bool = False
+    norm_shift: float = 0.0  # llama.cpp added this to every *norm.weight (Gemma: 1.0)
+    end_of_turn: tuple[str, ...] = ()  # control tokens that also end generation, by text
 
 
 _ARCHS: Final[tuple[ArchMap, ...]] = (
@@ -42,13 +53,22 @@ _ARCHS: Final[tuple[ArchMap, ...]] = (
     ArchMap("qwen2", "qwen2", "Qwen2ForCausalLM", permuted_qk=False),
     ArchMap("qwen3", "qwen3", "Qwen3ForCausalLM", permuted_qk=False),
     ArchMap("qwen3moe", "qwen3_moe", "Qwen3MoeForCausalLM", permuted_qk=False, moe=True),
+    ArchMap(
+        "gemma3",
+        "gemma3_text",
+        "Gemma3ForCausalLM",
+        permuted_qk=False,
+        norm_shift=1.0,
+        end_of_turn=("<end_of_turn>",),
+    ),
+    ArchMap("glm4moe", "glm4_moe", "Glm4MoeForCausalLM", permuted_qk=False),
 )
 ARCHS: Final[dict[str, ArchMap]] = {a.gguf_arch: a for a in _ARCHS}
 
 #: GGUF ``general.architecture`` values ``models convert`` accepts (shown by ``--help``).
 GGUF_ARCHITECTURES: Final[tuple[str, ...]] = tuple(ARCHS)
 #: Next in line (mlx-lm supports them; local-ai's maps for them are not written yet).
-PLANNED_GGUF_ARCHITECTURES: Final[tuple[str, ...]] = ("gemma3", "deepseek2", "glm4moe")
+PLANNED_GGUF_ARCHITECTURES: Final[tuple[str, ...]] = ("deepseek2",)
 
 # Ceilings on what metadata may claim before a model skeleton is built from it.
 _MAX_LAYERS = 1024
@@ -84,6 +104,10 @@ def hf_config(gguf: GGUFFile) -> dict[str, Any]:
 
     hidden = gguf.get_int(key("embedding_length"), minimum=1, maximum=_MAX_WIDTH)
     layers = gguf.get_int(key("block_count"), minimum=1, maximum=_MAX_LAYERS)
+    # Multi-token-prediction blocks llama.cpp appends (GLM-4.5's nextn layer); mlx-lm drops them.
+    layers -= mtp_layers(gguf)
+    if layers < 1:
+        raise _bad(gguf, key("nextn_predict_layers"), "leaves no decoder layers")
     n_head = gguf.get_int(key("attention.head_count"), minimum=1, maximum=_MAX_HEADS)
     n_kv = gguf.get_int(key("attention.head_count_kv"), n_head, minimum=1, maximum=n_head)
     if n_head % n_kv:
@@ -99,8 +123,8 @@ def hf_config(gguf: GGUFFile) -> dict[str, Any]:
             f"{gguf.path}: attention with key length {head_dim} != value length {value_dim} "
             f"is not supported for {a}"
         )
-    rope_dims = gguf.get_int(key("rope.dimension_count"), head_dim, minimum=1)
-    if rope_dims != head_dim:
+    rope_dims = gguf.get_int(key("rope.dimension_count"), head_dim, minimum=1, maximum=head_dim)
+    if rope_dims != head_dim and a != "glm4moe":
         raise NotYetError(
             f"{gguf.path}: partial rotary embeddings ({rope_dims} of {head_dim} dims) are not "
             f"supported for {a}"
@@ -159,7 +183,95 @@ def hf_config(gguf: GGUFFile) -> dict[str, Any]:
     elif not dense_ffn:
         raise _bad(gguf, key("feed_forward_length"), "required key is missing")
     cfg["intermediate_size"] = dense_ffn
+    if a == "gemma3":
+        cfg |= _gemma3_config(gguf, layers, hidden, n_head, head_dim)
+        del cfg["hidden_act"]
+    if a == "glm4moe":
+        if "rope_scaling" in cfg:  # mlx-lm's glm4_moe applies plain RoPE only
+            raise NotYetError(f"{gguf.path}: glm4moe with rope scaling is not supported yet")
+        cfg |= _glm4moe_config(gguf, layers, head_dim, rope_dims)
+        cfg["rope_scaling"] = None  # a required field of mlx-lm's ModelArgs
     return dict(sorted(cfg.items()))
+
+
+def mtp_layers(gguf: GGUFFile) -> int:
+    a = gguf.architecture
+    if a not in _MTP_ARCHS:
+        return 0
+    return gguf.get_int(f"{a}.nextn_predict_layers", 0, minimum=0, maximum=_MAX_LAYERS)
+
+
+_MTP_ARCHS: Final = frozenset({"glm4moe"})
+_SIGMOID_GATING: Final = 2  # llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE_SIGMOID
+
+
+def _glm4moe_config(gguf: GGUFFile, layers: int, head_dim: int, rope_dims: int) -> dict[str, Any]:
+    """GLM-4.5 style MoE (llama.cpp's Glm4MoeModel): sigmoid router with a score-correction
+    bias (``exp_probs_b``), shared experts, ``leading_dense_block_count`` dense layers first."""
+
+    def key(name: str) -> str:
+        return f"glm4moe.{name}"
+
+    gating = gguf.get_int(key("expert_gating_func"), _SIGMOID_GATING, minimum=0, maximum=16)
+    if gating != _SIGMOID_GATING:
+        raise NotYetError(f"{gguf.path}: glm4moe with expert gating function {gating}")
+    n_exp = gguf.get_int(key("expert_count"), minimum=1, maximum=_MAX_EXPERTS)
+    used = gguf.get_int(key("expert_used_count"), minimum=1, maximum=n_exp)
+    dense = gguf.get_int(key("leading_dense_block_count"), 0, minimum=0, maximum=layers)
+    shared = gguf.get_int(key("expert_shared_count"), 0, minimum=0, maximum=_MAX_EXPERTS)
+    groups = gguf.get_int(key("expert_group_count"), 1, minimum=1, maximum=n_exp)
+    if n_exp % groups:
+        raise _bad(gguf, key("expert_group_count"), f"{groups} does not divide {n_exp} experts")
+    if gguf.tensor("output.weight") is None:
+        raise NotYetError(f"{gguf.path}: glm4moe without an output tensor (tied embeddings)")
+    return {
+        "attention_bias": gguf.tensor("blk.0.attn_q.bias") is not None,
+        "use_qk_norm": gguf.tensor("blk.0.attn_q_norm.weight") is not None,
+        "partial_rotary_factor": rope_dims / head_dim,
+        "n_routed_experts": n_exp,
+        "num_experts_per_tok": used,
+        "moe_intermediate_size": gguf.get_int(
+            key("expert_feed_forward_length"), minimum=1, maximum=_MAX_WIDTH
+        ),
+        # mlx-lm builds a shared MLP whenever the count is not None.
+        "n_shared_experts": shared or None,
+        "first_k_dense_replace": dense,
+        "routed_scaling_factor": gguf.get_float(key("expert_weights_scale"), 1.0),
+        "norm_topk_prob": gguf.get_bool(key("expert_weights_norm"), False),
+        "n_group": groups,
+        "topk_group": gguf.get_int(key("expert_group_used_count"), 1, minimum=1, maximum=groups),
+        "scoring_func": "sigmoid",
+        "topk_method": "noaux_tc",
+        "num_nextn_predict_layers": 0,
+    }
+
+
+# llama.cpp's loader fixes these for gemma3 (llama-model.cpp, LLM_ARCH_GEMMA3).
+_GEMMA3_SWA_PATTERN: Final = 6
+_GEMMA3_LOCAL_ROPE_BASE: Final = 10000.0
+
+
+def _gemma3_config(
+    gguf: GGUFFile, layers: int, hidden: int, n_head: int, head_dim: int
+) -> dict[str, Any]:
+    for key in ("final_logit_softcapping", "attn_logit_softcapping"):
+        if gguf.has(f"gemma3.{key}"):
+            raise NotYetError(f"{gguf.path}: gemma3 with {key} is not supported by mlx-lm")
+    pattern = _GEMMA3_SWA_PATTERN
+    if gguf.has("gemma3.attention.sliding_window_pattern"):
+        pattern = gguf.get_int(
+            "gemma3.attention.sliding_window_pattern", minimum=1, maximum=_MAX_LAYERS
+        )
+    window = gguf.get_int("gemma3.attention.sliding_window", minimum=1, maximum=1 << 31)
+    return {
+        "attention_bias": False,
+        "hidden_activation": "gelu_pytorch_tanh",
+        # Gemma 3 27B (62 layers) scales queries by hidden/heads, the others by head_dim.
+        "query_pre_attn_scalar": hidden // n_head if layers == 62 else head_dim,
+        "rope_local_base_freq": _GEMMA3_LOCAL_ROPE_BASE,
+        "sliding_window": window,
+        "sliding_window_pattern": pattern,
+    }
 
 
 def _rope_scaling(gguf: GGUFFile, a: str, head_dim: int, theta: float) -> dict[str, Any] | None:
@@ -271,6 +383,21 @@ _BLOCK: Final[dict[str, str]] = {
     "ffn_up_exps.weight": "mlp.switch_mlp.up_proj.weight",
     "ffn_down_exps.weight": "mlp.switch_mlp.down_proj.weight",
 }
+# Per-arch block names that differ from (or add to) _BLOCK.
+_BLOCK_OVERRIDES: Final[dict[str, dict[str, str]]] = {
+    "gemma3": {
+        "post_attention_norm.weight": "post_attention_layernorm.weight",
+        "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+        "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+    },
+    "glm4moe": {
+        "post_attention_norm.weight": "post_attention_layernorm.weight",
+        "exp_probs_b.bias": "mlp.gate.e_score_correction_bias",
+        "ffn_gate_shexp.weight": "mlp.shared_experts.gate_proj.weight",
+        "ffn_up_shexp.weight": "mlp.shared_experts.up_proj.weight",
+        "ffn_down_shexp.weight": "mlp.shared_experts.down_proj.weight",
+    },
+}
 # Tensors llama.cpp stores that carry no weights of their own in MLX (folded into config).
 _CONFIG_ONLY: Final = frozenset({"rope_freqs.weight"})
 _BLOCK_RE: Final = re.compile(r"^blk\.(\d+)\.(.+)$")
@@ -281,6 +408,7 @@ class TensorPlan:
     source: TensorInfo
     target: str  # MLX parameter name
     unpermute_heads: int | None = None  # undo llama.cpp's Q/K row permutation with this many heads
+    add: float = 0.0  # added to the dequantized values in float32 (undoes Gemma's norm shift)
 
 
 def tensor_plan(gguf: GGUFFile, config: dict[str, Any]) -> list[TensorPlan]:
@@ -289,6 +417,8 @@ def tensor_plan(gguf: GGUFFile, config: dict[str, Any]) -> list[TensorPlan]:
     n_head = int(config["num_attention_heads"])
     n_kv = int(config["num_key_value_heads"])
     layers = int(config["num_hidden_layers"])
+    block = _BLOCK | _BLOCK_OVERRIDES.get(arch.gguf_arch, {})
+    mtp = mtp_layers(gguf)
     plans: list[TensorPlan] = []
     for info in sorted(gguf.tensors, key=lambda t: t.offset):
         name = info.name
@@ -298,9 +428,11 @@ def tensor_plan(gguf: GGUFFile, config: dict[str, Any]) -> list[TensorPlan]:
         heads = None
         if target is None:
             match = _BLOCK_RE.match(name)
-            if match and int(match.group(1)) < layers and match.group(2) in _BLOCK:
+            if match and layers <= int(match.group(1)) < layers + mtp:
+                continue  # a multi-token-prediction block: mlx-lm drops it too
+            if match and int(match.group(1)) < layers and match.group(2) in block:
                 suffix = match.group(2)
-                target = f"model.layers.{int(match.group(1))}.{_BLOCK[suffix]}"
+                target = f"model.layers.{int(match.group(1))}.{block[suffix]}"
                 if arch.permuted_qk and suffix.startswith("attn_q."):
                     heads = n_head
                 elif arch.permuted_qk and suffix.startswith("attn_k."):
@@ -311,7 +443,8 @@ def tensor_plan(gguf: GGUFFile, config: dict[str, Any]) -> list[TensorPlan]:
                 hint="this GGUF carries weights local-ai does not know how to map; convert the "
                 "original safetensors repo if there is one",
             )
-        plans.append(TensorPlan(info, target, heads))
+        shift = arch.norm_shift if name.endswith("norm.weight") else 0.0
+        plans.append(TensorPlan(info, target, heads, -shift))
     return plans
 
 

@@ -132,6 +132,15 @@ def _skeleton(
 
     model_class, args_class = _model_classes(config)
     model = model_class(args_class.from_dict(config))
+    if (
+        config.get("tie_word_embeddings")
+        and getattr(model, "tie_word_embeddings", None) is False
+        and "lm_head" in model
+    ):
+        # Models that decide tying in sanitize() from the weights (gemma3_text): as mlx-lm's
+        # loader does when the checkpoint has no lm_head.
+        model.tie_word_embeddings = True
+        model.pop("lm_head")
     flat: Any = tree_flatten(model.parameters())
     shapes = {k: tuple(v.shape) for k, v in flat}
     cast_predicate = getattr(model, "cast_predicate", lambda _: True)
@@ -398,7 +407,11 @@ def _tokenizer(gguf: GGUFFile, config: dict[str, Any]) -> Any:
     import transformers.integrations.ggml  # noqa: F401
 
     try:
-        return build_tokenizer(gguf, model_max_length=config.get("max_position_embeddings"))
+        return build_tokenizer(
+            gguf,
+            model_max_length=config.get("max_position_embeddings"),
+            end_of_turn=archs.arch_for(gguf).end_of_turn,
+        )
     except (MalformedFileError, NotYetError, MemoryError):
         raise
     except Exception as exc:  # the tokenizers library rejecting hostile vocabularies
@@ -417,7 +430,11 @@ def _convert_item(
         del raw
         if item.plan.unpermute_heads is not None:
             w = _unpermute(w, rows * item.plan.unpermute_heads // info.outer_rows)
-        w = w.astype(dtype)
+        if item.plan.add:
+            w = w.astype(mx.float32) + item.plan.add
+        # Unquantized outputs take the skeleton's dtype: mlx-lm's cast_predicate keeps some
+        # in float32 (glm4_moe's e_score_correction_bias).
+        w = w.astype(dtype if item.quant is not None else item.outputs[0].dtype)
         # MLX's CPU isfinite on fp16 is slow: float outputs are checked as bits in numpy instead
         # (non-finite weights make non-finite scales); mxfp4 scales are exponents, so check w.
         mxfp4 = item.quant is not None and item.quant["mode"] == "mxfp4"

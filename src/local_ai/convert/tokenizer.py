@@ -38,6 +38,8 @@ PRE_TOKENIZERS: Final[dict[str, tuple[bool, str | None]]] = {
     "llama3": (False, _LLAMA3_REGEX),
     "qwen2": (True, _QWEN2_REGEX),
     "deepseek-r1-qwen": (True, _QWEN2_REGEX),
+    "glm4": (False, _LLAMA3_REGEX),  # llama.cpp's CHATGLM4 regex is Llama-3's
+    "chatglm-bpe": (False, _LLAMA3_REGEX),
     "gpt-2": (False, None),
     "gpt2": (False, None),
     "default": (False, None),
@@ -70,8 +72,14 @@ def _ids(gguf: GGUFFile, n_tokens: int) -> dict[str, int | None]:
     return out
 
 
-def build_tokenizer(gguf: GGUFFile, *, model_max_length: int | None = None) -> TokenizerFiles:
-    """The tokenizer files for ``gguf`` (raises NotYetError for tokenizer kinds not supported)."""
+def build_tokenizer(
+    gguf: GGUFFile, *, model_max_length: int | None = None, end_of_turn: tuple[str, ...] = ()
+) -> TokenizerFiles:
+    """The tokenizer files for ``gguf`` (raises NotYetError for tokenizer kinds not supported).
+
+    ``end_of_turn``: control tokens that also end generation when the vocabulary has them (as
+    llama.cpp's vocab loader finds ``<end_of_turn>`` by its text; Gemma GGUFs store only
+    ``<eos>`` as the end token)."""
     kind = gguf.get_str("tokenizer.ggml.model")
     tokens = gguf.get_array("tokenizer.ggml.tokens", frozenset({STRING}))
     if not tokens:
@@ -183,6 +191,10 @@ def build_tokenizer(gguf: GGUFFile, *, model_max_length: int | None = None) -> T
         warnings.append("the GGUF has no chat template; chat requests will use a plain prompt")
 
     eos_ids = [i for i in (ids["eos"], ids["eot"], ids["eom"]) if i is not None]
+    for text in end_of_turn:
+        tid = next((i for i, t in enumerate(tokens) if t == text and types[i] == CONTROL), None)
+        if tid is not None:
+            eos_ids.append(tid)
     return TokenizerFiles(
         tokenizer_json=tokenizer.to_str(),
         tokenizer_config=dict(sorted(config.items())),
