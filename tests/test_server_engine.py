@@ -99,6 +99,31 @@ def test_streams_interleave_and_cancel(
     registry.release(loaded)
 
 
+def test_a_cancelled_stream_leaves_its_prefix_for_the_next_turn(
+    scheduler: Scheduler, model_paths: tuple[Path, Path]
+) -> None:
+    registry = ModelRegistry(scheduler, max_loaded=2, idle_ttl_s=0)
+    loaded = asyncio.run(registry.acquire(str(model_paths[0])))
+    prompt = loaded.tokenizer.encode("The weather in Paris is mild in spring. " * 4)
+    expected = reference(model_paths[0], prompt, 10)
+    first = Job(model=loaded, prompt=prompt, kwargs=greedy(3000))
+    scheduler.submit(first)
+    stream = first.events()
+    for _ in range(3):
+        next(stream)
+    first.cancel()  # the client hung up (an editor's Stop)
+    with pytest.raises(GenerationCancelled):
+        for _ in stream:
+            pass
+    assert wait_for(lambda: scheduler.active == 0, 2)
+    again = Job(model=loaded, prompt=prompt, kwargs=greedy(10))
+    scheduler.submit(again)
+    events = list(again.events())
+    assert events[0].cached_tokens >= len(prompt) - 1  # reused, and still exactly mlx-lm's
+    assert [e.token for e in events] == expected
+    registry.release(loaded)
+
+
 def test_models_unload_by_lru_and_idle_ttl(
     scheduler: Scheduler, model_paths: tuple[Path, Path]
 ) -> None:

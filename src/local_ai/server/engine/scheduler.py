@@ -247,7 +247,9 @@ class Scheduler:
 
     def _advance(self, job: Job) -> None:
         if job.cancelled.is_set():
-            self._finish(job, _CANCELLED, keep_cache=False)
+            # Between steps the cache holds exactly prompt + fed tokens once prefill is done, so
+            # a client that hangs up (an editor's Stop) still leaves its prefix for the next turn.
+            self._finish(job, _CANCELLED, keep_cache=job.gen is not None)
             return
         try:
             if job.gen is None and not self._prefill(job):
