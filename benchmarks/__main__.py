@@ -11,6 +11,7 @@ BENCHMARKS = {
     "server": "benchmarks.server_concurrency",
     "plan": "benchmarks.plan_apply",
     "prefix": "benchmarks.prefix_cache",
+    "fetch": "benchmarks.fetch",
     "convert": "benchmarks.convert_throughput",
 }
 

@@ -8,7 +8,8 @@ runs to max_tokens, greedy decoding) so per-token costs are visible on a CPU. Me
 
 1. raw `mlx_lm.stream_generate` decode rate in this process;
 2. the same model through `local-ai server start` (gateway → engine over a Unix socket, SSE):
-   decode rate of one stream and the per-token overhead against raw;
+   decode rate of one stream and the per-token overhead against raw (raw and served streams
+   measured back to back in pairs, so both see the same machine load);
 3. time to first token (TTFT) of a short request alone, and while a long stream runs;
 4. aggregate decode rate of two concurrent streams;
 5. the same TTFT pair against MLX Omni Server's own routers (the baseline we replace).
@@ -60,10 +61,12 @@ def stream_chat(
         "max_tokens": max_tokens,
         "temperature": 0,
         "stream": True,
+        "stream_options": {"include_usage": True},
     }
     started = time.perf_counter()
     first = last = 0.0
     tokens = 0
+    usage_tokens: int | None = None
     with (
         httpx.Client(timeout=600, trust_env=False) as client,
         client.stream(
@@ -75,17 +78,26 @@ def stream_chat(
             if not line.startswith("data: {"):
                 continue
             chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                usage_tokens = chunk["usage"].get("completion_tokens")
             choices = chunk.get("choices") or []
-            if choices and choices[0].get("delta", {}).get("content"):
-                now = time.perf_counter()
+            if not choices:
+                continue
+            now = time.perf_counter()
+            if choices[0].get("delta", {}).get("content"):
                 tokens += 1
                 if not first:
                     first = now
+            if first and (
+                choices[0].get("delta", {}).get("content") or choices[0].get("finish_reason")
+            ):
                 last = now
     ended = time.perf_counter()
+    # Tokens whose text is empty (a partial UTF-8 character, a held-back marker) send no content
+    # chunk: count generated tokens from usage when the server reports it.
     return StreamResult(
         ttft=first - started if first else float("nan"),
-        tokens=tokens,
+        tokens=usage_tokens or tokens,
         seconds=ended - started,
         first_to_last=last - first,
     )
@@ -160,24 +172,66 @@ def measure_server(
     return m
 
 
-def raw_decode_rate(model_dir: Path, tokens: int) -> dict[str, float]:
-    from mlx_lm import load
-    from mlx_lm.generate import stream_generate
-    from mlx_lm.sample_utils import make_sampler
+class RawDecoder:
+    """`mlx_lm.stream_generate` on the same model in this process: the rate to beat."""
 
-    model, tokenizer = load(str(model_dir))[:2]
-    prompt = tokenizer.apply_chat_template(
-        [{"role": "user", "content": LONG_PROMPT.format(i="raw")}], add_generation_prompt=True
-    )
-    sampler = make_sampler(temp=0.0)
-    for _ in stream_generate(model, tokenizer, prompt, max_tokens=16, sampler=sampler):
-        pass
-    times = []
-    for response in stream_generate(model, tokenizer, prompt, max_tokens=tokens, sampler=sampler):
-        times.append(time.perf_counter())
-        last = response
-    rate = (len(times) - 1) / (times[-1] - times[0])
-    return {"raw_decode_tok_s": rate, "mlx_lm_generation_tps": float(last.generation_tps)}
+    def __init__(self, model_dir: Path) -> None:
+        from mlx_lm import load
+        from mlx_lm.sample_utils import make_sampler
+
+        self.model, self.tokenizer = load(str(model_dir))[:2]
+        self.prompt = self.tokenizer.apply_chat_template(
+            [{"role": "user", "content": LONG_PROMPT.format(i="raw")}], add_generation_prompt=True
+        )
+        self.sampler = make_sampler(temp=0.0)
+        self.rate(16)  # warm up
+
+    def rate(self, tokens: int) -> float:
+        from mlx_lm.generate import stream_generate
+
+        times = []
+        for _ in stream_generate(
+            self.model, self.tokenizer, self.prompt, max_tokens=tokens, sampler=self.sampler
+        ):
+            times.append(time.perf_counter())
+        return (len(times) - 1) / (times[-1] - times[0])
+
+
+def paired_overhead(
+    raw: RawDecoder, url: str, model: str, tokens: int, rounds: int, server_pids: list[int]
+) -> dict[str, Any]:
+    """Raw and server decode rates measured back to back, `rounds` times: each pair sees the
+    same machine load. Also CPU seconds per generated token, raw against the server's processes
+    (gateway + engine): a measure of the server path's cost that other load does not skew."""
+    import psutil
+
+    procs = [psutil.Process(pid) for pid in server_pids]
+
+    def server_cpu() -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in procs)
+
+    pairs = []
+    cpu_raw, cpu_server = [], []
+    for i in range(rounds):
+        started = time.process_time()
+        raw_rate = raw.rate(tokens)
+        cpu_raw.append((time.process_time() - started) / tokens)
+        before = server_cpu()
+        served = stream_chat(url, model, LONG_PROMPT.format(i=f"p{i}"), tokens).decode_rate
+        cpu_server.append((server_cpu() - before) / tokens)  # every stream runs to `tokens`
+        pairs.append((raw_rate, served))
+    overheads = [1000 * (1 / served - 1 / raw_rate) for raw_rate, served in pairs]
+    return {
+        "raw_decode_tok_s": statistics.median(r for r, _ in pairs),
+        "server_decode_tok_s": statistics.median(s for _, s in pairs),
+        "per_token_overhead_ms": statistics.median(overheads),
+        "server_over_raw": statistics.median(s / r for r, s in pairs),
+        "pairs_tok_s": pairs,
+        "raw_cpu_ms_per_token": 1000 * statistics.median(cpu_raw),
+        "server_cpu_ms_per_token": 1000 * statistics.median(cpu_server),
+        "cpu_overhead_ms_per_token": 1000
+        * statistics.median(s - r for r, s in zip(cpu_raw, cpu_server, strict=True)),
+    }
 
 
 OMNI_APP = """
@@ -239,8 +293,8 @@ def main(argv: list[str] | None = None) -> int:
         build_chat_model(model_dir, **QWEN3_25M)
         print(f"model: {model_dir} (qwen3 ~25.7M params, fp32)", file=sys.stderr)
 
-        raw = raw_decode_rate(model_dir, args.tokens)
-        print(f"raw mlx_lm decode: {raw['raw_decode_tok_s']:.1f} tok/s", file=sys.stderr)
+        decoder = RawDecoder(model_dir)
+        print(f"raw mlx_lm decode: {decoder.rate(args.tokens):.1f} tok/s", file=sys.stderr)
 
         port = free_port()
         manifest = write_manifest(
@@ -257,13 +311,24 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         try:
             ours = measure_server(daemon.url, "bench", long_tokens=args.tokens, rounds=args.rounds)
+            info = daemon.pidfile()
+            paired = paired_overhead(
+                decoder,
+                daemon.url,
+                "bench",
+                args.tokens,
+                args.rounds,
+                [info["pid"], info["engine_pid"]],
+            )
         finally:
             daemon.cli("server", "stop")
+        raw = {"raw_decode_tok_s": paired["raw_decode_tok_s"], "pairs_tok_s": paired["pairs_tok_s"]}
         local = ours.summary()
-        local["per_token_overhead_ms"] = 1000 * (
-            1 / local["single_stream_tok_s"] - 1 / raw["raw_decode_tok_s"]
-        )
-        local["server_over_raw"] = local["single_stream_tok_s"] / raw["raw_decode_tok_s"]
+        local["per_token_overhead_ms"] = paired["per_token_overhead_ms"]
+        local["server_over_raw"] = paired["server_over_raw"]
+        local["paired_server_decode_tok_s"] = paired["server_decode_tok_s"]
+        for key in ("raw_cpu_ms_per_token", "server_cpu_ms_per_token", "cpu_overhead_ms_per_token"):
+            local[key] = paired[key]
         omni = None
         if not args.no_omni:
             print("measuring the MLX Omni Server baseline…", file=sys.stderr)
@@ -278,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
+            "load_average": os.getloadavg(),  # other work on the machine skews every figure
         },
         "model": "qwen3 25.7M fp32 (tests.harness.tinymodels.QWEN3_25M), greedy",
         "long_stream_tokens": args.tokens,
@@ -320,7 +386,17 @@ def print_table(report: dict[str, Any]) -> None:
         cell(local, "single_stream_tok_s", ".1f"),
         cell(omni, "single_stream_tok_s", ".1f"),
     )
+    table.add_row("server / raw decode, paired", cell(local, "server_over_raw", ".3f"), "")
     table.add_row("per-token overhead vs raw (ms)", cell(local, "per_token_overhead_ms", ".2f"), "")
+    table.add_row(
+        "CPU per token: raw / server processes (ms)",
+        f"{cell(local, 'raw_cpu_ms_per_token', '.1f')} / "
+        f"{cell(local, 'server_cpu_ms_per_token', '.1f')}",
+        "",
+    )
+    table.add_row(
+        "CPU overhead per token (ms)", cell(local, "cpu_overhead_ms_per_token", ".2f"), ""
+    )
     table.add_row(
         "TTFT alone (s)", cell(local, "ttft_alone_s", ".3f"), cell(omni, "ttft_alone_s", ".3f")
     )

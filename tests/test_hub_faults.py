@@ -175,3 +175,18 @@ def test_hostile_names_are_refused_from_the_hub_and_from_a_lock(
     assert not list(Path(client.cache_dir()).parent.rglob("outside")) and not list(
         Path(client.cache_dir()).parent.rglob("evil")
     )
+
+
+def test_corrupt_small_git_file_is_caught_by_its_git_blob_id(fake_hub: FakeHub, repo: str) -> None:
+    # Small files have no sha256 in the listing: their git blob id (sha1) is what is checked.
+    resolved = resolve("coder", _spec())
+    assert next(f for f in resolved.files if f.name == "tokenizer.json").sha256 is None
+    fake_hub.inject("flip_byte", path="tokenizer.json", at=3, times=1)
+
+    with pytest.raises(IntegrityError, match=r"tokenizer\.json") as raised:
+        fetch(resolved)
+
+    assert "git blob id" in str(raised.value)
+    assert_nothing_bad_in_view(fake_hub, resolved)
+    fake_hub.clear_faults()
+    assert_complete(fake_hub, resolved, fetch(resolved).path)

@@ -12,8 +12,8 @@ import pytest
 from local_ai.errors import DiskSpaceError, IntegrityError, OfflineError
 from local_ai.hub import client
 from local_ai.hub import fetch as fetch_module
-from local_ai.hub.fetch import fetch, incomplete_leftovers
-from local_ai.hub.progress import RecordingProgress
+from local_ai.hub.fetch import fetch, incomplete_leftovers, is_cached, missing_from_cache
+from local_ai.hub.progress import RecordingProgress, RichProgress
 from local_ai.hub.resolve import resolve
 from local_ai.hub.source import ResolvedSource
 from local_ai.manifest.models import ModelSpec
@@ -187,3 +187,43 @@ def test_leftover_incomplete_files_are_cleaned_when_no_download_owns_them(
         result = fetch(mlx)
         assert result.cleaned == (stale,)
         assert not stale.exists() and busy.exists()
+
+
+def test_missing_from_cache_answers_without_the_network(
+    fake_hub: FakeHub, mlx: ResolvedSource
+) -> None:
+    fake_hub.clear_requests()
+    before = {f.name for f in missing_from_cache(mlx)}
+    assert before == {f.name for f in mlx.files} - {"config.json"}  # resolution fetched that one
+    assert not is_cached(mlx)
+
+    result = fetch(mlx)
+    fake_hub.clear_requests()
+    assert missing_from_cache(mlx) == () and is_cached(mlx)
+    shard = result.path / "model-00001-of-00003.safetensors"
+    blob = shard.resolve()
+    blob.chmod(0o644)
+    blob.write_bytes(blob.read_bytes()[:-1])  # a truncated file is not there
+    (result.path / "tokenizer.json").unlink()
+    assert {f.name for f in missing_from_cache(mlx)} == {shard.name, "tokenizer.json"}
+    assert fake_hub.requests == []
+
+
+def test_rich_progress_shows_total_bytes_speed_and_files(
+    fake_hub: FakeHub, mlx: ResolvedSource
+) -> None:
+    import io
+
+    from rich.console import Console
+
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=True, width=160, color_system=None)
+
+    fetch(mlx, progress=RichProgress(console))
+
+    text = out.getvalue()
+    assert f"{MLX_REPO} (6 files)" in text  # config.json came with resolution
+    assert "MB" in text and "/s" in text  # bytes and speed columns
+    quiet = io.StringIO()
+    fetch(mlx, progress=RichProgress(Console(file=quiet, force_terminal=True)))
+    assert quiet.getvalue() == ""  # nothing to transfer: no bars at all

@@ -17,6 +17,7 @@ from typing import Any
 import httpx
 import pytest
 
+import local_ai
 from tests.server_helpers import (
     TOOL_NAME,
     Daemon,
@@ -706,6 +707,8 @@ def test_status_cli_reports_config_drift(daemon: Daemon) -> None:
     result = daemon.cli("server", "status", "--json")
     status = json.loads(result.stdout)
     assert status["running"] is True
+    assert status["url"] == daemon.url and status["pid"] == daemon.pidfile()["pid"]
+    assert status["version"] == local_ai.__version__ and status["uptime_s"] > 0
     assert status["engine"]["state"] == "ready"
     assert status["config_differs"] is False
     models = {m["alias"]: m for m in status["models"]}
@@ -727,10 +730,16 @@ def test_engine_killed_with_sigkill_comes_back(daemon: Daemon, client: httpx.Cli
     killed = time.monotonic()
     # The gateway keeps answering and reports the engine state meanwhile.
     assert client.get("/health").status_code in (200, 503)
-    assert wait_for(lambda: client.get("/health").json()["status"] == "ready", 5)
+
+    def replaced() -> bool:
+        # /health can still say ready for the moment before the gateway sees the death.
+        engine = engine_status(client)["engine"]
+        return engine["state"] == "ready" and engine["pid"] not in (None, before["pid"])
+
+    assert wait_for(replaced, 5)
     assert time.monotonic() - killed < 5
+    assert client.get("/health").json()["status"] == "ready"
     after = engine_status(client)["engine"]
-    assert after["pid"] != before["pid"]
     assert after["restarts"] == before["restarts"] + 1
     assert "SIGKILL" in (after["last_exit"] or "")
     response = client.post("/v1/chat/completions", json=chat(max_tokens=2))
@@ -738,22 +747,43 @@ def test_engine_killed_with_sigkill_comes_back(daemon: Daemon, client: httpx.Cli
     assert daemon.pidfile()["engine_pid"] == after["pid"]
 
 
-def test_engine_restart_through_admin_api(daemon: Daemon, client: httpx.Client) -> None:
+def test_engine_restart_and_reload_through_the_daemon_functions(
+    daemon: Daemon, client: httpx.Client, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # What `apply` calls: the admin API behind the instance token, from the state home.
+    from local_ai.errors import ServerError
+    from local_ai.server import daemon as control
+
+    monkeypatch.setenv("LOCAL_AI_HOME", str(tmp_path / "elsewhere"))
+    with pytest.raises(ServerError, match="not running"):
+        control.reload_aliases()
+    monkeypatch.setenv("LOCAL_AI_HOME", str(daemon.home))
+    assert control.reload_aliases() == ["tiny", "tool"]
+    status = control.status(daemon.manifest)
+    assert status["config_hash"] == daemon.pidfile()["config_hash"]
+    assert [m["alias"] for m in status["models"]] == ["tiny", "tool"]
     before = engine_status(client)["engine"]["pid"]
-    token = daemon.token()
-    restarted = client.post(
-        "/api/admin/restart-engine", headers={"authorization": f"Bearer {token}"}
-    )
-    assert restarted.status_code == 202
-    assert wait_for(
-        lambda: (s := engine_status(client)["engine"])["state"] == "ready" and s["pid"] != before,
-        10,
-    )
+
+    new_pid = control.restart_engine()
+
+    assert new_pid != before and engine_status(client)["engine"]["pid"] == new_pid
+    assert engine_status(client)["engine"]["state"] == "ready"
     assert client.post("/v1/chat/completions", json=chat(max_tokens=2)).status_code == 200
 
 
-def test_engine_log_has_no_prompts(daemon: Daemon) -> None:
-    engine_log = daemon.log("engine.log")
-    assert "Hello there, how are you today?" not in engine_log
-    assert "Weather in Paris?" not in engine_log
+def test_logs_have_no_prompts(daemon: Daemon) -> None:
     assert Path(daemon.home / "logs" / "server.log").exists()
+    for name in ("engine.log", "server.log"):
+        log = daemon.log(name)
+        assert "Hello there, how are you today?" not in log, name
+        assert "Weather in Paris?" not in log, name
+
+
+def test_engine_listens_on_no_network_interface(daemon: Daemon) -> None:
+    import psutil
+
+    engine = psutil.Process(daemon.pidfile()["engine_pid"])
+    listening = [c for c in engine.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+    assert listening == []  # only the gateway talks to it, over a Unix socket
+    unix = [c for c in engine.net_connections(kind="unix") if c.laddr]
+    assert any(str(c.laddr).endswith("engine.sock") for c in unix), unix

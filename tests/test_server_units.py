@@ -20,6 +20,7 @@ from local_ai.server.aliases import AliasMap, build_alias_map, load_alias_map, s
 from local_ai.server.config import config_hash, server_config
 from local_ai.server.pidfile import is_same_process, process_start_time
 from tests.clirunner import run_cli
+from tests.server_helpers import free_port
 
 
 def test_billing_header_line_is_stripped() -> None:
@@ -233,3 +234,32 @@ def test_enable_prints_the_plist_and_refuses_to_install_off_macos(tmp_path: Path
         assert "only on macOS" in installed.stderr
         with pytest.raises(NotYetError):
             launchd.disable()
+
+
+def test_gateway_connections_have_nagle_off() -> None:
+    # With Nagle on, each small SSE write after the first waits for the client's delayed ACK
+    # (~40 ms): streamed tokens arrive in bursts and every keep-alive request pays 40 ms.
+    import asyncio
+    import socket
+
+    from local_ai.server.gateway.main import _bind
+
+    manifest = Manifest.model_validate({"server": {"port": free_port()}})
+    listener = _bind(server_config(manifest, None))
+
+    async def accepted_nodelay() -> int:
+        seen: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        def connected(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            sock = writer.get_extra_info("socket")
+            seen.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(connected, sock=listener)
+        async with server:
+            _, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+            value = await asyncio.wait_for(seen, 10)
+            writer.close()
+            return value
+
+    assert asyncio.run(accepted_nodelay()) != 0

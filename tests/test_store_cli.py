@@ -23,6 +23,7 @@ from local_ai.store.state import FileRecord, InstalledModel, State, load_state, 
 from local_ai.util.atomic import atomic_write_text
 from tests.harness.fakehub import FakeHub
 from tests.hub_repos import MLX_REPO, add_mlx_repo, run_inprocess
+from tests.projects import MLX, Project
 
 
 @pytest.fixture(autouse=True)
@@ -237,3 +238,25 @@ def test_writers_refuse_while_another_holds_the_apply_lock(
     assert os.environ.get("LOCAL_AI_HOME")
     code, _, err = run_inprocess(capsys, "models", "rm", "small", "--yes", "--lock-timeout", "5")
     assert code == 0, err
+
+
+def test_two_applies_at_once_one_is_refused_and_nothing_is_corrupted(
+    tiny_hub: FakeHub, project: Project
+) -> None:
+    project.write(f'[models.chat]\nrepo = "{MLX}"\ncontext = 4096\n', server="autostart = false")
+    # The weights trickle so the two runs surely overlap (bounded to 30 s).
+    tiny_hub.inject("slow", repo_id=MLX, bytes_per_second=128 * 1024, max_seconds=30)
+    procs = [project.popen("apply", "--yes") for _ in range(2)]
+    outputs = [proc.communicate(timeout=120)[0] for proc in procs]
+    codes = [proc.returncode for proc in procs]
+
+    assert sorted(codes) == [0, ExitCode.ERROR], outputs
+    winner, loser = (0, 1) if codes[0] == 0 else (1, 0)
+    assert f"pid {procs[winner].pid} (local-ai apply --yes)" in outputs[loser], outputs[loser]
+    assert "--lock-timeout" in outputs[loser]
+    state = load_state(settings.paths().state_file)
+    assert set(state.models) == {"chat"} and state.serial > 0
+    assert list(project.home.glob("staging/*")) == []
+    tiny_hub.clear_faults()
+    assert project.cli("plan", "--detailed-exitcode").returncode == 0  # converged, intact
+    assert project.cli("models", "verify").returncode == 0

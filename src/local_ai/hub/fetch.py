@@ -32,7 +32,7 @@ from local_ai.hub.filters import check_names
 from local_ai.hub.progress import FetchProgress, NullProgress, tqdm_bridge
 from local_ai.hub.resolve import repo_cache_dir
 from local_ai.hub.source import GIT_OID_RE, ResolvedSource, SourceFile
-from local_ai.hub.verify import Hashes, discard, hash_file, mismatch
+from local_ai.hub.verify import Hashes, discard, hash_file, mismatch, needs_git_oid
 from local_ai.manifest.models import REPO_PATTERN
 from local_ai.util.atomic import atomic_write_text
 from local_ai.util.units import human_bytes
@@ -120,6 +120,31 @@ def fetch(
     return FetchResult(snapshot, _collect(outcomes, repo, commit), cleaned)
 
 
+def missing_from_cache(resolved: ResolvedSource) -> tuple[SourceFile, ...]:
+    """The files of `resolved` that are not on disk with their resolved size: in the HF cache
+    snapshot of its commit (repos) or under its path. No network and no hashing (`fetch`
+    verifies hashes), so planners can call it for every model."""
+    if resolved.kind == "path":
+        root = Path(resolved.path or "")
+        base = root.parent if root.is_file() else root
+    else:
+        repo, commit = _identity(resolved)
+        base = repo_cache_dir(repo) / "snapshots" / commit
+    return tuple(f for f in resolved.files if not _has_size(base / f.name, f.size))
+
+
+def is_cached(resolved: ResolvedSource) -> bool:
+    """Every file of `resolved` is on disk (see `missing_from_cache`)."""
+    return not missing_from_cache(resolved)
+
+
+def _has_size(path: Path, size: int) -> bool:
+    try:
+        return path.stat().st_size == size
+    except OSError:
+        return False
+
+
 def _identity(resolved: ResolvedSource) -> tuple[str, str]:
     # Both end up in file system paths: never trust them, even from our own lock file.
     repo, commit = resolved.repo or "", resolved.commit or ""
@@ -151,7 +176,7 @@ def _fetch_one(
     pointer = snapshot / entry.name
     if not pointer.exists():
         pointer = _download(resolved, entry, sink)
-    got = hashes.of(pointer)
+    got = hashes.of(pointer, git_oid=needs_git_oid(entry))
     problem = mismatch(entry, got)
     if problem is not None:
         hashes.forget(pointer)
@@ -374,16 +399,17 @@ class VerifiedHashes:
             data = {}
         return cls(path, data if isinstance(data, dict) else {})
 
-    def of(self, file: Path) -> Hashes:
+    def of(self, file: Path, *, git_oid: bool = False) -> Hashes:
         real = os.path.realpath(file)
         stat = Path(real).stat()
         stamp = [stat.st_size, stat.st_mtime_ns, stat.st_ino]
         with self._lock:
             record = self._data.get(real)
         if isinstance(record, dict) and record.get("stamp") == stamp:
-            with contextlib.suppress(KeyError, TypeError):
-                return Hashes(stat.st_size, str(record["sha256"]), str(record["git_oid"]))
-        hashes = hash_file(Path(real))
+            oid = record.get("git_oid")
+            if isinstance(record.get("sha256"), str) and (isinstance(oid, str) or not git_oid):
+                return Hashes(stat.st_size, record["sha256"], oid if isinstance(oid, str) else None)
+        hashes = hash_file(Path(real), git_oid=git_oid)
         with self._lock:
             self._data[real] = {"stamp": stamp, "sha256": hashes.sha256, "git_oid": hashes.git_oid}
             self._dirty = True

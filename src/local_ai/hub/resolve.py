@@ -27,7 +27,7 @@ from local_ai.hub.source import (
     ResolvedSource,
     SourceFile,
 )
-from local_ai.hub.verify import discard, hash_file, mismatch
+from local_ai.hub.verify import discard, hash_file, mismatch, needs_git_oid
 from local_ai.manifest.models import ModelSpec
 from local_ai.util.atomic import atomic_write_text
 
@@ -201,7 +201,7 @@ def _read_config(spec: ModelSpec, files: tuple[SourceFile, ...], commit: str) ->
             what=f"downloading config.json of {repo}",
         )
     )
-    problem = mismatch(entry, hash_file(path))
+    problem = mismatch(entry, hash_file(path, git_oid=needs_git_oid(entry)))
     if problem is not None:
         discard(path)
         raise IntegrityError(

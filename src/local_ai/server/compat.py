@@ -47,6 +47,23 @@ def forbidden_fields(body: dict[str, Any]) -> list[str]:
     return found
 
 
+TOKEN_LIMIT_FIELDS = ("max_tokens", "max_completion_tokens")
+
+
+def request_problem(body: dict[str, Any]) -> tuple[str, str] | None:
+    """(field, message) for a request the engine would mishandle: a token limit that is not a
+    positive integer (a negative budget never ends a generation), or an empty `messages`."""
+    for name in TOKEN_LIMIT_FIELDS:
+        value = body.get(name)
+        if value is None:  # null means "unset"
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            return name, f"{name} must be a positive integer"
+    if body.get("messages") == []:
+        return "messages", "messages must not be empty"
+    return None
+
+
 # --- error bodies -------------------------------------------------------------------------------
 
 _ANTHROPIC_TYPES = {

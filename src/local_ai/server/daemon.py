@@ -277,18 +277,80 @@ def stop(*, timeout: float | None = None) -> StopResult:
     return StopResult(was_running=True, pid=info.pid, forced=forced)
 
 
-def admin_request(info: PidInfo, method: str, path: str, timeout: float = 5.0) -> Any:
+def admin_request(
+    info: PidInfo,
+    method: str,
+    path: str,
+    timeout: float = 5.0,
+    body: dict[str, Any] | None = None,
+) -> Any:
     import httpx
 
     response = httpx.request(
         method,
         f"{info.url}{path}",
         headers={"authorization": f"Bearer {info.token}"},
+        json=body,
         timeout=timeout,
         trust_env=False,
     )
     response.raise_for_status()
     return response.json()
+
+
+def _running_or_fail() -> PidInfo:
+    info, alive = running_server()
+    if info is None or not alive:
+        raise ServerError("the server is not running", hint="run `local-ai server start`")
+    return info
+
+
+def _admin(info: PidInfo, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+    import httpx
+
+    try:
+        return admin_request(info, method, path, timeout=30.0, body=body)
+    except httpx.HTTPStatusError as exc:
+        raise ServerError(
+            f"the server refused {path}: {exc.response.status_code} {exc.response.text[:200]}",
+            hint="see `local-ai server logs`",
+        ) from exc
+    except httpx.HTTPError as exc:
+        raise ServerError(
+            f"the server at {info.url} did not answer {path}: {type(exc).__name__}",
+            hint="see `local-ai server logs`; `local-ai server restart` starts it afresh",
+        ) from exc
+
+
+def reload_aliases() -> list[str]:
+    """Make the running server serve `run/aliases.json` as it is now (write it first with
+    `aliases.save_alias_map`); the engine keeps running. Returns the aliases now served."""
+    return list(_admin(_running_or_fail(), "POST", "/api/admin/reload")["models"])
+
+
+def restart_engine(engine: dict[str, Any] | None = None, *, timeout: float = 120.0) -> int:
+    """Replace the running server's engine, with new `[server.engine]` settings when given
+    (`manifest.server.engine.model_dump(mode="json")`); the gateway stays up. Returns the new
+    engine's pid once it is ready."""
+    info = _running_or_fail()
+    before = _admin(info, "GET", "/api/status")["engine"].get("pid")
+    _admin(info, "POST", "/api/admin/restart-engine", {"engine": engine} if engine else None)
+    deadline = time.monotonic() + timeout
+    state: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        time.sleep(POLL_S)
+        with contextlib.suppress(ServerError):
+            state = _admin(info, "GET", "/api/status")["engine"]
+            if state.get("state") == "ready" and state.get("pid") not in (None, before):
+                return int(state["pid"])
+            if state.get("state") == "error":
+                break
+    raise ServerError(
+        f"the engine did not come back after a restart (state {state.get('state')!r}: "
+        f"{state.get('reason') or state.get('last_exit') or 'no reason given'})",
+        hint="see `local-ai server logs --engine`",
+        log_tail=_log_tails(),
+    )
 
 
 def status(config_path: Path | None) -> dict[str, Any]:

@@ -22,12 +22,17 @@ def _holder_file(lock_path: Path) -> Path:
     return lock_path.with_name(lock_path.name + ".holder")
 
 
-def describe_holder(lock_path: Path) -> str:
-    try:
-        info = json.loads(_holder_file(lock_path).read_text("utf-8"))
-        return f"pid {info['pid']} ({info['command']})"
-    except (OSError, ValueError, KeyError):
-        return "another local-ai process"
+def describe_holder(lock_path: Path, *, wait: float = 0.0) -> str:
+    """Who holds the lock; `wait` covers the moment between a holder's acquire and its note."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            info = json.loads(_holder_file(lock_path).read_text("utf-8"))
+            return f"pid {info['pid']} ({info['command']})"
+        except (OSError, ValueError, KeyError):
+            if time.monotonic() >= deadline:
+                return "another local-ai process"
+            time.sleep(0.05)
 
 
 @contextlib.contextmanager
@@ -42,7 +47,7 @@ def apply_lock(
     try:
         lock.acquire(timeout=timeout, poll_interval=0.1)
     except Timeout:
-        holder = describe_holder(lock_path)
+        holder = describe_holder(lock_path, wait=1.0)
         waited = f" after waiting {timeout:g} s" if timeout else ""
         raise LockHeldError(
             f"{holder} is changing the model store{waited}",

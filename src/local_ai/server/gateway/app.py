@@ -39,7 +39,13 @@ from local_ai.server.asgi import (
     send_bytes,
     send_json,
 )
-from local_ai.server.compat import Api, api_of, error_body, forbidden_fields
+from local_ai.server.compat import (
+    Api,
+    api_of,
+    error_body,
+    forbidden_fields,
+    request_problem,
+)
 from local_ai.server.config import ServerConfig
 from local_ai.server.gateway.supervisor import EngineSupervisor
 
@@ -59,6 +65,10 @@ SECURITY_HEADERS = [
     (b"x-frame-options", b"DENY"),
     (b"referrer-policy", b"no-referrer"),
 ]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
 
 
 class Gateway:
@@ -140,7 +150,9 @@ class Gateway:
         path = scope["path"]
         headers = [*self._cors_headers(scope), *extra.pop("headers", [])]
         if path.startswith(("/v1/", "/anthropic/")):
-            body = error_body(api_of(path), status, message, code=extra.get("code"))
+            body = error_body(
+                api_of(path), status, message, code=extra.get("code"), param=extra.get("param")
+            )
         else:
             body = {"error": message}
         await send_json(send, status, body, headers, head=scope["method"] == "HEAD")
@@ -270,6 +282,11 @@ class Gateway:
                 scope, send, 400, f"field(s) not accepted by this server: {', '.join(refused)}"
             )
             return
+        problem = request_problem(body)
+        if problem:
+            field, message = problem
+            await self._error(scope, send, 400, message, code="invalid_value", param=field)
+            return
         entry = self.alias_map.models[model]
         body["model"] = entry.path
         payload = json.dumps(body).encode()
@@ -297,7 +314,8 @@ class Gateway:
             await self._error(scope, send, 413, f"request body larger than {limit} bytes")
             return None
         try:
-            body = json.loads(raw)
+            # NaN and Infinity are not JSON (Python's parser accepts them): refuse them here.
+            body = json.loads(raw, parse_constant=_reject_constant)
         except ValueError:
             await self._error(scope, send, 400, "the body is not valid JSON")
             return None
