@@ -6,7 +6,6 @@ Handlers make no decisions (the planner did); each records its result as soon as
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -321,15 +320,17 @@ class Adapters:
         return self.start_server(action)
 
     def restart_engine(self, action: Action) -> str:
-        info = _running()
-        admin_post(info, "/api/admin/restart-engine", {"engine": engine_settings(self.manifest)})
-        wait_engine_ready(info.url)
-        return "engine restarted"
+        from local_ai.server import daemon
+
+        pid = daemon.restart_engine(engine_settings(self.manifest), timeout=ENGINE_READY_TIMEOUT)
+        return f"engine restarted (pid {pid})"
 
     def reload_aliases(self, action: Action) -> str:
-        alias_map = self.write_alias_map()
-        admin_post(_running(), "/api/admin/reload", {})
-        return f"serving {', '.join(alias_map.models) or 'no models'}"
+        from local_ai.server import daemon
+
+        self.write_alias_map()
+        served = daemon.reload_aliases()
+        return f"serving {', '.join(served) or 'no models'}"
 
     def benchmark(self, action: Action) -> str:
         from local_ai.bench.measure import run_level, stream_once
@@ -428,43 +429,3 @@ def _running() -> Any:
     if info is None or not alive:
         raise ServerError("the server is not running", hint="run `local-ai server start`")
     return info
-
-
-def admin_post(info: Any, path: str, body: dict[str, Any]) -> Any:
-    import httpx
-
-    try:
-        response = httpx.post(
-            f"{info.url}{path}",
-            json=body,
-            headers={"authorization": f"Bearer {info.token}"},
-            timeout=30.0,
-            trust_env=False,
-        )
-        response.raise_for_status()
-    except httpx.HTTPError as exc:
-        raise ServerError(
-            f"the server did not accept {path}: {exc}", hint="see `local-ai server logs`"
-        ) from exc
-    return response.json()
-
-
-def wait_engine_ready(url: str, timeout: float = ENGINE_READY_TIMEOUT) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    time.sleep(0.2)  # the old engine takes a moment to be seen as gone
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = httpx.get(f"{url}/health", timeout=2.0, trust_env=False).json()
-            if last.get("status") == "ready":
-                return
-            if last.get("status") == "error":
-                break
-        except (httpx.HTTPError, ValueError):
-            pass
-        time.sleep(0.2)
-    raise ServerError(
-        f"the engine did not come back: {last}", hint="see `local-ai server logs --engine`"
-    )

@@ -275,16 +275,12 @@ def _source_dir(source: ResolvedSource) -> Path | None:
 
 
 def _complete_in_cache(source: ResolvedSource) -> bool:
-    directory = _source_dir(source)
-    if source.kind == "path" or directory is None:
-        return True
-    for item in source.files:
-        try:
-            if (directory / item.name).stat().st_size != item.size:
-                return False
-        except OSError:
-            return False
-    return True
+    from local_ai.hub.fetch import is_cached
+
+    try:
+        return is_cached(source)
+    except LocalAIError:  # an unusable repo id or commit: fetch reports it
+        return False
 
 
 # ---- what is installed ----------------------------------------------------------------------

@@ -198,9 +198,8 @@ def record_generation(snapshot: Snapshot, adapters: Adapters) -> Generation:
 def rollback(number: int | None) -> Generation:
     """Serve generation `number` (default: the one before the current) again."""
     from local_ai.errors import NotFoundError
-    from local_ai.reconcile.adapters import _running, admin_post
     from local_ai.server.aliases import AliasMap, save_alias_map
-    from local_ai.server.daemon import running_server
+    from local_ai.server.daemon import reload_aliases, running_server
 
     generations = Generations(settings.paths().generations)
     numbers = generations.numbers()
@@ -226,5 +225,5 @@ def rollback(number: int | None) -> Generation:
     generations.set_current(number)
     info, alive = running_server()
     if info is not None and alive:
-        admin_post(_running(), "/api/admin/reload", {})
+        reload_aliases()
     return target
