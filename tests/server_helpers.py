@@ -49,6 +49,29 @@ def build_chat_model(out: Path, **shape: Any) -> Path:
     return out
 
 
+def build_one_layer_with_text_token(out: Path, text: str) -> int:
+    """A 1-layer qwen3 tiny model whose tokenizer has one extra token holding `text` (for
+    scripted models that answer with exactly that text); returns the token's id."""
+    vocab = tm.TOKENIZER_VOCAB_SIZE + 8
+    tm.build_model(out, "qwen3", vocab_size=vocab, tie_word_embeddings=False, num_layers=1)
+    tok_json = json.loads((out / "tokenizer.json").read_text())
+    tok_config = json.loads((out / "tokenizer_config.json").read_text())
+    text_id = tm.TOKENIZER_VOCAB_SIZE
+    added = {
+        "content": text,
+        "single_word": False,
+        "lstrip": False,
+        "rstrip": False,
+        "normalized": False,
+        "special": False,
+    }
+    tok_json["added_tokens"].append({"id": text_id, **added})
+    tok_config["added_tokens_decoder"][str(text_id)] = added
+    (out / "tokenizer.json").write_text(json.dumps(tok_json))
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    return text_id
+
+
 def build_tool_model(out: Path) -> Path:
     """A qwen3 tiny model that always answers with one `get_weather` tool call, then stops.
 
@@ -58,23 +81,7 @@ def build_tool_model(out: Path) -> Path:
     """
     if (out / "config.json").exists():
         return out
-    vocab = tm.TOKENIZER_VOCAB_SIZE + 8
-    tm.build_model(out, "qwen3", vocab_size=vocab, tie_word_embeddings=False, num_layers=1)
-    tok_json = json.loads((out / "tokenizer.json").read_text())
-    tok_config = json.loads((out / "tokenizer_config.json").read_text())
-    json_id = tm.TOKENIZER_VOCAB_SIZE
-    added = {
-        "content": TOOL_CALL_JSON,
-        "single_word": False,
-        "lstrip": False,
-        "rstrip": False,
-        "normalized": False,
-        "special": False,
-    }
-    tok_json["added_tokens"].append({"id": json_id, **added})
-    tok_config["added_tokens_decoder"][str(json_id)] = added
-    (out / "tokenizer.json").write_text(json.dumps(tok_json))
-    (out / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    json_id = build_one_layer_with_text_token(out, TOOL_CALL_JSON)
 
     from tokenizers import Tokenizer
 

@@ -26,7 +26,13 @@ import numpy as np
 import pytest
 
 from tests.harness import tinymodels as tm
-from tests.server_helpers import Daemon, build_chat_model, free_port, write_manifest
+from tests.server_helpers import (
+    Daemon,
+    build_chat_model,
+    build_one_layer_with_text_token,
+    free_port,
+    write_manifest,
+)
 
 API_KEY = "web-test-key-0123456789"
 # What the scripted model answers: markup that must stay text, and a fenced block shown as code.
@@ -66,23 +72,7 @@ def build_scripted_model(out: Path, text: str) -> Path:
     """
     if (out / "config.json").exists():
         return out
-    vocab = tm.TOKENIZER_VOCAB_SIZE + 8
-    tm.build_model(out, "qwen3", vocab_size=vocab, tie_word_embeddings=False, num_layers=1)
-    tok_json = json.loads((out / "tokenizer.json").read_text())
-    tok_config = json.loads((out / "tokenizer_config.json").read_text())
-    text_id = tm.TOKENIZER_VOCAB_SIZE
-    added = {
-        "content": text,
-        "single_word": False,
-        "lstrip": False,
-        "rstrip": False,
-        "normalized": False,
-        "special": False,
-    }
-    tok_json["added_tokens"].append({"id": text_id, **added})
-    tok_config["added_tokens_decoder"][str(text_id)] = added
-    (out / "tokenizer.json").write_text(json.dumps(tok_json))
-    (out / "tokenizer_config.json").write_text(json.dumps(tok_config))
+    text_id = build_one_layer_with_text_token(out, text)
 
     from tokenizers import Tokenizer
 
@@ -434,8 +424,11 @@ def test_hostile_model_output_is_shown_as_text(tab: Page) -> None:
     page.wait_for_function(
         "() => document.getElementById('model-state').textContent.startsWith('loaded')"
     )
-    # It was not loaded: the page says how long loading took.
-    assert re.fullmatch(r"loaded in \d+\.\d s", page.inner_text("#model-state"))
+    # It was not loaded: the page asked the server to load it. The page then says how long that
+    # took, unless its status poll already shows the model loaded with its size.
+    assert any(url.endswith("/api/load") for url in tab.requests)
+    state = page.inner_text("#model-state")
+    assert re.fullmatch(r"loaded in \d+\.\d s|loaded, \d+ [kMG]B", state), state
     reply = tab.say("Say something nasty.")
     page.wait_for_selector(".msg.assistant[data-outcome=done]", timeout=30_000)
     body = reply.locator(".body")
