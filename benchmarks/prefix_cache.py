@@ -10,7 +10,7 @@ qwen3 of the test harness:
 
 interleaved, `--rounds` times each, and reports median TTFT and the ratio.
 
-    uv run python -m benchmarks prefix [--prompt-tokens 8000] [--rounds 5]
+    uv run python -m benchmarks prefix [--prompt-tokens 1000] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -63,8 +63,8 @@ def ttft(url: str, system: str) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks prefix", description=__doc__)
-    parser.add_argument("--prompt-tokens", type=int, default=8000)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--prompt-tokens", type=int, default=1000)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
 
