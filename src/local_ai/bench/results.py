@@ -3,7 +3,6 @@ its quantization, the versions of local-ai, mlx and mlx-lm, and the machine."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from local_ai import settings
@@ -69,7 +68,3 @@ def headline(result: dict[str, Any]) -> float | None:
             value = level.get("decode_tps_per_stream", {}).get("median")
             return float(value) if value is not None else None
     return None
-
-
-def now() -> float:
-    return time.time()

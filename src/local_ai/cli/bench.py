@@ -3,6 +3,7 @@ server as an editor uses it (streaming)."""
 
 from __future__ import annotations
 
+import time
 from typing import Annotated, Any
 
 import typer
@@ -120,13 +121,13 @@ def _bench_one(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
     from local_ai.bench.measure import run_level, stream_once
-    from local_ai.bench.results import context_of, now
+    from local_ai.bench.results import context_of
     from local_ai.cli.output import err_console
     from local_ai.server.daemon import admin_request
 
     result: dict[str, Any] = {
         **context_of(alias),
-        "at": now(),
+        "at": time.time(),
         "source": "bench",
         "prompt_tokens": prompt_tokens,
         "gen_tokens": gen_tokens,

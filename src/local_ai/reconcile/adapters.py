@@ -6,6 +6,7 @@ Handlers make no decisions (the planner did); each records its result as soon as
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,13 @@ from local_ai.reconcile.model import (
     install_key,
 )
 from local_ai.reconcile.observe import Snapshot
-from local_ai.store.lockfile import LockEntry, LockFile, entry_from_resolved, save_lock
+from local_ai.store.lockfile import (
+    LockEntry,
+    LockFile,
+    entry_from_resolved,
+    keep_learned_hashes,
+    save_lock,
+)
 from local_ai.store.state import FileRecord, InstalledModel, save_state
 
 if TYPE_CHECKING:
@@ -126,9 +133,7 @@ class Adapters:
             )
         before = self.lock_models.get(alias)
         if before is not None:
-            from local_ai.store.lockfile import _keep_learned_hashes
-
-            entry = _keep_learned_hashes(entry, before)
+            entry = keep_learned_hashes(entry, before)
         self.lock_models[alias] = entry
         self._write_lock()
 
@@ -334,7 +339,7 @@ class Adapters:
 
     def benchmark(self, action: Action) -> str:
         from local_ai.bench.measure import run_level, stream_once
-        from local_ai.bench.results import context_of, now
+        from local_ai.bench.results import context_of
 
         alias = _alias(action)
         info = _running()
@@ -353,7 +358,7 @@ class Adapters:
         )
         record = {
             **context_of(alias),
-            "at": now(),
+            "at": time.time(),
             "source": "apply",
             "prompt_tokens": bench.prompt_tokens,
             "gen_tokens": bench.gen_tokens,

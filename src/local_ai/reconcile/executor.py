@@ -25,6 +25,7 @@ class Outcome:
     message: str = ""
     hint: str | None = None
     seconds: float = 0.0
+    error: LocalAIError | None = None  # the typed error of a failed action
 
 
 @dataclass
@@ -99,7 +100,7 @@ def execute(
                 return report
             except LocalAIError as exc:
                 outcome = Outcome(
-                    action, "failed", str(exc), exc.hint, seconds=time.monotonic() - start
+                    action, "failed", str(exc), exc.hint, time.monotonic() - start, exc
                 )
             except Exception as exc:  # a bug in one handler must not hide the others' results
                 if settings.debug():

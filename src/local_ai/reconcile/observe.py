@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -168,14 +168,12 @@ def _locked_view(alias: str, spec: ModelSpec, entry: LockEntry, base_dir: Path) 
     if _source_matches(spec, entry):
         return view
     # Show the lock's own source so the planner names what moved.
-    return LockedModel(
-        **{
-            **view.__dict__,
-            "repo": entry.repo,
-            "file": entry.file,
-            "path": entry.path,
-            "revision": _revision(entry.revision),
-        }
+    return replace(
+        view,
+        repo=entry.repo,
+        file=entry.file,
+        path=entry.path,
+        revision=_revision(entry.revision),
     )
 
 

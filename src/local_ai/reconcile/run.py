@@ -11,7 +11,7 @@ from typing import Any
 from local_ai import settings
 from local_ai.errors import ConfigError, LocalAIError
 from local_ai.manifest.load import LoadedManifest
-from local_ai.reconcile.adapters import Adapters
+from local_ai.reconcile.adapters import Adapters, BenchmarkFloorError
 from local_ai.reconcile.executor import Outcome, Report, execute
 from local_ai.reconcile.generations import AliasTarget, Generation, Generations
 from local_ai.reconcile.model import Action, Plan, engine_settings, gateway_settings
@@ -150,10 +150,7 @@ def apply_plan(
 
 
 def _too_slow(report: Report) -> bool:
-    return any(
-        o.status == "failed" and o.action.kind.value == "benchmark" and "tok/s asked" in o.message
-        for o in report.outcomes
-    )
+    return any(isinstance(o.error, BenchmarkFloorError) for o in report.outcomes)
 
 
 def _serve_current_generation() -> int | None:

@@ -502,7 +502,7 @@ def refresh_lock(
         resolved = resolver(alias, spec, offline=offline)
         after = entry_from_resolved(resolved, spec, versions=versions)
         if before is not None:
-            after = _keep_learned_hashes(after, before)
+            after = keep_learned_hashes(after, before)
         action: Literal["added", "updated", "upgraded", "kept"]
         reasons: tuple[str, ...] = ()
         if before is not None and match.ok:
@@ -519,7 +519,7 @@ def refresh_lock(
     return LockFile(models=models), changes
 
 
-def _keep_learned_hashes(after: LockEntry, before: LockEntry) -> LockEntry:
+def keep_learned_hashes(after: LockEntry, before: LockEntry) -> LockEntry:
     """Carry over sha256s that a fetch learned for files the hub knows by git blob id only,
     when the file is the same one (same name, size and blob id)."""
     known = {(f.name, f.size, f.blob_id): f.sha256 for f in before.files if f.sha256}
