@@ -91,3 +91,25 @@ def test_apply_benchmarks_new_models_and_gate_keeps_the_previous_generation(
     assert "conv" in project.state()["models"]  # type: ignore[operator]
     records = project.state()["benchmarks"]
     assert [r["alias"] for r in records] == ["chat", "conv"]  # type: ignore[union-attr]
+    models = project.state()["models"]
+    assert "tok/s < 1e+09" in models["conv"]["rejected"]  # type: ignore[index]
+
+    # The rejected build is not served silently by the next apply: plan says it is measured again.
+    plan = project.cli("plan")
+    conv_block = plan.stdout.split("model.conv", 1)[1].split("server", 1)[0]
+    assert "benchmark" in conv_block, plan.stdout
+    assert "kept out of service by benchmark.gate" in conv_block
+
+    # With a floor it can meet, the next apply measures it, serves it and clears the verdict.
+    project.write(
+        MODELS
+        + f'[models.conv]\nrepo = "{HF}"\nquantize = "fp16"\nmin_tokens_per_second = 0.001\n',
+        bench=True,
+        extra="gate = true\n",
+    )
+    passed = project.cli("apply", "--yes")
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert "✓ benchmark:conv" in passed.stderr
+    assert "conv" in project.served_paths()
+    assert project.state()["models"]["conv"]["rejected"] is None  # type: ignore[index]
+    assert "benchmark" not in project.cli("plan").stdout

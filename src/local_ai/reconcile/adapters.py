@@ -364,13 +364,20 @@ class Adapters:
             "gen_tokens": bench.gen_tokens,
             "levels": [level.to_json()],
         }
-        self.state = save_state(
-            settings.paths().state_file,
-            self.state.model_copy(update={"benchmarks": [*self.state.benchmarks[-199:], record]}),
-        )
         decode = level.decode_tps_per_stream.median
         floor = self._spec(alias).min_tokens_per_second or bench.min_tokens_per_second
-        if floor is not None and decode < floor:
+        too_slow = floor is not None and decode < floor
+        models = dict(self.state.models)
+        if alias in models:
+            verdict = f"{decode:.1f} tok/s < {floor:g}" if too_slow and bench.gate else None
+            models[alias] = models[alias].model_copy(update={"rejected": verdict})
+        self.state = save_state(
+            settings.paths().state_file,
+            self.state.model_copy(
+                update={"benchmarks": [*self.state.benchmarks[-199:], record], "models": models}
+            ),
+        )
+        if too_slow:
             raise BenchmarkFloorError(
                 f"{alias} decodes at {decode:.1f} tok/s, below the {floor:g} tok/s asked for",
                 hint="pick a lower quantize level or a smaller model, or lower "

@@ -66,6 +66,7 @@ class InstalledView:
     size_bytes: int
     present: bool  # the location and its recorded files exist with the recorded sizes
     drift: str | None = None  # what changed on disk, when not present/intact
+    rejected: str | None = None  # benchmark.gate kept this build out of service, and why
 
 
 @dataclass(frozen=True)

@@ -295,6 +295,7 @@ def _installed_view(model: InstalledModel) -> InstalledView:
         size_bytes=model.size_bytes,
         present=(drift := installed_drift(model)) is None,
         drift=drift,
+        rejected=model.rejected,
     )
 
 

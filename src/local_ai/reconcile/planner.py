@@ -406,14 +406,28 @@ class _Builder:
             for a in self.actions
             if a.kind in (Kind.START_SERVER, Kind.RESTART_SERVER, Kind.RELOAD_ALIASES)
         ]
-        for alias, install_id in rebuilt.items():
+        wanted: dict[str, tuple[str, tuple[str, ...]]] = {
+            alias: ("new or rebuilt model", (install_id,)) for alias, install_id in rebuilt.items()
+        }
+        if self.manifest.benchmark.gate:
+            # A build the gate kept out of service is measured again, not served unmeasured.
+            targets = self.options.targets
+            for alias, view in self.observed.installed.items():
+                if (
+                    view.rejected
+                    and alias in self.manifest.models
+                    and alias not in wanted
+                    and (not targets or alias in targets)
+                ):
+                    wanted[alias] = (f"kept out of service by benchmark.gate ({view.rejected})", ())
+        for alias, (cause, installed_by) in wanted.items():
             self.add(
                 Action(
                     id=f"benchmark:{alias}",
                     kind=Kind.BENCHMARK,
                     resource=f"model.{alias}",
-                    cause="new or rebuilt model",
-                    depends_on=(install_id, *server_ready),
+                    cause=cause,
+                    depends_on=(*installed_by, *server_ready),
                     detail=f"{self.manifest.benchmark.prompt_tokens} prompt / "
                     f"{self.manifest.benchmark.gen_tokens} generated tokens",
                 )

@@ -48,6 +48,8 @@ class InstalledModel(BaseModel):
     files: dict[str, FileRecord] = Field(default_factory=dict)
     size_bytes: int = 0
     installed_at: float = Field(default_factory=time.time)
+    # benchmark.gate kept this build out of service (why); the next apply measures it again
+    rejected: str | None = None
 
 
 class State(BaseModel):
