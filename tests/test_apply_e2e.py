@@ -94,6 +94,7 @@ def test_apply_builds_serves_converges_rebuilds_one_and_rolls_back(
     assert project.chat("conv").status_code == 200
     drift = project.cli("plan", "--detailed-exitcode")
     assert drift.returncode == 2 and "reload-aliases" in drift.stdout
+    assert "serving generation 1 since a rollback" in drift.stdout
 
     # An engine setting restarts the engine only (the server keeps its pid).
     pid = json.loads((project.home / "run" / "server.json").read_text())["pid"]

@@ -79,6 +79,7 @@ class ServerView:
     engine: dict[str, Any] = field(default_factory=dict)  # engine_settings() it runs with
     aliases_hash: str | None = None  # alias_map_hash() of the map it serves
     aliases: tuple[str, ...] = ()
+    rolled_back_to: int | None = None  # `local-ai rollback` made it serve this older generation
 
 
 @dataclass(frozen=True)

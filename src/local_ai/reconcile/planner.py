@@ -352,6 +352,8 @@ class _Builder:
             )
         if server.aliases_hash != want_aliases or installs:
             cause = _alias_change(server.aliases, tuple(manifest.models))
+            if server.rolled_back_to is not None:
+                cause += f" (serving generation {server.rolled_back_to} since a rollback)"
             causes.append(cause)
             self.add(
                 Action(
