@@ -33,16 +33,24 @@ _QWEN2_REGEX: Final = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-PRE_TOKENIZERS: Final[dict[str, tuple[bool, str | None]]] = {
-    "llama-bpe": (False, _LLAMA3_REGEX),
-    "llama3": (False, _LLAMA3_REGEX),
-    "qwen2": (True, _QWEN2_REGEX),
-    "deepseek-r1-qwen": (True, _QWEN2_REGEX),
-    "glm4": (False, _LLAMA3_REGEX),  # llama.cpp's CHATGLM4 regex is Llama-3's
-    "chatglm-bpe": (False, _LLAMA3_REGEX),
-    "gpt-2": (False, None),
-    "gpt2": (False, None),
-    "default": (False, None),
+# DeepSeek-V3/R1: three Splits applied in turn (llama.cpp's DEEPSEEK3_LLM regex list).
+_DEEPSEEK3_REGEXES: Final = (
+    r"\p{N}{1,3}",
+    "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+    r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+    r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+)
+PRE_TOKENIZERS: Final[dict[str, tuple[bool, tuple[str, ...]]]] = {
+    "llama-bpe": (False, (_LLAMA3_REGEX,)),
+    "llama3": (False, (_LLAMA3_REGEX,)),
+    "qwen2": (True, (_QWEN2_REGEX,)),
+    "deepseek-r1-qwen": (True, (_QWEN2_REGEX,)),
+    "deepseek-v3": (False, _DEEPSEEK3_REGEXES),
+    "glm4": (False, (_LLAMA3_REGEX,)),  # llama.cpp's CHATGLM4 regex is Llama-3's
+    "chatglm-bpe": (False, (_LLAMA3_REGEX,)),
+    "gpt-2": (False, ()),  # (): GPT-2's own regex, inside ByteLevel
+    "gpt2": (False, ()),
+    "default": (False, ()),
 }
 
 
@@ -262,17 +270,21 @@ def _byte_level_bpe(gguf: GGUFFile, tokens: list[str]) -> Any:
     converter_class: Any = GGUFGPTConverter
     converter = converter_class({"tokens": tokens, "merges": [f"{a} {b}" for a, b in merges]})
     tokenizer = converter.converted()
-    nfc, regex = PRE_TOKENIZERS[pre]
+    nfc, regexes = PRE_TOKENIZERS[pre]
     if nfc:
         tokenizer.normalizer = normalizers.NFC()
-    if regex is None:
+    if not regexes:
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(
             add_prefix_space=False, trim_offsets=False, use_regex=True
         )
     else:
+        splits = [
+            pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False)
+            for regex in regexes
+        ]
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
             [
-                pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
+                *splits,
                 pre_tokenizers.ByteLevel(
                     add_prefix_space=False, trim_offsets=False, use_regex=False
                 ),
