@@ -7,7 +7,9 @@ importable without torch), then completed with what they leave out or get wrong 
   regardless), so numbers and contractions split as in the original tokenizer;
 * every CONTROL token as a special added token and every USER_DEFINED token (``<think>``,
   ``<tool_call>``) as a non-special added token, so they encode to one id;
-* BOS/EOS insertion as the GGUF's ``add_bos_token``/``add_eos_token`` say.
+* BOS/EOS insertion as the GGUF's ``add_bos_token``/``add_eos_token`` say;
+* for SentencePiece vocabularies, the decoder steps in HF's order, so mlx-lm streams them with
+  its SentencePiece detokenizer (it matches the decoder's JSON).
 """
 
 from __future__ import annotations
@@ -296,6 +298,7 @@ def _byte_level_bpe(gguf: GGUFFile, tokens: list[str]) -> Any:
 def _sentencepiece_bpe(
     gguf: GGUFFile, tokens: list[str], types: list[int], ids: dict[str, int | None]
 ) -> Any:
+    from tokenizers import decoders
     from transformers.integrations.ggml import GGUFLlamaConverter
 
     scores = gguf.get_array("tokenizer.ggml.scores", FLOAT_TYPES | INTEGER_TYPES)
@@ -321,7 +324,14 @@ def _sentencepiece_bpe(
         # transformers would rebuild merges in O(vocab * token length) Python loops.
         raise NotYetError(f"{gguf.path}: SentencePiece GGUF without merges is not supported")
     converter_class: Any = GGUFLlamaConverter
-    return converter_class(proto).converted()
+    tokenizer = converter_class(proto).converted()
+    # The same steps in the order HF's Llama/Mistral tokenizer.json files list them, which is
+    # what mlx-lm recognises to stream with its linear-time SentencePiece detokenizer.
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if proto["add_prefix_space"]:
+        steps.append(decoders.Strip(content=" ", left=1, right=0))
+    tokenizer.decoder = decoders.Sequence(steps)
+    return tokenizer
 
 
 def write_tokenizer(files: TokenizerFiles, out_dir: Any) -> None:
