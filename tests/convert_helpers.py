@@ -82,8 +82,9 @@ def dequantized_reference(
     model_dir: Path, gguf_path: Path, out: Path, dtype: tm.DType = "float16"
 ) -> Path:
     """``model_dir`` with its weights replaced by the GGUF's values as gguf-py dequantizes them,
-    mapped back to HF names by the harness (Q/K un-permuted, experts unstacked) and stored in
-    ``dtype``: what a correct converter must reproduce, independent of local_ai.convert's maps."""
+    mapped back to HF names by the harness (Q/K un-permuted, experts unstacked, MLA's split
+    kv_b joined) and stored in ``dtype``: what a correct converter must reproduce, independent
+    of local_ai.convert's maps."""
     config = json.loads((model_dir / "config.json").read_text())
     stored = ge.read_tensors(gguf_path)
     original, _ = tm.load_safetensors(model_dir / "model.safetensors")
@@ -99,6 +100,14 @@ def dequantized_reference(
         if expert and layer:
             stacked = stored[f"blk.{layer.group(1)}.ffn_{expert.group(2)}_exps.weight"][1]
             weights[name] = stacked[int(expert.group(1))]
+            continue
+        if (
+            layer
+            and layer.group(2) == "self_attn.kv_b_proj.weight"
+            and f"blk.{layer.group(1)}.attn_kv_b.weight" not in stored
+        ):
+            k_b, v_b = (stored[f"blk.{layer.group(1)}.attn_{x}_b.weight"][1] for x in "kv")
+            weights[name] = ge.join_kv_b(k_b, v_b)
             continue
         value = stored[ge.gguf_name(name, config["model_type"])][1]
         shift = ge.norm_shift(config["model_type"], name)

@@ -55,6 +55,17 @@ OTHER_TYPES = ("F32", "BF16", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q5_K")
 MAX_ABS = {"F16": 0.05, "Q8_0": 0.6}  # measured 0.016, 0.285
 REL_RMS = {"Q8_0": 0.04, "Q6_K": 0.2, "Q4_0": 0.55, "Q4_K": 0.6}  # 0.021 0.123 0.382 0.400
 TOP1 = {"F16": 0.95, "Q8_0": 0.95}  # measured 0.98 (a near-tie flips), 0.98
+# DeepSeek-V3 (3 layers, YaRN's 1.87x sharper attention, grouped top-k routing where one flipped
+# group choice swaps both experts) amplifies the same GGUF errors more: own limits, measured
+# values in docs/conversion.md. F16 (no routing flips) keeps the common limit.
+DEEPSEEK_Q8 = 0.07  # mlx-lm q8 of the F16 GGUF: measured 0.044
+ARCH_LIMITS: dict[str, dict[str, dict[str, float]]] = {
+    "deepseek_v3": {
+        "max_abs": {"Q8_0": 1.0},  # measured 0.630
+        "rel_rms": {"Q8_0": 0.07, "Q6_K": 0.3, "Q4_0": 0.8, "Q4_K": 0.8},  # .042 .184 .635 .592
+        "top1": {"Q8_0": 0.9},  # 0.957
+    }
+}
 CHUNK = 4096  # values per read in tests, so every tensor (Q/K included) spans several chunks
 
 
@@ -107,12 +118,16 @@ def test_round_trip_matches_dequantized_weights_and_original_logits(
 
     ids, want = original[arch]
     got = compare(logits(model, ids), want)
-    if qtype in MAX_ABS:
-        assert got["max_abs"] <= MAX_ABS[qtype], got
-    if qtype in REL_RMS:
-        assert got["rel_rms"] <= REL_RMS[qtype], got
-    if qtype in TOP1:
-        assert got["top1"] >= TOP1[qtype], got
+    limits = ARCH_LIMITS.get(arch, {})
+    max_abs = MAX_ABS | limits.get("max_abs", {})
+    rel_rms = REL_RMS | limits.get("rel_rms", {})
+    top1 = TOP1 | limits.get("top1", {})
+    if qtype in max_abs:
+        assert got["max_abs"] <= max_abs[qtype], got
+    if qtype in rel_rms:
+        assert got["rel_rms"] <= rel_rms[qtype], got
+    if qtype in top1:
+        assert got["top1"] >= top1[qtype], got
 
 
 @pytest.mark.parametrize("qtype", OTHER_TYPES)
@@ -166,6 +181,31 @@ def test_config_tokenizer_and_chat_template_survive(
             "n_group",
             "topk_group",
         ]
+    if arch == "deepseek_v3":
+        keys.remove("intermediate_size")  # below with the MoE keys
+        keys += [
+            "intermediate_size",
+            "q_lora_rank",
+            "kv_lora_rank",
+            "qk_rope_head_dim",
+            "qk_nope_head_dim",
+            "v_head_dim",
+            "n_routed_experts",
+            "n_shared_experts",
+            "num_experts_per_tok",
+            "moe_intermediate_size",
+            "first_k_dense_replace",
+            "routed_scaling_factor",
+            "norm_topk_prob",
+            "scoring_func",
+            "topk_method",
+            "n_group",
+            "topk_group",
+        ]
+        # YaRN: llama.cpp keeps the factor, original context and 0.1 * mscale_all_dim.
+        scaling = {k: want_cfg["rope_scaling"][k] for k in got_cfg["rope_scaling"]}
+        assert got_cfg["rope_scaling"] == scaling | {"type": "yarn"}
+        assert set(want_cfg["rope_scaling"]) - set(scaling) == {"beta_fast", "beta_slow"}
     if arch == "gemma3_text":
         keys += [
             "head_dim",
@@ -303,8 +343,9 @@ def test_q8_of_each_arch_matches_mlx_lm_and_stays_close(
     ids, want = original[arch]
     got = compare(logits(ours, ids), want)
     # Measured: 0.022 for the dense archs; 0.116 for qwen3_moe, where 8-bit router weights
-    # flip a few expert choices (docs/conversion.md).
-    assert got["rel_rms"] <= (0.2 if arch == "qwen3_moe" else 0.04), got
+    # flip a few expert choices, DEEPSEEK_Q8 for deepseek_v3 (docs/conversion.md).
+    limit = {"qwen3_moe": 0.2, "deepseek_v3": DEEPSEEK_Q8}.get(arch, 0.04)
+    assert got["rel_rms"] <= limit, got
 
 
 def test_requantizing_low_bit_weights_warns_and_names_the_base_repo(
@@ -374,8 +415,8 @@ def test_gemma3_refuses_what_mlx_lm_cannot_run(
 def _rewrite_gguf(
     src: Path, dst: Path, values: dict[str, Any], tensors: dict[str, np.ndarray] | None = None
 ) -> Path:
-    """``src`` with metadata ``values`` set (ints as UINT32, floats as FLOAT32) and ``tensors``
-    (float32) appended."""
+    """``src`` with metadata ``values`` set (bools as BOOL, ints as UINT32, floats as FLOAT32)
+    and ``tensors`` (float32) appended."""
     import gguf
 
     reader = gguf.GGUFReader(str(src))
@@ -386,7 +427,9 @@ def _rewrite_gguf(
             continue
         writer.add_key_value(name, field.contents(), field.types[0], field.types[-1])
     for name, value in values.items():
-        if isinstance(value, float):
+        if isinstance(value, bool):
+            writer.add_bool(name, value)
+        elif isinstance(value, float):
             writer.add_float32(name, value)
         else:
             writer.add_uint32(name, int(value))
@@ -430,3 +473,54 @@ def test_glm4moe_router_bias_shared_expert_and_mtp_block(tmp_path: Path) -> None
     # Without the MTP block the same file is a 3-layer model.
     full = convert(three, tmp_path / "full", make_recipe("fp16"))
     assert json.loads((full / "config.json").read_text())["num_hidden_layers"] == 3
+
+
+@pytest.mark.parametrize(
+    ("arch", "legacy_mla"),
+    [("deepseek_v3", True), ("deepseek_v2", False)],
+    ids=["v3-legacy-kv_b", "v2-split-k_b-v_b"],
+)
+def test_deepseek_mla_layouts_and_softmax_router(
+    arch: str, legacy_mla: bool, tmp_path: Path
+) -> None:
+    """Both llama.cpp MLA layouts into both mlx-lm layouts: deepseek_v3 holds kv_b split per
+    head (embed_q/unembed_out), deepseek_v2 whole (kv_b_proj), so the converter re-splits an
+    older file's attn_kv_b or re-joins a newer file's attn_k_b/attn_v_b, also quantized (row
+    blocks written per head). The V2 variant is softmax-routed, without a q LoRA (attn_q) and
+    with YaRN mscale 0.707."""
+    from local_ai.errors import NotYetError
+
+    src = tm.build_model(tmp_path / "src", arch, seed=1, **WIDE)
+    source = ge.export_gguf(src, tmp_path / "f16.gguf", "F16", legacy_mla=legacy_mla)
+    stored = set(ge.read_tensors(source))
+    assert ("blk.1.attn_kv_b.weight" in stored) is legacy_mla
+    assert ("blk.1.attn_k_b.weight" in stored) is not legacy_mla
+    out = convert(source, tmp_path / "mlx", make_recipe("fp16"))
+    cfg = json.loads((out / "config.json").read_text())
+    want_cfg = json.loads((src / "config.json").read_text())
+    for key in ("model_type", "q_lora_rank", "scoring_func", "topk_method", "norm_topk_prob"):
+        assert cfg[key] == want_cfg[key], key
+    assert cfg["rope_scaling"]["mscale_all_dim"] == want_cfg["rope_scaling"]["mscale_all_dim"]
+    params = model_parameters(out)
+    whole = "model.layers.0.self_attn.kv_b_proj.weight" in params
+    assert whole is (arch == "deepseek_v2")
+    reference = dequantized_reference(src, source, tmp_path / "ref")
+    assert_same_parameters(params, model_parameters(reference))
+    ids = prompt_ids(src)
+    got = compare(logits(out, ids), logits(src, ids))
+    assert got["max_abs"] <= MAX_ABS["F16"], got
+
+    ours = convert(source, tmp_path / "q4", make_recipe("q4"))
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    convert_safetensors(reference, theirs, make_recipe("q4"))
+    assert_same_weights(ours, theirs)
+    quantized = "kv_b_proj" if whole else "embed_q"
+    assert f"model.layers.2.self_attn.{quantized}.scales" in model_parameters(ours)
+
+    if arch == "deepseek_v2":  # mlx-lm's deepseek_v2 never renormalises the top-k weights
+        renorm = _rewrite_gguf(
+            source, tmp_path / "norm.gguf", {"deepseek2.expert_weights_norm": True}
+        )
+        with pytest.raises(NotYetError, match="renormalised"):
+            convert(renorm, tmp_path / "refused", make_recipe("fp16"))

@@ -82,7 +82,7 @@ def test_config_and_tensors_follow_hf_layout(tiny_models: dict[str, Path], arch:
     assert cfg["architectures"] == [spec.hf_class]
     assert cfg["tie_word_embeddings"] is spec.tie_word_embeddings
     assert cfg["vocab_size"] == tm.TOKENIZER_VOCAB_SIZE
-    assert ("head_dim" in cfg) is (arch != "qwen2")
+    assert ("head_dim" in cfg) is (arch not in ("qwen2", "deepseek_v3"))
     if arch in ("qwen3", "qwen3_moe", "llama", "gemma3_text"):
         assert cfg["attention_bias"] is False
     if arch == "gemma3_text":
@@ -93,6 +93,12 @@ def test_config_and_tensors_follow_hf_layout(tiny_models: dict[str, Path], arch:
         assert cfg["first_k_dense_replace"] == 1 and cfg["n_shared_experts"] == 1
         assert cfg["partial_rotary_factor"] == 0.5 and cfg["n_routed_experts"] == 4
         assert "num_experts" not in cfg
+    elif arch == "deepseek_v3":  # DeepSeek-V3's proportions at hidden 64, 4 heads
+        assert cfg["q_lora_rank"] == cfg["kv_lora_rank"] == 64
+        assert (cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]) == (16, 8, 16)
+        assert cfg["scoring_func"] == "sigmoid" and cfg["topk_method"] == "noaux_tc"
+        assert (cfg["n_group"], cfg["topk_group"], cfg["first_k_dense_replace"]) == (2, 1, 1)
+        assert cfg["rope_scaling"]["type"] == "yarn" and "num_experts" not in cfg
     elif arch == "qwen3_moe":
         for key in (
             "num_experts",
@@ -124,8 +130,19 @@ def test_config_and_tensors_follow_hf_layout(tiny_models: dict[str, Path], arch:
         assert weights["model.layers.1.mlp.shared_experts.up_proj.weight"].shape == (64, 64)
         assert weights["model.layers.1.mlp.gate.e_score_correction_bias"].shape == (4,)
         assert "model.layers.0.mlp.gate.weight" not in names
-    assert weights["model.layers.0.self_attn.q_proj.weight"].shape == (64, 64)
-    assert weights["model.layers.0.self_attn.k_proj.weight"].shape == (32, 64)
+    if arch == "deepseek_v3":  # MLA: latent projections, kv_b decompresses per head
+        attn = "model.layers.0.self_attn"
+        assert weights[f"{attn}.q_a_proj.weight"].shape == (64, 64)
+        assert weights[f"{attn}.q_b_proj.weight"].shape == (4 * 24, 64)
+        assert weights[f"{attn}.kv_a_proj_with_mqa.weight"].shape == (64 + 8, 64)
+        assert weights[f"{attn}.kv_b_proj.weight"].shape == (4 * 32, 64)
+        assert weights[f"{attn}.o_proj.weight"].shape == (64, 64)
+        assert weights["model.layers.2.mlp.gate.e_score_correction_bias"].shape == (4,)
+        assert weights["model.layers.2.mlp.shared_experts.up_proj.weight"].shape == (64, 64)
+        assert not any(".k_proj." in n for n in names)
+    else:
+        assert weights["model.layers.0.self_attn.q_proj.weight"].shape == (64, 64)
+        assert weights["model.layers.0.self_attn.k_proj.weight"].shape == (32, 64)
     if arch == "gemma3_text":
         for norm in ("pre_feedforward_layernorm", "post_feedforward_layernorm"):
             assert f"model.layers.1.{norm}.weight" in names
@@ -306,7 +323,7 @@ def test_tokenizer_round_trips(loaded: dict[str, tuple[Any, Any]], arch: str) ->
 
 
 def test_pretokenizer_regex_differs_per_family(tiny_models: dict[str, Path]) -> None:
-    from tokenizers import Tokenizer
+    from tokenizers import Tokenizer, decoders
 
     def pieces(arch: str) -> list[str]:
         tok = Tokenizer.from_file(str(tiny_models[arch] / "tokenizer.json"))
@@ -316,6 +333,18 @@ def test_pretokenizer_regex_differs_per_family(tiny_models: dict[str, Path]) -> 
     # Qwen2 regex: one digit per pre-token; Llama-3 regex: up to three digits per pre-token.
     assert pieces("qwen3") == ["abc", "Ġ", *"12345678"]
     assert pieces("llama") == ["abc", "Ġ", "123", "456", "78"]
+    # DeepSeek-V3: digits first, then CJK+kana runs, then the rest (one punctuation mark may
+    # lead letters); Llama-3's regex keeps letters of any script together.
+    assert pieces("deepseek_v3") == ["abc", "Ġ", "123", "456", "78"]
+
+    def split(arch: str, text: str) -> list[str]:
+        tok = Tokenizer.from_file(str(tiny_models[arch] / "tokenizer.json"))
+        assert tok.pre_tokenizer is not None
+        pieces = [p for p, _ in tok.pre_tokenizer.pre_tokenize_str(text)]
+        return [decoders.ByteLevel().decode([p]) for p in pieces]
+
+    assert split("deepseek_v3", "x日本語です.dot") == ["x", "日本語です", ".dot"]
+    assert split("llama", "x日本語です.dot") == ["x日本語です", ".dot"]
 
 
 CONVERSATION = [
@@ -408,7 +437,10 @@ def _expected_gguf_tensors(cfg: dict[str, Any]) -> dict[str, MT]:
     if not cfg["tie_word_embeddings"]:
         out[f"{names[MT.OUTPUT]}.weight"] = MT.OUTPUT
     kinds = [MT.ATTN_NORM, MT.ATTN_Q, MT.ATTN_K, MT.ATTN_V, MT.ATTN_OUT]
-    if cfg["model_type"] == "gemma3_text":  # same name, "blk.N.ffn_norm", as FFN_NORM
+    if cfg["model_type"] == "deepseek_v3":
+        kinds = [MT.ATTN_NORM, MT.ATTN_Q_A, MT.ATTN_Q_A_NORM, MT.ATTN_Q_B, MT.ATTN_KV_A_MQA]
+        kinds += [MT.ATTN_KV_A_NORM, MT.ATTN_K_B, MT.ATTN_V_B, MT.ATTN_OUT, MT.FFN_NORM]
+    elif cfg["model_type"] == "gemma3_text":  # same name, "blk.N.ffn_norm", as FFN_NORM
         kinds += [MT.FFN_PRE_NORM, MT.ATTN_POST_NORM, MT.FFN_POST_NORM]
     elif cfg["model_type"] == "glm4_moe":
         kinds += [MT.ATTN_POST_NORM]
@@ -421,7 +453,7 @@ def _expected_gguf_tensors(cfg: dict[str, Any]) -> dict[str, MT]:
     for bid in range(cfg["num_hidden_layers"]):
         if not tm.is_moe_layer(cfg, bid):
             ffn = dense
-        elif cfg["model_type"] == "glm4_moe":
+        elif cfg["model_type"] in ("glm4_moe", "deepseek_v3"):
             ffn = [*moe, MT.FFN_GATE_SHEXP, MT.FFN_UP_SHEXP, MT.FFN_DOWN_SHEXP]
             out[f"{names[MT.FFN_EXP_PROBS_B].format(bid=bid)}.bias"] = MT.FFN_EXP_PROBS_B
         else:
@@ -441,6 +473,8 @@ def _hf_from_gguf(
     out: dict[str, tuple[QT, np.ndarray]] = {}
     n_head, n_kv = cfg["num_attention_heads"], cfg["num_key_value_heads"]
     for hf_name in tm.weight_shapes(cfg):
+        if hf_name.endswith("kv_b_proj.weight"):  # split in two: see _mla_halves
+            continue
         if ".mlp.experts." in hf_name:
             layer = hf_name.split(".")[2]
             expert = int(hf_name.split(".")[5])
@@ -455,6 +489,20 @@ def _hf_from_gguf(
         elif permuted and ".k_proj." in hf_name:
             arr = ge.unpermute_qk(arr, n_kv)
         out[hf_name] = (qtype, arr)
+    return out
+
+
+def _mla_halves(
+    tensors: dict[str, tuple[QT, np.ndarray]], cfg: dict[str, Any], want: dict[str, np.ndarray]
+) -> list[tuple[str, QT, np.ndarray, np.ndarray]]:
+    """(name, storage type, stored, expected) for the k_b/v_b halves of every kv_b_proj."""
+    out = []
+    for layer in range(cfg["num_hidden_layers"]):
+        hf = want[f"model.layers.{layer}.self_attn.kv_b_proj.weight"]
+        halves = ge.split_kv_b(hf, cfg["num_attention_heads"], cfg["qk_nope_head_dim"])
+        for part, expected in zip("kv", halves, strict=True):
+            name = f"blk.{layer}.attn_{part}_b.weight"
+            out.append((name, *tensors[name], expected))
     return out
 
 
@@ -511,8 +559,27 @@ def test_gguf_export_round_trips(
     assert meta[f"{a}.block_count"] == tm.default_layers(arch)
     assert meta[f"{a}.feed_forward_length"] == 512
     assert meta[f"{a}.attention.head_count"] == 4
-    assert meta[f"{a}.attention.head_count_kv"] == 2
-    assert meta[f"{a}.attention.key_length"] == meta[f"{a}.attention.value_length"] == 64
+    if arch == "deepseek_v3":  # llama.cpp's MLA-as-MQA: one KV head of latent + rotary key
+        assert meta[f"{a}.attention.head_count_kv"] == 1
+        assert meta[f"{a}.attention.key_length"] == 256 + 32
+        assert meta[f"{a}.attention.value_length"] == 256
+        assert meta[f"{a}.attention.key_length_mla"] == 64 + 32
+        assert meta[f"{a}.attention.value_length_mla"] == 64
+        assert meta[f"{a}.attention.q_lora_rank"] == meta[f"{a}.attention.kv_lora_rank"] == 256
+        assert meta[f"{a}.rope.dimension_count"] == 32
+        assert meta[f"{a}.rope.scaling.type"] == "yarn"
+        assert meta[f"{a}.rope.scaling.factor"] == 40
+        assert meta[f"{a}.rope.scaling.original_context_length"] == 4096
+        assert meta[f"{a}.rope.scaling.yarn_log_multiplier"] == pytest.approx(0.1)
+        assert meta[f"{a}.expert_gating_func"] == int(gguf.ExpertGatingFuncType.SIGMOID)
+        assert meta[f"{a}.expert_group_count"] == 2
+        assert meta[f"{a}.expert_group_used_count"] == 1
+        assert meta[f"{a}.leading_dense_block_count"] == 1
+        assert meta[f"{a}.expert_shared_count"] == 1
+        assert meta[f"{a}.expert_weights_norm"] is True
+    else:
+        assert meta[f"{a}.attention.head_count_kv"] == 2
+        assert meta[f"{a}.attention.key_length"] == meta[f"{a}.attention.value_length"] == 64
     assert meta[f"{a}.rope.freq_base"] == pytest.approx(cfg["rope_theta"])
     assert meta[f"{a}.attention.layer_norm_rms_epsilon"] == pytest.approx(cfg["rms_norm_eps"])
     if arch == "gemma3_text":
@@ -569,8 +636,17 @@ def test_gguf_export_round_trips(
     for name, (stored, arr) in tensors.items():
         if arr.ndim == 1 or ".ffn_gate_inp." in name:
             assert stored == QT.F32, name
+        elif name.endswith("attn_k_b.weight"):  # rows of qk_nope_head_dim (64): K-quant fallback
+            assert stored == ge.tensor_qtype(name, arr.shape, QT[qtype]), name
+            assert (stored == QT[qtype]) is (qtype not in ge.K_QUANTS), name
         else:
             assert stored == QT[qtype], name
+    if (
+        arch == "deepseek_v3"
+    ):  # llama.cpp's kv_b split: k_b (heads, rank, nope), v_b (heads, v, rank)
+        assert tensors["blk.1.attn_k_b.weight"][1].shape == (4, 256, 64)
+        assert tensors["blk.1.attn_v_b.weight"][1].shape == (4, 64, 256)
+        assert tensors["blk.2.ffn_up_exps.weight"][1].shape == (4, 256, 256)
     if arch == "qwen3_moe":
         assert tensors["blk.0.ffn_down_exps.weight"][1].shape == (4, 256, 256)
         assert tensors["blk.0.ffn_gate_exps.weight"][1].shape == (4, 256, 256)
@@ -580,6 +656,14 @@ def test_gguf_export_round_trips(
     for hf_name, (stored, got) in _hf_from_gguf(tensors, cfg, permuted).items():
         shift = np.float32(ge.norm_shift(arch, hf_name))  # (w + 1) - 1 rounds in float32
         _check_values(hf_name, stored, got, (want_weights[hf_name] + shift) - shift)
+    if arch in tm.MLA_ARCHS:
+        for name, stored, got, expected in _mla_halves(tensors, cfg, want_weights):
+            _check_values(name, stored, got, expected)
+        k_b, v_b = tensors["blk.0.attn_k_b.weight"][1], tensors["blk.0.attn_v_b.weight"][1]
+        if qtype == "F32":  # and the split is undone exactly
+            np.testing.assert_array_equal(
+                ge.join_kv_b(k_b, v_b), want_weights["model.layers.0.self_attn.kv_b_proj.weight"]
+            )
 
 
 @pytest.mark.parametrize("qtype", ["BF16", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q5_K"])
@@ -597,7 +681,7 @@ def test_other_qtypes_round_trip(wide_models: dict[str, Path], tmp_path: Path, q
 
 
 def test_qk_permutation_only_for_llama_family(wide_models: dict[str, Path], tmp_path: Path) -> None:
-    for arch in ARCHS:
+    for arch in (a for a in ARCHS if a not in tm.MLA_ARCHS):  # MLA: checked in the round trip
         path = wide_models[arch]
         cfg = _config(path)
         tensors = ge.read_tensors(ge.export_gguf(path, tmp_path / f"{arch}.gguf", "F32"))
@@ -665,6 +749,11 @@ def test_gguf_names_agree_with_gguf_tensor_map() -> None:
             tm_name = hf_name.replace("e_score_correction_bias", "e_score_correction.bias")
             mapped = tmap.get_name(tm_name, try_suffixes=(".weight", ".bias"))
             assert mapped == ge.gguf_name(hf_name, arch), (arch, hf_name)
+            if hf_name.endswith("kv_b_proj.weight"):  # and the halves llama.cpp splits it into
+                for half in ("k_b_proj", "v_b_proj"):
+                    name = hf_name.replace("kv_b_proj", half)
+                    want = mapped.replace("attn_kv_b", "attn_" + half[0] + "_b")
+                    assert tmap.get_name(name, try_suffixes=(".weight",)) == want, name
     moe = gguf.get_tensor_name_map(gguf.MODEL_ARCH.QWEN3MOE, 2)
     for proj in ("gate", "up", "down"):
         stacked = f"model.layers.1.mlp.experts.{proj}_proj.weight"

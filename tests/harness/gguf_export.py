@@ -2,14 +2,19 @@
 
 Tests of GGUF import/serving need GGUF files without llama.cpp (its converter needs torch) and
 without downloads. This module reads a directory written by ``tinymodels.build_model`` (or any
-llama/mistral/qwen2/qwen3/qwen3_moe/gemma3_text/glm4_moe safetensors checkpoint with a byte-level
-BPE tokenizer.json) and writes one GGUF file with ``gguf.GGUFWriter``:
+llama/mistral/qwen2/qwen3/qwen3_moe/gemma3_text/glm4_moe/deepseek_v2/deepseek_v3 safetensors
+checkpoint with a byte-level BPE tokenizer.json) and writes one GGUF file with ``gguf.GGUFWriter``:
 
 * tensor names ``token_embd``, ``blk.N.attn_q`` …, experts stacked as ``blk.N.ffn_*_exps``;
 * Q/K rows permuted for archs llama.cpp runs with "normal" (GPT-J style) RoPE (llama, mistral3),
   not for NeoX-RoPE archs (qwen2, qwen3, qwen3moe, gemma3, glm4moe);
 * Gemma norms stored as 1 + w, Gemma/GLM layer names and metadata as llama.cpp's Gemma3Model
   and Glm4MoeModel write them (sliding window; partial rotary, shared experts, router bias);
+* DeepSeek (``DeepseekV2Model``): MLA tensors ``attn_q_a``/``attn_q_b`` (or ``attn_q``),
+  ``attn_kv_a_mqa``, and ``kv_b_proj`` split per head into ``attn_k_b`` (transposed) and
+  ``attn_v_b`` with attention described as one KV head of ``kv_lora_rank + rope`` dims, as
+  llama.cpp writes since its MLA rework; ``legacy_mla=True`` writes the older layout instead
+  (one ``attn_kv_b``, the real key/value lengths, one KV head per head);
 * norms, biases and the MoE router in F32; other 2-D/3-D weights in the requested type, falling
   back like ``llama-quantize`` when a row length is not a multiple of the block size;
 * K-quants (Q2_K … Q6_K) through the numpy block encoders below, because gguf-py 0.19 only
@@ -29,7 +34,13 @@ import gguf
 import numpy as np
 from gguf import GGMLQuantizationType as QT
 
-from tests.harness.tinymodels import PRETOKENIZER_REGEX, head_dim_of, load_safetensors
+from tests.harness.tinymodels import (
+    MLA_ARCHS,
+    PRETOKENIZER_REGEX,
+    PRETOKENIZER_SPLITS,
+    head_dim_of,
+    load_safetensors,
+)
 
 QK_K = 256
 
@@ -60,6 +71,8 @@ GGUF_ARCH: dict[str, str] = {
     "qwen3_moe": "qwen3moe",
     "gemma3_text": "gemma3",
     "glm4_moe": "glm4moe",
+    "deepseek_v2": "deepseek2",
+    "deepseek_v3": "deepseek2",
 }
 #: ``tokenizer.ggml.pre`` per model type where llama.cpp names the same regex differently.
 PRE_NAMES: dict[str, str] = {"glm4_moe": "glm4"}
@@ -125,9 +138,24 @@ _GLM4_MOE_LAYER_MAP: dict[str, str] = {
     "mlp.shared_experts.up_proj.weight": "ffn_up_shexp.weight",
     "mlp.shared_experts.down_proj.weight": "ffn_down_shexp.weight",
 }
+# DeepSeek MLA and MoE (kv_b_proj: attn_kv_b in the legacy layout; split by convert_tensors).
+_DEEPSEEK2_LAYER_MAP: dict[str, str] = {
+    "self_attn.q_a_proj.weight": "attn_q_a.weight",
+    "self_attn.q_a_layernorm.weight": "attn_q_a_norm.weight",
+    "self_attn.q_b_proj.weight": "attn_q_b.weight",
+    "self_attn.kv_a_proj_with_mqa.weight": "attn_kv_a_mqa.weight",
+    "self_attn.kv_a_layernorm.weight": "attn_kv_a_norm.weight",
+    "self_attn.kv_b_proj.weight": "attn_kv_b.weight",
+    "mlp.gate.e_score_correction_bias": "exp_probs_b.bias",
+    "mlp.shared_experts.gate_proj.weight": "ffn_gate_shexp.weight",
+    "mlp.shared_experts.up_proj.weight": "ffn_up_shexp.weight",
+    "mlp.shared_experts.down_proj.weight": "ffn_down_shexp.weight",
+}
 _LAYER_MAPS: dict[str, dict[str, str]] = {
     "gemma3_text": _LAYER_MAP | _GEMMA3_LAYER_MAP,
     "glm4_moe": _LAYER_MAP | _GLM4_MOE_LAYER_MAP,
+    "deepseek_v2": _LAYER_MAP | _DEEPSEEK2_LAYER_MAP,
+    "deepseek_v3": _LAYER_MAP | _DEEPSEEK2_LAYER_MAP,
 }
 #: Model types whose norm weights llama.cpp stores with 1 added (Gemma's RMSNorm scales by
 #: 1 + weight; llama.cpp's norm kernels multiply by the stored weight).
@@ -160,6 +188,22 @@ def unpermute_qk(w: np.ndarray, n_head: int) -> np.ndarray:
     """Inverse of :func:`permute_qk`."""
     rows = w.shape[0]
     return w.reshape(n_head, rows // n_head // 2, 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+
+
+def split_kv_b(kv_b: np.ndarray, n_head: int, nope: int) -> tuple[np.ndarray, np.ndarray]:
+    """HF ``kv_b_proj`` (heads * (nope + v), rank) -> llama.cpp's ``attn_k_b`` (heads, rank,
+    nope: the key rows of each head, transposed) and ``attn_v_b`` (heads, v, rank)."""
+    per_head = kv_b.reshape(n_head, kv_b.shape[0] // n_head, kv_b.shape[1])
+    return (
+        np.ascontiguousarray(per_head[:, :nope, :].transpose(0, 2, 1)),
+        np.ascontiguousarray(per_head[:, nope:, :]),
+    )
+
+
+def join_kv_b(k_b: np.ndarray, v_b: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`split_kv_b`."""
+    per_head = np.concatenate([k_b.transpose(0, 2, 1), v_b], axis=1)
+    return per_head.reshape(-1, per_head.shape[-1])
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,9 +391,14 @@ def norm_shift(model_type: str, hf_name: str) -> float:
 
 
 def convert_tensors(
-    weights: Mapping[str, np.ndarray], config: Mapping[str, Any], arch_override: str | None = None
+    weights: Mapping[str, np.ndarray],
+    config: Mapping[str, Any],
+    arch_override: str | None = None,
+    *,
+    legacy_mla: bool = False,
 ) -> dict[str, np.ndarray]:
-    """HF float32 tensors -> GGUF-named float32 tensors (Q/K permuted, experts stacked).
+    """HF float32 tensors -> GGUF-named float32 tensors (Q/K permuted, experts stacked, MLA's
+    kv_b split unless ``legacy_mla``).
 
     Order follows llama.cpp files: token_embd, then blocks in order, then output_norm/output.
     Tied models get no ``output.weight``; llama.cpp reuses ``token_embd`` then.
@@ -376,6 +425,11 @@ def convert_tensors(
                 experts.setdefault((bid, expert_match.group(2)), {})[int(expert_match.group(1))] = (
                     arr
                 )
+                continue
+            if rest == "self_attn.kv_b_proj.weight" and not legacy_mla:
+                k_b, v_b = split_kv_b(arr, n_head, int(config["qk_nope_head_dim"]))
+                out[f"blk.{bid}.attn_k_b.weight"] = k_b
+                out[f"blk.{bid}.attn_v_b.weight"] = v_b
                 continue
             if permute and rest.startswith("self_attn.q_proj."):
                 arr = permute_qk(arr, n_head)
@@ -423,8 +477,13 @@ def _pretokenizer_name(tokenizer: Mapping[str, Any]) -> str:
     """llama.cpp's ``tokenizer.ggml.pre`` for the Split regex in tokenizer.json."""
     pre = tokenizer.get("pre_tokenizer") or {}
     parts = pre.get("pretokenizers", [pre])
-    for part in parts:
-        regex = (part.get("pattern") or {}).get("Regex")
+    regexes = tuple(
+        (part.get("pattern") or {}).get("Regex") for part in parts if part.get("type") == "Split"
+    )
+    for name, splits in PRETOKENIZER_SPLITS.items():
+        if regexes == splits:
+            return name
+    for regex in regexes:
         for name, known in PRETOKENIZER_REGEX.items():
             if regex == known:
                 return name
@@ -502,12 +561,14 @@ def export_gguf(
     arch_override: str | None = None,
     name: str | None = None,
     base_model: str | None = None,
+    legacy_mla: bool = False,
 ) -> Path:
     """Write ``model_dir`` as a single GGUF file of type ``qtype`` (see :data:`QTYPES`).
 
     ``arch_override`` replaces ``general.architecture`` (e.g. ``"mistral3"`` for a mistral model;
     Q/K are permuted for llama/mistral3). ``base_model`` (``"org/name"``) adds the
     ``general.base_model.0.*`` keys a converter writes for a fine-tune or quantization.
+    ``legacy_mla``: DeepSeek files as llama.cpp wrote them before its MLA rework.
     """
     if qtype not in QTYPES:
         raise ValueError(f"unsupported qtype {qtype!r}; expected one of {QTYPES}")
@@ -516,7 +577,7 @@ def export_gguf(
     config: dict[str, Any] = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     arch = gguf_arch_for(config, arch_override)
     weights, _ = load_safetensors(model_dir / "model.safetensors")
-    tensors = convert_tensors(weights, config, arch_override)
+    tensors = convert_tensors(weights, config, arch_override, legacy_mla=legacy_mla)
     requested = QT[qtype]
 
     writer = gguf.GGUFWriter(str(out_path), arch)
@@ -538,10 +599,15 @@ def export_gguf(
     writer.add_block_count(int(config["num_hidden_layers"]))
     writer.add_feed_forward_length(int(config["intermediate_size"]))
     writer.add_head_count(n_head)
-    writer.add_head_count_kv(int(config.get("num_key_value_heads") or n_head))
-    writer.add_key_length(head_dim)
-    writer.add_value_length(head_dim)
-    writer.add_rope_dimension_count(int(head_dim * float(config.get("partial_rotary_factor", 1.0))))
+    if config["model_type"] in MLA_ARCHS:
+        _mla_metadata(writer, config, legacy_mla)
+    else:
+        writer.add_head_count_kv(int(config.get("num_key_value_heads") or n_head))
+        writer.add_key_length(head_dim)
+        writer.add_value_length(head_dim)
+        writer.add_rope_dimension_count(
+            int(head_dim * float(config.get("partial_rotary_factor", 1.0)))
+        )
     writer.add_rope_freq_base(float(config.get("rope_theta", 10000.0)))
     writer.add_layer_norm_rms_eps(float(config["rms_norm_eps"]))
     if arch == "gemma3":
@@ -604,6 +670,48 @@ def export_gguf(
     writer.write_tensors_to_file()
     writer.close()
     return out_path
+
+
+def _mla_metadata(writer: gguf.GGUFWriter, config: Mapping[str, Any], legacy: bool) -> None:
+    """What llama.cpp's DeepseekV2Model (and the base TextModel) write for DeepSeek V2/V3."""
+    n_head = int(config["num_attention_heads"])
+    kv_rank, rope = int(config["kv_lora_rank"]), int(config["qk_rope_head_dim"])
+    nope, v = int(config["qk_nope_head_dim"]), int(config["v_head_dim"])
+    if config.get("q_lora_rank"):
+        writer.add_q_lora_rank(int(config["q_lora_rank"]))
+    writer.add_kv_lora_rank(kv_rank)
+    if legacy:
+        writer.add_head_count_kv(n_head)
+        writer.add_key_length(nope + rope)
+        writer.add_value_length(v)
+    else:  # MLA as MQA: one KV head of the latent (+ the shared rotary key)
+        writer.add_head_count_kv(1)
+        writer.add_key_length(kv_rank + rope)
+        writer.add_value_length(kv_rank)
+        writer.add_key_length_mla(nope + rope)
+        writer.add_value_length_mla(v)
+    writer.add_rope_dimension_count(rope)
+    writer.add_leading_dense_block_count(int(config["first_k_dense_replace"]))
+    writer.add_expert_count(int(config["n_routed_experts"]))
+    writer.add_expert_used_count(int(config["num_experts_per_tok"]))
+    writer.add_expert_feed_forward_length(int(config["moe_intermediate_size"]))
+    writer.add_expert_shared_count(int(config.get("n_shared_experts") or 0))
+    writer.add_expert_weights_scale(float(config["routed_scaling_factor"]))
+    if config.get("norm_topk_prob"):  # written only when true
+        writer.add_expert_weights_norm(True)
+    writer.add_expert_group_count(int(config["n_group"]))
+    writer.add_expert_group_used_count(int(config["topk_group"]))
+    gating = {"sigmoid": gguf.ExpertGatingFuncType.SIGMOID}
+    writer.add_expert_gating_func(
+        gating.get(str(config["scoring_func"]), gguf.ExpertGatingFuncType.SOFTMAX)
+    )
+    scaling = config.get("rope_scaling") or {}
+    if scaling.get("type", scaling.get("rope_type")) == "yarn":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        writer.add_rope_scaling_factor(float(scaling["factor"]))
+        writer.add_rope_scaling_orig_ctx_len(int(scaling["original_max_position_embeddings"]))
+        # llama.cpp's deepseek2 convention: 0.1 * mscale_all_dim (it assumes mscale equal)
+        writer.add_rope_scaling_yarn_log_mul(0.1 * float(scaling["mscale_all_dim"]))
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,7 +36,12 @@ ARCHITECTURES: tuple[str, ...] = (
     "qwen3_moe",
     "gemma3_text",
     "glm4_moe",
+    "deepseek_v3",
 )
+#: Built on request only (one conversion test): DeepSeek-V2-Lite-style softmax MoE, no q LoRA.
+EXTRA_ARCHITECTURES: tuple[str, ...] = ("deepseek_v2",)
+#: Multi-head latent attention (DeepSeek): q/kv LoRA projections instead of q/k/v_proj.
+MLA_ARCHS: frozenset[str] = frozenset({"deepseek_v2", "deepseek_v3"})
 #: Archs whose RMSNorm scales by ``1 + weight`` (HF stores the offset; norms are drawn around 0).
 OFFSET_NORM_ARCHS: frozenset[str] = frozenset({"gemma3_text"})
 #: Gemma 3's interleaving: every 6th layer global, the rest sliding-window (llama.cpp fixes 6).
@@ -78,6 +83,17 @@ PRETOKENIZER_REGEX: dict[str, str] = {
         r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
     ),
 }
+#: Pre-tokenizers made of several Splits in turn, as DeepSeek-V3's tokenizer.json writes them
+#: (JSON-decoded: the CR/LF are the characters themselves).
+PRETOKENIZER_SPLITS: dict[str, tuple[str, ...]] = {
+    "deepseek-v3": (
+        r"\p{N}{1,3}",
+        "[一-龥\u3040-ゟ゠-ヿ]+",
+        "[!\"#$%&'()*+,\\-./:;<=>?@\\[\\\\\\]^_`{|}~][A-Za-z]+"
+        "|[^\r\n\\p{L}\\p{P}\\p{S}]?[\\p{L}\\p{M}]+| ?[\\p{P}\\p{S}]+[\r\n]*"
+        "|\\s*[\r\n]+|\\s+(?!\\S)|\\s+",
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -96,7 +112,7 @@ class ArchSpec:
     bos_token: str | None  # None: tokenizer_config.bos_token is null (Qwen style)
     add_bos_token: bool
     thinking: bool  # <think>/</think> in the vocabulary and the template's enable_thinking switch
-    pretokenizer: str  # key of PRETOKENIZER_REGEX
+    pretokenizer: str  # key of PRETOKENIZER_REGEX or PRETOKENIZER_SPLITS
 
 
 SPECS: dict[str, ArchSpec] = {
@@ -209,6 +225,41 @@ SPECS: dict[str, ArchSpec] = {
         add_bos_token=False,
         thinking=True,
         pretokenizer="llama-bpe",  # GLM-4's regex is Llama-3's (llama.cpp's "glm4")
+    ),
+    # DeepSeek-V3-style (DeepseekV3ForCausalLM): multi-head latent attention with a q LoRA,
+    # YaRN RoPE on part of each head, one dense layer first, then a sigmoid router with a
+    # score-correction bias, grouped expert selection and a shared expert.
+    "deepseek_v3": ArchSpec(
+        model_type="deepseek_v3",
+        hf_class="DeepseekV3ForCausalLM",
+        attention_bias=False,
+        qk_norm=False,
+        moe=True,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=163840,
+        bos_token="<|begin_of_text|>",
+        add_bos_token=True,
+        thinking=False,
+        pretokenizer="deepseek-v3",
+    ),
+    # DeepSeek-V2-Lite-style: softmax router without renormalisation, no q LoRA, two shared
+    # experts.
+    "deepseek_v2": ArchSpec(
+        model_type="deepseek_v2",
+        hf_class="DeepseekV2ForCausalLM",
+        attention_bias=False,
+        qk_norm=False,
+        moe=True,
+        tie_word_embeddings=False,
+        rope_theta=10000.0,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=163840,
+        bos_token="<|begin_of_text|>",
+        add_bos_token=True,
+        thinking=False,
+        pretokenizer="llama-bpe",
     ),
 }
 
@@ -450,9 +501,16 @@ def tokenizer_json(arch: str) -> dict[str, Any]:
     """The ``tokenizer.json`` document for ``arch`` (shared merges, per-arch regex/specials/BOS)."""
     doc: dict[str, Any] = json.loads(_trained_bpe_json())
     spec = SPECS[arch]
-    doc["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {
-        "Regex": PRETOKENIZER_REGEX[spec.pretokenizer]
-    }
+    if spec.pretokenizer in PRETOKENIZER_SPLITS:
+        split = doc["pre_tokenizer"]["pretokenizers"][0]
+        doc["pre_tokenizer"]["pretokenizers"][:1] = [
+            {**split, "pattern": {"Regex": regex}}
+            for regex in PRETOKENIZER_SPLITS[spec.pretokenizer]
+        ]
+    else:
+        doc["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {
+            "Regex": PRETOKENIZER_REGEX[spec.pretokenizer]
+        }
     doc["added_tokens"] = [
         {
             "id": tid,
@@ -639,6 +697,17 @@ def model_config(
             "topk_group": 1,
             "use_qk_norm": False,
         }
+    elif arch in MLA_ARCHS:
+        cfg |= _mla_config(
+            arch,
+            hidden_size=hidden_size,
+            num_heads=num_heads,
+            head_dim=hd,
+            num_experts=num_experts,
+            num_experts_per_tok=num_experts_per_tok,
+            moe_intermediate_size=moe_intermediate_size or hidden_size,
+            norm_topk_prob=norm_topk_prob,
+        )
     else:  # qwen3, qwen3_moe
         cfg |= {
             "attention_bias": False,
@@ -661,10 +730,82 @@ def model_config(
     return dict(sorted(cfg.items()))
 
 
+def _mla_config(
+    arch: str,
+    *,
+    hidden_size: int,
+    num_heads: int,
+    head_dim: int,
+    num_experts: int,
+    num_experts_per_tok: int,
+    moe_intermediate_size: int,
+    norm_topk_prob: bool,
+) -> dict[str, Any]:
+    """DeepSeek V2/V3 keys, with the real models' proportions: the non-rotary part of a key
+    head and the value head are ``head_dim`` wide, the rotary part half of that; the latent
+    ranks are the hidden size (so rows stay multiples of 256 in the wide variant)."""
+    common: dict[str, Any] = {
+        "attention_bias": False,
+        "first_k_dense_replace": 1,
+        "kv_lora_rank": hidden_size,
+        "moe_intermediate_size": moe_intermediate_size,
+        "moe_layer_freq": 1,
+        "n_routed_experts": num_experts,
+        "num_experts_per_tok": num_experts_per_tok,
+        "num_key_value_heads": num_heads,  # as the real configs say: MLA decompresses per head
+        "qk_nope_head_dim": head_dim,
+        "qk_rope_head_dim": head_dim // 2,
+        "v_head_dim": head_dim,
+    }
+    if arch == "deepseek_v3":
+        return common | {
+            "n_group": 2,
+            "n_shared_experts": 1,
+            "norm_topk_prob": norm_topk_prob,
+            "num_nextn_predict_layers": 0,
+            "q_lora_rank": hidden_size,
+            "rope_scaling": {  # DeepSeek-V3's
+                "beta_fast": 32,
+                "beta_slow": 1,
+                "factor": 40,
+                "mscale": 1.0,
+                "mscale_all_dim": 1.0,
+                "original_max_position_embeddings": 4096,
+                "type": "yarn",
+            },
+            "routed_scaling_factor": 2.5,
+            "scoring_func": "sigmoid",
+            "topk_group": 1,
+            "topk_method": "noaux_tc",
+        }
+    return common | {  # deepseek_v2, as DeepSeek-V2-Lite
+        "n_group": 1,
+        "n_shared_experts": 2,
+        "norm_topk_prob": False,
+        "q_lora_rank": None,
+        "rope_scaling": {
+            "beta_fast": 32,
+            "beta_slow": 1,
+            "factor": 40,
+            "mscale": 0.707,
+            "mscale_all_dim": 0.707,
+            "original_max_position_embeddings": 4096,
+            "type": "yarn",
+        },
+        "routed_scaling_factor": 1.0,
+        "scoring_func": "softmax",
+        "topk_group": 1,
+        "topk_method": "greedy",
+    }
+
+
 def default_layers(arch: str) -> int:
-    """2, or 6 for Gemma 3: one global layer after five sliding ones (mlx-lm's gemma3_text
-    indexes its caches by the pattern, so it needs at least that many layers)."""
-    return GEMMA3_SLIDING_WINDOW_PATTERN if arch == "gemma3_text" else 2
+    """2; 6 for Gemma 3: one global layer after five sliding ones (mlx-lm's gemma3_text
+    indexes its caches by the pattern, so it needs at least that many layers); 3 for DeepSeek:
+    one dense layer, then two MoE layers."""
+    if arch == "gemma3_text":
+        return GEMMA3_SLIDING_WINDOW_PATTERN
+    return 3 if arch in MLA_ARCHS else 2
 
 
 def head_dim_of(config: Mapping[str, Any]) -> int:
@@ -675,7 +816,7 @@ def head_dim_of(config: Mapping[str, Any]) -> int:
 
 def is_moe_layer(config: Mapping[str, Any], layer: int) -> bool:
     """Whether ``layer`` has a sparse MoE block (HF/mlx-lm's qwen3_moe rule)."""
-    if config.get("n_routed_experts"):  # glm4_moe: dense first, then MoE
+    if config.get("n_routed_experts"):  # glm4_moe, deepseek: dense first, then MoE
         return layer >= int(config.get("first_k_dense_replace", 0))
     if not config.get("num_experts"):
         return False
@@ -696,10 +837,13 @@ def weight_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     for i in range(int(config["num_hidden_layers"])):
         p = f"model.layers.{i}"
         shapes[f"{p}.input_layernorm.weight"] = (h,)
-        shapes[f"{p}.self_attn.q_proj.weight"] = (n_head * hd, h)
-        shapes[f"{p}.self_attn.k_proj.weight"] = (n_kv * hd, h)
-        shapes[f"{p}.self_attn.v_proj.weight"] = (n_kv * hd, h)
-        shapes[f"{p}.self_attn.o_proj.weight"] = (h, n_head * hd)
+        if mt in MLA_ARCHS:
+            shapes |= _mla_shapes(config, p)
+        else:
+            shapes[f"{p}.self_attn.q_proj.weight"] = (n_head * hd, h)
+            shapes[f"{p}.self_attn.k_proj.weight"] = (n_kv * hd, h)
+            shapes[f"{p}.self_attn.v_proj.weight"] = (n_kv * hd, h)
+            shapes[f"{p}.self_attn.o_proj.weight"] = (h, n_head * hd)
         if mt == "qwen2" or config.get("attention_bias"):
             shapes[f"{p}.self_attn.q_proj.bias"] = (n_head * hd,)
             shapes[f"{p}.self_attn.k_proj.bias"] = (n_kv * hd,)
@@ -715,7 +859,7 @@ def weight_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
             n_exp = int(config.get("num_experts") or config["n_routed_experts"])
             moe_ffn = int(config["moe_intermediate_size"])
             shapes[f"{p}.mlp.gate.weight"] = (n_exp, h)
-            if mt == "glm4_moe":
+            if mt in ("glm4_moe", "deepseek_v3"):
                 shapes[f"{p}.mlp.gate.e_score_correction_bias"] = (n_exp,)
             for e in range(n_exp):
                 shapes[f"{p}.mlp.experts.{e}.gate_proj.weight"] = (moe_ffn, h)
@@ -734,6 +878,29 @@ def weight_shapes(config: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     if not config.get("tie_word_embeddings", False):
         shapes["lm_head.weight"] = (v, h)
     return shapes
+
+
+def _mla_shapes(config: Mapping[str, Any], p: str) -> dict[str, tuple[int, ...]]:
+    """DeepSeek attention: q (through a LoRA when q_lora_rank is set), the joint KV latent with
+    the shared rotary key, and kv_b decompressing the latent into per-head keys and values."""
+    h = int(config["hidden_size"])
+    n_head = int(config["num_attention_heads"])
+    nope, rope = int(config["qk_nope_head_dim"]), int(config["qk_rope_head_dim"])
+    v, kv_rank = int(config["v_head_dim"]), int(config["kv_lora_rank"])
+    q_rank = config.get("q_lora_rank")
+    a = f"{p}.self_attn"
+    out: dict[str, tuple[int, ...]] = {}
+    if q_rank:
+        out[f"{a}.q_a_proj.weight"] = (int(q_rank), h)
+        out[f"{a}.q_a_layernorm.weight"] = (int(q_rank),)
+        out[f"{a}.q_b_proj.weight"] = (n_head * (nope + rope), int(q_rank))
+    else:
+        out[f"{a}.q_proj.weight"] = (n_head * (nope + rope), h)
+    out[f"{a}.kv_a_proj_with_mqa.weight"] = (kv_rank + rope, h)
+    out[f"{a}.kv_a_layernorm.weight"] = (kv_rank,)
+    out[f"{a}.kv_b_proj.weight"] = (n_head * (nope + v), kv_rank)
+    out[f"{a}.o_proj.weight"] = (h, n_head * v)
+    return out
 
 
 def parameter_count(config: Mapping[str, Any]) -> int:
@@ -910,7 +1077,9 @@ def build_model(
     not use are ignored.
     """
     if arch not in SPECS:
-        raise ValueError(f"unknown arch {arch!r}; expected one of {ARCHITECTURES}")
+        raise ValueError(
+            f"unknown arch {arch!r}; expected one of {ARCHITECTURES + EXTRA_ARCHITECTURES}"
+        )
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {DTYPES}")
     out = Path(out_dir)

@@ -16,6 +16,7 @@ from local_ai.convert.recipe import LEVELS
 if TYPE_CHECKING:
     from local_ai.convert.api import ConvertSource, SourceKind
 
+_NEXT = f" (next: {', '.join(PLANNED_GGUF_ARCHITECTURES)})" if PLANNED_GGUF_ARCHITECTURES else ""
 HELP = f"""Convert a model to MLX at a quantization level.
 
 SOURCE is a local directory with config.json and *.safetensors, a local .gguf file, \
@@ -24,8 +25,7 @@ an HF repo id (org/name) or a GGUF inside one (org/name:file.gguf).
 Levels: {", ".join(LEVELS)}. q2-q8 are affine with --group-size 32, 64 or 128; mixed_3_6 \
 and mixed_4_6 are mlx-lm's mixed-precision recipes; bf16/fp16 are not quantized.
 
-GGUF architectures: {", ".join(GGUF_ARCHITECTURES)} \
-(next: {", ".join(PLANNED_GGUF_ARCHITECTURES)}).
+GGUF architectures: {", ".join(GGUF_ARCHITECTURES)}{_NEXT}.
 
 GGUF tensor types: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K-Q6_K, IQ and TQ types, \
 MXFP4.

@@ -18,7 +18,18 @@ Facts carried over from llama.cpp (convert_hf_to_gguf.py, gguf-py's tensor map):
   run time by both llama.cpp and mlx-lm, so the stored embedding is HF's;
 * GLM-4 MoE (``Glm4MoeModel``): NeoX RoPE on ``rope.dimension_count`` of each head's dims, the
   router's score-correction bias as ``exp_probs_b.bias``, shared experts as ``ffn_*_shexp``, and
-  ``nextn_predict_layers`` multi-token-prediction blocks after the decoder layers.
+  ``nextn_predict_layers`` multi-token-prediction blocks after the decoder layers;
+* DeepSeek-V2/V3 (``DeepseekV2Model``, arch ``deepseek2``): multi-head latent attention with no
+  Q/K permutation (mlx-lm's MLA RoPE is the interleaved kind llama.cpp runs). Since llama.cpp's
+  MLA rework the file describes attention as one KV head of ``kv_lora_rank + rope`` dims
+  (``key_length``/``value_length``), with the real head sizes in ``key_length_mla`` and
+  ``value_length_mla``, and ``kv_b_proj`` split per head into ``attn_k_b`` (the key half,
+  transposed: heads x rank x nope) and ``attn_v_b`` (heads x v x rank); older files keep
+  ``attn_kv_b`` and the plain key/value lengths. mlx-lm's ``deepseek_v3`` holds the split halves
+  itself (``embed_q``/``unembed_out``), its ``deepseek_v2`` the whole ``kv_b_proj``; the
+  converter re-splits or re-joins whichever the file has. Softmax gating (absent key: V2 files)
+  selects ``deepseek_v2``, sigmoid ``deepseek_v3``; YaRN's attention factor is stored as
+  ``rope.scaling.yarn_log_multiplier`` = 0.1 * ``mscale_all_dim``.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ import re
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from local_ai.convert.gguf_reader import GGUFFile, TensorInfo
 from local_ai.convert.recipe import Recipe
@@ -62,13 +73,15 @@ _ARCHS: Final[tuple[ArchMap, ...]] = (
         end_of_turn=("<end_of_turn>",),
     ),
     ArchMap("glm4moe", "glm4_moe", "Glm4MoeForCausalLM", permuted_qk=False),
+    # deepseek_v2 instead when the router is softmax-gated (hf_config decides per file).
+    ArchMap("deepseek2", "deepseek_v3", "DeepseekV3ForCausalLM", permuted_qk=False),
 )
 ARCHS: Final[dict[str, ArchMap]] = {a.gguf_arch: a for a in _ARCHS}
 
 #: GGUF ``general.architecture`` values ``models convert`` accepts (shown by ``--help``).
 GGUF_ARCHITECTURES: Final[tuple[str, ...]] = tuple(ARCHS)
 #: Next in line (mlx-lm supports them; local-ai's maps for them are not written yet).
-PLANNED_GGUF_ARCHITECTURES: Final[tuple[str, ...]] = ("deepseek2",)
+PLANNED_GGUF_ARCHITECTURES: Final[tuple[str, ...]] = ()
 
 # Ceilings on what metadata may claim before a model skeleton is built from it.
 _MAX_LAYERS = 1024
@@ -109,6 +122,8 @@ def hf_config(gguf: GGUFFile) -> dict[str, Any]:
     if layers < 1:
         raise _bad(gguf, key("nextn_predict_layers"), "leaves no decoder layers")
     n_head = gguf.get_int(key("attention.head_count"), minimum=1, maximum=_MAX_HEADS)
+    if a == "deepseek2":
+        return _deepseek2_config(gguf, hidden, layers, n_head)
     n_kv = gguf.get_int(key("attention.head_count_kv"), n_head, minimum=1, maximum=n_head)
     if n_head % n_kv:
         raise _bad(gguf, key("attention.head_count_kv"), f"{n_kv} does not divide {n_head} heads")
@@ -201,8 +216,145 @@ def mtp_layers(gguf: GGUFFile) -> int:
     return gguf.get_int(f"{a}.nextn_predict_layers", 0, minimum=0, maximum=_MAX_LAYERS)
 
 
-_MTP_ARCHS: Final = frozenset({"glm4moe"})
+_MTP_ARCHS: Final = frozenset({"glm4moe", "deepseek2"})
+_SOFTMAX_GATING: Final = 1  # llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE_SOFTMAX
 _SIGMOID_GATING: Final = 2  # llama.cpp's LLAMA_EXPERT_GATING_FUNC_TYPE_SIGMOID
+
+
+def _common_config(gguf: GGUFFile, hidden: int, layers: int) -> dict[str, Any]:
+    """Keys every arch shares: sizes, norms, RoPE base, vocabulary (from the embedding)."""
+    a = gguf.architecture
+    embed = _tensor(gguf, "token_embd.weight")
+    if len(embed.shape) != 2 or embed.shape[1] != hidden:
+        raise _bad_tensor(gguf, embed, f"shape {embed.shape} does not match hidden size {hidden}")
+    return {
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "rms_norm_eps": gguf.get_float(f"{a}.attention.layer_norm_rms_epsilon"),
+        "rope_theta": gguf.get_float(f"{a}.rope.freq_base", 10000.0),
+        "max_position_embeddings": gguf.get_int(
+            f"{a}.context_length", 4096, minimum=1, maximum=1 << 31
+        ),
+        "vocab_size": embed.shape[0],
+        "tie_word_embeddings": gguf.tensor("output.weight") is None,
+    }
+
+
+def _deepseek2_config(gguf: GGUFFile, hidden: int, layers: int, n_head: int) -> dict[str, Any]:
+    """DeepSeek-V2/V3 (llama.cpp's DeepseekV2Model): MLA attention and a DeepSeek MoE."""
+
+    def key(name: str) -> str:
+        return f"deepseek2.{name}"
+
+    cfg = _common_config(gguf, hidden, layers)
+    if cfg["tie_word_embeddings"]:
+        raise NotYetError(f"{gguf.path}: deepseek2 without an output tensor (tied embeddings)")
+    kv_rank = gguf.get_int(key("attention.kv_lora_rank"), minimum=1, maximum=_MAX_WIDTH)
+    rope = gguf.get_int(key("rope.dimension_count"), minimum=2, maximum=_MAX_WIDTH)
+    if rope % 2:
+        raise _bad(gguf, key("rope.dimension_count"), f"{rope} is odd")
+    if gguf.has(key("attention.key_length_mla")):
+        qk_head = gguf.get_int(key("attention.key_length_mla"), minimum=1, maximum=_MAX_WIDTH)
+        v_head = gguf.get_int(key("attention.value_length_mla"), minimum=1, maximum=_MAX_WIDTH)
+    else:  # files from before llama.cpp's MLA rework: the plain lengths are the head sizes
+        qk_head = gguf.get_int(key("attention.key_length"), minimum=1, maximum=_MAX_WIDTH)
+        v_head = gguf.get_int(key("attention.value_length"), minimum=1, maximum=_MAX_WIDTH)
+        if gguf.tensor("blk.0.attn_kv_b.weight") is None:
+            raise _bad(gguf, key("attention.key_length_mla"), "required with attn_k_b/attn_v_b")
+    if qk_head <= rope:
+        raise _bad(gguf, key("rope.dimension_count"), f"{rope} leaves no non-rotary key dims")
+    q_rank: int | None = None
+    if gguf.has(key("attention.q_lora_rank")):
+        q_rank = gguf.get_int(key("attention.q_lora_rank"), minimum=0, maximum=_MAX_WIDTH) or None
+    elif (q_a := gguf.tensor("blk.0.attn_q_a.weight")) is not None:
+        q_rank = q_a.shape[0]
+
+    gating = gguf.get_int(key("expert_gating_func"), _SOFTMAX_GATING, minimum=0, maximum=16)
+    if gating == 0:  # llama.cpp's loader: "none" means softmax (V2/V2.5 files lack the key)
+        gating = _SOFTMAX_GATING
+    if gating not in (_SOFTMAX_GATING, _SIGMOID_GATING):
+        raise NotYetError(f"{gguf.path}: deepseek2 with expert gating function {gating}")
+    sigmoid = gating == _SIGMOID_GATING
+    model_type, hf_class = (
+        ("deepseek_v3", "DeepseekV3ForCausalLM")
+        if sigmoid
+        else ("deepseek_v2", "DeepseekV2ForCausalLM")
+    )
+    n_exp: int | None = None
+    if gguf.has(key("expert_count")):
+        n_exp = gguf.get_int(key("expert_count"), minimum=1, maximum=_MAX_EXPERTS)
+    dense_ffn = gguf.get_int(key("feed_forward_length"), 0, minimum=0, maximum=_MAX_WIDTH)
+    cfg |= {
+        "architectures": [hf_class],
+        "model_type": model_type,
+        "num_attention_heads": n_head,
+        "num_key_value_heads": n_head,  # MLA decompresses to one K/V per head
+        "q_lora_rank": q_rank,
+        "kv_lora_rank": kv_rank,
+        "qk_rope_head_dim": rope,
+        "qk_nope_head_dim": qk_head - rope,
+        "v_head_dim": v_head,
+        "attention_bias": False,
+        "n_routed_experts": n_exp,
+        "moe_layer_freq": 1,
+        "first_k_dense_replace": layers,
+    }
+    if n_exp is not None:
+        dense = gguf.get_int(key("leading_dense_block_count"), 0, minimum=0, maximum=layers)
+        groups = gguf.get_int(key("expert_group_count"), 1, minimum=1, maximum=n_exp)
+        if n_exp % groups:
+            raise _bad(gguf, key("expert_group_count"), f"{groups} does not divide {n_exp}")
+        shared = gguf.get_int(key("expert_shared_count"), 0, minimum=0, maximum=_MAX_EXPERTS)
+        norm = gguf.get_bool(key("expert_weights_norm"), False)
+        if norm and not sigmoid:
+            raise NotYetError(
+                f"{gguf.path}: deepseek2 with softmax gating and renormalised expert weights "
+                "(mlx-lm's deepseek_v2 does not renormalise)"
+            )
+        cfg |= {
+            "first_k_dense_replace": dense,
+            "num_experts_per_tok": gguf.get_int(key("expert_used_count"), minimum=1, maximum=n_exp),
+            "moe_intermediate_size": gguf.get_int(
+                key("expert_feed_forward_length"), minimum=1, maximum=_MAX_WIDTH
+            ),
+            # mlx-lm builds a shared MLP whenever the count is not None.
+            "n_shared_experts": shared or None,
+            "routed_scaling_factor": gguf.get_float(key("expert_weights_scale"), 1.0),
+            "norm_topk_prob": norm,
+            "n_group": groups,
+            "topk_group": gguf.get_int(
+                key("expert_group_used_count"), groups, minimum=1, maximum=groups
+            ),
+            "scoring_func": "sigmoid" if sigmoid else "softmax",
+            "topk_method": (
+                "noaux_tc" if sigmoid else "group_limited_greedy" if groups > 1 else "greedy"
+            ),
+        }
+        if sigmoid and dense < layers and gguf.tensor(f"blk.{dense}.exp_probs_b.bias") is None:
+            raise NotYetError(
+                f"{gguf.path}: sigmoid-gated deepseek2 without exp_probs_b (the router's "
+                "score-correction bias mlx-lm's deepseek_v3 needs)"
+            )
+    if cfg["first_k_dense_replace"] and not dense_ffn:
+        raise _bad(gguf, key("feed_forward_length"), "required for the dense layers")
+    cfg["intermediate_size"] = dense_ffn or cfg.get("moe_intermediate_size", 1)
+    scaling = _rope_scaling(gguf, "deepseek2", rope, cfg["rope_theta"])
+    if scaling is not None and scaling.get("rope_type") == "llama3":
+        raise NotYetError(f"{gguf.path}: deepseek2 with a rope_freqs tensor")
+    if scaling is not None and scaling["type"] == "yarn":
+        # llama.cpp scales attention by (1 + log_mul * ln(factor))^2 and leaves RoPE's own
+        # magnitude at 1: HF's mscale_all_dim = log_mul / 0.1, with mscale equal to it.
+        log_mul = gguf.get_float(key("rope.scaling.yarn_log_multiplier"), 0.0)
+        scaling["mscale"] = scaling["mscale_all_dim"] = round(log_mul / 0.1, 6)
+    if scaling is None and model_type == "deepseek_v2":
+        # mlx-lm's deepseek_v2 always builds YaRN; factor 1 is plain RoPE.
+        scaling = {
+            "type": "yarn",
+            "factor": 1.0,
+            "original_max_position_embeddings": cfg["max_position_embeddings"],
+        }
+    cfg["rope_scaling"] = scaling
+    return dict(sorted(cfg.items()))
 
 
 def _glm4moe_config(gguf: GGUFFile, layers: int, head_dim: int, rope_dims: int) -> dict[str, Any]:
@@ -397,10 +549,48 @@ _BLOCK_OVERRIDES: Final[dict[str, dict[str, str]]] = {
         "ffn_up_shexp.weight": "mlp.shared_experts.up_proj.weight",
         "ffn_down_shexp.weight": "mlp.shared_experts.down_proj.weight",
     },
+    "deepseek2": {
+        "attn_q_a.weight": "self_attn.q_a_proj.weight",
+        "attn_q_a_norm.weight": "self_attn.q_a_layernorm.weight",
+        "attn_q_b.weight": "self_attn.q_b_proj.weight",
+        "attn_kv_a_mqa.weight": "self_attn.kv_a_proj_with_mqa.weight",
+        "attn_kv_a_norm.weight": "self_attn.kv_a_layernorm.weight",
+        "exp_probs_b.bias": "mlp.gate.e_score_correction_bias",
+        "ffn_gate_shexp.weight": "mlp.shared_experts.gate_proj.weight",
+        "ffn_up_shexp.weight": "mlp.shared_experts.up_proj.weight",
+        "ffn_down_shexp.weight": "mlp.shared_experts.down_proj.weight",
+    },
 }
+# MLA's kv_b projection: llama.cpp file names -> parts of mlx-lm parameters (see _mla_plans).
+_MLA_TENSORS: Final = frozenset({"attn_kv_b.weight", "attn_k_b.weight", "attn_v_b.weight"})
 # Tensors llama.cpp stores that carry no weights of their own in MLX (folded into config).
 _CONFIG_ONLY: Final = frozenset({"rope_freqs.weight"})
 _BLOCK_RE: Final = re.compile(r"^blk\.(\d+)\.(.+)$")
+
+
+@dataclass(frozen=True)
+class MLAPart:
+    """One half of MLA's ``kv_b_proj`` (per head: ``nope`` key rows, then ``v`` value rows,
+    each of ``kv_lora_rank`` columns) moving between llama.cpp's and mlx-lm's layouts.
+
+    ``join``: a llama.cpp ``attn_k_b`` (heads x rank x nope) or ``attn_v_b`` (heads x v x rank)
+    written into its rows of mlx-lm's whole ``kv_b_proj`` (deepseek_v2); otherwise the file's
+    whole ``attn_kv_b`` split into mlx-lm's ``embed_q`` (heads x rank x nope) or ``unembed_out``
+    (heads x v x rank) (deepseek_v3)."""
+
+    part: Literal["k", "v"]
+    join: bool
+    heads: int
+    nope: int
+    v: int
+    rank: int
+
+    def source_shape(self) -> tuple[int, ...]:
+        if not self.join:
+            return (self.heads * (self.nope + self.v), self.rank)
+        if self.part == "k":
+            return (self.heads, self.rank, self.nope)
+        return (self.heads, self.v, self.rank)
 
 
 @dataclass(frozen=True)
@@ -409,6 +599,20 @@ class TensorPlan:
     target: str  # MLX parameter name
     unpermute_heads: int | None = None  # undo llama.cpp's Q/K row permutation with this many heads
     add: float = 0.0  # added to the dequantized values in float32 (undoes Gemma's norm shift)
+    mla: MLAPart | None = None  # a re-split or re-joined half of MLA's kv_b projection
+
+    def source_shape(self, target_shape: tuple[int, ...]) -> tuple[int, ...]:
+        """The shape the GGUF tensor must have for a target of ``target_shape``."""
+        return target_shape if self.mla is None else self.mla.source_shape()
+
+    @property
+    def row_unit(self) -> int:
+        """Source rows that must be read together (whole heads for un-permuting and splits)."""
+        if self.unpermute_heads:
+            return self.source.outer_rows // self.unpermute_heads
+        if self.mla is not None and not self.mla.join:
+            return self.mla.nope + self.mla.v
+        return 1
 
 
 def tensor_plan(gguf: GGUFFile, config: dict[str, Any]) -> list[TensorPlan]:
@@ -430,6 +634,10 @@ def tensor_plan(gguf: GGUFFile, config: dict[str, Any]) -> list[TensorPlan]:
             match = _BLOCK_RE.match(name)
             if match and layers <= int(match.group(1)) < layers + mtp:
                 continue  # a multi-token-prediction block: mlx-lm drops it too
+            mla = match and match.group(2) in _MLA_TENSORS and arch.gguf_arch == "deepseek2"
+            if match and mla and int(match.group(1)) < layers:
+                plans += _mla_plans(info, int(match.group(1)), match.group(2), config)
+                continue
             if match and int(match.group(1)) < layers and match.group(2) in block:
                 suffix = match.group(2)
                 target = f"model.layers.{int(match.group(1))}.{block[suffix]}"
@@ -446,6 +654,32 @@ def tensor_plan(gguf: GGUFFile, config: dict[str, Any]) -> list[TensorPlan]:
         shift = arch.norm_shift if name.endswith("norm.weight") else 0.0
         plans.append(TensorPlan(info, target, heads, -shift))
     return plans
+
+
+def _mla_plans(
+    info: TensorInfo, layer: int, suffix: str, config: dict[str, Any]
+) -> list[TensorPlan]:
+    """kv_b tensors of one layer, for the layout the mlx-lm model type holds."""
+    prefix = f"model.layers.{layer}.self_attn"
+    dims = {
+        "heads": int(config["num_attention_heads"]),
+        "nope": int(config["qk_nope_head_dim"]),
+        "v": int(config["v_head_dim"]),
+        "rank": int(config["kv_lora_rank"]),
+    }
+    whole = config["model_type"] == "deepseek_v2"  # one kv_b_proj; deepseek_v3 holds halves
+    if suffix == "attn_kv_b.weight":
+        if whole:
+            return [TensorPlan(info, f"{prefix}.kv_b_proj.weight")]
+        return [
+            TensorPlan(info, f"{prefix}.embed_q.weight", mla=MLAPart("k", False, **dims)),
+            TensorPlan(info, f"{prefix}.unembed_out.weight", mla=MLAPart("v", False, **dims)),
+        ]
+    part: Literal["k", "v"] = "k" if suffix == "attn_k_b.weight" else "v"
+    if whole:
+        return [TensorPlan(info, f"{prefix}.kv_b_proj.weight", mla=MLAPart(part, True, **dims))]
+    name = "embed_q" if part == "k" else "unembed_out"
+    return [TensorPlan(info, f"{prefix}.{name}.weight")]  # llama.cpp's halves are mlx-lm's
 
 
 def low_bit_types(tensors: Iterable[TensorInfo]) -> dict[str, int]:

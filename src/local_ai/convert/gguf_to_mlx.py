@@ -182,7 +182,7 @@ def _layout(
     flat: Any = tree_flatten(model.parameters())
     params = dict(flat)
     modules = dict(model.named_modules())
-    covered: set[str] = set()
+    covered: dict[str, set[str]] = {}  # target -> parts written ("" for a whole tensor)
     items: list[_Item] = []
     for plan in plans:
         target = plan.target
@@ -192,15 +192,18 @@ def _layout(
                 f"model does not have",
                 hint="the GGUF's metadata and tensors disagree about the architecture",
             )
-        if target in covered:
+        part = plan.mla.part if plan.mla is not None and plan.mla.join else ""
+        parts = covered.setdefault(target, set())
+        if part in parts or (parts and not part) or ("" in parts):
             raise MalformedFileError(path, f"tensor {plan.source.name!r}", "duplicate weight")
-        covered.add(target)
-        if plan.source.shape != shapes[target]:
+        parts.add(part)
+        expected = plan.source_shape(shapes[target])
+        if plan.source.shape != expected:
             raise MalformedFileError(
                 path,
                 f"tensor {plan.source.name!r}",
                 f"shape {plan.source.shape} does not match the model config, which expects "
-                f"{shapes[target]}",
+                f"{expected}",
             )
         if plan.unpermute_heads is not None and plan.source.shape[0] % (2 * plan.unpermute_heads):
             raise MalformedFileError(
@@ -215,7 +218,8 @@ def _layout(
             names = [n for n in (target, f"{stem}.scales", f"{stem}.biases") if n in params]
         outputs = [_Output(n, tuple(params[n].shape), params[n].dtype) for n in names]
         items.append(_Item(plan, quant, outputs))
-    missing = sorted(set(shapes) - covered)
+    missing = sorted(set(shapes) - set(covered))
+    missing += sorted(t for t, parts in covered.items() if parts not in ({""}, {"k", "v"}))
     if missing:
         raise MalformedFileError(
             path,
@@ -224,7 +228,11 @@ def _layout(
         )
     shards: list[list[_Output]] = [[]]
     used = 0
+    placed_by_name: dict[str, _Output] = {}
     for item in items:
+        if item.outputs[0].name in placed_by_name:  # the second half of a joined kv_b_proj
+            item.outputs = [placed_by_name[o.name] for o in item.outputs]
+            continue
         size = sum(o.nbytes for o in item.outputs)
         if used and used + size > shard_bytes:
             shards.append([])
@@ -236,6 +244,7 @@ def _layout(
             )
             used += out.nbytes
             shards[-1].append(placed[-1])
+            placed_by_name[out.name] = placed[-1]
         item.outputs = placed
     return items, shards
 
@@ -272,8 +281,8 @@ def _write_headers(out_dir: Path, shards: list[list[_Output]]) -> tuple[list[int
 def _chunks(item: _Item, chunk_elements: int) -> Iterator[tuple[int, int]]:
     info = item.plan.source
     per_row = max(1, info.n_elements // info.outer_rows)
-    # Q/K rows move only within their head: chunks hold whole heads.
-    unit = info.outer_rows // item.plan.unpermute_heads if item.plan.unpermute_heads else 1
+    # Q/K rows move only within their head, kv_b splits by head: chunks hold whole heads.
+    unit = item.plan.row_unit
     step = max(unit, chunk_elements // per_row // unit * unit)
     for start in range(0, info.outer_rows, step):
         yield start, min(step, info.outer_rows - start)
@@ -308,6 +317,33 @@ def _unpermute(w: mx.array, heads: int) -> mx.array:
     rows = w.shape[0]
     rest = w.shape[1:]
     return w.reshape(heads, rows // heads // 2, 2, *rest).swapaxes(1, 2).reshape(w.shape)
+
+
+@dataclass(frozen=True)
+class _Piece:
+    """Transformed values and where their rows go in the output: contiguous from ``first``, or
+    (``stride`` set) block ``b`` of axis 0 at output row ``first + b * stride``."""
+
+    values: mx.array
+    first: int
+    stride: int | None = None
+
+
+def _piece(plan: archs.TensorPlan, w: mx.array, start: int) -> _Piece:
+    """``w`` (source rows ``start``…) rearranged for its target (MLA kv_b re-split/re-join)."""
+    mla = plan.mla
+    if mla is None:
+        return _Piece(w, start)
+    per_head = mla.nope + mla.v
+    if not mla.join:  # rows of the whole kv_b -> embed_q (k, transposed) or unembed_out (v)
+        heads = w.reshape(w.shape[0] // per_head, per_head, mla.rank)
+        if mla.part == "k":
+            return _Piece(heads[:, : mla.nope, :].swapaxes(1, 2), start // per_head)
+        return _Piece(heads[:, mla.nope :, :], start // per_head)
+    # whole heads of attn_k_b (heads, rank, nope) or attn_v_b (heads, v, rank) -> kv_b rows
+    if mla.part == "k":
+        return _Piece(w.swapaxes(1, 2), start * per_head, per_head)
+    return _Piece(w, start * per_head + mla.nope, per_head)
 
 
 def _as_bytes(a: mx.array) -> memoryview:
@@ -388,7 +424,7 @@ def convert_gguf(
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(index, indent=4))
     return GGUFConversion(
         architecture=arch.gguf_arch,
-        model_type=arch.model_type,
+        model_type=str(config["model_type"]),
         dtype=dtype_name,
         source_types=_type_bytes(gguf.tensors),
         tensors=len(items),
@@ -432,6 +468,8 @@ def _convert_item(
             w = _unpermute(w, rows * item.plan.unpermute_heads // info.outer_rows)
         if item.plan.add:
             w = w.astype(mx.float32) + item.plan.add
+        piece = _piece(item.plan, w, start)
+        w = piece.values if item.plan.mla is None else mx.contiguous(piece.values)
         # Unquantized outputs take the skeleton's dtype: mlx-lm's cast_predicate keeps some
         # in float32 (glm4_moe's e_score_correction_bias).
         w = w.astype(dtype if item.quant is not None else item.outputs[0].dtype)
@@ -457,8 +495,9 @@ def _convert_item(
             )
         if len(results) != len(item.outputs):
             raise ConversionError(f"{info.name}: quantization produced an unexpected layout")
+        row_axis = 0 if piece.stride is None else 1
         for out, arr in zip(item.outputs, results, strict=True):
-            if tuple(arr.shape[1:]) != out.shape[1:] or arr.dtype != out.dtype:
+            if tuple(arr.shape[row_axis + 1 :]) != out.shape[1:] or arr.dtype != out.dtype:
                 raise ConversionError(
                     f"{info.name}: produced {arr.dtype}{tuple(arr.shape)}, "
                     f"expected {out.dtype}{out.shape}"
@@ -469,10 +508,19 @@ def _convert_item(
                 raise MalformedFileError(
                     info_path(handle), f"tensor {info.name!r}", "contains NaN or infinite values"
                 )
-            offset = bases[out.shard] + out.start + start * per_row
-            written = 0
-            while written < len(data):
-                written += os.pwrite(fds[out.shard], data[written:], offset + written)
+            if piece.stride is None:
+                blocks = [(piece.first, data)]
+            else:
+                size = arr.shape[1] * per_row
+                blocks = [
+                    (piece.first + b * piece.stride, data[b * size : (b + 1) * size])
+                    for b in range(arr.shape[0])
+                ]
+            for row, block in blocks:
+                offset = bases[out.shard] + out.start + row * per_row
+                written = 0
+                while written < len(block):
+                    written += os.pwrite(fds[out.shard], block[written:], offset + written)
 
 
 _EXPONENT_MASKS = {

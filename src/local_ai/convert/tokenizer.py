@@ -7,7 +7,9 @@ importable without torch), then completed with what they leave out or get wrong 
   regardless), so numbers and contractions split as in the original tokenizer;
 * every CONTROL token as a special added token and every USER_DEFINED token (``<think>``,
   ``<tool_call>``) as a non-special added token, so they encode to one id;
-* BOS/EOS insertion as the GGUF's ``add_bos_token``/``add_eos_token`` say.
+* BOS/EOS insertion as the GGUF's ``add_bos_token``/``add_eos_token`` say;
+* for SentencePiece vocabularies, the decoder steps in HF's order, so mlx-lm streams them with
+  its SentencePiece detokenizer (it matches the decoder's JSON).
 """
 
 from __future__ import annotations
@@ -33,16 +35,24 @@ _QWEN2_REGEX: Final = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
-PRE_TOKENIZERS: Final[dict[str, tuple[bool, str | None]]] = {
-    "llama-bpe": (False, _LLAMA3_REGEX),
-    "llama3": (False, _LLAMA3_REGEX),
-    "qwen2": (True, _QWEN2_REGEX),
-    "deepseek-r1-qwen": (True, _QWEN2_REGEX),
-    "glm4": (False, _LLAMA3_REGEX),  # llama.cpp's CHATGLM4 regex is Llama-3's
-    "chatglm-bpe": (False, _LLAMA3_REGEX),
-    "gpt-2": (False, None),
-    "gpt2": (False, None),
-    "default": (False, None),
+# DeepSeek-V3/R1: three Splits applied in turn (llama.cpp's DEEPSEEK3_LLM regex list).
+_DEEPSEEK3_REGEXES: Final = (
+    r"\p{N}{1,3}",
+    "[\u4e00-\u9fa5\u3040-\u309f\u30a0-\u30ff]+",
+    r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
+    r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+)
+PRE_TOKENIZERS: Final[dict[str, tuple[bool, tuple[str, ...]]]] = {
+    "llama-bpe": (False, (_LLAMA3_REGEX,)),
+    "llama3": (False, (_LLAMA3_REGEX,)),
+    "qwen2": (True, (_QWEN2_REGEX,)),
+    "deepseek-r1-qwen": (True, (_QWEN2_REGEX,)),
+    "deepseek-v3": (False, _DEEPSEEK3_REGEXES),
+    "glm4": (False, (_LLAMA3_REGEX,)),  # llama.cpp's CHATGLM4 regex is Llama-3's
+    "chatglm-bpe": (False, (_LLAMA3_REGEX,)),
+    "gpt-2": (False, ()),  # (): GPT-2's own regex, inside ByteLevel
+    "gpt2": (False, ()),
+    "default": (False, ()),
 }
 
 
@@ -262,17 +272,21 @@ def _byte_level_bpe(gguf: GGUFFile, tokens: list[str]) -> Any:
     converter_class: Any = GGUFGPTConverter
     converter = converter_class({"tokens": tokens, "merges": [f"{a} {b}" for a, b in merges]})
     tokenizer = converter.converted()
-    nfc, regex = PRE_TOKENIZERS[pre]
+    nfc, regexes = PRE_TOKENIZERS[pre]
     if nfc:
         tokenizer.normalizer = normalizers.NFC()
-    if regex is None:
+    if not regexes:
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(
             add_prefix_space=False, trim_offsets=False, use_regex=True
         )
     else:
+        splits = [
+            pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False)
+            for regex in regexes
+        ]
         tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
             [
-                pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
+                *splits,
                 pre_tokenizers.ByteLevel(
                     add_prefix_space=False, trim_offsets=False, use_regex=False
                 ),
@@ -284,6 +298,7 @@ def _byte_level_bpe(gguf: GGUFFile, tokens: list[str]) -> Any:
 def _sentencepiece_bpe(
     gguf: GGUFFile, tokens: list[str], types: list[int], ids: dict[str, int | None]
 ) -> Any:
+    from tokenizers import decoders
     from transformers.integrations.ggml import GGUFLlamaConverter
 
     scores = gguf.get_array("tokenizer.ggml.scores", FLOAT_TYPES | INTEGER_TYPES)
@@ -309,7 +324,14 @@ def _sentencepiece_bpe(
         # transformers would rebuild merges in O(vocab * token length) Python loops.
         raise NotYetError(f"{gguf.path}: SentencePiece GGUF without merges is not supported")
     converter_class: Any = GGUFLlamaConverter
-    return converter_class(proto).converted()
+    tokenizer = converter_class(proto).converted()
+    # The same steps in the order HF's Llama/Mistral tokenizer.json files list them, which is
+    # what mlx-lm recognises to stream with its linear-time SentencePiece detokenizer.
+    steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+    if proto["add_prefix_space"]:
+        steps.append(decoders.Strip(content=" ", left=1, right=0))
+    tokenizer.decoder = decoders.Sequence(steps)
+    return tokenizer
 
 
 def write_tokenizer(files: TokenizerFiles, out_dir: Any) -> None:
