@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -70,14 +71,19 @@ app.add_typer(server.server_app, name="server")
 app.add_typer(clients.clients_app, name="clients")
 
 
+@functools.cache
+def _command() -> Any:
+    # Building Click's command tree from the Typer app takes ~0.1 s; in-process callers (tests)
+    # reuse it.
+    return typer.main.get_command(app)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point. Returns (and exits with) a documented exit code."""
     from local_ai.cli.errors import report
 
     try:
-        result = typer.main.get_command(app).main(
-            args=argv, prog_name="local-ai", standalone_mode=False
-        )
+        result = _command().main(args=argv, prog_name="local-ai", standalone_mode=False)
         code = result if isinstance(result, int) else ExitCode.OK
     except typer.Exit as exc:
         code = exc.exit_code

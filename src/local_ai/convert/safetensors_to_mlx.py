@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from local_ai.convert.recipe import Recipe
+from local_ai.convert.safetensors_header import check_safetensors
 from local_ai.errors import MalformedFileError, NotYetError, UnsafeInputError
 
 Event = Callable[[dict[str, Any]], None]
@@ -88,8 +89,11 @@ def convert_safetensors(
             f"{source}: the model is already quantized; converting it again is not supported",
             hint="serve it as it is, or convert the original full-precision repo",
         )
-    if not list(source.glob("model*.safetensors")):
+    shards = sorted(source.glob("model*.safetensors"))
+    if not shards:
         raise MalformedFileError(source, "model*.safetensors", "no weight files found")
+    for shard in shards:
+        check_safetensors(shard)  # before mlx maps it: a bad header is a MalformedFileError
     emit({"event": "start", "total_bytes": _weights_bytes(source), "tensors": None})
     try:
         loaded: Any = load(
@@ -104,6 +108,8 @@ def convert_safetensors(
             raise NotYetError(
                 f"{source}: {exc}", hint="mlx-lm has no implementation of it"
             ) from None
+        raise MalformedFileError(source, "weights", str(exc)) from None
+    except RuntimeError as exc:  # mlx's loader: a damaged file the header check let through
         raise MalformedFileError(source, "weights", str(exc)) from None
 
     dtype = _dtype(config, recipe)

@@ -79,8 +79,9 @@ def load_manifest(path: Path) -> LoadedManifest:
 
 
 def decode_utf8(raw: bytes, path: Path) -> str:
+    """UTF-8 text; a leading byte-order mark (some Windows editors write one) is dropped."""
     try:
-        return raw.decode("utf-8")
+        return raw.removeprefix(b"\xef\xbb\xbf").decode("utf-8")
     except UnicodeDecodeError as exc:
         line = raw.count(b"\n", 0, exc.start) + 1
         column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
@@ -220,6 +221,10 @@ def _describe(kind: str, err: Any, loc: tuple[str | int, ...]) -> tuple[str, str
     if kind in bounds:
         words, bound = bounds[kind]
         return f"{words} {ctx.get(bound)} (got {value!r})", None
+    if kind == "finite_number":
+        return f"must be a finite number (got {value!r})", None
+    if kind == "int_parsing_size":
+        return f"is too large (got {value!r})", None
     if kind == "string_too_short":
         return f"must be at least {ctx.get('min_length')} characters long", None
     return f"{err['msg']} (got {value!r})", None

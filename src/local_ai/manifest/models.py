@@ -40,10 +40,19 @@ REPO_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$"
 _DURATION_RE = re.compile(r"^(\d+)\s*(s|m|h|d)$")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+# Git's rules for ref names, as far as a revision reaches a URL or a cache path: no '..', no
+# control characters or spaces, no leading '/' or '-', none of ~^:?*[\\.
+_REVISION_RE = re.compile(r"(?!-)(?!/)(?!.*\.\.)(?!.*//)[^\x00-\x20\x7f~^:?*\[\\]{1,255}(?<!/)\Z")
+
+
+def control_char_problem(value: str) -> str | None:
+    """Why `value` cannot be written to a terminal, a header or a path, or None."""
+    bad = next((ch for ch in value if ord(ch) < 32 or ord(ch) == 127), None)
+    return None if bad is None else f"contains a control character ({bad!r})"
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True, allow_inf_nan=False)
 
 
 def parse_duration(value: str) -> int:
@@ -140,6 +149,13 @@ class ServerSettings(_Strict):
     )
     engine: EngineSettings = Field(default_factory=EngineSettings)
 
+    @field_validator("api_key")
+    @classmethod
+    def _check_key(cls, value: str | None) -> str | None:
+        if value is not None and (control_char_problem(value) or " " in value):
+            raise ValueError("the API key must be printable characters without spaces")
+        return value
+
     @model_validator(mode="after")
     def _check_exposure(self) -> ServerSettings:
         if self.api_key and self.api_key_env:
@@ -208,6 +224,24 @@ class ModelSpec(_Strict):
         default=None, description="Overrides benchmark.min_tokens_per_second for this model."
     )
 
+    @field_validator("path", "file", "name")
+    @classmethod
+    def _check_text(cls, value: str | None) -> str | None:
+        problem = control_char_problem(value) if value is not None else None
+        if problem is not None:
+            raise ValueError(f"{value!r} {problem}")
+        return value
+
+    @field_validator("revision")
+    @classmethod
+    def _check_revision(cls, value: str | None) -> str | None:
+        if value is not None and not _REVISION_RE.match(value):
+            raise ValueError(
+                f"{value!r} is not a branch, tag or commit name (no '..', spaces, control "
+                "characters or any of ~^:?*[\\)"
+            )
+        return value
+
     @model_validator(mode="after")
     def _check_source(self) -> ModelSpec:
         if (self.repo is None) == (self.path is None):
@@ -217,7 +251,7 @@ class ModelSpec(_Strict):
                 raise ValueError("`file` names a GGUF file inside `repo`; set `repo` too")
             if not self.file.lower().endswith(".gguf"):
                 raise ValueError(f"`file` must be a .gguf file, got {self.file!r}")
-            if self.file.startswith("/") or ".." in self.file.split("/"):
+            if self.file.startswith("/") or ".." in self.file.split("/") or "\\" in self.file:
                 raise ValueError(f"`file` must be a path inside the repo, got {self.file!r}")
         if self.revision is not None and self.repo is None:
             raise ValueError("`revision` applies to `repo` only")

@@ -227,9 +227,15 @@ class Adapters:
         if converted is not None:
             record = _store_record(alias, source, converted)
         else:
+            from local_ai.convert.safetensors_header import check_safetensors
             from local_ai.hub.fetch import as_installed
 
-            record = as_installed(source, self._fetched(alias))
+            fetched = self._fetched(alias)
+            base = fetched.path.parent if fetched.path.is_file() else fetched.path
+            for item in fetched.files:
+                if item.name.endswith(".safetensors"):
+                    check_safetensors(base / item.name)  # served as is: the engine maps these
+            record = as_installed(source, fetched)
         record = record.model_copy(
             update={"spec_fingerprint": install_key(spec), "spec": install_fields(spec)}
         )

@@ -110,6 +110,8 @@ class LockEntry(_Strict):
             raise ValueError("a repo entry needs `repo` and `commit`")
         if self.kind == "path" and self.path is None:
             raise ValueError("a path entry needs `path`")
+        if self.file is not None and name_problem(self.file) is not None:
+            raise ValueError(f"file {self.file!r} {name_problem(self.file)}")
         names = [f.name for f in self.files]
         if len(set(names)) != len(names):
             raise ValueError("a file is listed twice")

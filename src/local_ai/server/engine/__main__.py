@@ -51,7 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     raw = json.loads(args.config.read_text(encoding="utf-8"))
     _setup_logging(bool(raw.get("debug")))
+    from local_ai.convert.chat_template import use_for_transformers
     from local_ai.server.engine.app import EngineApp, EngineConfig
+
+    use_for_transformers()  # model chat templates render under a step and time budget
 
     config = EngineConfig(**raw)
     # Omni's logger module creates ./logs at import; the state home already has one.
