@@ -256,7 +256,8 @@ class EngineSupervisor:
     async def _prepare_standby(self) -> None:
         """Start the next standby and note when it is warm (it says so on stdout)."""
         await asyncio.sleep(STANDBY_DELAY_S)
-        if self._stopping or self._standby is not None:
+        # Not while an engine is starting: two imports at once would slow that start down.
+        if self._stopping or self._standby is not None or not self._ready.is_set():
             return
         try:
             proc = await self._spawn_standby()
@@ -272,9 +273,10 @@ class EngineSupervisor:
         log.info("standby engine warm (pid %s)", proc.pid)
         code = await proc.wait()
         if self._standby is proc and not self._stopping:
-            log.warning("standby engine %s; starting another", _describe_exit(code))
+            log.warning("standby engine %s", _describe_exit(code))
             self._standby, self.standby_ready = None, False
-            self._standby_task = asyncio.create_task(self._prepare_standby())
+            if self._ready.is_set():  # else the next engine to be ready starts one
+                self._standby_task = asyncio.create_task(self._prepare_standby())
 
     async def _drop_standby(self) -> None:
         proc, self._standby = self._standby, None
