@@ -13,6 +13,7 @@ BENCHMARKS = {
     "prefix": "benchmarks.prefix_cache",
     "fetch": "benchmarks.fetch",
     "convert": "benchmarks.convert_throughput",
+    "recovery": "benchmarks.engine_recovery",
 }
 
 

@@ -49,6 +49,26 @@ def build_chat_model(out: Path, **shape: Any) -> Path:
     return out
 
 
+def build_mlx_chat_model(out: Path, *, seed: int = 0) -> Path:
+    """`build_chat_model` quantized to 8 bits in MLX layout: a `path` model that apply serves as
+    it is (no conversion)."""
+    if (out / "config.json").exists():
+        return out
+    import shutil
+
+    from mlx_lm.utils import load, quantize_model, save_config, save_model
+
+    source = build_chat_model(out.with_name(out.name + "-hf"), seed=seed)
+    model, _, config = load(
+        str(source), return_config=True, tokenizer_config={"trust_remote_code": False}
+    )
+    model, config = quantize_model(model, config, 32, 8)
+    shutil.copytree(source, out, ignore=shutil.ignore_patterns("*.safetensors"))
+    save_model(out, model)
+    save_config(config, out / "config.json")
+    return out
+
+
 def build_one_layer_with_text_token(out: Path, text: str) -> int:
     """A 1-layer qwen3 tiny model whose tokenizer has one extra token holding `text` (for
     scripted models that answer with exactly that text); returns the token's id."""

@@ -725,28 +725,47 @@ def test_status_cli_reports_config_drift(daemon: Daemon) -> None:
 
 
 def test_engine_killed_with_sigkill_comes_back(daemon: Daemon, client: httpx.Client) -> None:
-    before = engine_status(client)["engine"]
-    os.kill(before["pid"], signal.SIGKILL)
-    killed = time.monotonic()
-    # The gateway keeps answering and reports the engine state meanwhile.
-    assert client.get("/health").status_code in (200, 503)
+    from local_ai.server.gateway.supervisor import STABLE_AFTER_S
 
-    def replaced() -> bool:
-        # /health can still say ready for the moment before the gateway sees the death.
+    # As after any start: the engine has run a while and its warm standby is ready.
+    def settled() -> bool:
         engine = engine_status(client)["engine"]
-        return engine["state"] == "ready" and engine["pid"] not in (None, before["pid"])
+        return bool(engine["standby_pid"]) and engine["uptime_s"] > STABLE_AFTER_S
 
-    # A functional bound, not the figure: a cold engine imports for 5-6 s on 2 loaded cores
-    # (xdist). The issue's "back within 5 s" is measured by a benchmark (open, issue 5).
-    assert wait_for(replaced, 20)
-    assert time.monotonic() - killed < 20
+    assert wait_for(settled, 60, interval=0.2)
+    before = engine_status(client)["engine"]
+    long = Stream(daemon)  # killed under load: a stream is running
+    try:
+        assert long.first.wait(30)
+        os.kill(before["pid"], signal.SIGKILL)
+        killed = time.monotonic()
+        # The gateway keeps answering and reports the engine state meanwhile.
+        assert client.get("/health").status_code in (200, 503)
+
+        def replaced() -> bool:
+            # /health can still say ready for the moment before the gateway sees the death.
+            engine = engine_status(client)["engine"]
+            return engine["state"] == "ready" and engine["pid"] not in (None, before["pid"])
+
+        assert wait_for(replaced, 5)
+        response = client.post("/v1/chat/completions", json=chat(max_tokens=2))
+        assert response.status_code == 200
+        assert time.monotonic() - killed < 5
+        assert long.done.wait(10)  # the cut stream ended (with an error event), not hung
+    finally:
+        long.close()
     assert client.get("/health").json()["status"] == "ready"
     after = engine_status(client)["engine"]
+    assert after["pid"] == before["standby_pid"]  # the warm standby was promoted
     assert after["restarts"] == before["restarts"] + 1
     assert "SIGKILL" in (after["last_exit"] or "")
-    response = client.post("/v1/chat/completions", json=chat(max_tokens=2))
-    assert response.status_code == 200
     assert daemon.pidfile()["engine_pid"] == after["pid"]
+    # A new standby follows, so the next crash is as quick.
+    assert wait_for(
+        lambda: engine_status(client)["engine"]["standby_pid"] not in (None, after["pid"]),
+        60,
+        interval=0.2,
+    )
 
 
 def test_engine_restart_and_reload_through_the_daemon_functions(

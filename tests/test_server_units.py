@@ -131,7 +131,6 @@ def test_alias_map_from_manifest(tmp_path: Path) -> None:
     assert set(alias_map.models) == {"a", "c"}  # apply's entry for c kept, gone dropped
     assert alias_map.models["a"].path == str(good.resolve())
     assert alias_map.models["a"].quantization == "4bit"
-    assert alias_map.models["a"].trust_remote_code is False
     assert alias_map.default == "a"  # b is not servable
     assert "no config.json" in skipped["b"] and "local-ai apply" in skipped["d"]
     target = tmp_path / "run" / "aliases.json"

@@ -29,8 +29,6 @@ class AliasEntry(BaseModel):
     source: str | None = None
     format: str = "mlx"
     quantization: str | None = None
-    # Only models local-ai did not build may need the tokenizer's custom code.
-    trust_remote_code: bool = False
 
 
 class AliasMap(BaseModel):

@@ -2,6 +2,11 @@
 
 Started and supervised by the gateway; never run Omni's own `main.py` (it binds 0.0.0.0 and
 downloads a spaCy model at import).
+
+With `--standby` it does the slow part first (importing mlx, mlx-lm, transformers and Omni takes
+~4 s of CPU), prints `standby` on stdout, and waits for a line on stdin before it reads the config
+again and serves: the gateway keeps one such warm process to replace a crashed engine at once.
+End of stdin (the gateway is gone) makes it exit.
 """
 
 from __future__ import annotations
@@ -41,9 +46,33 @@ def _setup_logging(debug: bool) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _warm_imports() -> None:
+    """Everything the first request would otherwise import (engine.models imports lazily)."""
+    import mlx.core  # noqa: F401
+    import mlx_lm.tokenizer_utils
+    import mlx_lm.utils  # noqa: F401
+    import mlx_omni_server.chat.anthropic.anthropic_schema
+    import mlx_omni_server.chat.mlx.model_types
+    import mlx_omni_server.chat.openai.schema  # noqa: F401
+    import uvicorn  # noqa: F401
+
+    import local_ai.server.engine.app  # noqa: F401
+
+
+def _wait_for_promotion() -> bool:
+    """Tell the gateway this standby is warm, then wait for its go; False at end of stdin."""
+    sys.stdout.write("standby\n")
+    sys.stdout.flush()
+    line = sys.stdin.buffer.readline()
+    # From now on stdout goes to the engine log like stderr (and the gateway's pipe closes).
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
+    return bool(line.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="local-ai-engine")
     parser.add_argument("--config", required=True, type=Path)
+    parser.add_argument("--standby", action="store_true", help="warm up, then wait for stdin")
     args = parser.parse_args(argv)
 
     # Offline by construction: a model id that is not a local directory must never download.
@@ -51,17 +80,23 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     raw = json.loads(args.config.read_text(encoding="utf-8"))
     _setup_logging(bool(raw.get("debug")))
+    if raw.get("parent_pid"):
+        threading.Thread(target=_watch_parent, args=(raw["parent_pid"],), daemon=True).start()
+    # Omni's logger module creates ./logs at import; the state home already has one.
+    with contextlib.suppress(OSError, KeyError):
+        os.chdir(Path(raw["aliases_file"]).parent.parent)
+    _warm_imports()
+    if args.standby:
+        if not _wait_for_promotion():
+            return 0
+        # Settings may have changed while it waited (restart-engine rewrites the file).
+        raw = json.loads(args.config.read_text(encoding="utf-8"))
     from local_ai.convert.chat_template import use_for_transformers
     from local_ai.server.engine.app import EngineApp, EngineConfig
 
     use_for_transformers()  # model chat templates render under a step and time budget
 
     config = EngineConfig(**raw)
-    # Omni's logger module creates ./logs at import; the state home already has one.
-    with contextlib.suppress(OSError):
-        os.chdir(Path(config.aliases_file).parent.parent)
-    if config.parent_pid:
-        threading.Thread(target=_watch_parent, args=(config.parent_pid,), daemon=True).start()
 
     import uvicorn
 

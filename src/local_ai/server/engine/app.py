@@ -82,13 +82,12 @@ class EngineApp:
         self.config = config
         self.scheduler = Scheduler()
         self._aliases_mtime = -1.0
-        self._paths: dict[str, bool] = {}  # allowed model path -> trust_remote_code
+        self._paths: frozenset[str] = frozenset()  # the model directories it may load
         self._reload_aliases()
         self.registry = ModelRegistry(
             self.scheduler,
             max_loaded=config.max_loaded_models,
             idle_ttl_s=config.idle_ttl_s,
-            trusted_paths=frozenset(p for p, trust in self._paths.items() if trust),
         )
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="req")
         self.started = time.time()
@@ -106,7 +105,7 @@ class EngineApp:
         if mtime == self._aliases_mtime:
             return
         alias_map = load_alias_map(path)
-        self._paths = {e.path: e.trust_remote_code for e in alias_map.models.values()}
+        self._paths = frozenset(alias_map.paths())
         self._aliases_mtime = mtime
 
     def allowed(self, model_path: str) -> bool:
@@ -180,6 +179,8 @@ class EngineApp:
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 1),
             "models": self.registry.status(),
+            "max_loaded_models": self.registry.max_loaded,
+            "idle_ttl_s": self.registry.idle_ttl_s,
             "errors": dict(self.registry.last_error),
             "active_generations": self.scheduler.active,
             "completed_generations": self.scheduler.completed,

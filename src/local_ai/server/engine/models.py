@@ -1,4 +1,8 @@
-"""Loaded models: load on first use (in the MLX thread), keep at most N, unload when idle."""
+"""Loaded models: load on first use (in the MLX thread), keep at most N, unload when idle.
+
+No code from a model directory ever runs: tokenizers load with `trust_remote_code=False` (mlx-lm's
+own default is True), and a config.json naming a `model_file` (which mlx-lm would import) is
+refused."""
 
 from __future__ import annotations
 
@@ -39,9 +43,30 @@ class LoadedModel:
     prefix_cache: PrefixCache = field(default_factory=PrefixCache)
 
 
-def _model_type(path: str) -> str:
+# Passed to every tokenizer load: mlx_lm.load defaults to trusting the directory's code.
+NO_REMOTE_CODE = {"trust_remote_code": False}
+
+
+class RemoteCodeRefused(ValueError):
+    """The model directory asks to run its own Python code."""
+
+
+def _config(path: str) -> dict[str, Any]:
     config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-    return str(config.get("model_type", ""))
+    return config if isinstance(config, dict) else {}
+
+
+def _model_type(path: str) -> str:
+    return str(_config(path).get("model_type", ""))
+
+
+def _refuse_code(path: str) -> None:
+    if _config(path).get("model_file"):
+        raise RemoteCodeRefused(
+            f"{Path(path) / 'config.json'} sets model_file, Python code that mlx-lm would run; "
+            "local-ai does not run code from model directories (remove the key, or convert the "
+            "original model with `local-ai apply`)"
+        )
 
 
 class ModelRegistry:
@@ -51,12 +76,10 @@ class ModelRegistry:
         *,
         max_loaded: int,
         idle_ttl_s: int,
-        trusted_paths: frozenset[str] = frozenset(),
     ) -> None:
         self.scheduler = scheduler
         self.max_loaded = max_loaded
         self.idle_ttl_s = idle_ttl_s
-        self.trusted_paths = trusted_paths  # tokenizers allowed to run custom code
         self._models: dict[str, LoadedModel] = {}
         self._loading: set[str] = set()
         self._lock = threading.Lock()
@@ -98,9 +121,7 @@ class ModelRegistry:
         if bundle is None:
             from mlx_lm.tokenizer_utils import load as load_tokenizer
 
-            tokenizer = load_tokenizer(
-                Path(path), tokenizer_config_extra={"trust_remote_code": path in self.trusted_paths}
-            )
+            tokenizer = load_tokenizer(Path(path), tokenizer_config_extra=dict(NO_REMOTE_CODE))
             bundle = TokenizerBundle(tokenizer, _model_type(path))
             with self._lock:
                 self._tokenizers[path] = bundle
@@ -143,9 +164,12 @@ class ModelRegistry:
             self.last_error[path] = f"FileNotFoundError: {path} has no config.json"
             raise FileNotFoundError(f"{path} is not a model directory")
         started = time.perf_counter()
-        trust = path in self.trusted_paths
         try:
-            model, tokenizer = load(path, tokenizer_config={"trust_remote_code": trust})[:2]
+            _refuse_code(path)
+            # model_file=None as well: the check above and mlx-lm read config.json separately.
+            model, tokenizer = load(
+                path, tokenizer_config=dict(NO_REMOTE_CODE), model_config={"model_file": None}
+            )[:2]
         except Exception as exc:
             self.last_error[path] = f"{type(exc).__name__}: {exc}"
             raise

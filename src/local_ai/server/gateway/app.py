@@ -530,6 +530,9 @@ class Gateway:
             "engine": {
                 **self.supervisor.snapshot(),
                 "active_generations": engine_status.get("active_generations"),
+                # What the running engine enforces (after restart-engine: the new values).
+                "max_loaded_models": engine_status.get("max_loaded_models"),
+                "idle_ttl_s": engine_status.get("idle_ttl_s"),
                 "active_memory_bytes": engine_status.get("active_memory_bytes"),
                 "peak_memory_bytes": engine_status.get("peak_memory_bytes"),
             },

@@ -1,5 +1,10 @@
 """The gateway keeps one engine worker running: spawn, wait until it answers, restart on exit
-with backoff, and report the state to /health."""
+with backoff, and report the state to /health.
+
+Starting an engine from nothing costs ~4 s of imports (more on a loaded machine), so once an
+engine is ready the supervisor also starts a warm standby (`--standby`: imported, idle, ~100 MB)
+and promotes it when the engine dies or is restarted; the next standby starts once the promoted
+engine is ready."""
 
 from __future__ import annotations
 
@@ -27,9 +32,13 @@ READY_POLL_S = 0.05
 READY_TIMEOUT_S = 180.0  # a cold import of mlx + Omni on a slow disk
 FIRST_BACKOFF_S = 0.2
 MAX_BACKOFF_S = 30.0
-STABLE_AFTER_S = 60.0  # an engine that ran this long resets the backoff
+# An engine that was ready this long is replaced at once when it dies; one that dies sooner
+# (a crash loop: a model that kills it on load, a broken install) waits with growing backoff.
+STABLE_AFTER_S = 5.0
 FAILURES_BEFORE_ERROR = 3
 STOP_TIMEOUT_S = 5.0
+# A standby starts this long after its engine is ready, not competing with its first requests.
+STANDBY_DELAY_S = 2.0
 
 
 @dataclass
@@ -75,7 +84,10 @@ class EngineSupervisor:
         self.restarts = 0
         self.last_exit: str | None = None
         self._proc: asyncio.subprocess.Process | None = None
+        self._standby: asyncio.subprocess.Process | None = None
+        self.standby_ready = False
         self._task: asyncio.Task[None] | None = None
+        self._standby_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._restart_now = asyncio.Event()
         self._ready = asyncio.Event()
@@ -117,6 +129,9 @@ class EngineSupervisor:
     async def stop(self) -> None:
         self._stopping = True
         self._restart_now.set()
+        if self._standby_task is not None:
+            self._standby_task.cancel()
+        await self._drop_standby()
         await self._terminate()
         if self._task is not None:
             self._task.cancel()
@@ -137,6 +152,7 @@ class EngineSupervisor:
             "restarts": self.restarts,
             "last_exit": self.last_exit,
             "uptime_s": round(time.monotonic() - self.started_at, 1) if self.started_at else None,
+            "standby_pid": self._standby.pid if self.standby_ready and self._standby else None,
         }
 
     # --- the loop ---------------------------------------------------------------------------
@@ -160,8 +176,13 @@ class EngineSupervisor:
                 self.started_at = time.monotonic()
                 self._ready.set()
                 log.info("engine ready (pid %s) after %.2fs", proc.pid, time.monotonic() - spawned)
+                if self._standby is None:
+                    self._standby_task = asyncio.create_task(self._prepare_standby())
             code = await proc.wait()
             self._ready.clear()
+            stable = self.started_at is not None and time.monotonic() - self.started_at > (
+                STABLE_AFTER_S
+            )
             self.started_at = None
             self.pid = None
             if self.on_change:
@@ -172,15 +193,15 @@ class EngineSupervisor:
             self.restarts += 1
             if not became_ready:
                 failures += 1
-            ran = time.monotonic() - spawned
             if self._restart_now.is_set():
                 self._restart_now.clear()
                 backoff, delay = FIRST_BACKOFF_S, 0.0
                 self.state, self.reason = "starting", "restart requested"
             else:
-                backoff = FIRST_BACKOFF_S if ran > STABLE_AFTER_S else backoff
-                delay = backoff
-                backoff = min(backoff * 2, MAX_BACKOFF_S)
+                if stable:
+                    backoff, delay = FIRST_BACKOFF_S, 0.0
+                else:
+                    delay, backoff = backoff, min(backoff * 2, MAX_BACKOFF_S)
                 self.state = "error" if failures >= FAILURES_BEFORE_ERROR else "restarting"
                 self.reason = f"engine {self.last_exit}" + (
                     "" if became_ready else " before it was ready; see logs/engine.log"
@@ -197,23 +218,74 @@ class EngineSupervisor:
             self._restart_now.clear()
 
     async def _spawn(self) -> asyncio.subprocess.Process:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log_file:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "local_ai.server.engine",
-                "--config",
-                str(self.config_path),
-                stdin=subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=log_file,
-            )
+        """The next engine: the warm standby if there is one, else a fresh process; promoted."""
+        proc, self._standby = self._standby, None
+        self.standby_ready = False
+        if proc is None or proc.returncode is not None:
+            proc = await self._spawn_standby()
+        else:
+            log.info("promoting the standby engine (pid %s)", proc.pid)
+        try:
+            assert proc.stdin is not None
+            proc.stdin.write(b"start\n")
+            await proc.stdin.drain()
+            proc.stdin.close()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # it died meanwhile: _wait_ready sees the exit and the loop starts another
         self._proc = proc
         self.pid = proc.pid
         if self.on_change:
             self.on_change(proc.pid)
         return proc
+
+    async def _spawn_standby(self) -> asyncio.subprocess.Process:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.log_path.open("ab") as log_file:
+            return await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "local_ai.server.engine",
+                "--config",
+                str(self.config_path),
+                "--standby",
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,  # one line, "standby", once it is warm
+                stderr=log_file,
+            )
+
+    async def _prepare_standby(self) -> None:
+        """Start the next standby and note when it is warm (it says so on stdout)."""
+        await asyncio.sleep(STANDBY_DELAY_S)
+        # Not while an engine is starting: two imports at once would slow that start down.
+        if self._stopping or self._standby is not None or not self._ready.is_set():
+            return
+        try:
+            proc = await self._spawn_standby()
+        except OSError as exc:
+            log.warning("cannot start a standby engine: %s", exc)
+            return
+        self._standby = proc
+        assert proc.stdout is not None
+        line = await proc.stdout.readline()
+        if line.strip() != b"standby" or self._standby is not proc:
+            return  # promoted before it was warm, or it failed (its log says why)
+        self.standby_ready = True
+        log.info("standby engine warm (pid %s)", proc.pid)
+        code = await proc.wait()
+        if self._standby is proc and not self._stopping:
+            log.warning("standby engine %s", _describe_exit(code))
+            self._standby, self.standby_ready = None, False
+            if self._ready.is_set():  # else the next engine to be ready starts one
+                self._standby_task = asyncio.create_task(self._prepare_standby())
+
+    async def _drop_standby(self) -> None:
+        proc, self._standby = self._standby, None
+        self.standby_ready = False
+        if proc is None or proc.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
 
     async def _wait_ready(self, proc: asyncio.subprocess.Process) -> bool:
         deadline = time.monotonic() + READY_TIMEOUT_S
