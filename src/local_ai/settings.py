@@ -19,6 +19,8 @@ LOCK_NAME = "local-ai.lock"
 ENV_HOME = "LOCAL_AI_HOME"
 ENV_CONFIG = "LOCAL_AI_CONFIG"
 ENV_DEBUG = "LOCAL_AI_DEBUG"
+# Crash-safety tests only: the named point where the process kills itself (util/failpoints.py).
+ENV_FAILPOINT = "LOCAL_AI_FAILPOINT"
 # Passed through to huggingface_hub (it reads them itself, at import time).
 ENV_HF_HOME = "HF_HOME"
 ENV_HF_ENDPOINT = "HF_ENDPOINT"
@@ -48,6 +50,11 @@ def home() -> Path:
 
 def debug() -> bool:
     return _flag(ENV_DEBUG)
+
+
+def failpoint() -> str | None:
+    """The armed failpoint, `name` or `name@N` (see util/failpoints.py); None when unset."""
+    return os.environ.get(ENV_FAILPOINT) or None
 
 
 def hf_offline() -> bool:

@@ -110,7 +110,7 @@ def _apply_once(
 ) -> int:
     from local_ai.cli.output import console, interactive, print_json
     from local_ai.reconcile.render import render_text, to_json
-    from local_ai.reconcile.run import apply_plan, make_plan, stale_reason
+    from local_ai.reconcile.run import apply_plan, make_plan, settle, stale_reason
     from local_ai.store.locks import apply_lock
 
     out = console()
@@ -129,8 +129,15 @@ def _apply_once(
                 print_json({"plan": to_json(the_plan), "applied": False})
             return ExitCode.ERROR
         if dry_run or not the_plan.has_changes:
+            recorded = None if dry_run or the_plan.has_changes else settle(snapshot)
             if json:
                 print_json({"plan": to_json(the_plan), "applied": False})
+            elif recorded is not None:
+                out.print(
+                    f"Generation {recorded.number} recorded: the apply that installed all this "
+                    "was stopped before it could record it.",
+                    markup=False,
+                )
             return ExitCode.OK
         if not yes:
             if not interactive():

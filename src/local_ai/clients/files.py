@@ -13,6 +13,7 @@ from local_ai import settings
 from local_ai.clients.base import Ledger
 from local_ai.errors import ConfigError
 from local_ai.util.atomic import atomic_write_text
+from local_ai.util.failpoints import failpoint
 
 MAX_FILE_BYTES = 4 * 1024 * 1024
 BACKUP_MARK = ".local-ai-backup-"
@@ -70,6 +71,7 @@ def write_with_backup(
             n += 1
             backup = real.with_name(f"{real.name}{BACKUP_MARK}{stamp}-{n}")
         shutil.copy2(real, backup)
+        failpoint("client.backup-written")  # the user's file copied aside, not yet replaced
     if text is None:
         real.unlink(missing_ok=True)
     else:

@@ -21,6 +21,7 @@ from typing import Any, cast
 from local_ai.convert.recipe import Recipe
 from local_ai.convert.safetensors_header import check_safetensors
 from local_ai.errors import MalformedFileError, NotYetError, UnsafeInputError
+from local_ai.util.failpoints import failpoint
 
 Event = Callable[[dict[str, Any]], None]
 MAX_CONFIG_BYTES = 4 << 20
@@ -149,6 +150,8 @@ def convert_safetensors(
     )
     save_model(out_dir, model, donate_model=True)
     del model
+    # In the worker: kill the CLI that waits for it, with the weights written and the rest not.
+    failpoint("convert.weights-written", parent=True)
     save_config(config, config_path=out_dir / "config.json")
     tokenizer.save_pretrained(str(out_dir))
     generation = source / "generation_config.json"

@@ -35,6 +35,7 @@ from local_ai.hub.source import GIT_OID_RE, ResolvedSource, SourceFile
 from local_ai.hub.verify import Hashes, discard, hash_file, mismatch, needs_git_oid
 from local_ai.manifest.models import REPO_PATTERN
 from local_ai.util.atomic import atomic_write_text
+from local_ai.util.failpoints import failpoint
 from local_ai.util.units import human_bytes
 
 if TYPE_CHECKING:
@@ -176,6 +177,7 @@ def _fetch_one(
     pointer = snapshot / entry.name
     if not pointer.exists():
         pointer = _download(resolved, entry, sink)
+        failpoint("fetch.file-done")  # in the cache, not yet verified
     got = hashes.of(pointer, git_oid=needs_git_oid(entry))
     problem = mismatch(entry, got)
     if problem is not None:

@@ -8,6 +8,8 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
+from local_ai.util.failpoints import failpoint
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
@@ -167,6 +169,7 @@ def tqdm_bridge(sink: FetchProgress, name: str) -> tuple[type[Any], Callable[[],
             count = int(n or 0)
             counter.value += count
             sink.advance(name, count)
+            failpoint("fetch.mid-file")  # bytes arrived; the blob is still *.incomplete
 
         def close(self) -> None:
             pass

@@ -31,6 +31,7 @@ from local_ai.store.lockfile import (
     save_lock,
 )
 from local_ai.store.state import FileRecord, InstalledModel, save_state
+from local_ai.util.failpoints import failpoint
 
 if TYPE_CHECKING:
     from local_ai.convert.api import ConversionResult, ConvertSource, SourceKind
@@ -243,6 +244,7 @@ class Adapters:
         self.state = save_state(
             settings.paths().state_file, self.state.model_copy(update={"models": models})
         )
+        failpoint("install.state-saved")  # in state.json, the lock not yet updated
         self._save_lock_entry(alias)
         return f"{alias} → {record.location}"
 
@@ -340,6 +342,7 @@ class Adapters:
         from local_ai.server import daemon
 
         self.write_alias_map()
+        failpoint("aliases.written")  # the new map on disk, the server still on the old one
         served = daemon.reload_aliases()
         return f"serving {', '.join(served) or 'no models'}"
 

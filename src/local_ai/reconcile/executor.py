@@ -13,6 +13,7 @@ from typing import Literal
 from local_ai import settings
 from local_ai.errors import LocalAIError
 from local_ai.reconcile.model import Action, Kind, Plan
+from local_ai.util.failpoints import failpoint
 
 Status = Literal["done", "failed", "skipped"]
 Handler = Callable[[Action], str | None]  # returns a one-line result for people, or None
@@ -84,6 +85,7 @@ def execute(
             try:
                 handler = handlers[action.kind]
                 message = handler(action) or ""
+                failpoint(f"after:{action.id}")  # done and recorded, not yet reported
                 outcome = Outcome(action, "done", message, seconds=time.monotonic() - start)
             except KeyboardInterrupt:
                 report.interrupted = True

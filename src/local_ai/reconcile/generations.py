@@ -15,6 +15,7 @@ from typing import Any
 
 from local_ai.errors import ConfigError, NotFoundError
 from local_ai.util.atomic import atomic_write_text
+from local_ai.util.failpoints import failpoint
 
 KEEP_DEFAULT = 10
 
@@ -132,6 +133,7 @@ class Generations:
         )
         atomic_write_text(self._path(generation.number), json.dumps(asdict(generation), indent=2))
         self.set_current(generation.number)
+        failpoint("generation.switched")  # current names it; older ones not yet pruned
         for old in self.numbers()[:-keep]:
             if old != generation.number:
                 self._path(old).unlink(missing_ok=True)

@@ -17,6 +17,7 @@ from local_ai.reconcile.generations import AliasTarget, Generation, Generations
 from local_ai.reconcile.model import Action, Plan, engine_settings, gateway_settings
 from local_ai.reconcile.observe import Snapshot, observe
 from local_ai.reconcile.planner import Options, plan
+from local_ai.util.failpoints import failpoint
 
 PLAN_FILE_VERSION = 1
 
@@ -135,9 +136,7 @@ def apply_plan(
     The caller holds the apply lock."""
     if the_plan.errors:
         raise LocalAIError("the plan has errors; nothing was changed")
-    from local_ai.store.layout import Store
-
-    Store(settings.paths()).clean_leftovers()  # staging dirs of a killed run
+    _clean_killed_run(snapshot)
     adapters = adapters or Adapters(snapshot, offline=options.offline, frozen=options.frozen)
     report = execute(the_plan, adapters.handlers(), on_start=on_start, on_done=on_done)
     generation = None
@@ -145,8 +144,56 @@ def apply_plan(
     if _too_slow(report) and snapshot.loaded.manifest.benchmark.gate:
         gated = _serve_current_generation()
     if report.ok and not report.interrupted and the_plan.has_changes:
+        failpoint("generation.before-record")  # every action done, no generation yet
         generation = record_generation(snapshot, adapters)
     return ApplyResult(report, generation, gated)
+
+
+def _clean_killed_run(snapshot: Snapshot) -> None:
+    """What a killed apply leaves: staging dirs and temp files of writes never renamed."""
+    from local_ai.store.layout import Store
+    from local_ai.util.atomic import clean_stale_temps
+
+    paths = settings.paths()
+    Store(paths).clean_leftovers()
+    for directory in (paths.root, paths.run, paths.generations, paths.root / "clients"):
+        clean_stale_temps(directory)
+    clean_stale_temps(paths.verified_hashes.parent)
+    clean_stale_temps(snapshot.lock_path.parent, snapshot.lock_path.name)
+
+
+def settle(snapshot: Snapshot) -> Generation | None:
+    """An apply with nothing to do: clean what a killed run left, and finish the generation
+    record an apply killed after its last action did not write (or did not make current).
+    Returns a generation recorded now. The caller holds the apply lock."""
+    _clean_killed_run(snapshot)
+    adapters = Adapters(snapshot)
+    wanted = adapters.build_alias_map()
+    if not wanted.models or wanted.hash is None:
+        return None
+    manifest = snapshot.loaded.manifest
+    server = json.loads(
+        json.dumps({"gateway": gateway_settings(manifest), "engine": engine_settings(manifest)})
+    )
+    generations = Generations(settings.paths().generations)
+    numbers = generations.numbers()
+    latest = generations.load(numbers[-1]) if numbers else None
+    if latest is None or latest.aliases_hash != wanted.hash or latest.server != server:
+        return record_generation(snapshot, adapters)
+    current = generations.current_number()
+    if current != latest.number and (current is None or _rolled_back_to() != current):
+        generations.set_current(latest.number)  # written, but killed before the switch
+    return None
+
+
+def _rolled_back_to() -> int | None:
+    """The generation `rollback` put in run/aliases.json (apply writes maps without one)."""
+    from local_ai.server.aliases import load_alias_map
+
+    try:
+        return load_alias_map(settings.paths().aliases_file).generation
+    except ConfigError:
+        return None
 
 
 def _too_slow(report: Report) -> bool:

@@ -26,11 +26,13 @@ from local_ai.server.config import (
     server_config,
 )
 from local_ai.server.pidfile import PidInfo, is_same_process, read_pidfile, remove_pidfile
+from local_ai.util.failpoints import disarmed_env, failpoint
 
 DEFAULT_START_TIMEOUT = 90.0
 STOP_MARGIN_S = 5.0  # on top of the graceful timeout, for the engine to exit
 LOG_ROTATE_BYTES = 10 * 1024 * 1024
 POLL_S = 0.1
+PIDFILE_GRACE_S = 3.0  # a gateway writes its pidfile right after binding its port
 
 
 @dataclass
@@ -147,18 +149,49 @@ class StartResult:
     aliases: list[str]
 
 
+def _other_server(timeout: float, *, appear: float = 0.0) -> StartResult | None:
+    """A server of this home that runs or is starting (one a killed `apply` or a concurrent
+    `server start` spawned), once /health says ready; None when there is none. `appear`: how
+    long to wait for its pidfile (between binding the port and writing it)."""
+    deadline = time.monotonic() + timeout
+    appear_by = time.monotonic() + appear
+    while True:
+        info, alive = running_server()
+        if info is None or not alive:
+            if time.monotonic() >= appear_by:
+                return None
+        else:
+            health = _health(info.url)
+            if health is not None and health.get("status") in ("ready", "error"):
+                return StartResult(info.url, info.pid, True, {}, [])
+        if time.monotonic() >= deadline:
+            raise ServerError(
+                f"the server (pid {info.pid if info else '?'}) did not become ready within "
+                f"{timeout:.0f}s",
+                hint="see `local-ai server logs`; `local-ai server restart` starts it afresh",
+                log_tail=_log_tails(),
+            )
+        time.sleep(POLL_S)
+
+
 def start(config_path: Path | None, *, timeout: float = DEFAULT_START_TIMEOUT) -> StartResult:
     """Start the server in the background; returns once /health says ready."""
     from local_ai.util.ports import port_free, port_holder
 
     info, alive = running_server()
     if info is not None and alive:
-        return StartResult(info.url, info.pid, True, {}, [])
+        other = _other_server(timeout)  # it may still be starting
+        if other is not None:
+            return other
     prep = prepare(config_path)
     paths = settings.paths()
     if info is not None:
         remove_pidfile(paths.server_pidfile)  # stale: the process is gone or is someone else
     config = prep.config
+    if not port_free(config.host, config.port) and (
+        other := _other_server(timeout, appear=PIDFILE_GRACE_S)
+    ):
+        return other  # a server of ours that had bound the port but not yet said so
     if not port_free(config.host, config.port):
         holder = port_holder(config.port)
         raise PortInUseError(
@@ -170,7 +203,7 @@ def start(config_path: Path | None, *, timeout: float = DEFAULT_START_TIMEOUT) -
     paths.logs.mkdir(parents=True, exist_ok=True)
     _rotate(paths.server_log)
     _rotate(paths.engine_log)
-    env = {**os.environ, settings.ENV_HOME: str(paths.root)}
+    env = disarmed_env({**os.environ, settings.ENV_HOME: str(paths.root)})
     command = [
         sys.executable,
         "-m",
@@ -192,10 +225,14 @@ def start(config_path: Path | None, *, timeout: float = DEFAULT_START_TIMEOUT) -
             cwd=paths.root,
             close_fds=True,
         )
+    failpoint("server.spawned")  # the server is starting; nobody waits for it
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         code = proc.poll()
         if code is not None:
+            other = _other_server(max(deadline - time.monotonic(), 0.0), appear=PIDFILE_GRACE_S)
+            if other is not None:  # ours lost a race with a server starting meanwhile
+                return other
             raise ServerError(
                 f"the server exited during start-up (code {code})",
                 hint="see `local-ai server logs`",
@@ -335,6 +372,7 @@ def restart_engine(engine: dict[str, Any] | None = None, *, timeout: float = 120
     info = _running_or_fail()
     before = _admin(info, "GET", "/api/status")["engine"].get("pid")
     _admin(info, "POST", "/api/admin/restart-engine", {"engine": engine} if engine else None)
+    failpoint("engine.restart-requested")  # the gateway replaces its engine; nobody waits
     deadline = time.monotonic() + timeout
     state: dict[str, Any] = {}
     while time.monotonic() < deadline:

@@ -22,6 +22,7 @@ from typing import Any
 
 from local_ai.settings import Paths
 from local_ai.util.atomic import atomic_write_text, fsync_dir
+from local_ai.util.failpoints import failpoint
 
 PROVENANCE_FILE = ".local-ai.json"
 _NAME_RE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -93,6 +94,7 @@ class Store:
             record = {**provenance, "digest": digest, "built_at": time.time()}
             atomic_write_text(staging / PROVENANCE_FILE, json.dumps(record, indent=2, default=str))
             target = self.entry_path(digest, name)
+            failpoint("store.before-rename")  # complete in staging/, not in the store
             try:
                 staging.rename(target)
             except OSError:
@@ -100,6 +102,7 @@ class Store:
                     raise
                 shutil.rmtree(staging, ignore_errors=True)  # identical entry won the race
             fsync_dir(self.paths.store)
+            failpoint("store.after-rename")  # in the store, not yet in state.json
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -110,6 +113,7 @@ class Store:
         trash = self.paths.staging / f"trash-{entry.path.name}.{time.time_ns()}"
         entry.path.rename(trash)
         fsync_dir(self.paths.store)
+        failpoint("store.remove-renamed")  # out of the store, not yet deleted
         shutil.rmtree(trash, ignore_errors=True)
 
     def leftovers(self) -> list[Path]:
