@@ -56,6 +56,7 @@ MANIFESTS: list[tuple[str, bytes, str]] = [
     ("binary-garbage", bytes(range(256)) * 4, "is not valid UTF-8"),
     ("utf16", REPO_A.decode().encode("utf-16"), "is not valid UTF-8"),
     ("nul-bytes", b"\x00\x00\x00\x00", "invalid TOML"),
+    ("json", b'{"models": {"a": {"repo": "a/b"}}}', "looks like JSON, but it must be TOML"),
     ("nul-after-value", b'[models.a]\nrepo = "a/b"\x00\n', "invalid TOML"),
     ("over-1-mib", b"# " + b"x" * (2 << 20) + b"\n", "a manifest is at most 1048576 bytes"),
     ("alias-dotdot-slash", b'[models."../x"]\nrepo = "a/b"\n', "alias '../x' may use letters"),
@@ -191,7 +192,7 @@ def _file(name: str, size: int = 1, extra: str = "") -> str:
 
 
 LOCKS: list[tuple[str, bytes, str]] = [
-    ("json-not-toml", b'{"version": 1, "models": {}}', "invalid TOML"),
+    ("json-not-toml", b'{"version": 1, "models": {}}', "looks like JSON, but it must be TOML"),
     ("binary-garbage", bytes(range(256)), "is not valid UTF-8"),
     ("truncated", LOCK_HEAD.encode()[:60], "invalid TOML"),
     ("version-2", b"version = 2\n", "lock file version 2 is not supported"),
@@ -232,6 +233,8 @@ def test_hostile_lock_file_through_plan(
     code, _, err = run_inprocess(capsys, "plan", "--config", str(manifest))
     assert_clean(code, " ".join(err.split()), ExitCode.CONFIG, needle)
     assert str(lock) in err
+    if "JSON" in needle:  # the advice is the command that rewrites the lock
+        assert "local-ai lock" in err
 
 
 @pytest.mark.parametrize("lie", ["sha256", "size"])

@@ -94,8 +94,8 @@ def decode_utf8(raw: bytes, path: Path) -> str:
         ) from None
 
 
-def parse_toml(text: str, path: Path | None) -> dict[str, Any]:
-    """tomllib with positioned, friendly errors."""
+def parse_toml(text: str, path: Path | None, *, json_hint: str | None = None) -> dict[str, Any]:
+    """tomllib with positioned, friendly errors; `json_hint` is the advice for a JSON file."""
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -105,7 +105,10 @@ def parse_toml(text: str, path: Path | None) -> dict[str, Any]:
             line, column = int(match.group(1)), int(match.group(2))
             message = message[: match.start()].strip()
         hint = "fix the TOML syntax at that position"
-        if message.startswith(("Cannot overwrite a value", "Cannot declare")):
+        if text.lstrip("\ufeff \t\r\n").startswith("{"):
+            message = f"the file looks like JSON, but it must be TOML ({message})"
+            hint = json_hint or "write it in TOML (key = value lines, [tables]): docs/manifest.md"
+        elif message.startswith(("Cannot overwrite a value", "Cannot declare")):
             message = "duplicate key or table: it is already defined above"
             hint = "remove or rename one of the two definitions"
         raise ConfigError(

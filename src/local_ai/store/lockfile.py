@@ -307,7 +307,7 @@ def load_lock(path: Path, *, missing_ok: bool = True) -> LockFile:
 def parse_lock(text: str, path: Path | None = None) -> LockFile:
     from local_ai.manifest.load import parse_toml
 
-    data = parse_toml(text, path)
+    data = parse_toml(text, path, json_hint=_REWRITE_HINT)
     version = data.get("version")
     if isinstance(version, int) and version != LOCK_VERSION:
         raise ConfigError(
