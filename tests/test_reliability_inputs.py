@@ -160,6 +160,26 @@ def test_nul_in_a_path_is_a_manifest_error_for_plan(
     assert_clean(code, " ".join(err.split()), ExitCode.CONFIG, "contains a control character")
 
 
+@pytest.mark.parametrize("value", ["key\nX-Injected: 1", "k\x1b[2Jey", "two words", "clé"])
+def test_public_bind_with_a_key_variable_unfit_for_a_header_is_refused(
+    value: str,
+    tmp_path: Path,
+    isolated_home: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("LOCAL_AI_BAD_KEY", value)
+    path = tmp_path / "local-ai.toml"
+    path.write_text(
+        '[server]\nhost = "0.0.0.0"\napi_key_env = "LOCAL_AI_BAD_KEY"\n[models.a]\npath = "/m"\n'
+    )
+    code, _, err = run_inprocess(capsys, "server", "start", "--config", str(path))
+    flat = " ".join(err.split())
+    assert_clean(code, flat, ExitCode.CONFIG, "LOCAL_AI_BAD_KEY (server.api_key_env) must be")
+    assert value not in err  # the key itself is never echoed
+    assert not (isolated_home / "run" / "server.json").exists()
+
+
 def test_public_bind_with_an_unset_key_variable_is_refused(
     tmp_path: Path, isolated_home: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -87,6 +87,15 @@ def resolve_api_key(manifest: Manifest, manifest_path: Path | None) -> str | Non
                 key="server.api_key_env",
                 hint=f"export {server.api_key_env}=<a long random key> before starting the server",
             )
+        if not (value.isascii() and value.isprintable()) or " " in value:
+            # It goes into HTTP headers and client config files: no control bytes, no spaces.
+            raise ConfigError(
+                f"the value of {server.api_key_env} (server.api_key_env) must be printable ASCII "
+                "characters without spaces",
+                path=manifest_path,
+                key="server.api_key_env",
+                hint=f"export {server.api_key_env}=<a long random key> with letters and digits",
+            )
         return value
     return None
 
