@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import shutil
 import struct
@@ -34,7 +32,9 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-RESULTS = Path(__file__).parent / "results"
+from benchmarks.report import header as report_header
+from benchmarks.report import write as write_report
+
 HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN, VOCAB = 4096, 32, 8, 128, 12288, 32768
 _POOL = 1 << 25  # fp16 values in the random pool (64 MB)
 
@@ -201,14 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out)
 
     report = {
-        "benchmark": "convert_throughput",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average": os.getloadavg(),  # other work on the machine skews every figure
-        },
+        **report_header("convert_throughput"),
         "source": {"bytes": size, "layers": layers, "type": "F16", "generate_s": generate_s},
         "level": recipe.level,
         "cp": {"seconds": cp_s, "gb_s": size / cp_s / 1e9},
@@ -224,9 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss_bytes": peak,
         "peak_rss_over_file": peak / size,
     }
-    path = args.out or RESULTS / f"convert_throughput-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    path = write_report(report, args.out)
     c = report["convert"]
     print(f"source        {size / 1e9:8.2f} GB F16 ({layers} layers) -> {recipe.level}")
     print(f"cp            {cp_s:8.2f} s  {report['cp']['gb_s']:6.2f} GB/s")

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import signal
 import statistics
 import subprocess
@@ -30,7 +29,9 @@ from typing import Any
 from tests.harness.fakehub import FakeHub, running_hub
 from tests.server_helpers import wait_for
 
-RESULTS = Path(__file__).parent / "results"
+from benchmarks.report import header as report_header
+from benchmarks.report import write as write_report
+
 REPO = "bench-org/bench-model-mlx"
 MIB = 1024 * 1024
 
@@ -233,22 +234,13 @@ def main(argv: list[str] | None = None) -> int:
             interrupted = measure_interrupted(hub, work, files, total)
 
     report = {
-        "benchmark": "fetch",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average": os.getloadavg(),
-        },
+        **report_header("fetch"),
         "repo": {"files": len(files), "bytes": total, "shards": args.shards},
         "rounds": args.rounds,
         "throughput": throughput,
         "interrupted": interrupted,
     }
-    out = args.out or RESULTS / f"fetch-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_report(report, args.out)
     print_table(report)
     print(f"\nwrote {out}")
     return 0

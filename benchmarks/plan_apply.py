@@ -10,7 +10,6 @@ so machine noise hits all three alike). Reports medians and ratios; writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -23,7 +22,8 @@ from pathlib import Path
 from tests.harness.fakehub import running_hub
 from tests.server_helpers import build_chat_model, free_port
 
-RESULTS = Path(__file__).resolve().parent / "results"
+from benchmarks.report import header as report_header
+from benchmarks.report import write as write_report
 
 
 def _timed(command: list[str], env: dict[str, str]) -> float:
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
 
     medians = {name: statistics.median(values) for name, values in times.items()}
     report = {
-        "benchmark": "plan_apply",
+        **report_header("plan_apply"),
         "repeat": args.repeat,
         "median_s": {k: round(v, 4) for k, v in medians.items()},
         "all_s": {k: [round(x, 4) for x in v] for k, v in times.items()},
@@ -97,9 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<16} median {value * 1000:7.0f} ms")
     for name, ratio in report["ratio_to_hf_help"].items():  # type: ignore[union-attr]
         print(f"{name:<16} {ratio:.2f}x hf --help")
-    RESULTS.mkdir(exist_ok=True)
-    out = args.out or RESULTS / f"plan_apply-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_report(report, args.out)
     print(f"wrote {out}")
     return 0
 

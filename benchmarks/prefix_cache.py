@@ -16,7 +16,6 @@ interleaved, `--rounds` times each, and reports median TTFT and the ratio.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,9 @@ import httpx
 from tests.harness.tinymodels import QWEN3_25M
 from tests.server_helpers import Daemon, build_chat_model, free_port, write_manifest
 
-RESULTS = Path(__file__).parent / "results"
+from benchmarks.report import header as report_header
+from benchmarks.report import write as write_report
+
 _WORDS = ("tool", "file", "edit", "read", "grep", "test", "plan", "code", "diff", "run")
 
 
@@ -109,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
             daemon.cli("server", "stop")
 
     report: dict[str, Any] = {
-        "benchmark": "prefix_cache",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **report_header("prefix_cache"),
         "model": "qwen3 25.7M fp32 (tests.harness.tinymodels.QWEN3_25M)",
         "system_prompt_tokens_approx": args.prompt_tokens,
         "rounds": args.rounds,
@@ -123,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"cold TTFT median {report['cold_median_s'] * 1000:8.0f} ms")
     print(f"warm TTFT median {report['warm_median_s'] * 1000:8.0f} ms")
     print(f"warm / cold      {report['warm_over_cold']:8.3f}")
-    out = args.out or RESULTS / f"prefix_cache-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_report(report, args.out)
     print(f"wrote {out}")
     return 0
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,9 @@ import httpx
 from tests.harness.tinymodels import QWEN3_25M
 from tests.server_helpers import Daemon, build_chat_model, free_port, wait_for, write_manifest
 
-RESULTS = Path(__file__).parent / "results"
+from benchmarks.report import header as report_header
+from benchmarks.report import write as write_report
+
 SHORT_PROMPT = "Request {i}: write one short sentence about the weather in Paris."
 LONG_PROMPT = "Request {i}: write a long story about a local model server."
 
@@ -337,14 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
     report = {
-        "benchmark": "server_concurrency",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            "load_average": os.getloadavg(),  # other work on the machine skews every figure
-        },
+        **report_header("server_concurrency"),
         "model": "qwen3 25.7M fp32 (tests.harness.tinymodels.QWEN3_25M), greedy",
         "long_stream_tokens": args.tokens,
         "rounds": args.rounds,
@@ -352,9 +346,7 @@ def main(argv: list[str] | None = None) -> int:
         "local_ai": local,
         "omni_baseline": omni,
     }
-    out = args.out or RESULTS / f"server_concurrency-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    out = write_report(report, args.out)
     print_table(report)
     print(f"\nwrote {out}")
     return 0
