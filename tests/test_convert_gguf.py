@@ -23,6 +23,7 @@ import pytest
 
 from local_ai.convert.archs import ARCHS
 from local_ai.convert.chat_template import render_chat_template
+from local_ai.convert.gguf_reader import read_gguf
 from local_ai.convert.gguf_to_mlx import convert_gguf, inspect_gguf
 from local_ai.convert.recipe import LEVELS, Recipe, make_recipe
 from local_ai.convert.safetensors_to_mlx import convert_safetensors
@@ -524,3 +525,42 @@ def test_deepseek_mla_layouts_and_softmax_router(
         )
         with pytest.raises(NotYetError, match="renormalised"):
             convert(renorm, tmp_path / "refused", make_recipe("fp16"))
+
+
+@pytest.mark.parametrize("arch", ["deepseek_v3", "deepseek_v2"])
+def test_deepseek_without_rope_scaling_is_plain_rope(arch: str, tmp_path: Path) -> None:
+    """A deepseek2 GGUF with no ``rope.scaling.*`` keys (a model trained without YaRN): the
+    sigmoid-routed file gives mlx-lm's deepseek_v3 no rope_scaling and the original's logits;
+    the softmax-routed one gets YaRN factor 1 (mlx-lm's deepseek_v2 always builds YaRN, and
+    cannot load a config without it), which must run exactly as plain RoPE, unscaled."""
+    import mlx.core as mx
+
+    src = tm.build_model(tmp_path / "src", arch, seed=4, **WIDE)
+    cfg_path = src / "config.json"
+    cfg_path.write_text(json.dumps(json.loads(cfg_path.read_text()) | {"rope_scaling": None}))
+    source = ge.export_gguf(src, tmp_path / "f16.gguf", "F16")
+    assert not any(k.startswith("deepseek2.rope.scaling") for k in read_gguf(source).metadata)
+    out = convert(source, tmp_path / "mlx", make_recipe("fp16"))
+    cfg = json.loads((out / "config.json").read_text())
+    want_cfg = json.loads(cfg_path.read_text())
+    if arch == "deepseek_v3":
+        assert cfg["rope_scaling"] is None
+        ids = prompt_ids(src)
+        got = compare(logits(out, ids), logits(src, ids))
+        assert got["max_abs"] <= MAX_ABS["F16"] and got["top1"] >= TOP1["F16"], got
+        return
+    assert cfg["rope_scaling"] == {
+        "type": "yarn",
+        "factor": 1.0,
+        "original_max_position_embeddings": want_cfg["max_position_embeddings"],
+    }
+    attn = load_model(out).model.layers[1].self_attn
+    dims = want_cfg["qk_rope_head_dim"]
+    qk_head = want_cfg["qk_nope_head_dim"] + dims
+    assert attn.scale == pytest.approx(qk_head**-0.5)  # no YaRN attention scaling
+    x = mx.random.normal((1, 4, 47, dims), key=mx.random.key(0))
+    for offset in (0, 5):
+        plain = mx.fast.rope(
+            x, dims, traditional=True, base=want_cfg["rope_theta"], scale=1.0, offset=offset
+        )
+        assert np.allclose(np.array(attn.rope(x, offset=offset)), np.array(plain), atol=1e-5)
