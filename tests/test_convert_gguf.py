@@ -142,6 +142,55 @@ def test_every_other_tensor_type_dequantizes_exactly(
     assert_same_parameters(model_parameters(out), model_parameters(reference))
 
 
+# Types gguf-py dequantizes but cannot quantize: the test writes random (valid) blocks.
+RANDOM_BLOCK_TYPES = (
+    "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL", "IQ4_XS",
+    "TQ1_0", "TQ2_0", "MXFP4", "NVFP4",
+)  # fmt: skip
+
+
+def _random_blocks(qtype: Any, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_blocks`` random blocks of ``qtype`` whose values are finite and small (random scale
+    bytes are often huge or NaN in fp16/e8m0, so such blocks are drawn again)."""
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    kept: list[np.ndarray] = []
+    while sum(len(k) for k in kept) < n_blocks:
+        cand = rng.integers(0, 256, (4 * n_blocks, size), dtype=np.uint8)
+        with np.errstate(all="ignore"):
+            values = gguf.quants.dequantize(cand, qtype).reshape(len(cand), block)
+        ok = np.isfinite(values).all(axis=1) & (np.abs(values).max(axis=1) <= 16)
+        kept.append(cand[ok])
+    return np.concatenate(kept)[:n_blocks]
+
+
+def test_iq_tq_and_fp4_types_dequantize_exactly(
+    wide_models: dict[str, Path], gguf_file: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """Every matrix of one file stored in a different IQ/TQ/FP4 type (random blocks: gguf-py
+    has no quantizer for them), converted: the same values as gguf-py's dequantization."""
+    import gguf
+
+    src = gguf_file("qwen3", "F16")
+    rng = np.random.default_rng(7)
+    reader = gguf.GGUFReader(str(src))
+    matrices = [t for t in reader.tensors if len(t.shape) == 2]
+    assert len(matrices) >= len(RANDOM_BLOCK_TYPES)
+    raw = {}
+    for t, name in zip(matrices, RANDOM_BLOCK_TYPES, strict=False):
+        qtype = gguf.GGMLQuantizationType[name]
+        block, size = gguf.GGML_QUANT_SIZES[qtype]
+        rows, row = int(t.shape[1]), int(t.shape[0])
+        blocks = _random_blocks(qtype, rows * row // block, rng)
+        raw[t.name] = (qtype, blocks.reshape(rows, row // block * size))
+    source = _rewrite_gguf(src, tmp_path / "iq.gguf", {}, raw=raw)
+    assert set(RANDOM_BLOCK_TYPES) <= set(inspect_gguf(source)["tensor_types"])
+    out = convert(source, tmp_path / "mlx", make_recipe("fp16"))
+    reference = dequantized_reference(wide_models["qwen3"], source, tmp_path / "ref")
+    assert_same_parameters(model_parameters(out), model_parameters(reference))
+
+
 @pytest.mark.parametrize("arch", ARCHS_UNDER_TEST)
 def test_config_tokenizer_and_chat_template_survive(
     arch: str, wide_models: dict[str, Path], gguf_file: Callable[[str, str], Path], tmp_path: Path
@@ -414,10 +463,14 @@ def test_gemma3_refuses_what_mlx_lm_cannot_run(
 
 
 def _rewrite_gguf(
-    src: Path, dst: Path, values: dict[str, Any], tensors: dict[str, np.ndarray] | None = None
+    src: Path,
+    dst: Path,
+    values: dict[str, Any],
+    tensors: dict[str, np.ndarray] | None = None,
+    raw: dict[str, tuple[Any, np.ndarray]] | None = None,
 ) -> Path:
-    """``src`` with metadata ``values`` set (bools as BOOL, ints as UINT32, floats as FLOAT32)
-    and ``tensors`` (float32) appended."""
+    """``src`` with metadata ``values`` set (bools as BOOL, ints as UINT32, floats as FLOAT32),
+    ``tensors`` (float32) appended and the tensors in ``raw`` replaced by (type, block bytes)."""
     import gguf
 
     reader = gguf.GGUFReader(str(src))
@@ -435,7 +488,8 @@ def _rewrite_gguf(
         else:
             writer.add_uint32(name, int(value))
     for t in reader.tensors:
-        writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+        qtype, data = (raw or {}).get(t.name, (t.tensor_type, np.asarray(t.data)))
+        writer.add_tensor(t.name, data, raw_dtype=qtype)
     for name, arr in (tensors or {}).items():
         writer.add_tensor(name, arr.astype(np.float32))
     writer.write_header_to_file()
