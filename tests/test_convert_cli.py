@@ -167,3 +167,24 @@ def test_killed_cli_takes_its_worker_along(slow_gguf: Path, isolated_home: Path)
     assert store.leftovers()  # the half-written staging entry, to be cleaned on next start
     store.clean_leftovers()
     assert not list((isolated_home / "staging").iterdir())
+
+
+def test_help_lists_the_architectures_and_a_low_bit_gguf_warns(tmp_path: Path) -> None:
+    """``--help`` shows the architecture list from convert/archs.py; converting a GGUF stored
+    below 8 bits prints the compounding-error warning, naming the GGUF's base_model repo."""
+    from local_ai.convert.archs import GGUF_ARCHITECTURES
+
+    shown = run_cli("models", "convert", "--help")
+    assert shown.returncode == 0, shown.stderr
+    help_text = " ".join(shown.stdout.split())
+    assert f"GGUF architectures: {', '.join(GGUF_ARCHITECTURES)}" in help_text
+    assert {"llama", "qwen3moe", "gemma3", "deepseek2", "glm4moe"} <= set(GGUF_ARCHITECTURES)
+
+    model = tm.build_model(tmp_path / "m", "qwen3")
+    low = ge.export_gguf(model, tmp_path / "low-Q4_0.gguf", "Q4_0", base_model="Org/Base-7B")
+    result = run_cli("models", "convert", str(low), "-q", "q4", "--out", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    warning = " ".join(result.stderr.split())
+    assert "warning: the GGUF's weights are already quantized below 8 bits (Q4_0)" in warning
+    assert "compounds the quantization error" in warning and "repo instead: Org/Base-7B" in warning
+    assert warning.count("compounds") == 1  # said once, before converting

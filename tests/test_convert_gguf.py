@@ -23,6 +23,7 @@ import pytest
 
 from local_ai.convert.archs import ARCHS
 from local_ai.convert.chat_template import render_chat_template
+from local_ai.convert.gguf_reader import read_gguf
 from local_ai.convert.gguf_to_mlx import convert_gguf, inspect_gguf
 from local_ai.convert.recipe import LEVELS, Recipe, make_recipe
 from local_ai.convert.safetensors_to_mlx import convert_safetensors
@@ -136,6 +137,55 @@ def test_every_other_tensor_type_dequantizes_exactly(
 ) -> None:
     source = gguf_file("qwen3", qtype)
     assert qtype in inspect_gguf(source)["tensor_types"]  # really stored in that type
+    out = convert(source, tmp_path / "mlx", make_recipe("fp16"))
+    reference = dequantized_reference(wide_models["qwen3"], source, tmp_path / "ref")
+    assert_same_parameters(model_parameters(out), model_parameters(reference))
+
+
+# Types gguf-py dequantizes but cannot quantize: the test writes random (valid) blocks.
+RANDOM_BLOCK_TYPES = (
+    "IQ1_S", "IQ1_M", "IQ2_XXS", "IQ2_XS", "IQ2_S", "IQ3_XXS", "IQ3_S", "IQ4_NL", "IQ4_XS",
+    "TQ1_0", "TQ2_0", "MXFP4", "NVFP4",
+)  # fmt: skip
+
+
+def _random_blocks(qtype: Any, n_blocks: int, rng: np.random.Generator) -> np.ndarray:
+    """``n_blocks`` random blocks of ``qtype`` whose values are finite and small (random scale
+    bytes are often huge or NaN in fp16/e8m0, so such blocks are drawn again)."""
+    import gguf
+
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    kept: list[np.ndarray] = []
+    while sum(len(k) for k in kept) < n_blocks:
+        cand = rng.integers(0, 256, (4 * n_blocks, size), dtype=np.uint8)
+        with np.errstate(all="ignore"):
+            values = gguf.quants.dequantize(cand, qtype).reshape(len(cand), block)
+        ok = np.isfinite(values).all(axis=1) & (np.abs(values).max(axis=1) <= 16)
+        kept.append(cand[ok])
+    return np.concatenate(kept)[:n_blocks]
+
+
+def test_iq_tq_and_fp4_types_dequantize_exactly(
+    wide_models: dict[str, Path], gguf_file: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    """Every matrix of one file stored in a different IQ/TQ/FP4 type (random blocks: gguf-py
+    has no quantizer for them), converted: the same values as gguf-py's dequantization."""
+    import gguf
+
+    src = gguf_file("qwen3", "F16")
+    rng = np.random.default_rng(7)
+    reader = gguf.GGUFReader(str(src))
+    matrices = [t for t in reader.tensors if len(t.shape) == 2]
+    assert len(matrices) >= len(RANDOM_BLOCK_TYPES)
+    raw = {}
+    for t, name in zip(matrices, RANDOM_BLOCK_TYPES, strict=False):
+        qtype = gguf.GGMLQuantizationType[name]
+        block, size = gguf.GGML_QUANT_SIZES[qtype]
+        rows, row = int(t.shape[1]), int(t.shape[0])
+        blocks = _random_blocks(qtype, rows * row // block, rng)
+        raw[t.name] = (qtype, blocks.reshape(rows, row // block * size))
+    source = _rewrite_gguf(src, tmp_path / "iq.gguf", {}, raw=raw)
+    assert set(RANDOM_BLOCK_TYPES) <= set(inspect_gguf(source)["tensor_types"])
     out = convert(source, tmp_path / "mlx", make_recipe("fp16"))
     reference = dequantized_reference(wide_models["qwen3"], source, tmp_path / "ref")
     assert_same_parameters(model_parameters(out), model_parameters(reference))
@@ -413,10 +463,14 @@ def test_gemma3_refuses_what_mlx_lm_cannot_run(
 
 
 def _rewrite_gguf(
-    src: Path, dst: Path, values: dict[str, Any], tensors: dict[str, np.ndarray] | None = None
+    src: Path,
+    dst: Path,
+    values: dict[str, Any],
+    tensors: dict[str, np.ndarray] | None = None,
+    raw: dict[str, tuple[Any, np.ndarray]] | None = None,
 ) -> Path:
-    """``src`` with metadata ``values`` set (bools as BOOL, ints as UINT32, floats as FLOAT32)
-    and ``tensors`` (float32) appended."""
+    """``src`` with metadata ``values`` set (bools as BOOL, ints as UINT32, floats as FLOAT32),
+    ``tensors`` (float32) appended and the tensors in ``raw`` replaced by (type, block bytes)."""
     import gguf
 
     reader = gguf.GGUFReader(str(src))
@@ -434,7 +488,8 @@ def _rewrite_gguf(
         else:
             writer.add_uint32(name, int(value))
     for t in reader.tensors:
-        writer.add_tensor(t.name, np.asarray(t.data), raw_dtype=t.tensor_type)
+        qtype, data = (raw or {}).get(t.name, (t.tensor_type, np.asarray(t.data)))
+        writer.add_tensor(t.name, data, raw_dtype=qtype)
     for name, arr in (tensors or {}).items():
         writer.add_tensor(name, arr.astype(np.float32))
     writer.write_header_to_file()
@@ -524,3 +579,42 @@ def test_deepseek_mla_layouts_and_softmax_router(
         )
         with pytest.raises(NotYetError, match="renormalised"):
             convert(renorm, tmp_path / "refused", make_recipe("fp16"))
+
+
+@pytest.mark.parametrize("arch", ["deepseek_v3", "deepseek_v2"])
+def test_deepseek_without_rope_scaling_is_plain_rope(arch: str, tmp_path: Path) -> None:
+    """A deepseek2 GGUF with no ``rope.scaling.*`` keys (a model trained without YaRN): the
+    sigmoid-routed file gives mlx-lm's deepseek_v3 no rope_scaling and the original's logits;
+    the softmax-routed one gets YaRN factor 1 (mlx-lm's deepseek_v2 always builds YaRN, and
+    cannot load a config without it), which must run exactly as plain RoPE, unscaled."""
+    import mlx.core as mx
+
+    src = tm.build_model(tmp_path / "src", arch, seed=4, **WIDE)
+    cfg_path = src / "config.json"
+    cfg_path.write_text(json.dumps(json.loads(cfg_path.read_text()) | {"rope_scaling": None}))
+    source = ge.export_gguf(src, tmp_path / "f16.gguf", "F16")
+    assert not any(k.startswith("deepseek2.rope.scaling") for k in read_gguf(source).metadata)
+    out = convert(source, tmp_path / "mlx", make_recipe("fp16"))
+    cfg = json.loads((out / "config.json").read_text())
+    want_cfg = json.loads(cfg_path.read_text())
+    if arch == "deepseek_v3":
+        assert cfg["rope_scaling"] is None
+        ids = prompt_ids(src)
+        got = compare(logits(out, ids), logits(src, ids))
+        assert got["max_abs"] <= MAX_ABS["F16"] and got["top1"] >= TOP1["F16"], got
+        return
+    assert cfg["rope_scaling"] == {
+        "type": "yarn",
+        "factor": 1.0,
+        "original_max_position_embeddings": want_cfg["max_position_embeddings"],
+    }
+    attn = load_model(out).model.layers[1].self_attn
+    dims = want_cfg["qk_rope_head_dim"]
+    qk_head = want_cfg["qk_nope_head_dim"] + dims
+    assert attn.scale == pytest.approx(qk_head**-0.5)  # no YaRN attention scaling
+    x = mx.random.normal((1, 4, 47, dims), key=mx.random.key(0))
+    for offset in (0, 5):
+        plain = mx.fast.rope(
+            x, dims, traditional=True, base=want_cfg["rope_theta"], scale=1.0, offset=offset
+        )
+        assert np.allclose(np.array(attn.rope(x, offset=offset)), np.array(plain), atol=1e-5)

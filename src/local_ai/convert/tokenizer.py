@@ -25,7 +25,6 @@ from local_ai.errors import MalformedFileError, NotYetError
 # llama.cpp token types (llama_token_type / gguf.TokenType)
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6
 
-# llama.cpp's pre-tokenizer names -> (normalize to NFC, Split regex or None for GPT-2's ByteLevel).
 # Regexes as the original tokenizer.json files write them.
 _LLAMA3_REGEX: Final = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
@@ -42,17 +41,57 @@ _DEEPSEEK3_REGEXES: Final = (
     r"[!\"#$%&'()*+,\-./:;<=>?@\[\\\]^_`{|}~][A-Za-z]+|[^\r\n\p{L}\p{P}\p{S}]?[\p{L}\p{M}]+"
     r"| ?[\p{P}\p{S}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
 )
-PRE_TOKENIZERS: Final[dict[str, tuple[bool, tuple[str, ...]]]] = {
-    "llama-bpe": (False, (_LLAMA3_REGEX,)),
-    "llama3": (False, (_LLAMA3_REGEX,)),
-    "qwen2": (True, (_QWEN2_REGEX,)),
-    "deepseek-r1-qwen": (True, (_QWEN2_REGEX,)),
-    "deepseek-v3": (False, _DEEPSEEK3_REGEXES),
-    "glm4": (False, (_LLAMA3_REGEX,)),  # llama.cpp's CHATGLM4 regex is Llama-3's
-    "chatglm-bpe": (False, (_LLAMA3_REGEX,)),
-    "gpt-2": (False, ()),  # (): GPT-2's own regex, inside ByteLevel
-    "gpt2": (False, ()),
-    "default": (False, ()),
+# DeepSeek LLM / DeepSeek-V2 / V2.5 ("deepseek-llm"): five Splits, then every digit on its own
+# (deepseek-llm-7b-base's and DeepSeek-V2's tokenizer.json). Each line break alone; an optional
+# whitespace plus a run of cased letters (Unicode's Lu/Ll/Lt ranges, as the file lists them);
+# an optional whitespace plus ASCII/fullwidth/CJK punctuation; trailing whitespace; CJK and
+# Hangul runs. llama.cpp's list ends in \p{N}+ instead of single digits, which gives the
+# same tokens for a vocabulary trained with split digits.
+_DEEPSEEK_LLM_REGEXES: Final = (
+    "[\r\n]",
+    "\\s?[A-Za-z\u00b5\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u01ba\u01bc-\u01bf\u01c4-\u0293"
+    "\u0295-\u02af\u0370-\u0373\u0376\u0377\u037b-\u037d\u037f\u0386\u0388-\u038a\u038c"
+    "\u038e-\u03a1\u03a3-\u03f5\u03f7-\u0481\u048a-\u052f\u0531-\u0556\u10a0-\u10c5"
+    "\u13a0-\u13f5\u13f8-\u13fd\u1c90-\u1cba\u1cbd-\u1cbf\u1d00-\u1d2b\u1d6b-\u1d77"
+    "\u1d79-\u1d9a\u1e00-\u1f15\u1f18-\u1f1d\u1f20-\u1f45\u1f48-\u1f4d\u1f50-\u1f57\u1f59"
+    "\u1f5b\u1f5d\u1f5f-\u1f7d\u1f80-\u1fb4\u1fb6-\u1fbc\u1fbe\u1fc2-\u1fc4\u1fc6-\u1fcc"
+    "\u1fd0-\u1fd3\u1fd6-\u1fdb\u1fe0-\u1fec\u1ff2-\u1ff4\u1ff6-\u1ffc\u2102\u2107"
+    "\u210a-\u2113\u2115\u2119-\u211d\u2124\u2126\u2128\u212a-\u212d\u212f-\u2134\u2139"
+    "\u213c-\u213f\u2145-\u2149\u214e\u2183\u2184\u2c00-\u2c7b\u2c7e-\u2ce4\u2ceb-\u2cee"
+    "\u2cf2\u2cf3\ua640-\ua66d\ua680-\ua69b\ua722-\ua76f\ua771-\ua787\ua78b-\ua78e"
+    "\uab70-\uabbf\ufb00-\ufb06\ufb13-\ufb17\uff21-\uff3a\uff41-\uff5a"
+    "\U00010400-\U0001044f\U000104b0-\U000104d3\U000104d8-\U000104fb\U00010c80-\U00010cb2"
+    "\U00010cc0-\U00010cf2\U000118a0-\U000118df\U0001e900-\U0001e943]+",
+    "\\s?[!-/:-~\uff01-\uff0f\uff1a-\uff5e\u2018-\u201f\u3000-\u3002]+",
+    "\\s+$",
+    "[\u4e00-\u9fa5\u0800-\u4e00\uac00-\ud7ff]+",
+)
+
+
+@dataclass(frozen=True)
+class PreTokenizer:
+    """What runs before byte-level BPE: NFC normalisation, then ``splits`` in turn (each an
+    isolating regex Split; none: GPT-2's own regex inside ByteLevel), then, with
+    ``single_digits``, every digit split off on its own."""
+
+    nfc: bool = False
+    splits: tuple[str, ...] = ()
+    single_digits: bool = False
+
+
+# llama.cpp's ``tokenizer.ggml.pre`` names.
+PRE_TOKENIZERS: Final[dict[str, PreTokenizer]] = {
+    "llama-bpe": PreTokenizer(splits=(_LLAMA3_REGEX,)),
+    "llama3": PreTokenizer(splits=(_LLAMA3_REGEX,)),
+    "qwen2": PreTokenizer(nfc=True, splits=(_QWEN2_REGEX,)),
+    "deepseek-r1-qwen": PreTokenizer(nfc=True, splits=(_QWEN2_REGEX,)),
+    "deepseek-v3": PreTokenizer(splits=_DEEPSEEK3_REGEXES),
+    "deepseek-llm": PreTokenizer(splits=_DEEPSEEK_LLM_REGEXES, single_digits=True),
+    "glm4": PreTokenizer(splits=(_LLAMA3_REGEX,)),  # llama.cpp's CHATGLM4 regex is Llama-3's
+    "chatglm-bpe": PreTokenizer(splits=(_LLAMA3_REGEX,)),
+    "gpt-2": PreTokenizer(),
+    "gpt2": PreTokenizer(),
+    "default": PreTokenizer(),
 }
 
 
@@ -272,26 +311,24 @@ def _byte_level_bpe(gguf: GGUFFile, tokens: list[str]) -> Any:
     converter_class: Any = GGUFGPTConverter
     converter = converter_class({"tokens": tokens, "merges": [f"{a} {b}" for a, b in merges]})
     tokenizer = converter.converted()
-    nfc, regexes = PRE_TOKENIZERS[pre]
-    if nfc:
+    spec = PRE_TOKENIZERS[pre]
+    if spec.nfc:
         tokenizer.normalizer = normalizers.NFC()
-    if not regexes:
+    if not spec.splits:
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(
             add_prefix_space=False, trim_offsets=False, use_regex=True
         )
     else:
-        splits = [
+        steps: list[Any] = [
             pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False)
-            for regex in regexes
+            for regex in spec.splits
         ]
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-            [
-                *splits,
-                pre_tokenizers.ByteLevel(
-                    add_prefix_space=False, trim_offsets=False, use_regex=False
-                ),
-            ]
+        if spec.single_digits:
+            steps.append(pre_tokenizers.Digits(individual_digits=True))
+        steps.append(
+            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
         )
+        tokenizer.pre_tokenizer = pre_tokenizers.Sequence(steps)
     return tokenizer
 
 
