@@ -95,7 +95,12 @@ def _on_disk(
     monkeypatch.setenv("LOCAL_AI_HOME", str(home))
     monkeypatch.setenv("HF_HOME", str(hf_cache))
     monkeypatch.setenv("HF_HUB_CACHE", str(hf_cache / "hub"))
-    return Project(tmp_path / "work", home)
+    project = Project(tmp_path / "work", home)
+    # Most runs use the real CLI in this process (no 2 s of imports each).
+    monkeypatch.setenv("LOCAL_AI_CONFIG", str(project.manifest))
+    monkeypatch.setenv("NO_COLOR", "1")
+    monkeypatch.setenv("COLUMNS", "200")
+    return project
 
 
 @pytest.fixture
@@ -107,9 +112,9 @@ def wide_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 CHAT = f'[models.chat]\nrepo = "{MLX}"\ncontext = 4096\n'
 
 
-def _served_before(project: Project) -> dict[str, object]:
-    first = project.cli("apply", "--yes")
-    assert first.returncode == 0, first.stdout + first.stderr
+def _served_before(project: Project, capsys: Any) -> dict[str, object]:
+    code, out, err = run_inprocess(capsys, "apply", "--yes")
+    assert code == 0, out + err
     assert project.chat("chat").status_code == 200
     return project.state()
 
@@ -146,15 +151,15 @@ def test_disk_full_during_fetch_and_conversion_keeps_the_served_generation(
     hub_cache = Path(os.environ["HF_HUB_CACHE"])
     try:
         project.write(CHAT)
-        before = _served_before(project)
+        before = _served_before(project, capsys)
         project.write(CHAT + f'[models.wide]\nrepo = "{BIG}"\ncontext = 4096\n')
 
         # 1. Too little space from the start: refused before the weights are requested.
         small_disk.fill(leave=1 * MIB)
         tiny_hub.clear_requests()
-        refused = project.cli("apply", "--yes")
-        out = refused.stdout + refused.stderr
-        assert refused.returncode == ExitCode.ERROR, out
+        code, out, err = run_inprocess(capsys, "apply", "--yes")
+        out += err
+        assert code == ExitCode.ERROR, out
         assert f"not enough free disk space in {hub_cache}" in out, out
         assert "free up space" in out and "Traceback" not in out, out
         assert not [r for r in tiny_hub.requests if r.file == "model.safetensors"]
@@ -185,10 +190,10 @@ def test_disk_full_during_fetch_and_conversion_keeps_the_served_generation(
         small_disk.free_up()
         project.write(CHAT + f'[models.conv]\nrepo = "{HF}"\nquantize = "fp16"\ncontext = 4096\n')
         small_disk.fill(leave=1100 * 1024)
-        failed = project.cli("apply", "--yes")
-        out = failed.stdout + failed.stderr
-        assert failed.returncode == ExitCode.ERROR, out
-        assert "✓ fetch:conv" in out, out
+        code, out, err = run_inprocess(capsys, "apply", "--yes")
+        out += err
+        assert code == ExitCode.ERROR, out
+        assert "✓ fetch:conv" in out and (hub_cache / "models--org--tiny-chat").is_dir(), out
         staging = project.home / "staging"
         assert f"convert:conv: no space left on the disk holding {staging}" in out, out
         assert "local-ai gc" in out and "Traceback" not in out and "a bug" not in out, out
@@ -201,9 +206,9 @@ def test_disk_full_during_fetch_and_conversion_keeps_the_served_generation(
             + f'[models.wide]\nrepo = "{BIG}"\ncontext = 4096\n'
             + f'[models.conv]\nrepo = "{HF}"\nquantize = "fp16"\ncontext = 4096\n'
         )
-        rerun = project.cli("apply", "--yes")
-        assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-        assert "Generation 2" in rerun.stdout
+        code, out, err = run_inprocess(capsys, "apply", "--yes")
+        assert code == 0, out + err
+        assert "Generation 2" in out, out
         assert run_inprocess(capsys, "plan", "--detailed-exitcode")[0] == 0
         for alias in ("chat", "wide", "conv"):
             assert project.chat(alias).status_code == 200, alias
