@@ -5,8 +5,9 @@ refusal naming the other process (and `--lock-timeout`) or in a wait, never in c
 afterwards state.json, the lock file and the store are intact, plan is empty and every alias
 still answers.
 
-To make each overlap certain rather than likely, the process holding the apply lock is paused
-(SIGSTOP) while the other one runs, then resumed (SIGCONT)."""
+To make each overlap certain rather than likely, the process that holds the apply lock stops
+itself (SIGSTOP) at a named failpoint (LOCAL_AI_FAILPOINT_ACTION=stop) while the other one runs,
+then the test resumes it (SIGCONT)."""
 
 from __future__ import annotations
 
@@ -15,12 +16,15 @@ import json
 import os
 import signal
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
+from local_ai import settings
 from local_ai.errors import ExitCode
 from tests.harness.fakehub import FakeHub
 from tests.hub_repos import run_inprocess
@@ -43,13 +47,56 @@ def holder(project: Project) -> dict[str, object] | None:
         return None
 
 
-def hold_paused(project: Project, proc: subprocess.Popen[str]) -> None:
-    """Wait until `proc` holds the apply lock, then pause it there."""
-    assert wait_for(
-        lambda: (holder(project) or {}).get("pid") == proc.pid or proc.poll() is not None, 120
-    ), holder(project)
+def armed_popen(project: Project, point: str, *args: str) -> subprocess.Popen[str]:
+    """`local-ai ARGS` that pauses itself (SIGSTOP) at failpoint `point`, holding the lock."""
+    env = {
+        **os.environ,
+        "NO_COLOR": "1",
+        "COLUMNS": "200",
+        "LOCAL_AI_CONFIG": str(project.manifest),
+        settings.ENV_FAILPOINT: point,
+        settings.ENV_FAILPOINT_ACTION: "stop",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "local_ai", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=project.dir,
+    )
+    STARTED.append(proc)
+    return proc
+
+
+STARTED: list[subprocess.Popen[str]] = []
+
+
+@pytest.fixture
+def no_process_left() -> Iterator[None]:
+    """A failed assertion must not leave a stopped process behind (requested after `project`,
+    so this runs before its teardown stops the server)."""
+    yield
+    for proc in STARTED:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGCONT)
+                proc.kill()
+            proc.wait(timeout=30)
+    STARTED.clear()
+
+
+def stopped_holding_the_lock(project: Project, proc: subprocess.Popen[str]) -> None:
+    def stopped() -> bool:
+        if proc.poll() is not None:
+            return True
+        with contextlib.suppress(psutil.Error):
+            return bool(psutil.Process(proc.pid).status() == psutil.STATUS_STOPPED)
+        return False
+
+    assert wait_for(stopped, 120), holder(project)
     assert proc.poll() is None, proc.communicate()[0]
-    os.kill(proc.pid, signal.SIGSTOP)
+    assert (holder(project) or {}).get("pid") == proc.pid, holder(project)
 
 
 @contextlib.contextmanager
@@ -82,6 +129,7 @@ def test_concurrent_writers_one_waits_or_is_refused_never_corrupt(
     project: Project,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
+    no_process_left: None,
 ) -> None:
     # The refused side and the checks run the real CLI in this process (no 2 s of imports).
     for name, value in (("LOCAL_AI_CONFIG", str(project.manifest)), ("NO_COLOR", "1")):
@@ -98,8 +146,8 @@ def test_concurrent_writers_one_waits_or_is_refused_never_corrupt(
 def apply_and_server_restart(project: Project, capsys: Any) -> None:
     # A restart holds the lock: an apply is refused, one with --lock-timeout waits for it.
     project.write(models(2048))
-    restart = project.popen("server", "restart")
-    hold_paused(project, restart)
+    restart = armed_popen(project, "server.spawned", "server", "restart")
+    stopped_holding_the_lock(project, restart)
     with paused(restart):
         refused_by(run_inprocess(capsys, "apply", "--yes"), restart.pid, "local-ai server restart")
         waiting = project.popen("apply", "--yes", "--lock-timeout", "120")
@@ -111,8 +159,8 @@ def apply_and_server_restart(project: Project, capsys: Any) -> None:
 
     # An apply holds the lock: a restart is refused, and the apply finishes undisturbed.
     project.write(models(3072))
-    applying = project.popen("apply", "--yes")
-    hold_paused(project, applying)
+    applying = armed_popen(project, "after:reload-aliases", "apply", "--yes")
+    stopped_holding_the_lock(project, applying)
     with paused(applying):
         refused = run_inprocess(capsys, "server", "restart")
         refused_by(refused, applying.pid, "local-ai apply --yes")
@@ -148,7 +196,8 @@ def models_rm_of_served_models(project: Project, capsys: Any) -> None:
 
 
 def watch_and_a_manual_apply(project: Project, capsys: Any) -> None:
-    watch = project.popen("apply", "--watch", "--yes")
+    # Its first round has nothing to do: the first reload is the next round's.
+    watch = armed_popen(project, "after:reload-aliases@1", "apply", "--watch", "--yes")
     lines: list[str] = []
 
     def saw(text: str, *, after: int = 0) -> bool:
@@ -164,7 +213,7 @@ def watch_and_a_manual_apply(project: Project, capsys: Any) -> None:
         # The watch's round holds the lock: a manual apply is refused, naming it.
         mark = len(lines)
         project.write(models(2048))
-        hold_paused(project, watch)
+        stopped_holding_the_lock(project, watch)
         with paused(watch):
             refused = run_inprocess(capsys, "apply", "--yes")
             refused_by(refused, watch.pid, "local-ai apply --watch --yes")
@@ -176,8 +225,8 @@ def watch_and_a_manual_apply(project: Project, capsys: Any) -> None:
         os.kill(watch.pid, signal.SIGSTOP)
         with paused(watch):
             project.write(models(3072))
-            manual = project.popen("apply", "--yes")
-            hold_paused(project, manual)
+            manual = armed_popen(project, "after:reload-aliases", "apply", "--yes")
+            stopped_holding_the_lock(project, manual)
         with paused(manual):
             assert saw("applying once it is done", after=mark), "".join(lines)
         assert manual.wait(timeout=180) == 0, manual.communicate()[0]
