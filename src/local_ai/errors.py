@@ -120,6 +120,30 @@ class LockHeldError(LocalAIError):
 class DiskSpaceError(LocalAIError):
     """Not enough free space for a download or a conversion."""
 
+    @classmethod
+    def no_space(cls, directory: Path, doing: str, *, hint: str | None = None) -> DiskSpaceError:
+        """The disk filled up while writing (ENOSPC): names the directory and what was written."""
+        return cls(
+            f"no space left on the disk holding {directory} while {doing}",
+            hint=hint
+            or "free up space on that disk and run the command again; nothing "
+            "half-written was kept",
+        )
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An OSError saying the disk (or the user's quota) is full."""
+    import errno
+
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def disk_full_error(exc: BaseException, doing: str) -> DiskSpaceError:
+    """A DiskSpaceError for an ENOSPC that no narrower handler caught, naming its file."""
+    filename = getattr(exc, "filename", None)
+    where = Path(filename).parent if isinstance(filename, str | Path) else Path("the disk")
+    return DiskSpaceError.no_space(where, doing)
+
 
 class IntegrityError(LocalAIError):
     """A file's hash or size does not match what was resolved."""

@@ -21,6 +21,9 @@ ENV_CONFIG = "LOCAL_AI_CONFIG"
 ENV_DEBUG = "LOCAL_AI_DEBUG"
 # Crash-safety tests only: the named point where the process kills itself (util/failpoints.py).
 ENV_FAILPOINT = "LOCAL_AI_FAILPOINT"
+# ... and what happens there: "kill" (default, SIGKILL) or "stop" (SIGSTOP, to hold a process at
+# a known point while another runs; the concurrency tests).
+ENV_FAILPOINT_ACTION = "LOCAL_AI_FAILPOINT_ACTION"
 # Passed through to huggingface_hub (it reads them itself, at import time).
 ENV_HF_HOME = "HF_HOME"
 ENV_HF_ENDPOINT = "HF_ENDPOINT"
@@ -55,6 +58,11 @@ def debug() -> bool:
 def failpoint() -> str | None:
     """The armed failpoint, `name` or `name@N` (see util/failpoints.py); None when unset."""
     return os.environ.get(ENV_FAILPOINT) or None
+
+
+def failpoint_stops() -> bool:
+    """The armed failpoint pauses the process (SIGSTOP) instead of killing it."""
+    return os.environ.get(ENV_FAILPOINT_ACTION, "").strip().lower() == "stop"
 
 
 def hf_offline() -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import traceback
 
 from local_ai import settings
-from local_ai.errors import ExitCode, LocalAIError, ManifestError
+from local_ai.errors import ExitCode, LocalAIError, ManifestError, disk_full_error, is_disk_full
 
 
 def report(exc: BaseException) -> int:
@@ -27,6 +27,8 @@ def report(exc: BaseException) -> int:
         for problem in exc.problems:
             _print_one(problem, bullet=True)
         return exc.exit_code
+    if is_disk_full(exc):  # a full disk is not a bug: name it like a typed error
+        exc = disk_full_error(exc, "writing")
     if isinstance(exc, LocalAIError):
         _print_one(exc, bullet=False)
         return exc.exit_code

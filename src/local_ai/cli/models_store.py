@@ -196,6 +196,17 @@ ForceOption = Annotated[
 ]
 
 
+def _served_error(alias: str) -> Exception:
+    from local_ai.errors import LocalAIError
+
+    return LocalAIError(
+        f"{alias} is in the server's alias map (run/aliases.json); removing it would break "
+        "requests for it",
+        hint=f"remove [models.{alias}] from local-ai.toml and run `local-ai apply`, or pass "
+        "--force",
+    )
+
+
 def rm_command(
     alias: Annotated[str, typer.Argument(help="The alias to remove.")],
     yes: YesOption = False,
@@ -222,12 +233,7 @@ def rm_command(
     served = served_paths(paths)
     model = state.models[alias]
     if not force and (alias in served or model.location in served.values()):
-        raise LocalAIError(
-            f"{alias} is in the server's alias map (run/aliases.json); removing it would break "
-            "requests for it",
-            hint=f"remove [models.{alias}] from local-ai.toml and run `local-ai apply`, or pass "
-            "--force",
-        )
+        raise _served_error(alias)
     if not yes:
         if not interactive():
             raise LocalAIError(
@@ -241,6 +247,9 @@ def rm_command(
         if alias not in state.models:
             raise NotFoundError(f"{alias!r} was removed meanwhile")
         model = state.models[alias]
+        served = served_paths(paths)  # again: an apply may have changed the map meanwhile
+        if not force and (alias in served or model.location in served.values()):
+            raise _served_error(alias)
         models = {a: m for a, m in state.models.items() if a != alias}
         save_state(paths.state_file, state.model_copy(update={"models": models}))
         if model.location_kind == "store":

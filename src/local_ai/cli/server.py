@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from local_ai import settings
+from local_ai.cli.gc import LockTimeoutOption
 from local_ai.cli.options import ConfigOption, JsonOption
 
 server_app = typer.Typer(
@@ -91,13 +92,23 @@ def stop_command(timeout: TimeoutOption = None, json: JsonOption = False) -> Non
 
 @server_app.command("restart")
 def restart_command(
-    config: ConfigOption = None, timeout: TimeoutOption = None, json: JsonOption = False
+    config: ConfigOption = None,
+    timeout: TimeoutOption = None,
+    lock_timeout: LockTimeoutOption = 0,
+    json: JsonOption = False,
 ) -> None:
-    """Stop the server (waiting for it to exit) and start it again."""
-    from local_ai.server import daemon
+    """Stop the server (waiting for it to exit) and start it again.
 
-    daemon.stop(timeout=timeout)
-    start_command(config=config, foreground=False, timeout=None, json=json)
+    Holds the apply lock meanwhile: an `apply` would otherwise reload aliases or restart the
+    engine of a server being stopped.
+    """
+    from local_ai.server import daemon
+    from local_ai.store.locks import apply_lock
+
+    lock = settings.paths().apply_lock
+    with apply_lock(lock, timeout=lock_timeout, command="local-ai server restart"):
+        daemon.stop(timeout=timeout)
+        start_command(config=config, foreground=False, timeout=None, json=json)
 
 
 def _uptime(seconds: float | None) -> str:

@@ -46,7 +46,26 @@ def _exit_with_parent(poll: float = 0.5) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def error_payload(exc: BaseException) -> dict[str, Any]:
+def _disk_full(exc: BaseException, text: str, out_dir: Path | None) -> bool:
+    """ENOSPC, or mlx's own "[write] Unable to write N bytes" (no errno) with less than N bytes
+    free where the output goes."""
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    import re
+    import shutil
+
+    short = re.search(r"Unable to write (\d+) bytes", text)
+    if not short or out_dir is None:
+        return False
+    try:
+        return shutil.disk_usage(out_dir if out_dir.exists() else out_dir.parent).free < int(
+            short.group(1)
+        )
+    except OSError:
+        return False
+
+
+def error_payload(exc: BaseException, out_dir: Path | None = None) -> dict[str, Any]:
     """A typed error as JSON; the parent rebuilds the same class (see runner.rebuild_error)."""
     from local_ai.errors import LocalAIError, MalformedFileError
 
@@ -64,13 +83,21 @@ def error_payload(exc: BaseException) -> dict[str, Any]:
         return {"type": type(exc).__name__, "message": exc.message, "hint": exc.hint}
     if isinstance(exc, MemoryError):
         return {"type": "MemoryLimit", "message": "the converter ran out of its memory limit"}
-    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+    text = str(exc)
+    if _disk_full(exc, text, out_dir):
+        where = (
+            out_dir.parent
+            if out_dir is not None
+            else Path(getattr(exc, "filename", None) or ".").parent
+        )
         return {
             "type": "DiskSpaceError",
-            "message": f"no space left on the device while writing {exc.filename or 'the model'}",
-            "hint": "free some disk space (or use --out on another disk) and run it again",
+            "message": f"no space left on the disk holding {where} while writing the converted "
+            "model",
+            "hint": "free up space on that disk (`local-ai gc` removes unused store entries), or "
+            "put LOCAL_AI_HOME (or --out) on a larger one, and run it again; the partial output "
+            "was deleted",
         }
-    text = str(exc)
     # The last one: a shared library that cannot be mapped under the address-space limit.
     if any(s in text for s in ("bad_alloc", "Unable to allocate", "[malloc]", "map segment")):
         return {"type": "MemoryLimit", "message": f"the converter ran out of memory: {text}"}
@@ -118,6 +145,11 @@ def handle(request: dict[str, Any], emit: Any) -> dict[str, Any]:
     return out
 
 
+def _out_dir(request: Any) -> Path | None:
+    raw = request.get("out_dir") if isinstance(request, dict) else None
+    return Path(raw) if isinstance(raw, str) else None
+
+
 def main() -> int:
     # Keep the real stdout for events; everything else printed goes to stderr.
     events: IO[str] = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
@@ -128,6 +160,7 @@ def main() -> int:
         events.write(json.dumps(event, default=str) + "\n")
 
     _exit_with_parent()
+    request: Any = None
     try:
         request = json.loads(sys.stdin.read())
         _limit_memory(request.get("memory_limit"))
@@ -137,7 +170,7 @@ def main() -> int:
         if isinstance(exc, KeyboardInterrupt):
             return 130
         try:
-            emit({"event": "error", "error": error_payload(exc)})
+            emit({"event": "error", "error": error_payload(exc, _out_dir(request))})
         except BaseException:
             return 3
         return 1

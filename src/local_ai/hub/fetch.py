@@ -26,6 +26,7 @@ from local_ai.errors import (
     NotFoundError,
     OfflineError,
     UnsafeInputError,
+    is_disk_full,
 )
 from local_ai.hub import client
 from local_ai.hub.filters import check_names
@@ -118,7 +119,11 @@ def fetch(
     finally:
         sink.end()
         hashes.save()
-    return FetchResult(snapshot, _collect(outcomes, repo, commit), cleaned)
+    try:
+        return FetchResult(snapshot, _collect(outcomes, repo, commit), cleaned)
+    except DiskSpaceError:
+        clean_incomplete(storage)  # never resumed: give the space back now
+        raise
 
 
 def missing_from_cache(resolved: ResolvedSource) -> tuple[SourceFile, ...]:
@@ -211,7 +216,19 @@ def _download(resolved: ResolvedSource, entry: SourceFile, sink: FetchProgress) 
             raise
 
     where = client.Where(repo, commit, file=entry.name, alias=resolved.alias)
-    path = client.with_retries(attempt, where=where, what=f"downloading {entry.name} from {repo}")
+    try:
+        path = client.with_retries(
+            attempt, where=where, what=f"downloading {entry.name} from {repo}"
+        )
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        raise DiskSpaceError.no_space(
+            repo_cache_dir(repo),
+            f"downloading {entry.name} from {repo}",
+            hint="free up space, or move the HuggingFace cache to a larger disk (HF_HUB_CACHE "
+            "or HF_HOME), and run the command again; the partial download was deleted",
+        ) from exc
     return Path(path)
 
 
@@ -427,7 +444,8 @@ class VerifiedHashes:
         with self._lock:
             live = {k: v for k, v in self._data.items() if Path(k).exists()}
         text = json.dumps({"version": _VERIFIED_VERSION, "files": live}, sort_keys=True)
-        with contextlib.suppress(OSError):  # a cache: losing it costs only a re-hash
+        # A cache: losing it (to a full disk too) costs only a re-hash.
+        with contextlib.suppress(OSError, DiskSpaceError):
             atomic_write_text(self.path, text)
         self._dirty = False
 

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from local_ai import settings
-from local_ai.errors import ConfigError, IntegrityError, NotFoundError, OfflineError
+from local_ai.errors import (
+    ConfigError,
+    DiskSpaceError,
+    IntegrityError,
+    NotFoundError,
+    OfflineError,
+)
 from local_ai.hub import client
 from local_ai.hub.filters import check_names, name_problem, select_files
 from local_ai.hub.source import (
@@ -99,7 +105,7 @@ def _remember_ref(repo: str, revision: str, commit: str) -> None:
     if revision == commit or name_problem(revision) is not None:
         return
     ref = repo_cache_dir(repo) / "refs" / revision
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, DiskSpaceError):
         if not ref.is_file() or ref.read_text("utf-8") != commit:
             atomic_write_text(ref, commit)
 

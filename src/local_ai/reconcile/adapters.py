@@ -324,6 +324,11 @@ class Adapters:
 
         self.write_alias_map()
         result = daemon.start(self.snap.loaded.path)
+        if result.already_running:
+            # Started meanwhile by someone else (a killed apply, `server start`), perhaps from
+            # an older alias map: make it take the one just written.
+            served = daemon.reload_aliases()
+            return f"serving {', '.join(served) or 'no models yet'} at {result.url}"
         return f"serving {', '.join(result.aliases) or 'no models yet'} at {result.url}"
 
     def restart_server(self, action: Action) -> str:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from local_ai import settings
-from local_ai.errors import LocalAIError
+from local_ai.errors import LocalAIError, disk_full_error, is_disk_full
 from local_ai.reconcile.model import Action, Kind, Plan
 from local_ai.util.failpoints import failpoint
 
@@ -105,15 +105,21 @@ def execute(
                     action, "failed", str(exc), exc.hint, time.monotonic() - start, exc
                 )
             except Exception as exc:  # a bug in one handler must not hide the others' results
-                if settings.debug():
-                    traceback.print_exc()
-                outcome = Outcome(
-                    action,
-                    "failed",
-                    f"{type(exc).__name__}: {exc}",
-                    "this is a bug in local-ai; rerun with LOCAL_AI_DEBUG=1 and report it",
-                    seconds=time.monotonic() - start,
-                )
+                if is_disk_full(exc):  # not a bug: say which disk, as a typed error would
+                    full = disk_full_error(exc, f"running {action.id}")
+                    outcome = Outcome(
+                        action, "failed", str(full), full.hint, time.monotonic() - start, full
+                    )
+                else:
+                    if settings.debug():
+                        traceback.print_exc()
+                    outcome = Outcome(
+                        action,
+                        "failed",
+                        f"{type(exc).__name__}: {exc}",
+                        "this is a bug in local-ai; rerun with LOCAL_AI_DEBUG=1 and report it",
+                        seconds=time.monotonic() - start,
+                    )
         status[action.id] = outcome.status
         report.outcomes.append(outcome)
         if on_done:

@@ -13,13 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from local_ai.errors import LocalAIError
+from local_ai.errors import LocalAIError, LockHeldError
 
 if TYPE_CHECKING:
     from local_ai.manifest.load import LoadedManifest
     from local_ai.reconcile.run import RunOptions
 
 DEBOUNCE_MS = 400
+WAIT_FOREVER = -1.0  # filelock's "block until acquired" (Ctrl-C still stops it)
 
 
 def _digest(*files: Path) -> str:
@@ -74,7 +75,12 @@ def watch_manifest(
             return
         last_good = loaded
         try:
-            once(loaded, options, yes=yes, json=json, lock_timeout=lock_timeout)
+            try:
+                once(loaded, options, yes=yes, json=json, lock_timeout=lock_timeout)
+            except LockHeldError as exc:
+                # Refusing would drop this change until the next edit: wait for the other run.
+                out.print(f"[yellow]watch:[/] {exc.message}; applying once it is done …")
+                once(loaded, options, yes=yes, json=json, lock_timeout=WAIT_FOREVER)
         except LocalAIError as exc:
             report(exc)
         seen = _digest(path, lock)  # includes the lock apply just wrote

@@ -50,7 +50,7 @@ def apply_lock(
         holder = describe_holder(lock_path, wait=1.0)
         waited = f" after waiting {timeout:g} s" if timeout else ""
         raise LockHeldError(
-            f"{holder} is changing the model store{waited}",
+            f"{holder} is changing the model store or the server{waited}",
             hint="wait for it to finish, or pass --lock-timeout SECONDS to wait",
         ) from None
     try:

@@ -13,6 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
+from local_ai.errors import DiskSpaceError, is_disk_full
 from local_ai.util.failpoints import failpoint
 
 _TMP_SUFFIX = ".tmp"
@@ -88,9 +89,11 @@ def atomic_write_bytes(path: Path, data: bytes, *, mode: int | None = None) -> N
             tmp.chmod(0o644)
         failpoint(f"atomic:{path.name}")  # written aside, not yet in place
         tmp.replace(path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if is_disk_full(exc):
+            raise DiskSpaceError.no_space(path.parent, f"writing {path.name}") from exc
         raise
     fsync_dir(path.parent)
 

@@ -2,8 +2,9 @@
 
 `failpoint("name")` marks a place where a crash must leave everything recoverable. When
 `LOCAL_AI_FAILPOINT` names it (`name`, or `name@N` for its N-th hit in this process), the
-process sends itself SIGKILL there: a real `kill -9` at a deterministic point. Unset, a call costs
-one environment lookup. docs/reliability.md lists the points.
+process sends itself SIGKILL there: a real `kill -9` at a deterministic point. With
+`LOCAL_AI_FAILPOINT_ACTION=stop` it sends itself SIGSTOP instead (whoever armed it resumes it
+with SIGCONT). Unset, a call costs one environment lookup. docs/reliability.md lists the points.
 """
 
 from __future__ import annotations
@@ -37,10 +38,11 @@ def failpoint(name: str, *, parent: bool = False) -> None:
     if not _armed(name):
         return
     target = os.getppid() if parent else os.getpid()
-    os.kill(target, signal.SIGKILL)
+    os.kill(target, signal.SIGSTOP if settings.failpoint_stops() else signal.SIGKILL)
 
 
 def disarmed_env(env: dict[str, str]) -> dict[str, str]:
     """`env` without the failpoint, for long-lived children (the server) that must not die at a
     point meant for the command that started them."""
-    return {k: v for k, v in env.items() if k != settings.ENV_FAILPOINT}
+    armed = (settings.ENV_FAILPOINT, settings.ENV_FAILPOINT_ACTION)
+    return {k: v for k, v in env.items() if k not in armed}
