@@ -136,7 +136,7 @@ def one_kill(client: httpx.Client, *, cold: bool = False) -> dict[str, Any]:
             round(got["first_completion_s"], 3) if "first_completion_s" in got else None
         ),
         "gateway_errors": errors[0],
-        "standby_was_warm": bool(before.get("standby_pid")),
+        "standby_was_warm": not cold and bool(before.get("standby_pid")),
     }
 
 
@@ -158,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="keep the model, state and logs here")
     args = parser.parse_args(argv)
 
+    load_at_start = os.getloadavg()
+    standby_memory: list[int] = []
     with tempfile.TemporaryDirectory(prefix="local-ai-bench-") as tmp:
         work = args.workdir or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -180,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                         # One kill at a time, as in real life: the previous engine ran long
                         # enough to count as stable and the next standby is warm.
                         wait_for(lambda: settled(engine(client)), 60)
+                        if engine(client).get("standby_memory_bytes"):
+                            standby_memory.append(engine(client)["standby_memory_bytes"])
                         load = Load(daemon.url, args.streams) if condition != "idle" else None
                         if load is not None:
                             wait_for(lambda: bool(engine(client).get("active_generations")), 30)
@@ -201,11 +205,16 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
-            "load_average": os.getloadavg(),  # other work on the machine skews every figure
+            # Other work on the machine skews every figure: 1/5/15-minute averages.
+            "load_average_start": load_at_start,
+            "load_average_end": os.getloadavg(),
         },
         "model": "qwen3 tiny (tests.server_helpers.build_chat_model), preloaded",
         "rounds": args.rounds,
         "streams_under_load": args.streams,
+        "standby_memory_bytes_median": (
+            int(statistics.median(standby_memory)) if standby_memory else None
+        ),
         **results,
     }
     out = args.out or RESULTS / f"engine_recovery-{time.strftime('%Y%m%d-%H%M%S')}.json"
@@ -242,6 +251,13 @@ def print_table(report: dict[str, Any]) -> None:
         *(str(report[c]["gateway_errors"]) for c in ("idle", "under_load", "cold")),
     )
     Console().print(table)
+    memory = report.get("standby_memory_bytes_median")
+    if memory:
+        print(f"warm standby's resident memory (median): {memory / 1e6:.0f} MB")
+    machine = report["machine"]
+    start, end = machine["load_average_start"], machine["load_average_end"]
+    cpus = machine["cpus"]
+    print(f"load average (1 min) at start {start[0]:.2f}, at end {end[0]:.2f} on {cpus} CPUs")
 
 
 if __name__ == "__main__":

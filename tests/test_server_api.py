@@ -768,6 +768,25 @@ def test_engine_killed_with_sigkill_comes_back(daemon: Daemon, client: httpx.Cli
     )
 
 
+def test_a_killed_standby_is_replaced(client: httpx.Client) -> None:
+    assert wait_for(lambda: engine_status(client)["engine"]["standby_pid"], 60, interval=0.2)
+    before = engine_status(client)["engine"]
+    os.kill(before["standby_pid"], signal.SIGKILL)
+    assert wait_for(
+        lambda: engine_status(client)["engine"]["standby_pid"] not in (None, before["standby_pid"]),
+        60,
+        interval=0.2,
+    )
+    after = engine_status(client)["engine"]
+    # The engine serving was not touched, and a standby's death is no engine restart.
+    assert (after["pid"], after["restarts"], after["state"]) == (
+        before["pid"],
+        before["restarts"],
+        "ready",
+    )
+    assert after["standby_memory_bytes"] > 10_000_000
+
+
 def test_engine_restart_and_reload_through_the_daemon_functions(
     daemon: Daemon, client: httpx.Client, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -783,11 +802,13 @@ def test_engine_restart_and_reload_through_the_daemon_functions(
     status = control.status(daemon.manifest)
     assert status["config_hash"] == daemon.pidfile()["config_hash"]
     assert [m["alias"] for m in status["models"]] == ["tiny", "tool"]
-    before = engine_status(client)["engine"]["pid"]
+    assert wait_for(lambda: engine_status(client)["engine"]["standby_pid"], 60, interval=0.2)
+    before = engine_status(client)["engine"]
 
     new_pid = control.restart_engine()
 
-    assert new_pid != before and engine_status(client)["engine"]["pid"] == new_pid
+    assert new_pid == before["standby_pid"]  # the warm standby took over
+    assert engine_status(client)["engine"]["pid"] == new_pid
     assert engine_status(client)["engine"]["state"] == "ready"
     assert client.post("/v1/chat/completions", json=chat(max_tokens=2)).status_code == 200
 

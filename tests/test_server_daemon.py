@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -12,13 +13,14 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import pytest
 
 from local_ai.errors import ExitCode
-from tests.server_helpers import Daemon, build_chat_model, free_port, write_manifest
+from tests.server_helpers import Daemon, build_chat_model, free_port, wait_for, write_manifest
 
 
 @pytest.fixture(scope="module")
@@ -217,9 +219,19 @@ def test_stop_is_graceful_then_forceful(daemon: Daemon) -> None:
     assert got["short"].rstrip().endswith("data: [DONE]")
     assert not alive(info["pid"]) and not alive(info["engine_pid"])
 
-    # A stream longer than the wait is cut: the server is killed, engine included.
+    # A stream longer than the wait is cut: the server is killed, engine and standby included.
     assert daemon.start().returncode == 0
     info = daemon.pidfile()
+
+    # Its warm standby (started a few seconds after the engine) and what it costs are shown.
+    def engine() -> dict[str, Any]:
+        return dict(httpx.get(f"{daemon.url}/api/status", trust_env=False).json()["engine"])
+
+    assert wait_for(lambda: engine()["standby_pid"], 60, interval=0.2)
+    standby, memory = engine()["standby_pid"], engine()["standby_memory_bytes"]
+    assert memory > 10_000_000
+    shown = daemon.cli("server", "status").stdout
+    assert re.search(rf"standby engine warm \(pid {standby}, \d+ MB\)", shown), shown
     long = threading.Thread(target=stream, args=(100000, "long"))
     long.start()
     time.sleep(0.5)
@@ -227,4 +239,33 @@ def test_stop_is_graceful_then_forceful(daemon: Daemon) -> None:
     long.join(10)
     assert json.loads(forced.stdout)["forced"] is True
     assert not alive(info["pid"]) and not alive(info["engine_pid"])
+    # The standby is not in the pidfile: it exits by itself once its gateway is gone.
+    assert wait_for(lambda: not alive(standby), 5)
     assert not (daemon.home / "run" / "server.json").exists()
+
+
+def test_logs_follow_prints_new_lines_across_rotation(tmp_path: Path) -> None:
+    log = tmp_path / "state" / "logs" / "server.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("old line\n")
+    env = {**os.environ, "LOCAL_AI_HOME": str(tmp_path / "state"), "NO_COLOR": "1"}
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "local_ai", "server", "logs", "-f", "-n", "5"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    watchdog = threading.Timer(30, follower.kill)  # a broken follow fails, never hangs
+    watchdog.start()
+    try:
+        assert follower.stdout is not None
+        assert follower.stdout.readline() == "old line\n"  # the tail first
+        with log.open("a") as handle:
+            handle.write("appended line\n")
+        assert follower.stdout.readline() == "appended line\n"
+        log.write_text("after rotation\n")  # truncated and rewritten, as a rotation does
+        assert follower.stdout.readline() == "after rotation\n"
+    finally:
+        watchdog.cancel()
+        follower.kill()
+        follower.wait()

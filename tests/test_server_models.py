@@ -135,6 +135,9 @@ def test_cache_size_and_idle_ttl_follow_the_manifest_through_apply(
             .replace('idle_ttl = "0s"', 'idle_ttl = "2s"')
         )
         gateway_pid = daemon.pidfile()["pid"]
+        # The warm standby, imported under the old settings, is what restart-engine promotes.
+        assert wait_for(lambda: status(client)["engine"]["standby_pid"], 60, interval=0.2)
+        standby = status(client)["engine"]["standby_pid"]
         applied = daemon.cli("apply", "--yes")
         assert applied.returncode == 0, applied.stdout + applied.stderr
         # The plan it carried out: the engine restarts, the gateway does not.
@@ -145,6 +148,7 @@ def test_cache_size_and_idle_ttl_follow_the_manifest_through_apply(
 
         engine = status(client)["engine"]
         assert daemon.pidfile()["pid"] == gateway_pid  # the gateway stayed up
+        assert engine["pid"] == standby
         assert (engine["max_loaded_models"], engine["idle_ttl_s"]) == (2, 2)
         assert chat(client, "a").status_code == 200
         assert chat(client, "b").status_code == 200

@@ -161,6 +161,10 @@ def status_command(config: ConfigOption = None, json: JsonOption = False) -> Non
             f"  engine {engine.get('state')} (pid {engine.get('pid')}, "
             f"restarts {engine.get('restarts', 0)}){reason}"
         )
+        if engine.get("standby_pid"):
+            memory = engine.get("standby_memory_bytes")
+            size = f", {memory / 1e6:.0f} MB" if isinstance(memory, int) else ""
+            out.print(f"  standby engine warm (pid {engine['standby_pid']}{size})")
     if info.get("config_differs"):
         out.print("  [yellow]the manifest changed since start[/]: run `local-ai server restart`")
     models = info.get("models") or []

@@ -55,6 +55,15 @@ class EngineSpec:
     parent_pid: int | None = None
 
 
+def _rss(pid: int) -> int | None:
+    import psutil
+
+    try:
+        return int(psutil.Process(pid).memory_info().rss)
+    except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+        return None
+
+
 def _describe_exit(code: int) -> str:
     if code < 0:
         try:
@@ -145,6 +154,7 @@ class EngineSupervisor:
         return response.json()
 
     def snapshot(self) -> dict[str, Any]:
+        standby = self._standby if self.standby_ready else None
         return {
             "state": self.state,
             "reason": self.reason,
@@ -152,7 +162,9 @@ class EngineSupervisor:
             "restarts": self.restarts,
             "last_exit": self.last_exit,
             "uptime_s": round(time.monotonic() - self.started_at, 1) if self.started_at else None,
-            "standby_pid": self._standby.pid if self.standby_ready and self._standby else None,
+            "standby_pid": standby.pid if standby else None,
+            # The cost of quick recovery: an idle process holding the imports (~100 MB).
+            "standby_memory_bytes": _rss(standby.pid) if standby else None,
         }
 
     # --- the loop ---------------------------------------------------------------------------
@@ -257,7 +269,10 @@ class EngineSupervisor:
         """Start the next standby and note when it is warm (it says so on stdout)."""
         await asyncio.sleep(STANDBY_DELAY_S)
         # Not while an engine is starting: two imports at once would slow that start down.
+        # Nor when a newer task replaced this one: one standby at a time.
         if self._stopping or self._standby is not None or not self._ready.is_set():
+            return
+        if self._standby_task is not asyncio.current_task():
             return
         try:
             proc = await self._spawn_standby()
