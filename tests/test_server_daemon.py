@@ -143,6 +143,10 @@ def test_stale_pidfile_of_a_dead_process(daemon: Daemon) -> None:
     status = json.loads(daemon.cli("server", "status", "--json").stdout)
     assert status["running"] is False and status["stale_pidfile"] is True
     assert "stopped (stale pidfile" in daemon.cli("server", "status").stdout
+    stop = daemon.cli("server", "stop")  # nothing to signal: says so and drops the stale file
+    assert stop.returncode == 0 and "stale" in stop.stdout, stop.stdout + stop.stderr
+    assert not json.loads(daemon.cli("server", "status", "--json").stdout)["stale_pidfile"]
+    _write_stale_pidfile(daemon, dead.pid, time.time() - 100)
     started = daemon.start()
     assert started.returncode == 0, started.stderr
     assert daemon.pidfile()["token"] != "stale-token"
