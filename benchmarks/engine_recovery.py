@@ -19,9 +19,7 @@ long enough to count as stable and its warm standby is ready) and measures:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import signal
 import statistics
 import sys
@@ -34,9 +32,10 @@ from typing import Any
 import httpx
 from tests.server_helpers import Daemon, build_chat_model, free_port, wait_for, write_manifest
 
+from benchmarks.report import header as report_header
+from benchmarks.report import write as write_report
 from local_ai.server.gateway.supervisor import STABLE_AFTER_S
 
-RESULTS = Path(__file__).parent / "results"
 RETRY_S = 0.02
 GIVE_UP_S = 60.0
 
@@ -199,16 +198,7 @@ def main(argv: list[str] | None = None) -> int:
             daemon.kill()
 
     report = {
-        "benchmark": "engine_recovery",
-        "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "machine": {
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-            "python": platform.python_version(),
-            # Other work on the machine skews every figure: 1/5/15-minute averages.
-            "load_average_start": load_at_start,
-            "load_average_end": os.getloadavg(),
-        },
+        **report_header("engine_recovery"),
         "model": "qwen3 tiny (tests.server_helpers.build_chat_model), preloaded",
         "rounds": args.rounds,
         "streams_under_load": args.streams,
@@ -217,9 +207,11 @@ def main(argv: list[str] | None = None) -> int:
         ),
         **results,
     }
-    out = args.out or RESULTS / f"engine_recovery-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    # Other work on the machine skews every figure: 1/5/15-minute averages, before and after.
+    machine = report["machine"]
+    machine["load_average_start"] = load_at_start
+    machine["load_average_end"] = machine.pop("load_average")
+    out = write_report(report, args.out)
     print_table(report)
     print(f"\nwrote {out}")
     return 0
