@@ -217,7 +217,12 @@ def watch_and_a_manual_apply(project: Project, capsys: Any) -> None:
         with paused(watch):
             refused = run_inprocess(capsys, "apply", "--yes")
             refused_by(refused, watch.pid, "local-ai apply --watch --yes")
+            # Saved while the watch's round runs: applied by a round of its own, not dropped.
+            project.write(models(2560))
+        assert saw("changed while applying", after=mark), "".join(lines)
         assert saw("waiting for changes", after=mark), "".join(lines)
+        code, out, err = run_inprocess(capsys, "plan", "--detailed-exitcode")
+        assert code == 0, out + err
 
         # A manual apply holds the lock when the watch sees an edit: the watch waits for it,
         # then applies the manifest as it is.

@@ -65,25 +65,31 @@ def watch_manifest(
 
     def round_() -> None:
         nonlocal seen, last_good
-        try:
-            loaded = load_manifest(path)
-        except LocalAIError as exc:
-            report(exc)
-            keep = "the last good manifest stays in force" if last_good else "nothing applied"
-            out.print(f"[yellow]watch:[/] {path.name} has errors; {keep}. Waiting for a fix …")
-            seen = _digest(path, lock)
-            return
-        last_good = loaded
-        try:
+        while True:
+            applied = _digest(path)  # before reading it: an edit from now on is seen below
             try:
-                once(loaded, options, yes=yes, json=json, lock_timeout=lock_timeout)
-            except LockHeldError as exc:
-                # Refusing would drop this change until the next edit: wait for the other run.
-                out.print(f"[yellow]watch:[/] {exc.message}; applying once it is done …")
-                once(loaded, options, yes=yes, json=json, lock_timeout=WAIT_FOREVER)
-        except LocalAIError as exc:
-            report(exc)
-        seen = _digest(path, lock)  # includes the lock apply just wrote
+                loaded = load_manifest(path)
+            except LocalAIError as exc:
+                report(exc)
+                keep = "the last good manifest stays in force" if last_good else "nothing applied"
+                out.print(f"[yellow]watch:[/] {path.name} has errors; {keep}. Waiting for a fix …")
+                seen = _digest(path, lock)
+                return
+            last_good = loaded
+            try:
+                try:
+                    once(loaded, options, yes=yes, json=json, lock_timeout=lock_timeout)
+                except LockHeldError as exc:
+                    # Refusing would drop this change until the next edit: wait for the other run.
+                    out.print(f"[yellow]watch:[/] {exc.message}; applying once it is done …")
+                    once(loaded, options, yes=yes, json=json, lock_timeout=WAIT_FOREVER)
+            except LocalAIError as exc:
+                report(exc)
+            seen = _digest(path, lock)  # includes the lock apply just wrote
+            if _digest(path) == applied:
+                break
+            # Saved while that round ran (or waited): its event may already be spent.
+            out.print(f"[bold]watch:[/] {path.name} changed while applying")
         out.print(f"[dim]watch: waiting for changes to {path} (Ctrl-C to stop)[/]")
 
     round_()
