@@ -14,7 +14,7 @@ from local_ai import settings
 from local_ai.clients import files
 from local_ai.clients.files import backups_of, ledger_path, load_ledger, write_with_backup
 from local_ai.clients.plan import apply_client_change, observe_clients, plan_clients
-from local_ai.errors import ConfigError
+from local_ai.errors import ConfigError, DiskSpaceError
 from local_ai.manifest.models import Manifest
 
 URL = "http://127.0.0.1:8080"
@@ -176,7 +176,7 @@ def test_interrupted_write_leaves_the_old_file(
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(os, "fsync", fail)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(DiskSpaceError, match="no space left on the disk holding"):
         write_with_backup(target, "new\n", now=T0)
     assert target.read_text() == "old\n"
     assert sorted(p.name for p in target.parent.iterdir()) == [

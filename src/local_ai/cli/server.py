@@ -201,7 +201,8 @@ def logs_command(
 
     paths = settings.paths()
     path = paths.engine_log if engine else paths.server_log
-    text = daemon.tail(path, lines)
+    # Following starts where the tail ended: a line written meanwhile is printed, not skipped.
+    text, end = daemon.tail_and_end(path, lines)
     if text:
         sys.stdout.write(text + "\n")
     elif not follow:
@@ -214,7 +215,7 @@ def logs_command(
             sys.stdout.flush()
 
         try:
-            daemon.follow(path, write, stop=lambda: False)
+            daemon.follow(path, write, stop=lambda: False, start=end)
         except KeyboardInterrupt:
             return
 

@@ -66,6 +66,11 @@ def running_server() -> tuple[PidInfo | None, bool]:
 
 def tail(path: Path, lines: int) -> str:
     """The last `lines` lines of `path` ('' when it does not exist)."""
+    return tail_and_end(path, lines)[0]
+
+
+def tail_and_end(path: Path, lines: int) -> tuple[str, int]:
+    """The last `lines` lines of `path` and the offset they end at (where following starts)."""
     try:
         with path.open("rb") as handle:
             handle.seek(0, os.SEEK_END)
@@ -78,14 +83,19 @@ def tail(path: Path, lines: int) -> str:
                     break
                 block = min(size, block * 2)
     except FileNotFoundError:
-        return ""
+        return "", 0
     text = data.decode("utf-8", errors="replace")
-    return "\n".join(text.splitlines()[-lines:])
+    return "\n".join(text.splitlines()[-lines:]), size
 
 
-def follow(path: Path, write: Callable[[str], None], *, stop: Callable[[], bool]) -> None:
-    """Print what is appended to `path` until `stop()`; survives truncation and rotation."""
-    position = path.stat().st_size if path.exists() else 0
+def follow(
+    path: Path, write: Callable[[str], None], *, stop: Callable[[], bool], start: int | None = None
+) -> None:
+    """Print what is appended to `path` from offset `start` (default: its end now) until
+    `stop()`; survives truncation and rotation."""
+    if start is None:
+        start = path.stat().st_size if path.exists() else 0
+    position = start
     while not stop():
         try:
             size = path.stat().st_size
