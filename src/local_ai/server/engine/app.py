@@ -313,11 +313,8 @@ class EngineApp:
 
         def work() -> dict[str, Any]:
             if api == "openai":
-                response = LocalOpenAIAdapter(wrapper=gen).generate(request)
-            else:
-                response = LocalAnthropicAdapter(wrapper=gen).generate(request)
-            result: dict[str, Any] = response.model_dump(mode="json", exclude_none=True)
-            return result
+                return LocalOpenAIAdapter(wrapper=gen).complete(request)
+            return LocalAnthropicAdapter(wrapper=gen).complete(request)
 
         future = loop.run_in_executor(self.pool, work)
         try:
@@ -366,25 +363,18 @@ class EngineApp:
 
         def produce() -> None:
             try:
+                # The first item comes once the prompt passed its checks: then the 200 is sent.
                 if api == "openai":
-                    adapter = LocalOpenAIAdapter(wrapper=gen)
-                    gen.prepare(**adapter._prepare_generation_params(request))
-                    push(_ADMITTED)
-                    for chunk in adapter.generate_stream(request):
-                        data = chunk.model_dump(mode="json", exclude_none=True)
-                        if gen.finish_reason == "length":
-                            for choice in data.get("choices", []):
-                                if choice.get("finish_reason") == "stop":
-                                    choice["finish_reason"] = "length"
-                        push(f"data: {json.dumps(data, ensure_ascii=False)}\n\n".encode())
+                    for i, chunk in enumerate(LocalOpenAIAdapter(wrapper=gen).stream(request)):
+                        if i == 0:
+                            push(_ADMITTED)
+                        push(f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n".encode())
                     push(b"data: [DONE]\n\n")
                 else:
                     events = LocalAnthropicAdapter(wrapper=gen).stream_events(request)
-                    first = True
-                    for event in events:
-                        if first:
+                    for i, event in enumerate(events):
+                        if i == 0:
                             push(_ADMITTED)
-                            first = False
                         payload = json.dumps(event, ensure_ascii=False)
                         push(f"event: {event['type']}\ndata: {payload}\n\n".encode())
             except BaseException as exc:

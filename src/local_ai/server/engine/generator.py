@@ -1,19 +1,21 @@
 # ruff: noqa: TID253
-"""Omni's request/response adapters on top of the step scheduler.
+"""Omni's request adapters on top of the step scheduler, with local-ai's tool-call handling.
 
-Omni's `ChatGenerator` runs mlx-lm inline; `ScheduledChatGenerator` keeps Omni's prompt building
-(chat template, thinking and tool parsers) but hands the token loop to the scheduler, yields the
-final token and its finish reason (Omni drops both), and checks the context before generating.
-It is created per request because Omni's `ChatTemplate` keeps per-request parser state.
+Omni supplies the request schemas, sampling parameters and chat-template rendering;
+`ScheduledChatGenerator` hands the token loop to the scheduler, checks the context before
+generating, and splits the output into text, reasoning and tool calls with `toolcalls` (the
+family's native format, chosen from the model's template). The adapters turn those pieces into
+OpenAI and Anthropic responses, streamed or not. A generator is created per request.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from mlx_omni_server.chat.anthropic.anthropic_messages_adapter import AnthropicMessagesAdapter
@@ -26,15 +28,13 @@ from mlx_omni_server.chat.anthropic.anthropic_schema import (
     ThinkingConfigEnabled,
 )
 from mlx_omni_server.chat.mlx.chat_generator import DEFAULT_MAX_TOKENS, ChatGenerator
-from mlx_omni_server.chat.mlx.core_types import GenerationResult, GenerationStats, StreamContent
 from mlx_omni_server.chat.mlx.tools.chat_template import ChatTemplate
 from mlx_omni_server.chat.openai.openai_adapter import OpenAIAdapter
 
 from local_ai.server.compat import EXTRA_BODY_ALLOWED
+from local_ai.server.engine import toolcalls
 from local_ai.server.engine.models import LoadedModel
 from local_ai.server.engine.scheduler import GenerationCancelled, Job, Scheduler
-
-TOOL_MARKERS = ("<tool_call>", "<function=")
 
 
 class ContextLengthExceeded(ValueError):
@@ -56,6 +56,57 @@ class Prepared:
     tokens: list[int]
     max_tokens: int
     mlx_kwargs: dict[str, Any]
+    tools: list[dict[str, Any]] | None
+    opens_reasoning: bool  # the prompt ends inside a <think> block
+
+
+@dataclass
+class Completion:
+    """A whole generation, split: what non-streaming responses are built from."""
+
+    text: str = ""
+    reasoning: str = ""
+    calls: list[toolcalls.Call] = field(default_factory=list)
+
+
+def model_family(tokenizer: Any) -> toolcalls.Family:
+    """The tool-call format of the model behind `tokenizer` (see toolcalls.family_for)."""
+    try:
+        added = list(tokenizer.get_added_vocab())
+    except (AttributeError, TypeError):
+        added = []
+    return toolcalls.family_for(getattr(tokenizer, "chat_template", None), added)
+
+
+class FamilyChatTemplate(ChatTemplate):  # type: ignore[misc]
+    """Omni's template rendering (thinking switch, prefill), with past tool calls and results
+    prepared the way this model family's template expects them."""
+
+    def __init__(self, tokenizer: Any, family: toolcalls.Family) -> None:
+        super().__init__("", tokenizer)
+        self.family = family
+
+    def apply_chat_template(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        **kwargs: Any,
+    ) -> str:
+        conversation = toolcalls.history_messages(messages, self.family)
+        self.enable_thinking_parse = kwargs.pop("enable_thinking_parse", None)
+        skip_thinking_prefill = kwargs.pop("skip_thinking_prefill", False)
+        # A final assistant message is a prefill the model continues.
+        ending = (
+            {"continue_final_message": True}
+            if messages and messages[-1].get("role") == "assistant"
+            else {"add_generation_prompt": True}
+        )
+        prompt: str = self.tokenizer.apply_chat_template(
+            conversation=conversation, tools=tools, tokenize=False, **ending, **kwargs
+        )
+        self.has_tools = bool(tools)
+        return str(self._process_thinking_prompt(prompt, skip_thinking_prefill))
 
 
 class ScheduledChatGenerator(ChatGenerator):  # type: ignore[misc]
@@ -71,10 +122,13 @@ class ScheduledChatGenerator(ChatGenerator):  # type: ignore[misc]
         self.scheduler = scheduler
         self.limits = limits
         self.cancel = cancel or threading.Event()
-        self.chat_template = ChatTemplate(loaded.model_type, loaded.tokenizer)
+        self.family = model_family(loaded.tokenizer)
+        self.chat_template = FamilyChatTemplate(loaded.tokenizer, self.family)
         self.prepared: Prepared | None = None
         self.finish_reason: str | None = None
         self.completion_tokens = 0
+        self.prompt_tokens = 0  # processed by the model, after prefix-cache reuse
+        self.cached_tokens = 0
 
     def encode_prompt(self, prompt: str) -> list[int]:
         bos = getattr(self.tokenizer, "bos_token", None)
@@ -116,30 +170,18 @@ class ScheduledChatGenerator(ChatGenerator):  # type: ignore[misc]
         if isinstance(presence, int | float) and presence > 0:
             kwargs["repetition_penalty"] = 1.0 + presence / 2
         mlx_kwargs = self._create_mlx_kwargs(sampler=sampler, max_tokens=budget, **kwargs)
-        self.prepared = Prepared(tokens=tokens, max_tokens=budget, mlx_kwargs=mlx_kwargs)
+        self.prepared = Prepared(
+            tokens=tokens,
+            max_tokens=budget,
+            mlx_kwargs=mlx_kwargs,
+            tools=tools or None,
+            opens_reasoning=prompt.rstrip().endswith(toolcalls.THINK_START),
+        )
         return self.prepared
 
-    def generate_stream(
-        self,
-        messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]] | None = None,
-        max_tokens: int = DEFAULT_MAX_TOKENS,
-        sampler: Any = None,
-        top_logprobs: int | None = None,
-        template_kwargs: dict[str, Any] | None = None,
-        enable_prompt_cache: bool = False,
-        **kwargs: Any,
-    ) -> Iterator[Any]:
-        prepared = self.prepare(
-            messages,
-            tools,
-            max_tokens,
-            sampler,
-            None,
-            template_kwargs,
-            enable_prompt_cache,
-            **kwargs,
-        )
+    def pieces(self, **params: Any) -> Iterator[toolcalls.Piece]:
+        """Text, reasoning and tool calls as the scheduler produces tokens."""
+        prepared = self.prepare(**params)
         if self.cancel.is_set():
             raise GenerationCancelled
         job = Job(
@@ -150,34 +192,45 @@ class ScheduledChatGenerator(ChatGenerator):  # type: ignore[misc]
             cancelled=self.cancel,
         )
         self.scheduler.submit(job)
-        for index, event in enumerate(job.events(), start=1):
-            parsed = self.chat_template.stream_parse_chat_result(event.text)
-            if parsed.thinking is not None:
-                content = StreamContent(
-                    reasoning_delta=parsed.thinking, token=event.token, chunk_index=index
-                )
-            else:
-                text = parsed.content if parsed.content is not None else event.text
-                content = StreamContent(text_delta=text, token=event.token, chunk_index=index)
+        parser = toolcalls.OutputParser(
+            self.family if prepared.tools else None,
+            prepared.tools,
+            reasoning=prepared.opens_reasoning,
+        )
+        for event in job.events():
             self.finish_reason = event.finish_reason
             self.completion_tokens = event.generation_tokens
-            yield GenerationResult(
-                content=content,
-                finish_reason=event.finish_reason,
-                stats=GenerationStats(
-                    prompt_tokens=event.prompt_tokens,
-                    completion_tokens=event.generation_tokens,
-                    cache_hit_tokens=event.cached_tokens,
-                    prompt_tps=event.prompt_tps,
-                    generation_tps=event.generation_tps,
-                    peak_memory=event.peak_memory,
-                ),
-                logprobs=None,
-                from_draft=False,
-            )
+            self.prompt_tokens = event.prompt_tokens
+            self.cached_tokens = event.cached_tokens
+            yield from parser.feed(event.text)
+        yield from parser.finish()
+
+    def complete(self, **params: Any) -> Completion:
+        done = Completion()
+        for piece in self.pieces(**params):
+            if piece.call is not None:
+                done.calls.append(piece.call)
+            elif piece.kind == "reasoning":
+                done.reasoning += piece.text
+            else:
+                done.text += piece.text
+        return done
+
+
+def call_id(api: str) -> str:
+    return (
+        f"toolu_{uuid.uuid4().hex[:24]}" if api == "anthropic" else f"call_{uuid.uuid4().hex[:24]}"
+    )
+
+
+def _arguments_json(call: toolcalls.Call) -> str:
+    return json.dumps(call.arguments, ensure_ascii=False)
 
 
 class LocalOpenAIAdapter(OpenAIAdapter):  # type: ignore[misc]
+    """OpenAI chat completions from the generator's pieces: `reasoning_content`, `tool_calls`
+    (streamed as `delta.tool_calls` with index and id), `finish_reason: tool_calls`."""
+
     def _prepare_generation_params(self, request: Any) -> dict[str, Any]:
         params: dict[str, Any] = super()._prepare_generation_params(request)
         params["template_kwargs"] = {
@@ -186,26 +239,90 @@ class LocalOpenAIAdapter(OpenAIAdapter):  # type: ignore[misc]
         params["top_logprobs"] = None  # logprobs would need MLX work outside the MLX thread
         return params
 
+    def _finish_reason(self, gen: ScheduledChatGenerator, calls: int) -> str:
+        if calls:
+            return "tool_calls"
+        return "length" if gen.finish_reason == "length" else "stop"
+
+    def _usage(self, gen: ScheduledChatGenerator) -> dict[str, Any]:
+        prompt = gen.prompt_tokens + gen.cached_tokens
+        usage: dict[str, Any] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": gen.completion_tokens,
+            "total_tokens": prompt + gen.completion_tokens,
+        }
+        if gen.cached_tokens:
+            usage["prompt_tokens_details"] = {"cached_tokens": gen.cached_tokens}
+        return usage
+
+    def complete(self, request: Any) -> dict[str, Any]:
+        gen: ScheduledChatGenerator = self._generate_wrapper
+        done = gen.complete(**self._prepare_generation_params(request))
+        message: dict[str, Any] = {"role": "assistant", "content": done.text or None}
+        if done.reasoning:
+            message["reasoning_content"] = done.reasoning
+        if done.calls:
+            message["tool_calls"] = [
+                {
+                    "id": call_id("openai"),
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": _arguments_json(c)},
+                }
+                for c in done.calls
+            ]
+        elif message["content"] is None:
+            message["content"] = ""
+        return {
+            "id": f"chatcmpl-{uuid.uuid4().hex[:24]}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": request.model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": message,
+                    "finish_reason": self._finish_reason(gen, len(done.calls)),
+                }
+            ],
+            "usage": self._usage(gen),
+        }
+
+    def stream(self, request: Any) -> Iterator[dict[str, Any]]:
+        """Chunks as dicts. The first is yielded once the prompt is checked (before generating)."""
+        gen: ScheduledChatGenerator = self._generate_wrapper
+        params = self._prepare_generation_params(request)
+        gen.prepare(**params)
+        chat_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        created = int(time.time())
+
+        def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+            return {
+                "id": chat_id,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": request.model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+
+        yield chunk({"role": "assistant", "content": ""})
+        calls = 0
+        for piece in gen.pieces(**params):
+            if piece.call is not None:
+                function = {"name": piece.call.name, "arguments": _arguments_json(piece.call)}
+                tool = {"index": calls, "id": call_id("openai"), "type": "function"}
+                yield chunk({"tool_calls": [{**tool, "function": function}]})
+                calls += 1
+            elif piece.kind == "reasoning":
+                yield chunk({"reasoning_content": piece.text})
+            else:
+                yield chunk({"content": piece.text})
+        yield chunk({}, self._finish_reason(gen, calls))
+        options = request.stream_options
+        if options is not None and options.include_usage:
+            yield {**chunk({}), "choices": [], "usage": self._usage(gen)}
+
 
 # --- Anthropic ----------------------------------------------------------------------------------
-
-
-def _split_marker(buffer: str) -> tuple[str, str, bool]:
-    """(text safe to emit, text held back, a tool call started)."""
-    positions = [p for p in (buffer.find(m) for m in TOOL_MARKERS) if p >= 0]
-    if positions:
-        return buffer[: min(positions)], "", True
-    hold = 0
-    for marker in TOOL_MARKERS:
-        for n in range(min(len(marker) - 1, len(buffer)), 0, -1):
-            if buffer.endswith(marker[:n]):
-                hold = max(hold, n)
-                break
-    return buffer[: len(buffer) - hold], buffer[len(buffer) - hold :], False
-
-
-def _tool_use_id() -> str:
-    return f"toolu_{uuid.uuid4().hex[:24]}"
 
 
 class LocalAnthropicAdapter(AnthropicMessagesAdapter):  # type: ignore[misc]
@@ -280,8 +397,42 @@ class LocalAnthropicAdapter(AnthropicMessagesAdapter):  # type: ignore[misc]
             params["messages"], params["tools"], params["template_kwargs"]
         )
 
+    def _stop_reason(self, gen: ScheduledChatGenerator, calls: int) -> str:
+        if calls:
+            return "tool_use"
+        return "max_tokens" if gen.finish_reason == "length" else "end_turn"
+
+    def complete(self, request: MessagesRequest) -> dict[str, Any]:
+        gen: ScheduledChatGenerator = self._generate_wrapper
+        done = gen.complete(**self._prepare_generation_params(request))
+        blocks: list[dict[str, Any]] = []
+        if done.reasoning:
+            blocks.append({"type": "thinking", "thinking": done.reasoning, "signature": ""})
+        if done.text or not (blocks or done.calls):
+            blocks.append({"type": "text", "text": done.text})
+        blocks += [
+            {"type": "tool_use", "id": call_id("anthropic"), "name": c.name, "input": c.arguments}
+            for c in done.calls
+        ]
+        usage: dict[str, Any] = {
+            "input_tokens": gen.prompt_tokens + gen.cached_tokens,
+            "output_tokens": gen.completion_tokens,
+        }
+        if gen.cached_tokens:
+            usage["cache_read_input_tokens"] = gen.cached_tokens
+        return {
+            "id": f"msg_{uuid.uuid4().hex[:24]}",
+            "type": "message",
+            "role": "assistant",
+            "model": request.model,
+            "content": blocks,
+            "stop_reason": self._stop_reason(gen, len(done.calls)),
+            "stop_sequence": None,
+            "usage": usage,
+        }
+
     def stream_events(self, request: MessagesRequest) -> Iterator[dict[str, Any]]:
-        """Anthropic stream events as dicts, tool calls as tool_use blocks with input_json_delta."""
+        """Anthropic stream events as dicts; tool calls as tool_use blocks with input_json_delta."""
         params = self._prepare_generation_params(request)
         gen: ScheduledChatGenerator = self._generate_wrapper
         prepared = gen.prepare(**params)
@@ -299,12 +450,9 @@ class LocalAnthropicAdapter(AnthropicMessagesAdapter):  # type: ignore[misc]
                 "usage": {"input_tokens": input_tokens, "output_tokens": 0},
             },
         }
-        has_tools = bool(params.get("tools"))
         index = -1  # index of the last block started
         open_kind: str | None = None
-        held = ""
-        in_tool = False
-        full = ""
+        calls = 0
 
         def close_open() -> Iterator[dict[str, Any]]:
             nonlocal open_kind
@@ -318,81 +466,45 @@ class LocalAnthropicAdapter(AnthropicMessagesAdapter):  # type: ignore[misc]
                 yield {"type": "content_block_stop", "index": index}
             open_kind = None
 
-        def open_block(kind: str) -> Iterator[dict[str, Any]]:
+        def start(block: dict[str, Any]) -> Iterator[dict[str, Any]]:
             nonlocal index, open_kind
-            if open_kind == kind:
-                return
             yield from close_open()
             index += 1
-            open_kind = kind
-            block: dict[str, Any] = (
-                {"type": "thinking", "thinking": ""}
-                if kind == "thinking"
-                else {"type": "text", "text": ""}
-            )
+            open_kind = block["type"]
             yield {"type": "content_block_start", "index": index, "content_block": block}
 
-        def delta(kind: str, value: str) -> dict[str, Any]:
-            key = "thinking" if kind == "thinking_delta" else "text"
-            return {
-                "type": "content_block_delta",
-                "index": index,
-                "delta": {"type": kind, key: value},
-            }
+        def delta(body: dict[str, Any]) -> dict[str, Any]:
+            return {"type": "content_block_delta", "index": index, "delta": body}
 
-        for chunk in gen.generate_stream(**params):
-            reasoning = chunk.content.reasoning_delta
-            text = chunk.content.text_delta
-            if reasoning:
-                full += reasoning
-                yield from open_block("thinking")
-                yield delta("thinking_delta", reasoning)
-            elif text:
-                full += text
-                if in_tool:
-                    continue
-                emit = text
-                if has_tools:
-                    emit, held, in_tool = _split_marker(held + text)
-                if emit:
-                    yield from open_block("text")
-                    yield delta("text_delta", emit)
-        if held and not in_tool:
-            yield from open_block("text")
-            yield delta("text_delta", held)
-        tool_calls: list[Any] = []
-        if has_tools and full:
-            tool_calls = gen.chat_template.parse_chat_response(full).tool_calls or []
-        if index < 0 and not tool_calls:
-            yield from open_block("text")  # a message always has at least one block
+        for piece in gen.pieces(**params):
+            if piece.call is not None:
+                calls += 1
+                yield from start(
+                    {
+                        "type": "tool_use",
+                        "id": call_id("anthropic"),
+                        "name": piece.call.name,
+                        "input": {},
+                    }
+                )
+                yield delta(
+                    {"type": "input_json_delta", "partial_json": _arguments_json(piece.call)}
+                )
+                yield from close_open()
+            elif piece.kind == "reasoning":
+                if open_kind != "thinking":
+                    yield from start({"type": "thinking", "thinking": ""})
+                yield delta({"type": "thinking_delta", "thinking": piece.text})
+            else:
+                if open_kind != "text":
+                    yield from start({"type": "text", "text": ""})
+                yield delta({"type": "text_delta", "text": piece.text})
+        if index < 0:
+            yield from start({"type": "text", "text": ""})  # a message has at least one block
         yield from close_open()
-        for call in tool_calls:
-            index += 1
-            yield {
-                "type": "content_block_start",
-                "index": index,
-                "content_block": {
-                    "type": "tool_use",
-                    "id": _tool_use_id(),
-                    "name": call.name,
-                    "input": {},
-                },
-            }
-            yield {
-                "type": "content_block_delta",
-                "index": index,
-                "delta": {"type": "input_json_delta", "partial_json": json.dumps(call.arguments)},
-            }
-            yield {"type": "content_block_stop", "index": index}
-        if tool_calls:
-            stop_reason = "tool_use"
-        elif gen.finish_reason == "length":
-            stop_reason = "max_tokens"
-        else:
-            stop_reason = "end_turn"
         yield {
             "type": "message_delta",
-            "delta": {"stop_reason": stop_reason, "stop_sequence": None},
+            "delta": {"stop_reason": self._stop_reason(gen, calls), "stop_sequence": None},
             "usage": {"input_tokens": input_tokens, "output_tokens": gen.completion_tokens},
         }
         yield {"type": "message_stop"}
