@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,37 @@ from tests.harness import tinymodels as tm
 # The scripted tool model answers every prompt with this call.
 TOOL_CALL_JSON = '\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
 TOOL_NAME = "get_weather"
+# Tools with typed parameters, in OpenAI shape (tool-call tests check arguments come back typed).
+TYPED_TOOLS: Any = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather for a city",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string"},
+                    "days": {"type": "integer"},
+                    "metric": {"type": "boolean"},
+                    "opts": {"type": "object"},
+                },
+                "required": ["city"],
+            },
+        },
+    },
+    {
+        "type": "function",
+        "function": {
+            "name": "get_time",
+            "description": "Time in a zone",
+            "parameters": {
+                "type": "object",
+                "properties": {"zone": {"type": "string"}, "opts": {"type": "object"}},
+            },
+        },
+    },
+]
 
 
 def free_port() -> int:
@@ -92,45 +124,110 @@ def build_one_layer_with_text_token(out: Path, text: str) -> int:
     return text_id
 
 
-def build_tool_model(out: Path) -> Path:
-    """A qwen3 tiny model that always answers with one `get_weather` tool call, then stops.
+def _pieces(text: str, size: int, taken: set[str]) -> list[str]:
+    """`text` cut every `size` characters, each cut lengthened until its piece is new (a bigram
+    chain needs distinct tokens; a piece equal to a vocabulary entry would shadow it)."""
+    out: list[str] = []
+    i = 0
+    while i < len(text):
+        j = min(i + size, len(text))
+        while j < len(text) and (text[i:j] in taken or text[i:j].isspace()):
+            j += 1
+        piece = text[i:j]
+        while piece in taken:  # the tail repeats an earlier piece: join it to the previous
+            piece = out.pop() + piece
+        out.append(piece)
+        taken.add(piece)
+        i = j
+    return out
 
-    Attention and MLP outputs are zeroed so the next token depends only on the current one (a
-    bigram table in lm_head): after the prompt's final "\\n" comes `<tool_call>`, then one added
-    token holding the JSON, then `</tool_call>` and `<|im_end|>`.
+
+def build_scripted_model(
+    out: Path, answers: dict[str, str | list[str]], *, chat_template: str | None = None
+) -> Path:
+    """A 1-layer qwen3 tiny model that answers with exact texts, then `<|im_end|>`.
+
+    `answers` maps the prompt's last token (as text: "\n" after ChatML's generation prompt,
+    "<think>" when the template opens reasoning) to the answer: a string is cut into 5-character
+    pieces, each a new added token (so markers arrive split across stream chunks), a list gives the
+    pieces. Attention and MLP outputs are zeroed, so the next token depends only on the current one:
+    a bigram chain in lm_head.
     """
     if (out / "config.json").exists():
         return out
-    json_id = build_one_layer_with_text_token(out, TOOL_CALL_JSON)
-
     from tokenizers import Tokenizer
 
+    tm.build_model(out, "qwen3", num_layers=1, tie_word_embeddings=False)
+    base = Tokenizer.from_file(str(out / "tokenizer.json"))
+    vocab = base.get_vocab()
+    taken = set(vocab) | {text for _, text, _ in tm.added_tokens("qwen3")}
+    chains: list[list[str]] = []
+    for start, answer in answers.items():
+        pieces = _pieces(answer, 5, taken) if isinstance(answer, str) else answer
+        chains.append([start, *pieces])
+    tok_json = json.loads((out / "tokenizer.json").read_text())
+    tok_config = json.loads((out / "tokenizer_config.json").read_text())
+    ids = {text: tid for tid, text, _ in tm.added_tokens("qwen3")}
+    for chain in chains:
+        for piece in chain:
+            if piece in ids or len(base.encode(piece, add_special_tokens=False).ids) == 1:
+                continue
+            ids[piece] = (
+                tm.TOKENIZER_VOCAB_SIZE + len(tok_json["added_tokens"]) - len(tm.SPECIAL_TOKENS)
+            )
+            added = {
+                "content": piece,
+                "single_word": False,
+                "lstrip": False,
+                "rstrip": False,
+                "normalized": False,
+                "special": False,
+            }
+            tok_json["added_tokens"].append({"id": ids[piece], **added})
+            tok_config["added_tokens_decoder"][str(ids[piece])] = added
+    if chat_template is not None:
+        tok_config["chat_template"] = chat_template
+    (out / "tokenizer.json").write_text(json.dumps(tok_json, ensure_ascii=False))
+    (out / "tokenizer_config.json").write_text(json.dumps(tok_config, ensure_ascii=False))
+    vocab_size = tm.TOKENIZER_VOCAB_SIZE + len(tok_json["added_tokens"]) - len(tm.SPECIAL_TOKENS)
     tokenizer = Tokenizer.from_file(str(out / "tokenizer.json"))
 
-    def single(text: str) -> int:
-        ids = tokenizer.encode(text, add_special_tokens=False).ids
-        assert len(ids) == 1, (text, ids)
-        return int(ids[0])
+    def token(text: str) -> int:
+        if text in ids:
+            return ids[text]
+        found = tokenizer.encode(text, add_special_tokens=False).ids
+        assert len(found) == 1, (text, found)
+        return int(found[0])
 
-    weights, _ = tm.load_safetensors(out / "model.safetensors")
+    for start in answers:  # the chain starts at the generation prompt's last token
+        prompt = tokenizer.encode("<|im_start|>assistant\n" + start.lstrip("\n")).ids
+        assert prompt[-1] == token(start), (start, prompt)
+    # Rebuild at the grown vocabulary size (tensors are drawn per name: the rest is unchanged).
+    config = json.loads((out / "config.json").read_text())
+    config["vocab_size"] = vocab_size
+    weights = tm.make_weights(config)
+    (out / "config.json").write_text(json.dumps(config, indent=2))
     for name in weights:
         if name.endswith(("o_proj.weight", "down_proj.weight")):
             weights[name][:] = 0.0
     weights["model.norm.weight"][:] = 1.0
     unit = _rms_normalised(weights["model.embed_tokens.weight"])
     head = np.zeros_like(weights["lm_head.weight"])
-    chain = [
-        single("\n"),
-        single("<tool_call>"),
-        json_id,
-        single("</tool_call>"),
-        tm.token_id("qwen3", "<|im_end|>"),
-    ]
-    for current, following in itertools.pairwise(chain):
-        head[following] += 20.0 * unit[current]
+    end = tm.token_id("qwen3", "<|im_end|>")
+    successor: dict[int, int] = {}
+    for chain in chains:
+        for current, following in itertools.pairwise([*map(token, chain), end]):
+            assert successor.setdefault(current, following) == following, chain
+            head[following] += 20.0 * unit[current]
     weights["lm_head.weight"] = head
     tm.save_safetensors(out / "model.safetensors", weights)
     return out
+
+
+def build_tool_model(out: Path) -> Path:
+    """A qwen3 tiny model that always answers with one `get_weather` tool call, then stops: after
+    the prompt's final "\n" comes `<tool_call>`, one token holding the JSON, `</tool_call>`."""
+    return build_scripted_model(out, {"\n": ["<tool_call>", TOOL_CALL_JSON, "</tool_call>"]})
 
 
 def write_manifest(
@@ -196,6 +293,17 @@ class Daemon:
     def log(self, name: str = "server.log") -> str:
         path = self.home / "logs" / name
         return path.read_text(errors="replace") if path.exists() else ""
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Daemon]:
+        """Started for the block, then stopped (killed if it would not stop)."""
+        result = self.start()
+        assert result.returncode == 0, result.stderr + self.log()
+        try:
+            yield self
+        finally:
+            self.cli("server", "stop", "--timeout", "5")
+            self.kill()
 
     def kill(self) -> None:
         """Last-resort cleanup for a test that failed mid-way: never leave servers behind."""

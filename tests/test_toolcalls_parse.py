@@ -8,24 +8,9 @@ from typing import Any
 import pytest
 
 from local_ai.server.engine import toolcalls as tc
+from tests.server_helpers import TYPED_TOOLS
 
-TOOLS: Any = [
-    {
-        "type": "function",
-        "function": {
-            "name": "get_weather",
-            "parameters": {
-                "type": "object",
-                "properties": {
-                    "city": {"type": "string"},
-                    "days": {"type": "integer"},
-                    "metric": {"type": "boolean"},
-                    "opts": {"type": "object"},
-                },
-            },
-        },
-    }
-]
+TOOLS = TYPED_TOOLS
 PARIS = ("get_weather", {"city": "Paris", "days": 3})
 METRIC = ("get_weather", {"metric": True, "opts": {"a": 1}})
 
