@@ -163,7 +163,7 @@ def test_a_text_that_only_looks_like_a_marker_start_is_released() -> None:
     ],
 )
 def test_family_from_template_then_vocabulary(template: Any, vocab: list[str], family: str) -> None:
-    assert tc.family_for(template, vocab).name == family
+    assert tc.family_for(template, lambda: vocab).name == family
 
 
 def test_history_arguments_and_ids_as_each_template_wants() -> None:

@@ -71,11 +71,14 @@ class Completion:
 
 def model_family(tokenizer: Any) -> toolcalls.Family:
     """The tool-call format of the model behind `tokenizer` (see toolcalls.family_for)."""
-    try:
-        added = list(tokenizer.get_added_vocab())
-    except (AttributeError, TypeError):
-        added = []
-    return toolcalls.family_for(getattr(tokenizer, "chat_template", None), added)
+
+    def added_tokens() -> list[str]:
+        try:
+            return list(tokenizer.get_added_vocab())
+        except (AttributeError, TypeError):
+            return []
+
+    return toolcalls.family_for(getattr(tokenizer, "chat_template", None), added_tokens)
 
 
 class FamilyChatTemplate(ChatTemplate):  # type: ignore[misc]

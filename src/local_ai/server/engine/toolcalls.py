@@ -208,14 +208,15 @@ def _template_text(template: Any) -> str:
     return ""
 
 
-def family_for(chat_template: Any, vocabulary: Iterable[str] = ()) -> Family:
+def family_for(chat_template: Any, vocabulary: Callable[[], Iterable[str]] = tuple) -> Family:
     """The format a model writes: from its chat template as mlx-lm infers it (a fine-tune or a
-    GGUF conversion keeps the template while `model_type` may differ), else from its tokens."""
+    GGUF conversion keeps the template while `model_type` may differ), else from its added
+    tokens (`vocabulary` is called only then)."""
     text = _template_text(chat_template)
     for family in FAMILIES:
         if any(key in text for key in family.detect):
             return family
-    tokens = set(vocabulary)
+    tokens = set(vocabulary())
     for family in FAMILIES:
         if family.start in tokens:
             return family
@@ -336,6 +337,7 @@ class OutputParser:
     reasoning: bool = False  # the prompt opened a <think> block
     _buffer: str = ""
     _mode: Literal["text", "reasoning", "tool"] = field(default="text", init=False)
+    _body: list[str] = field(default_factory=list, init=False)  # a call's text, searched already
     _strip_leading: bool = field(default=False, init=False)
 
     def __post_init__(self) -> None:
@@ -355,7 +357,7 @@ class OutputParser:
         while self._step(out, final=True):
             pass
         if self._mode == "tool":
-            self._close_section(self._buffer, out, closed=False)
+            self._close_section("".join(self._body) + self._buffer, out, closed=False)
         else:
             self._emit(self._mode, self._buffer, out)
         self._buffer = ""
@@ -378,8 +380,13 @@ class OutputParser:
             end = self.family.end or self.family.start  # Mistral: a call runs to the next one
             pos = buf.find(end)
             if pos < 0:
+                # Keep only what could begin the end marker: a long call is not rescanned.
+                settled = len(buf) - len(end) + 1
+                if settled > 0:
+                    self._body.append(buf[:settled])
+                    self._buffer = buf[settled:]
                 return False
-            self._close_section(buf[:pos], out, closed=True)
+            self._close_section("".join(self._body) + buf[:pos], out, closed=True)
             self._buffer = buf[pos + len(end) :]
             if not self.family.end:
                 self._mode = "tool"
@@ -412,6 +419,7 @@ class OutputParser:
         assert self.family is not None
         self._mode = "text"
         self._strip_leading = True
+        self._body = []
         try:
             calls = [_call(raw, self.tools) for raw in self.family.parse(body, self.tools)]
         except Exception as exc:  # a model's malformed call is its text, not a server error
