@@ -9,6 +9,7 @@ reasoning, a sentence and two calls."""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -171,7 +172,8 @@ RENDER_CALL = {
 }
 RENDER_RESULT = {
     "kimi_k2": "{{- '## Return of ' + m.tool_call_id + '\\n' + m.content }}",
-    "mistral": "{{- '[TOOL_RESULTS]' + m.tool_call_id + '[/TOOL_RESULTS]' + m.content }}",
+    "mistral": '{{- \'[TOOL_RESULTS]{"content": \' + m.content | tojson + \', "call_id": "\' }}'
+    + "{{- m.tool_call_id + '\"}[/TOOL_RESULTS]' }}",
     "deepseek_v31": "{{- '<｜tool▁output▁begin｜>' + m.content + '<｜tool▁output▁end｜>' }}",
 }
 
@@ -223,6 +225,16 @@ PAST_CALL = {
     "mistral-v3": '[TOOL_CALLS]get_weather[ARGS]{"city": "Paris", "days": 3}',
     "deepseek-v31": 'get_weather<｜tool▁sep｜>{"city": "Paris", "days": 3}<｜tool▁call▁end｜>',
     "deepseek-v32": '<｜DSML｜parameter name="days" string="false">3</｜DSML｜parameter>',
+}
+
+
+# ... and the result after it (a pattern), pointing at the call as the template names it.
+MISTRAL_RESULT = r'\[TOOL_RESULTS\]\{"content": "18 degrees", "call_id": "[0-9a-zA-Z]{9}"\}'
+PAST_RESULT = {
+    "kimi-k2": re.escape("## Return of functions.get_weather:0\n18 degrees"),
+    "devstral": MISTRAL_RESULT,
+    "mistral-v3": MISTRAL_RESULT,
+    "deepseek-v31": re.escape("<｜tool▁output▁begin｜>18 degrees<｜tool▁output▁end｜>"),
 }
 
 
@@ -390,8 +402,9 @@ def test_second_turn_renders_in_the_family_markup(models: dict[str, Path], alias
     prompt = FamilyChatTemplate(tokenizer, family).apply_chat_template(
         messages, TOOLS, enable_thinking=False
     )
-    assert PAST_CALL[alias] in prompt
-    assert prompt.index(PAST_CALL[alias]) < prompt.index("18 degrees")
+    result = re.search(PAST_RESULT.get(alias, "<tool_response>\n18 degrees"), prompt)
+    assert PAST_CALL[alias] in prompt and result is not None, prompt
+    assert prompt.index(PAST_CALL[alias]) < result.start()
     assert prompt.endswith("<|im_start|>assistant\n")
 
 
