@@ -187,6 +187,9 @@ def test_history_arguments_and_ids_as_each_template_wants() -> None:
     assert glm[1]["tool_calls"][0]["function"]["arguments"] == {"days": 3}
     deepseek = tc.history_messages(messages, FAMILY["deepseek_v31"])
     assert deepseek[1]["tool_calls"][0]["function"]["arguments"] == '{"days": 3}'
+    piped = "{{ tool['function']['arguments'] | tojson }}"  # a conversion's DeepSeek template
+    deepseek = tc.history_messages(messages, FAMILY["deepseek_v31"], piped)
+    assert deepseek[1]["tool_calls"][0]["function"]["arguments"] == {"days": 3}
     kimi = tc.history_messages(messages, FAMILY["kimi_k2"])
     assert kimi[1]["tool_calls"][0]["id"] == "functions.get_weather:0"
     assert kimi[2]["tool_call_id"] == "functions.get_weather:0"

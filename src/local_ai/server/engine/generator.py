@@ -96,7 +96,8 @@ class FamilyChatTemplate(ChatTemplate):  # type: ignore[misc]
         tool_choice: Any = None,
         **kwargs: Any,
     ) -> str:
-        conversation = toolcalls.history_messages(messages, self.family)
+        template = getattr(self.tokenizer, "chat_template", None)
+        conversation = toolcalls.history_messages(messages, self.family, template)
         self.enable_thinking_parse = kwargs.pop("enable_thinking_parse", None)
         skip_thinking_prefill = kwargs.pop("skip_thinking_prefill", False)
         # A final assistant message is a prefill the model continues.

@@ -445,9 +445,17 @@ def _content_text(content: Any) -> str:
     return str(content)
 
 
-def history_messages(messages: Sequence[Mapping[str, Any]], family: Family) -> list[dict[str, Any]]:
+# A template that pipes arguments through tojson wants a dict, whatever its family usually wants
+# (DeepSeek V3.1's own template concatenates a string; some conversions ship `|tojson`).
+_ARGUMENTS_TOJSON = re.compile(r"""arguments(?:['"]\])?\s*\|\s*tojson""")
+
+
+def history_messages(
+    messages: Sequence[Mapping[str, Any]], family: Family, template: Any = None
+) -> list[dict[str, Any]]:
     """Messages as `family`'s template expects them: past calls' arguments as a dict or as JSON
     text, call ids in the shape the template renders, and tool results pointing at those ids."""
+    as_text = family.arguments == "json" and not _ARGUMENTS_TOJSON.search(_template_text(template))
     ids: dict[str, str] = {}
     count = 0
     out: list[dict[str, Any]] = []
@@ -459,10 +467,10 @@ def history_messages(messages: Sequence[Mapping[str, Any]], family: Family) -> l
             call = dict(raw.model_dump() if hasattr(raw, "model_dump") else raw)
             function = dict(call.get("function") or {})
             args = function.get("arguments")
-            if family.arguments == "dict" and isinstance(args, str):
+            if not as_text and isinstance(args, str):
                 with contextlib.suppress(ValueError):
                     args = json.loads(args) if args.strip() else {}
-            elif family.arguments == "json" and not isinstance(args, str):
+            elif as_text and not isinstance(args, str):
                 args = json.dumps(args if args is not None else {}, ensure_ascii=False)
             function["arguments"] = args
             call["function"] = function
