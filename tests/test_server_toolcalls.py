@@ -409,4 +409,6 @@ def test_second_turn_renders_in_the_family_markup(models: dict[str, Path], alias
 
 
 def test_families_cover_the_table() -> None:
-    assert {family for family, _ in MODELS.values()} == set(toolcalls.FAMILY_NAMES)
+    parse_tested_only = {"gemma4", "function_gemma", "longcat", "pythonic"}  # mlx-lm's, as is
+    served = {family for family, _ in MODELS.values()}
+    assert served | parse_tested_only == set(toolcalls.FAMILY_NAMES)

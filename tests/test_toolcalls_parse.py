@@ -120,6 +120,30 @@ def test_each_format_parses_whole_and_streamed(family: str, text: str) -> None:
     assert parse(FAMILY[family], text, 1) == expected  # markers split across every chunk
 
 
+# mlx-lm's other formats, one call each: recognised and typed the same way.
+OTHER_FORMATS = [
+    ("gemma4", '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:3}<tool_call|>'),
+    (
+        "function_gemma",
+        "<start_function_call>call:get_weather{city:<escape>Paris<escape>,days:3}"
+        "<end_function_call>",
+    ),
+    (
+        "longcat",
+        "<longcat_tool_call>get_weather\n<longcat_arg_key>city</longcat_arg_key>\n"
+        "<longcat_arg_value>Paris</longcat_arg_value>\n<longcat_arg_key>days</longcat_arg_key>\n"
+        "<longcat_arg_value>3</longcat_arg_value>\n</longcat_tool_call>",
+    ),
+    ("pythonic", '<|tool_call_start|>[get_weather(city="Paris", days="3")]<|tool_call_end|>'),
+]
+
+
+@pytest.mark.parametrize(("family", "text"), OTHER_FORMATS, ids=[f for f, _ in OTHER_FORMATS])
+def test_mlx_lm_other_formats(family: str, text: str) -> None:
+    expected = [("text", "Checking."), ("call", PARIS)]
+    assert parse(FAMILY[family], "Checking. " + text, 1) == expected
+
+
 def test_reasoning_is_separate_from_text_and_calls() -> None:
     text = (
         "Weigh it.\n</think>\n\nOn it.<tool_call>get_weather<arg_key>days</arg_key>"
@@ -150,6 +174,10 @@ def test_a_text_that_only_looks_like_a_marker_start_is_released() -> None:
     ("template", "vocab", "family"),
     [
         ("{{ '<minimax:tool_call>' }}", [], "minimax_m2"),
+        ("<|tool_call>call:{{ name }}<tool_call|>", [], "gemma4"),
+        ("<start_function_call>", [], "function_gemma"),
+        ("<longcat_tool_call>", [], "longcat"),
+        ("<|tool_list_start|>[...]<|tool_list_end|>", [], "pythonic"),
         ("<｜DSML｜function_calls>", [], "deepseek_v32"),
         ("'<｜tool▁calls▁begin｜>'", [], "deepseek_v31"),
         ("<tool_call>{{ name }}<arg_key>", [], "glm47"),

@@ -146,7 +146,9 @@ class Family:
     history_id: Callable[[str, str, int], str] | None = None
 
 
-# Checked in order: more specific markers first (GLM and Qwen3-Coder also use <tool_call>).
+# Checked in order, mlx-lm's order with DeepSeek's added: more specific markers first (GLM and
+# Qwen3-Coder also write <tool_call>). The target families are tested end to end; Gemma 4,
+# FunctionGemma, LongCat and LFM2 (pythonic) are mlx-lm's parsers as they are.
 FAMILIES: tuple[Family, ...] = (
     Family(
         "minimax_m2",
@@ -154,6 +156,21 @@ FAMILIES: tuple[Family, ...] = (
         "<minimax:tool_call>",
         "</minimax:tool_call>",
         _mlx_lm("minimax_m2"),
+    ),
+    Family("gemma4", ("<tool_call|>",), "<|tool_call>", "<tool_call|>", _mlx_lm("gemma4")),
+    Family(
+        "function_gemma",
+        ("<start_function_call>",),
+        "<start_function_call>",
+        "<end_function_call>",
+        _mlx_lm("function_gemma"),
+    ),
+    Family(
+        "longcat",
+        ("<longcat_tool_call>",),
+        "<longcat_tool_call>",
+        "</longcat_tool_call>",
+        _mlx_lm("longcat", with_tools=True),
     ),
     Family(
         "deepseek_v32",
@@ -172,6 +189,13 @@ FAMILIES: tuple[Family, ...] = (
     ),
     Family(
         "glm47", ("<arg_key>",), "<tool_call>", "</tool_call>", _mlx_lm("glm47", with_tools=True)
+    ),
+    Family(  # LFM2
+        "pythonic",
+        ("<|tool_list_start|>",),
+        "<|tool_call_start|>",
+        "<|tool_call_end|>",
+        _mlx_lm("pythonic"),
     ),
     Family(
         "qwen3_coder",
