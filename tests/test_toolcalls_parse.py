@@ -120,7 +120,7 @@ def test_each_format_parses_whole_and_streamed(family: str, text: str) -> None:
     assert parse(FAMILY[family], text, 1) == expected  # markers split across every chunk
 
 
-# mlx-lm's other formats, one call each: recognised and typed the same way.
+# The other formats, one call each: recognised and typed the same way.
 OTHER_FORMATS = [
     ("gemma4", '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:3}<tool_call|>'),
     (
@@ -135,6 +135,7 @@ OTHER_FORMATS = [
         "<longcat_arg_value>3</longcat_arg_value>\n</longcat_tool_call>",
     ),
     ("pythonic", '<|tool_call_start|>[get_weather(city="Paris", days="3")]<|tool_call_end|>'),
+    ("llama3", '<|python_tag|>{"name": "get_weather", "parameters": {"city": "Paris", "days": 3}}'),
 ]
 
 
@@ -178,6 +179,7 @@ def test_a_text_that_only_looks_like_a_marker_start_is_released() -> None:
         ("<start_function_call>", [], "function_gemma"),
         ("<longcat_tool_call>", [], "longcat"),
         ("<|tool_list_start|>[...]<|tool_list_end|>", [], "pythonic"),
+        ("{{- '<|python_tag|>' }}", [], "llama3"),
         ("<｜DSML｜function_calls>", [], "deepseek_v32"),
         ("'<｜tool▁calls▁begin｜>'", [], "deepseek_v31"),
         ("<tool_call>{{ name }}<arg_key>", [], "glm47"),

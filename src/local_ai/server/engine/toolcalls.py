@@ -65,6 +65,21 @@ def _parse_mistral(body: str, tools: Tools) -> list[RawCall]:
     return [{"name": name, "arguments": _json_value(args) if args.strip() else {}}]
 
 
+def _parse_llama3(body: str, tools: Tools) -> list[RawCall]:
+    """Llama 3.x: `{"name": ..., "parameters": {...}}` after `<|python_tag|>`, `;`-separated."""
+    calls = []
+    for part in body.split(";"):
+        if part.strip():
+            item = _json_value(part)
+            calls.append(
+                {
+                    "name": item["name"],
+                    "arguments": item.get("parameters", item.get("arguments", {})),
+                }
+            )
+    return calls
+
+
 _DS_CALL = re.compile(r"<｜tool▁call▁begin｜>(.*?)<｜tool▁call▁end｜>", re.DOTALL)
 _DS_V3_ARGS = re.compile(r"^(.*?)\n```(?:json)?\n(.*?)\n?```", re.DOTALL)
 
@@ -148,7 +163,8 @@ class Family:
 
 # Checked in order, mlx-lm's order with DeepSeek's added: more specific markers first (GLM and
 # Qwen3-Coder also write <tool_call>). The target families are tested end to end; Gemma 4,
-# FunctionGemma, LongCat and LFM2 (pythonic) are mlx-lm's parsers as they are.
+# FunctionGemma, LongCat and LFM2 (pythonic) are mlx-lm's parsers as they are, Llama 3's
+# `<|python_tag|>` form what Omni parsed before.
 FAMILIES: tuple[Family, ...] = (
     Family(
         "minimax_m2",
@@ -215,6 +231,7 @@ FAMILIES: tuple[Family, ...] = (
     Family(
         "mistral", ("[TOOL_CALLS]",), "[TOOL_CALLS]", "", _parse_mistral, history_id=_mistral_id
     ),
+    Family("llama3", ("<|python_tag|>",), "<|python_tag|>", "", _parse_llama3),
     Family("hermes", ("<tool_call>",), "<tool_call>", "</tool_call>", _mlx_lm("json_tools")),
 )
 FAMILY_NAMES = tuple(f.name for f in FAMILIES)
