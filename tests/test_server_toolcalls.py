@@ -247,7 +247,7 @@ def build_family_model(out: Path, alias: str) -> Path:
     return build_scripted_model(out, answers, chat_template=family_template(family))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("toolcalls")
     return {alias: build_family_model(root / alias, alias) for alias in ALIASES}
