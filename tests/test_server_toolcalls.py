@@ -342,7 +342,18 @@ def test_anthropic_sdk(daemon: Daemon, alias: str) -> None:
     assert text.text == TEXT_ONE  # type: ignore[union-attr]
     assert (use.name, use.input) == ONE[0]  # type: ignore[union-attr]
 
+    with sdk.messages.stream(messages=question, **common) as stream:
+        texts = list(stream.text_stream)
+        streamed = stream.get_final_message()
+    assert "".join(texts) == TEXT_ONE and len(texts) > 1
+    assert not any(mark in t for t in texts for mark in NO_MARKUP)
+    assert [b.type for b in streamed.content] == ["text", "tool_use"]
+    assert (streamed.content[1].name, streamed.content[1].input) == ONE[0]  # type: ignore[union-attr]
+
     thinking: Any = {**plain, "thinking": {"type": "enabled", "budget_tokens": 1024}}
+    whole = sdk.messages.create(messages=question, **thinking)
+    assert [b.type for b in whole.content] == ["thinking", "text", "tool_use", "tool_use"]
+    assert whole.content[0].thinking == REASONING  # type: ignore[union-attr]
     partial: dict[int, str] = {}
     with sdk.messages.stream(messages=question, **thinking) as stream:
         for event in stream:
