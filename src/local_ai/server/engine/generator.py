@@ -75,6 +75,7 @@ class ScheduledChatGenerator(ChatGenerator):  # type: ignore[misc]
         self.prepared: Prepared | None = None
         self.finish_reason: str | None = None
         self.completion_tokens = 0
+        self.cached_tokens = 0
 
     def encode_prompt(self, prompt: str) -> list[int]:
         bos = getattr(self.tokenizer, "bos_token", None)
@@ -161,6 +162,7 @@ class ScheduledChatGenerator(ChatGenerator):  # type: ignore[misc]
                 content = StreamContent(text_delta=text, token=event.token, chunk_index=index)
             self.finish_reason = event.finish_reason
             self.completion_tokens = event.generation_tokens
+            self.cached_tokens = event.cached_tokens
             yield GenerationResult(
                 content=content,
                 finish_reason=event.finish_reason,
@@ -393,6 +395,11 @@ class LocalAnthropicAdapter(AnthropicMessagesAdapter):  # type: ignore[misc]
         yield {
             "type": "message_delta",
             "delta": {"stop_reason": stop_reason, "stop_sequence": None},
-            "usage": {"input_tokens": input_tokens, "output_tokens": gen.completion_tokens},
+            "usage": {
+                "input_tokens": input_tokens,
+                "output_tokens": gen.completion_tokens,
+                # As in the non-streamed answer: the part of input_tokens read from the cache.
+                **({"cache_read_input_tokens": gen.cached_tokens} if gen.cached_tokens else {}),
+            },
         }
         yield {"type": "message_stop"}

@@ -47,6 +47,13 @@ from local_ai.server.compat import (
     request_problem,
 )
 from local_ai.server.config import ServerConfig
+from local_ai.server.gateway.metrics import (
+    Exchange,
+    GatewayMetrics,
+    ResponseTap,
+    client_of,
+    endpoint_of,
+)
 from local_ai.server.gateway.supervisor import EngineSupervisor
 
 log = logging.getLogger("local_ai.gateway")
@@ -71,6 +78,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def exchange(scope: Scope) -> Exchange:
+    """The metrics record of the request in `scope` (set when the request arrived)."""
+    ex: Exchange = scope["local_ai.exchange"]
+    return ex
+
+
 class Gateway:
     def __init__(
         self,
@@ -92,6 +105,7 @@ class Gateway:
         self.active = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.counters = {"requests": 0, "generations": 0, "rejected_busy": 0, "cancelled": 0}
+        self.metrics = GatewayMetrics()
         self._background: asyncio.Future[None] | None = None
         # The engine settings it runs with: from the manifest at start, then from restart-engine.
         self.engine_settings: dict[str, Any] = dict(config.settings.get("engine", {}))
@@ -105,10 +119,20 @@ class Gateway:
         if scope["type"] != "http":
             return
         self.counters["requests"] += 1
+        ex = Exchange(endpoint_of(scope["path"]), client_of(header(scope, b"user-agent")))
+        scope["local_ai.exchange"] = ex
+
+        async def noted(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                ex.status = int(message["status"])
+            await send(message)
+
         try:
-            await self._http(scope, receive, send)
+            await self._http(scope, receive, noted)
         except ClientGone:
             self.counters["cancelled"] += 1
+        finally:
+            self.metrics.record(ex)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -157,6 +181,15 @@ class Gateway:
             body = {"error": message}
         await send_json(send, status, body, headers, head=scope["method"] == "HEAD")
 
+    async def _key_missing(self, scope: Scope, send: Send) -> None:
+        await self._error(
+            scope,
+            send,
+            401,
+            "invalid or missing API key (send it as Bearer token or x-api-key)",
+            headers=[(b"www-authenticate", b"Bearer")],
+        )
+
     # --- routing ----------------------------------------------------------------------------
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -175,13 +208,7 @@ class Gateway:
             return
         is_api = path.startswith(("/v1/", "/anthropic/v1/")) or path in ("/v1", "/anthropic/v1")
         if is_api and not self._api_key_ok(scope):
-            await self._error(
-                scope,
-                send,
-                401,
-                "invalid or missing API key (send it as Bearer token or x-api-key)",
-                headers=[(b"www-authenticate", b"Bearer")],
-            )
+            await self._key_missing(scope, send)
             return
         if method in ("GET", "HEAD"):
             await self._get(scope, send, path)
@@ -226,6 +253,8 @@ class Gateway:
             admin, key_ok = self._admin_ok(scope), self._api_key_ok(scope)
             report = await self.status(admin=admin, detail=key_ok)
             await send_json(send, 200, report, head=head)
+        elif path == "/metrics":
+            await self._metrics(scope, send, head=head)
         elif path == "/v1/models":
             data = [self._openai_model(a, e) for a, e in self.alias_map.models.items()]
             await send_json(send, 200, {"object": "list", "data": data}, cors, head=head)
@@ -289,11 +318,22 @@ class Gateway:
             return
         entry = self.alias_map.models[model]
         body["model"] = entry.path
+        exchange(scope).alias = model
+        strip_usage = False
+        if api == "openai" and body.get("stream"):
+            # The usage chunk carries the token figures; the client gets it only if it asked.
+            options = body.get("stream_options")
+            options = options if isinstance(options, dict) else {}
+            strip_usage = not options.get("include_usage")
+            body["stream_options"] = {**options, "include_usage": True}
         payload = json.dumps(body).encode()
         if path.endswith("/count_tokens"):
             await self._forward(scope, send, api, path, payload, model, entry)
             return
         self.counters["generations"] += 1
+        exchange(scope).tap = ResponseTap(
+            streaming=bool(body.get("stream")), strip_usage=strip_usage
+        )
         await run_until_disconnect(
             receive, self._generate(scope, send, api, path, payload, model, entry)
         )
@@ -374,6 +414,7 @@ class Gateway:
     ) -> None:
         if not await self._acquire_slot():
             self.counters["rejected_busy"] += 1
+            exchange(scope).unavailable = "busy"
             await self._error(
                 scope,
                 send,
@@ -399,6 +440,7 @@ class Gateway:
         entry: AliasEntry,
     ) -> None:
         if not await self.supervisor.wait_ready(ENGINE_WAIT_S):
+            exchange(scope).unavailable = "engine_not_ready"
             reason = self.supervisor.reason or "the engine is starting"
             await self._error(
                 scope,
@@ -421,6 +463,7 @@ class Gateway:
         try:
             response = await client.send(request, stream=True)
         except httpx.TransportError as exc:
+            exchange(scope).unavailable = "engine_restarting"
             await self._error(
                 scope,
                 send,
@@ -443,10 +486,17 @@ class Gateway:
                     "headers": [*out, *self._cors_headers(scope)],
                 }
             )
+            tap = exchange(scope).tap if response.status_code == 200 else None
             try:
                 async for chunk in response.aiter_raw():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    data = tap.feed(chunk) if tap is not None else chunk
+                    if data:
+                        await send({"type": "http.response.body", "body": data, "more_body": True})
+                rest = tap.finish() if tap is not None else b""
+                if rest:
+                    await send({"type": "http.response.body", "body": rest, "more_body": True})
             except httpx.TransportError as exc:
+                exchange(scope).unavailable = "engine_lost"
                 log.warning("engine connection lost mid-response: %s", exc)
                 if "event-stream" in response.headers.get("content-type", ""):
                     body = error_body(api, 503, "the engine stopped during generation")
@@ -487,15 +537,9 @@ class Gateway:
     async def status(self, *, admin: bool = False, detail: bool = False) -> dict[str, Any]:
         """`detail` (the API key, when one is set): load errors and log paths, for the page."""
         detail = detail or admin
-        engine_models: dict[str, dict[str, Any]] = {}
-        engine_status: dict[str, Any] = {}
         state_file = settings.paths().state_file
-        if self.supervisor.ready:
-            try:
-                engine_status = await self.supervisor.get("/status", seconds=1.0)
-                engine_models = {m["path"]: m for m in engine_status.get("models", [])}
-            except (httpx.HTTPError, ValueError):
-                engine_status = {}
+        engine_status = await self._engine_status()
+        engine_models = {m["path"]: m for m in engine_status.get("models", [])}
         models = []
         for alias, entry in self.alias_map.models.items():
             seen = engine_models.get(entry.path, {})
@@ -547,6 +591,42 @@ class Gateway:
                 "max_queued": self.config.engine.max_queued_requests,
             },
         }
+
+    async def _engine_status(self) -> dict[str, Any]:
+        """The engine's /status, or {} while it is not ready or does not answer."""
+        if not self.supervisor.ready:
+            return {}
+        try:
+            answer = await self.supervisor.get("/status", seconds=1.0)
+        except (httpx.HTTPError, ValueError):
+            return {}
+        return answer if isinstance(answer, dict) else {}
+
+    async def _metrics(self, scope: Scope, send: Send, *, head: bool) -> None:
+        """Prometheus text; with an API key set, only for callers that send it."""
+        if not (self._api_key_ok(scope) or self._admin_ok(scope)):
+            await self._key_missing(scope, send)
+            return
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        engine = await self._engine_status()
+        by_path = {entry.path: alias for alias, entry in self.alias_map.models.items()}
+        loads = {
+            by_path[path]: figures
+            for path, figures in (engine.get("model_loads") or {}).items()
+            if path in by_path
+        }
+        body = self.metrics.render(
+            {
+                "queued": len(self._waiters),
+                "active": self.active,
+                "engine_up": 1 if self.supervisor.ready else 0,
+                "restarts": self.supervisor.restarts,
+                "engine": engine,
+                "loads": loads,
+            }
+        )
+        await send_bytes(send, 200, body, CONTENT_TYPE_LATEST.encode(), head=head)
 
     async def _load(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Load an alias's model now (the page, when a model is chosen); its error if it fails."""
