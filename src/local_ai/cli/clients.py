@@ -22,11 +22,12 @@ clients_app = typer.Typer(
     no_args_is_help=True,
 )
 
-CLIENT_NAMES = ("zed", "claude-code", "goose")
+CLIENT_NAMES = ("zed", "claude-code", "goose", "codex")
 ClientsArgument = Annotated[
     list[str] | None,
     typer.Argument(
-        help="Only these clients: zed, claude-code, goose (default: all).", show_default=False
+        help="Only these clients: zed, claude-code, goose, codex (default: all).",
+        show_default=False,
     ),
 ]
 DetailedExitOption = Annotated[
