@@ -24,6 +24,16 @@ from tests.harness import tinymodels as tm
 # The scripted tool model answers every prompt with this call.
 TOOL_CALL_JSON = '\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n'
 TOOL_NAME = "get_weather"
+# The scripted model's tool (chat tools wrap it in "function", Responses tools spread it).
+TOOL_FUNCTION = {
+    "name": TOOL_NAME,
+    "description": "Weather for a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
 
 
 def free_port() -> int:

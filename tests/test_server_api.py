@@ -19,6 +19,7 @@ import pytest
 
 import local_ai
 from tests.server_helpers import (
+    TOOL_FUNCTION,
     TOOL_NAME,
     Daemon,
     build_chat_model,
@@ -283,20 +284,7 @@ def test_openai_sdk_tool_calls(daemon: Daemon) -> None:
     import openai
 
     sdk = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key=API_KEY, max_retries=0)
-    tools: Any = [
-        {
-            "type": "function",
-            "function": {
-                "name": TOOL_NAME,
-                "description": "Weather for a city",
-                "parameters": {
-                    "type": "object",
-                    "properties": {"city": {"type": "string"}},
-                    "required": ["city"],
-                },
-            },
-        }
-    ]
+    tools: Any = [{"type": "function", "function": TOOL_FUNCTION}]
     messages: Any = [{"role": "user", "content": "Weather in Paris?"}]
     result = sdk.chat.completions.create(
         model="tool", messages=messages, tools=tools, max_tokens=20

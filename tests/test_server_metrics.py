@@ -1,12 +1,15 @@
-"""`GET /metrics` against a real daemon: traffic from the official SDKs with the User-Agents of
-Claude Code, Zed and Codex, scraped with prometheus-client's own text parser."""
+"""`GET /metrics` and `POST /v1/responses` against a real daemon: traffic from the official SDKs
+with the User-Agents of Claude Code, Zed and Codex, scraped with prometheus-client's own text
+parser; the Responses API through the official `openai` SDK and a recorded Codex request."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -14,8 +17,11 @@ import pytest
 
 from local_ai.server.gateway.metrics import client_of
 from tests.server_helpers import (
+    TOOL_FUNCTION,
+    TOOL_NAME,
     Daemon,
     build_chat_model,
+    build_tool_model,
     claude_code_body,
     free_port,
     serving,
@@ -42,7 +48,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     manifest = write_manifest(
         root,
         port=port,
-        models={"tiny": build_chat_model(root / "tiny")},
+        models={"tiny": build_chat_model(root / "tiny"), "tool": build_tool_model(root / "tool")},
         context=2048,
         server_extra='api_key_env = "LOCAL_AI_TEST_KEY"\npreload = ["tiny"]',
         engine_extra="max_queued_requests = 0",
@@ -304,6 +310,131 @@ def test_streams_batch_and_busy_503s(daemon: Daemon, client: httpx.Client) -> No
         )
         == 1
     )
+
+
+WEATHER_TOOL: Any = {"type": "function", **TOOL_FUNCTION}
+
+
+def responses_sdk(daemon: Daemon) -> Any:
+    import openai
+
+    return openai.OpenAI(
+        base_url=f"{daemon.url}/v1",
+        api_key=API_KEY,
+        max_retries=0,
+        default_headers={"User-Agent": CODEX_UA},
+    )
+
+
+def test_responses_text_stream_and_not(daemon: Daemon, client: httpx.Client) -> None:
+    sdk = responses_sdk(daemon)
+    before = scrape(client)
+    answer = sdk.responses.create(
+        model="tiny", instructions="Be brief.", input="Say hello.", max_output_tokens=6
+    )
+    assert answer.object == "response" and answer.model == "tiny"
+    # The tiny model never ends by itself: it stops at the limit, as the API says it should.
+    assert answer.status == "incomplete"
+    assert answer.incomplete_details is not None
+    assert answer.incomplete_details.reason == "max_output_tokens"
+    assert answer.output[0].type == "message" and answer.output_text
+    assert answer.usage is not None and answer.usage.output_tokens == 6
+    assert answer.usage.input_tokens > 0
+
+    events = list(
+        sdk.responses.create(model="tiny", input="Say hello.", max_output_tokens=6, stream=True)
+    )
+    kinds = [e.type for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == "response.incomplete"
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    deltas = [e.delta for e in events if e.type == "response.output_text.delta"]
+    done = next(e for e in events if e.type == "response.output_text.done")
+    assert deltas and "".join(deltas) == done.text
+    assert kinds.index("response.output_item.added") < kinds.index("response.output_text.delta")
+    final = events[-1].response  # type: ignore[union-attr]
+    assert final.output_text == done.text and final.usage.output_tokens == 6
+    after = scrape(client)
+    labels = {"endpoint": "/v1/responses", "alias": "tiny"}
+    requests = "local_ai_requests_total"
+    assert delta(before, after, requests, status="200", client="codex", **labels) == 2
+    assert delta(before, after, "local_ai_output_tokens_total", alias="tiny", client="codex") == 12
+    ttft = "local_ai_time_to_first_token_seconds_count"
+    assert delta(before, after, ttft, client="codex", **labels) == 2
+
+
+def test_responses_tool_call_and_its_output_in_a_second_request(daemon: Daemon) -> None:
+    sdk = responses_sdk(daemon)
+    first = sdk.responses.create(
+        model="tool", input="What is the weather in Paris?", tools=[WEATHER_TOOL]
+    )
+    assert first.status == "completed"
+    calls = [item for item in first.output if item.type == "function_call"]
+    assert len(calls) == 1
+    call = calls[0]
+    assert call.name == TOOL_NAME and json.loads(call.arguments) == {"city": "Paris"}
+    assert call.call_id
+    # The output goes back with previous_response_id: the server supplies the earlier turns.
+    second = sdk.responses.create(
+        model="tool",
+        previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "18 degrees"}],
+        tools=[WEATHER_TOOL],
+    )
+    assert second.status == "completed" and second.previous_response_id == first.id
+    assert first.usage is not None and second.usage is not None
+    assert second.usage.input_tokens > first.usage.input_tokens + first.usage.output_tokens
+    # Streamed, the call arrives as an output item with its arguments.
+    events = list(
+        sdk.responses.create(model="tool", input="Weather?", tools=[WEATHER_TOOL], stream=True)
+    )
+    kinds = [e.type for e in events]
+    assert "response.function_call_arguments.done" in kinds and kinds[-1] == "response.completed"
+    done = [e for e in events if e.type == "response.output_item.done"]
+    assert done[-1].item.type == "function_call"
+    assert json.loads(done[-1].item.arguments) == {"city": "Paris"}  # type: ignore[union-attr]
+
+
+def test_responses_unknown_previous_id_and_bad_input_are_400(daemon: Daemon) -> None:
+    import openai
+
+    sdk = responses_sdk(daemon)
+    with pytest.raises(openai.BadRequestError) as unknown:
+        sdk.responses.create(model="tiny", input="x", previous_response_id="resp_nope")
+    assert "resp_nope" in str(unknown.value)
+    with pytest.raises(openai.BadRequestError) as bad:
+        sdk.responses.create(model="tiny", input=[{"type": "image_generation_call", "id": "x"}])  # type: ignore[list-item]
+    assert "image_generation_call" in str(bad.value)
+
+
+def test_a_recorded_codex_request(daemon: Daemon, client: httpx.Client) -> None:
+    body = json.loads(
+        (Path(__file__).parent / "data" / "codex" / "responses_request.json").read_text()
+    )
+    headers = {
+        "user-agent": CODEX_UA,
+        "originator": "codex_cli_rs",
+        "openai-beta": "responses=experimental",
+        "session_id": "0199a8f2-7c1e-7d52-9a43-1f0e5b2d9c61",
+        "accept": "text/event-stream",
+    }
+    with client.stream("POST", "/v1/responses", json=body, headers=headers) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        text = "".join(response.iter_text())
+    events = []
+    for block in text.strip().split("\n\n"):
+        kind, data = block.split("\n", 1)
+        event = json.loads(data.removeprefix("data: "))
+        assert kind == f"event: {event['type']}"
+        events.append(event)
+    assert events[0]["type"] == "response.created"
+    assert events[-1]["type"] == "response.completed"
+    final = events[-1]["response"]
+    # The scripted model calls its tool again; Codex would run it and send the output back.
+    assert final["output"][-1]["type"] == "function_call"
+    assert final["output"][-1]["name"] == TOOL_NAME
+    assert final["usage"]["input_tokens"] > 50  # instructions and every input item reached it
 
 
 def test_engine_restarts_are_counted(daemon: Daemon, client: httpx.Client) -> None:

@@ -156,8 +156,8 @@ def _openai_stream(response: httpx.Response) -> str | None:
     return None
 
 
-def _typed_stream(first: str, last: str) -> Callable[[httpx.Response], str | None]:
-    """A stream of typed events (Anthropic, Responses) from `first` to `last`."""
+def _typed_stream(first: str, *last: str) -> Callable[[httpx.Response], str | None]:
+    """A stream of typed events (Anthropic, Responses) from `first` to one of `last`."""
 
     def judge(response: httpx.Response) -> str | None:
         kinds = []
@@ -166,7 +166,7 @@ def _typed_stream(first: str, last: str) -> Callable[[httpx.Response], str | Non
                 kinds.append(json.loads(data).get("type"))
             except ValueError:
                 return f"not an event: {data[:80]}"
-        if not kinds or kinds[0] != first or kinds[-1] != last:
+        if not kinds or kinds[0] != first or kinds[-1] not in last:
             return f"unexpected events: {', '.join(map(str, kinds[:6])) or 'none'}"
         return None
 
@@ -174,7 +174,8 @@ def _typed_stream(first: str, last: str) -> Callable[[httpx.Response], str | Non
 
 
 _anthropic_stream = _typed_stream("message_start", "message_stop")
-_responses_stream = _typed_stream("response.created", "response.completed")
+# A reply cut at the check's 8-token cap ends as incomplete, which is as good.
+_responses_stream = _typed_stream("response.created", "response.completed", "response.incomplete")
 
 
 def _chat_body(model: str, system: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from local_ai.server.asgi import (
     run_until_disconnect,
     send_bytes,
     send_json,
+    start_stream,
 )
 from local_ai.server.compat import (
     Api,
@@ -47,6 +49,7 @@ from local_ai.server.compat import (
     request_problem,
 )
 from local_ai.server.config import ServerConfig
+from local_ai.server.gateway import responses
 from local_ai.server.gateway.metrics import (
     Exchange,
     GatewayMetrics,
@@ -65,7 +68,7 @@ GENERATION_PATHS = {
     "/anthropic/v1/messages": "/anthropic/v1/messages",
     "/anthropic/v1/messages/count_tokens": "/anthropic/v1/messages/count_tokens",
 }
-UNSUPPORTED_PATHS = {"/v1/completions", "/v1/embeddings", "/v1/responses"}
+UNSUPPORTED_PATHS = {"/v1/completions", "/v1/embeddings"}
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -76,6 +79,12 @@ SECURITY_HEADERS = [
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+async def _send_events(send: Send, events: list[dict[str, Any]]) -> None:
+    if events:
+        body = b"".join(responses.sse(e) for e in events)
+        await send({"type": "http.response.body", "body": body, "more_body": True})
 
 
 def exchange(scope: Scope) -> Exchange:
@@ -106,6 +115,7 @@ class Gateway:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.counters = {"requests": 0, "generations": 0, "rejected_busy": 0, "cancelled": 0}
         self.metrics = GatewayMetrics()
+        self.responses = responses.ResponseStore()
         self._background: asyncio.Future[None] | None = None
         # The engine settings it runs with: from the manifest at start, then from restart-engine.
         self.engine_settings: dict[str, Any] = dict(config.settings.get("engine", {}))
@@ -291,6 +301,9 @@ class Gateway:
         if path == "/api/load":
             await self._load(scope, receive, send)
             return
+        if path == "/v1/responses":
+            await self._responses(scope, receive, send)
+            return
         if path in UNSUPPORTED_PATHS:
             await self._error(scope, send, 404, f"{path} is not served; use /v1/chat/completions")
             return
@@ -301,24 +314,10 @@ class Gateway:
         body = await self._json_body(scope, receive, send)
         if body is None:
             return
-        model = body.get("model") or self.alias_map.default_alias
-        if not isinstance(model, str) or model not in self.alias_map.models:
-            await self._unknown_model(scope, send, str(model))
+        resolved = await self._resolve(scope, send, body, body)
+        if resolved is None:
             return
-        refused = forbidden_fields(body)
-        if refused:
-            await self._error(
-                scope, send, 400, f"field(s) not accepted by this server: {', '.join(refused)}"
-            )
-            return
-        problem = request_problem(body)
-        if problem:
-            field, message = problem
-            await self._error(scope, send, 400, message, code="invalid_value", param=field)
-            return
-        entry = self.alias_map.models[model]
-        body["model"] = entry.path
-        exchange(scope).alias = model
+        model, entry = resolved
         strip_usage = False
         if api == "openai" and body.get("stream"):
             # The usage chunk carries the token figures; the client gets it only if it asked.
@@ -335,8 +334,36 @@ class Gateway:
             streaming=bool(body.get("stream")), strip_usage=strip_usage
         )
         await run_until_disconnect(
-            receive, self._generate(scope, send, api, path, payload, model, entry)
+            receive,
+            self._generate(
+                scope, send, lambda: self._forward(scope, send, api, path, payload, model, entry)
+            ),
         )
+
+    async def _resolve(
+        self, scope: Scope, send: Send, body: dict[str, Any], engine_body: dict[str, Any]
+    ) -> tuple[str, AliasEntry] | None:
+        """The alias a request names and its entry, after the checks every generation passes
+        (`engine_body`, what goes to the engine, gets the model's path); None: refused."""
+        model = body.get("model") or self.alias_map.default_alias
+        if not isinstance(model, str) or model not in self.alias_map.models:
+            await self._unknown_model(scope, send, str(model))
+            return None
+        refused = forbidden_fields(body)
+        if refused:
+            await self._error(
+                scope, send, 400, f"field(s) not accepted by this server: {', '.join(refused)}"
+            )
+            return None
+        problem = request_problem(engine_body)
+        if problem:
+            field, message = problem
+            await self._error(scope, send, 400, message, code="invalid_value", param=field)
+            return None
+        entry = self.alias_map.models[model]
+        engine_body["model"] = entry.path
+        exchange(scope).alias = model
+        return model, entry
 
     async def _json_body(self, scope: Scope, receive: Receive, send: Send) -> Any:
         limit = self.config.max_body_bytes
@@ -403,15 +430,10 @@ class Gateway:
         self.active -= 1
 
     async def _generate(
-        self,
-        scope: Scope,
-        send: Send,
-        api: Api,
-        path: str,
-        payload: bytes,
-        alias: str,
-        entry: AliasEntry,
+        self, scope: Scope, send: Send, work: Callable[[], Awaitable[None]]
     ) -> None:
+        """Run `work` (a generation) in one of the engine slots, or answer 503 when none is free
+        and the queue is full."""
         if not await self._acquire_slot():
             self.counters["rejected_busy"] += 1
             exchange(scope).unavailable = "busy"
@@ -425,9 +447,46 @@ class Gateway:
             )
             return
         try:
-            await self._forward(scope, send, api, path, payload, alias, entry)
+            await work()
         finally:
             self._release_slot()
+
+    async def _engine_send(
+        self, scope: Scope, send: Send, path: str, payload: bytes, alias: str, entry: AliasEntry
+    ) -> httpx.Response | None:
+        """The engine's streamed answer to `payload` at `path`; None when it is not ready or
+        went away (a 503 was sent)."""
+        if not await self.supervisor.wait_ready(ENGINE_WAIT_S):
+            exchange(scope).unavailable = "engine_not_ready"
+            reason = self.supervisor.reason or "the engine is starting"
+            await self._error(
+                scope,
+                send,
+                503,
+                f"the engine is not ready: {reason}",
+                headers=[(b"retry-after", str(RETRY_AFTER_S).encode())],
+            )
+            return None
+        headers = {
+            "content-type": "application/json",
+            "x-local-ai-alias": alias,
+            "x-local-ai-context": str(entry.context),
+            "x-local-ai-max-output": str(entry.max_output_tokens),
+        }
+        client = self.supervisor.client
+        request = client.build_request("POST", path, content=payload, headers=headers)
+        try:
+            return await client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            exchange(scope).unavailable = "engine_restarting"
+            await self._error(
+                scope,
+                send,
+                503,
+                f"the engine is restarting ({type(exc).__name__}); retry shortly",
+                headers=[(b"retry-after", b"1")],
+            )
+            return None
 
     async def _forward(
         self,
@@ -439,38 +498,10 @@ class Gateway:
         alias: str,
         entry: AliasEntry,
     ) -> None:
-        if not await self.supervisor.wait_ready(ENGINE_WAIT_S):
-            exchange(scope).unavailable = "engine_not_ready"
-            reason = self.supervisor.reason or "the engine is starting"
-            await self._error(
-                scope,
-                send,
-                503,
-                f"the engine is not ready: {reason}",
-                headers=[(b"retry-after", str(RETRY_AFTER_S).encode())],
-            )
-            return
-        headers = {
-            "content-type": "application/json",
-            "x-local-ai-alias": alias,
-            "x-local-ai-context": str(entry.context),
-            "x-local-ai-max-output": str(entry.max_output_tokens),
-        }
-        client = self.supervisor.client
-        request = client.build_request(
-            "POST", GENERATION_PATHS[path], content=payload, headers=headers
+        response = await self._engine_send(
+            scope, send, GENERATION_PATHS[path], payload, alias, entry
         )
-        try:
-            response = await client.send(request, stream=True)
-        except httpx.TransportError as exc:
-            exchange(scope).unavailable = "engine_restarting"
-            await self._error(
-                scope,
-                send,
-                503,
-                f"the engine is restarting ({type(exc).__name__}); retry shortly",
-                headers=[(b"retry-after", b"1")],
-            )
+        if response is None:
             return
         try:
             out = [
@@ -509,6 +540,80 @@ class Gateway:
                         }
                     )
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await response.aclose()
+
+    async def _responses(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """POST /v1/responses: translated to a streamed chat completion on the engine."""
+        body = await self._json_body(scope, receive, send)
+        if body is None:
+            return
+        try:
+            chat, conversation = responses.to_chat(body, self.responses)
+        except responses.ResponsesError as exc:
+            await self._error(scope, send, 400, str(exc), code="invalid_value", param=exc.param)
+            return
+        resolved = await self._resolve(scope, send, body, chat)
+        if resolved is None:
+            return
+        alias, entry = resolved
+        self.counters["generations"] += 1
+        exchange(scope).tap = ResponseTap(streaming=True, keep=True)
+        builder = responses.ResponseBuilder(alias, body)
+        payload = json.dumps(chat).encode()
+
+        async def work() -> None:
+            await self._respond(scope, send, payload, entry, builder, bool(body.get("stream")))
+            if builder.status in ("completed", "incomplete") and body.get("store") is not False:
+                self.responses.put(builder.id, [*conversation, *builder.messages()])
+
+        await run_until_disconnect(receive, self._generate(scope, send, work))
+
+    async def _respond(
+        self,
+        scope: Scope,
+        send: Send,
+        payload: bytes,
+        entry: AliasEntry,
+        builder: responses.ResponseBuilder,
+        stream: bool,
+    ) -> None:
+        response = await self._engine_send(
+            scope, send, "/v1/chat/completions", payload, builder.alias, entry
+        )
+        if response is None:
+            return
+        tap = exchange(scope).tap
+        assert tap is not None
+        try:
+            if response.status_code != 200:  # an error body in the OpenAI shape: as it is
+                error = await response.aread()
+                kind = response.headers.get("content-type", "application/json").encode()
+                await send_bytes(send, response.status_code, error, kind, self._cors_headers(scope))
+                return
+            if stream:
+                await start_stream(send, 200, headers=self._cors_headers(scope))
+                await _send_events(send, builder.start())
+            try:
+                async for chunk in response.aiter_raw():
+                    tap.feed(chunk)
+                    events = [e for data in tap.events for e in builder.feed(data)]
+                    tap.events.clear()
+                    if stream:
+                        await _send_events(send, events)
+            except httpx.TransportError as exc:
+                exchange(scope).unavailable = "engine_lost"
+                log.warning("engine connection lost mid-response: %s", exc)
+                builder.feed({"error": {"message": "the engine stopped during generation"}})
+            final = builder.finish()
+            if stream:
+                await _send_events(send, final)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            elif builder.error is not None:
+                body = error_body("openai", 500, builder.error["message"])
+                await send_json(send, 500, body, self._cors_headers(scope))
+            else:
+                await send_json(send, 200, builder.response(), self._cors_headers(scope))
         finally:
             await response.aclose()
 

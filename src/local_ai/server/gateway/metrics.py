@@ -101,9 +101,11 @@ class ResponseTap:
     With `strip_usage` (the gateway asked the engine for a usage chunk the client did not ask
     for) it also drops that chunk from what the client gets."""
 
-    def __init__(self, *, streaming: bool, strip_usage: bool = False) -> None:
+    def __init__(self, *, streaming: bool, strip_usage: bool = False, keep: bool = False) -> None:
         self.streaming = streaming
         self.strip_usage = strip_usage
+        self.keep = keep  # collect the parsed events in `events` (the Responses API reads them)
+        self.events: list[dict[str, Any]] = []
         self.first_token: float | None = None
         self.last_token: float | None = None
         self.usage: Usage | None = None
@@ -164,6 +166,8 @@ class ResponseTap:
         return True
 
     def _data(self, data: dict[str, Any]) -> bool:
+        if self.keep:
+            self.events.append(data)
         kind = data.get("type")
         if kind == "content_block_delta":  # Anthropic
             self.token_seen()
