@@ -248,6 +248,24 @@ def test_sdk_traffic_moves_counters_histograms_and_cache_figures(
     assert val(after, "local_ai_model_load_seconds_total", alias="tiny") > 0
     assert val(after, "local_ai_engine_up") == 1
 
+    # The same traffic, per minute, for the page's charts and `server status` (not anonymous).
+    activity = client.get("/api/status").json()["activity"]
+    hour = activity["hour"]
+    clients = ("zed", "codex", "claude-code")
+    # This module's first generations: the hour holds exactly them.
+    assert hour["output_tokens"] == sum(
+        delta(before, after, out, alias="tiny", client=c) for c in clients
+    )
+    assert 0 < hour["cache_hit"] < 1 and hour["ttft_s"] > 0
+    assert sum(m["output_tokens"] for m in activity["minutes"]) == hour["output_tokens"]
+    with httpx.Client(base_url=daemon.url, timeout=30, trust_env=False) as anon:
+        assert "activity" not in anon.get("/api/status").json()
+    shown = daemon.cli("server", "status")
+    assert shown.returncode == 0, shown.stderr
+    line = next(x for x in shown.stdout.splitlines() if x.strip().startswith("last hour:"))
+    assert f"{hour['output_tokens']} tokens" in line
+    assert f"prompt cache hits {hour['cache_hit'] * 100:.0f}%" in line
+
 
 def _stream(daemon: Daemon, done: threading.Event, statuses: list[int]) -> None:
     body = {

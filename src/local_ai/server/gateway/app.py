@@ -687,6 +687,8 @@ class Gateway:
             },
             "models": models,
             **({"logs": {"engine": str(self.supervisor.log_path)}} if detail else {}),
+            # The last hour (what /metrics counts, per minute): for the page and `server status`.
+            **({"activity": self.metrics.history.series()} if detail else {}),
             **({"settings": self._settings()} if admin else {}),
             "requests": {
                 **self.counters,

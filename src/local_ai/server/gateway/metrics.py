@@ -189,6 +189,66 @@ class ResponseTap:
 
 
 @dataclass
+class _Minute:
+    tokens: int = 0
+    ttft_sum: float = 0.0
+    ttft_count: int = 0
+    prompt: int = 0
+    cached: int = 0
+
+
+class History:
+    """The last hour, minute by minute: generated tokens, time to first token and prompt-cache
+    hits (for the page's charts and `local-ai server status`)."""
+
+    def __init__(self, minutes: int = 60) -> None:
+        self.minutes = minutes
+        self._buckets: dict[int, _Minute] = {}
+
+    def _bucket(self, now: float) -> _Minute:
+        minute = int(now // 60)
+        for old in [m for m in self._buckets if m <= minute - self.minutes]:
+            del self._buckets[old]
+        return self._buckets.setdefault(minute, _Minute())
+
+    def add(self, *, ttft: float | None, usage: Usage | None, now: float | None = None) -> None:
+        bucket = self._bucket(time.time() if now is None else now)
+        if ttft is not None:
+            bucket.ttft_sum += ttft
+            bucket.ttft_count += 1
+        if usage is not None:
+            bucket.tokens += usage.output_tokens
+            bucket.prompt += usage.prompt_tokens
+            bucket.cached += min(usage.cached_tokens, usage.prompt_tokens)
+
+    def series(self, now: float | None = None) -> dict[str, Any]:
+        """Each minute with traffic (`t`: its start, Unix seconds): tokens/s over the minute,
+        mean TTFT, cache-hit ratio; `hour`: the same over the whole hour."""
+        self._bucket(time.time() if now is None else now)  # drops minutes older than the hour
+        points = []
+        total = _Minute()
+        for minute, b in sorted(self._buckets.items()):
+            if not (b.tokens or b.ttft_count or b.prompt):
+                continue
+            points.append({"t": minute * 60, **_figures(b, 60.0)})
+            total.tokens += b.tokens
+            total.ttft_sum += b.ttft_sum
+            total.ttft_count += b.ttft_count
+            total.prompt += b.prompt
+            total.cached += b.cached
+        return {"minutes": points, "hour": _figures(total, 60.0 * self.minutes)}
+
+
+def _figures(b: _Minute, seconds: float) -> dict[str, Any]:
+    return {
+        "tokens_per_s": round(b.tokens / seconds, 3),
+        "ttft_s": round(b.ttft_sum / b.ttft_count, 3) if b.ttft_count else None,
+        "cache_hit": round(b.cached / b.prompt, 3) if b.prompt else None,
+        "output_tokens": b.tokens,
+    }
+
+
+@dataclass
 class Exchange:
     """One HTTP request, as the metrics see it."""
 
@@ -306,6 +366,7 @@ class GatewayMetrics:
         )
         self._state = _StateCollector()
         r.register(self._state)
+        self.history = History()
 
     def record(self, ex: Exchange) -> None:
         """Counts a finished request (499: the client left before an answer started)."""
@@ -318,9 +379,11 @@ class GatewayMetrics:
             return
         now = time.monotonic()
         self.duration.labels(ex.endpoint, ex.alias, ex.client).observe(now - ex.started)
-        if tap.first_token is not None:
-            self.ttft.labels(ex.endpoint, ex.alias, ex.client).observe(tap.first_token - ex.started)
+        ttft = tap.first_token - ex.started if tap.first_token is not None else None
+        if ttft is not None:
+            self.ttft.labels(ex.endpoint, ex.alias, ex.client).observe(ttft)
         usage = tap.usage
+        self.history.add(ttft=ttft, usage=usage)
         if usage is None:
             return
         cached = min(usage.cached_tokens, usage.prompt_tokens)
