@@ -425,7 +425,82 @@ def test_responses_unknown_previous_id_and_bad_input_are_400(daemon: Daemon) -> 
     assert "image_generation_call" in str(bad.value)
 
 
+def test_thinking_and_parallel_calls_become_output_items() -> None:
+    """What a thinking model's chat stream (as the engine sends it) turns into, item by item."""
+    from openai.types.responses import Response, ResponseStreamEvent
+    from pydantic import TypeAdapter
+
+    from local_ai.server.gateway.responses import ResponseBuilder, ResponseStore, to_chat
+
+    request = {"model": "m", "input": "Plan, then call both.", "stream": True}
+    chat, conversation = to_chat(request, ResponseStore())
+    assert (
+        chat["messages"] == conversation == [{"role": "user", "content": "Plan, then call both."}]
+    )
+    builder = ResponseBuilder("m", request)
+    chunks: list[dict[str, Any]] = [
+        {"choices": [{"delta": {"role": "assistant", "reasoning": "First "}}]},
+        {"choices": [{"delta": {"reasoning": "think."}}]},
+        {"choices": [{"delta": {"content": "Calling."}}]},
+        {
+            "choices": [
+                {
+                    "delta": {
+                        "tool_calls": [
+                            {
+                                "index": 0,
+                                "id": "call_a",
+                                "function": {"name": "f", "arguments": "{}"},
+                            },
+                            {
+                                "index": 1,
+                                "id": "call_b",
+                                "function": {"name": "g", "arguments": '{"x":'},
+                            },
+                        ]
+                    },
+                    "finish_reason": None,
+                }
+            ]
+        },
+        {"choices": [{"delta": {"tool_calls": [{"index": 1, "function": {"arguments": "1}"}}]}}]},
+        {
+            "choices": [{"delta": {}, "finish_reason": "tool_calls"}],
+            "usage": {"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16},
+        },
+    ]
+    events = builder.start() + [e for c in chunks for e in builder.feed(c)] + builder.finish()
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    kinds = [e["type"] for e in events]
+    assert kinds.count("response.reasoning_text.delta") == 2
+    assert kinds.index("response.reasoning_text.done") < kinds.index("response.output_text.delta")
+    # Every event as the official SDK's strict models define it.
+    checked = TypeAdapter(ResponseStreamEvent)
+    for event in events:
+        checked.validate_python(event)
+    final = Response.model_validate(events[-1]["response"])
+    assert final.status == "completed"
+    assert [item.type for item in final.output] == [
+        "reasoning",
+        "message",
+        "function_call",
+        "function_call",
+    ]
+    reasoning = final.output[0]
+    assert reasoning.content is not None and reasoning.content[0].text == "First think."  # type: ignore[union-attr]
+    assert final.output_text == "Calling."
+    calls = [(i.call_id, i.name, i.arguments) for i in final.output[2:]]  # type: ignore[union-attr]
+    assert calls == [("call_a", "f", "{}"), ("call_b", "g", '{"x":1}')]
+    assert final.usage is not None and final.usage.total_tokens == 16
+    # The answer continues the conversation as one assistant message with both calls.
+    (message,) = builder.messages()
+    assert message["content"] == "Calling." and len(message["tool_calls"]) == 2
+
+
 def test_a_recorded_codex_request(daemon: Daemon, client: httpx.Client) -> None:
+    from openai.types.responses import ResponseStreamEvent
+    from pydantic import TypeAdapter
+
     body = json.loads(
         (Path(__file__).parent / "data" / "codex" / "responses_request.json").read_text()
     )
@@ -448,6 +523,9 @@ def test_a_recorded_codex_request(daemon: Daemon, client: httpx.Client) -> None:
         events.append(event)
     assert events[0]["type"] == "response.created"
     assert events[-1]["type"] == "response.completed"
+    checked = TypeAdapter(ResponseStreamEvent)  # the SDK's strict models, field by field
+    for event in events:
+        checked.validate_python(event)
     final = events[-1]["response"]
     # The scripted model calls its tool again; Codex would run it and send the output back.
     assert final["output"][-1]["type"] == "function_call"

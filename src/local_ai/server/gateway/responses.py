@@ -296,7 +296,7 @@ class ResponseBuilder:
             cached = int((u.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
             self.usage = {
                 "input_tokens": int(u.get("prompt_tokens") or 0),
-                "input_tokens_details": {"cached_tokens": cached},
+                "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
                 "output_tokens": int(u.get("completion_tokens") or 0),
                 "output_tokens_details": {"reasoning_tokens": 0},
                 "total_tokens": int(u.get("total_tokens") or 0),
