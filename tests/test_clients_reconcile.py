@@ -636,3 +636,14 @@ def test_codex_home_and_profile_names(monkeypatch: pytest.MonkeyPatch, tmp_path:
     apply_all(m)
     profile = tmp_path / "codex-home" / "qwen2-5-coder.config.toml"
     assert tomlkeys.parse(profile.read_text())["model"] == "qwen2.5-coder"
+
+
+def test_codex_profile_of_a_dropped_alias_is_removed() -> None:
+    _, root = codex_files()
+    apply_all(manifest({"codex": {"models": ["coder", "fast"]}}))
+    assert (root / "fast.config.toml").exists()
+    change = apply_all(manifest({"codex": {"models": ["coder"]}}))["codex"]
+    assert change.change == Change.UPDATE
+    assert "- fast.config.toml (remove)" in change.drift
+    assert not (root / "fast.config.toml").exists()
+    assert (root / "coder.config.toml").exists()
