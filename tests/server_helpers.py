@@ -55,6 +55,16 @@ TYPED_TOOLS: Any = [
         },
     },
 ]
+# The scripted model's tool (chat tools wrap it in "function", Responses tools spread it).
+TOOL_FUNCTION = {
+    "name": TOOL_NAME,
+    "description": "Weather for a city",
+    "parameters": {
+        "type": "object",
+        "properties": {"city": {"type": "string"}},
+        "required": ["city"],
+    },
+}
 
 
 def free_port() -> int:
@@ -324,3 +334,84 @@ def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def claude_code_body(billing: str, stream: bool) -> dict[str, Any]:
+    """The shape Claude Code sends (trimmed): billing line, cache_control, adaptive thinking,
+    a system message inside messages, thinking history, a server tool and tool results."""
+    return {
+        "model": "tiny",
+        "max_tokens": 16,
+        "stream": stream,
+        "temperature": 1,
+        "thinking": {"type": "adaptive"},
+        "metadata": {"user_id": "user_abc_account__session_123"},
+        "system": [
+            {
+                "type": "text",
+                "text": f"x-anthropic-billing-header: cc_version=2.1.{billing}; cc_entrypoint=cli",
+            },
+            {
+                "type": "text",
+                "text": "You are Claude Code, a coding agent. " * 20,
+                "cache_control": {"type": "ephemeral"},
+            },
+        ],
+        "tools": [
+            {
+                "name": "Read",
+                "description": "Read a file",
+                "input_schema": {
+                    "$schema": "http://json-schema.org/draft-07/schema#",
+                    "type": "object",
+                    "properties": {"file_path": {"type": "string"}},
+                    "required": ["file_path"],
+                    "additionalProperties": False,
+                },
+            },
+            {"type": "web_search_20250305", "name": "web_search", "max_uses": 5},
+        ],
+        "messages": [
+            {"role": "system", "content": "Extra system instructions."},
+            {"role": "user", "content": [{"type": "text", "text": "Open main.py"}]},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "thinking", "thinking": "I should read it.", "signature": "sig"},
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_1",
+                        "name": "Read",
+                        "input": {"file_path": "main.py"},
+                    },
+                    {
+                        "type": "tool_use",
+                        "id": "toolu_2",
+                        "name": "Read",
+                        "input": {"file_path": "b.py"},
+                    },
+                ],
+            },
+            {
+                "role": "user",
+                "content": [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_1",
+                        "content": [{"type": "text", "text": "print(1)"}],
+                    },
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": "toolu_2",
+                        "content": "print(2)",
+                        "is_error": False,
+                    },
+                    {
+                        "type": "text",
+                        "text": "What does it do?",
+                        "cache_control": {"type": "ephemeral"},
+                    },
+                ],
+            },
+        ],
+    }

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from local_ai.clients import jsonc
+from local_ai.clients import jsonc, tomlkeys
 from tests.server_helpers import Daemon, build_chat_model, free_port
 
 KEY = "e2e-key-0123456789"
@@ -34,12 +34,14 @@ name = "Tiny"
 [clients.claude_code]
 
 [clients.goose]
+
+[clients.codex]
 """
 
 
 @pytest.fixture(autouse=True)
 def linux_layout(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("CLAUDE_CONFIG_DIR", "GOOSE_PATH_ROOT", "XDG_CONFIG_HOME"):
+    for var in ("CLAUDE_CONFIG_DIR", "GOOSE_PATH_ROOT", "XDG_CONFIG_HOME", "CODEX_HOME"):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -82,6 +84,9 @@ def test_written_settings_answer_and_a_missing_model_is_reported(tmp_path: Path)
         claude = json.loads((Path.home() / ".claude/settings.json").read_text())["env"]
         assert claude["ANTHROPIC_BASE_URL"] == f"http://127.0.0.1:{port}/anthropic"
         assert "ANTHROPIC_AUTH_TOKEN" not in claude  # the key stays in the shell
+        codex = tomlkeys.parse((Path.home() / ".codex/config.toml").read_text())
+        assert codex["model_providers"]["local-ai"]["base_url"] == provider["api_url"]
+        assert codex["model_providers"]["local-ai"]["env_key"] == "LOCAL_AI_E2E_KEY"
 
         check = daemon.cli("clients", "check", "--json")
         report = json.loads(check.stdout)
@@ -90,6 +95,7 @@ def test_written_settings_answer_and_a_missing_model_is_reported(tmp_path: Path)
             ("zed", True),
             ("claude-code", True),
             ("goose", True),
+            ("codex", True),
         ]
         assert [p["name"] for c in report["clients"] for p in c["probes"]] == [
             "models listed",
@@ -99,6 +105,8 @@ def test_written_settings_answer_and_a_missing_model_is_reported(tmp_path: Path)
             "messages stream with tools (tiny)",
             "models listed",
             "chat stream with tools (tiny)",
+            "models listed",
+            "responses stream with tools (tiny)",
         ]
 
         # A model the settings name but the running server does not serve.

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from local_ai.clients import jsonc, yamlkeys
+from local_ai.clients import jsonc, tomlkeys, yamlkeys
 from local_ai.clients.base import ClientChange
 from local_ai.clients.files import backups_of, ledger_path
 from local_ai.clients.plan import (
@@ -39,7 +39,7 @@ MODELS = {
 
 @pytest.fixture(autouse=True)
 def no_client_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("CLAUDE_CONFIG_DIR", "GOOSE_PATH_ROOT", "XDG_CONFIG_HOME"):
+    for var in ("CLAUDE_CONFIG_DIR", "GOOSE_PATH_ROOT", "XDG_CONFIG_HOME", "CODEX_HOME"):
         monkeypatch.delenv(var, raising=False)
 
 
@@ -538,3 +538,112 @@ def test_moving_a_client_file_restores_the_old_one_and_writes_the_new(tmp_path: 
     assert old.read_text() == before
     assert jsonc.lookup((tmp_path / "new.json").read_text(), ("agent", "default_model"))[0]
     assert not plan(moved)["zed"].has_changes
+
+
+# ------------------------------------------------------------------------------- Codex
+
+
+def codex_files() -> tuple[Path, Path]:
+    root = default_locations()["codex.dir"]
+    return root / "config.toml", root
+
+
+@pytest.mark.parametrize(
+    "fixture", ["codex_config.toml", "codex_config_minimal.toml", "codex_own_provider.toml", None]
+)
+def test_codex_provider_default_model_and_profiles_then_exact_removal(fixture: str | None) -> None:
+    config, root = codex_files()
+    before = place(fixture, config) if fixture else None
+    change = apply_all(manifest({"codex": {}}))["codex"]
+    assert change.change == Change.CREATE
+    doc = tomlkeys.parse(config.read_text())
+    assert doc["model_providers"]["local-ai"] == {
+        "name": "local-ai",
+        "base_url": "http://127.0.0.1:8080/v1",
+        "wire_api": "responses",
+    }
+    assert (doc["model_provider"], doc["model"], doc["model_context_window"]) == (
+        "local-ai",
+        "coder",
+        65536,
+    )
+    for alias, context in (("coder", 65536), ("fast", 8192)):
+        assert tomlkeys.parse((root / f"{alias}.config.toml").read_text()) == {
+            "model_provider": "local-ai",
+            "model": alias,
+            "model_context_window": context,
+        }
+    again = plan(manifest({"codex": {}}))["codex"]
+    assert (again.change, again.has_changes) == (Change.NOOP, False)
+    removed = apply_all(manifest())["codex"]
+    assert removed.change == Change.DELETE
+    if before is None:
+        assert not config.exists()
+    else:
+        assert config.read_text() == before
+    assert sorted(p.name for p in root.iterdir() if "local-ai-backup" not in p.name) == (
+        ["config.toml"] if before is not None else []
+    )
+    assert not ledger_path("codex").exists()
+
+
+def test_codex_edit_is_exact_text_in_a_config_with_comments_and_other_providers() -> None:
+    config, _ = codex_files()
+    before = place("codex_config.toml", config)
+    apply_all(manifest({"codex": {"models": ["coder"]}}))
+    expected = before.replace(
+        'model = "gpt-5.2-codex"  # the hosted default\n',
+        'model = "coder"  # the hosted default\n',
+    ).replace(
+        'sandbox_mode = "workspace-write"\n',
+        'sandbox_mode = "workspace-write"\nmodel_provider = "local-ai"\n'
+        "model_context_window = 65536\n",
+    ) + (
+        "\n[model_providers.local-ai]\n"
+        'name = "local-ai"\n'
+        'base_url = "http://127.0.0.1:8080/v1"\n'
+        'wire_api = "responses"\n'
+    )
+    assert config.read_text() == expected
+
+
+def test_codex_own_provider_and_model_are_given_back_byte_for_byte() -> None:
+    config, _ = codex_files()
+    before = place("codex_own_provider.toml", config)
+    change = plan(manifest({"codex": {"models": ["fast"]}}, api_key_env="SERVER_KEY"))["codex"]
+    assert '~ config.toml: model: "old" → "fast"' in change.drift
+    assert (
+        '~ config.toml: model_providers.local-ai.base_url: "http://127.0.0.1:9999/v1" → '
+        '"http://127.0.0.1:8080/v1"' in change.drift
+    )
+    assert '+ config.toml: model_providers.local-ai.env_key: "SERVER_KEY"' in change.drift
+    assert change.notes == (
+        "Codex reads the API key from SERVER_KEY: set it to the value of $SERVER_KEY.",
+    )
+    apply_client_change(change)
+    text = config.read_text()
+    assert "# Set up by hand before local-ai managed it." in text
+    assert '[history]\npersistence = "none"\n' in text
+    apply_all(manifest({"codex": {"enabled": False}}))
+    assert config.read_text() == before
+
+
+def test_codex_home_and_profile_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("CODEX_HOME", str(tmp_path / "codex-home"))
+    m = Manifest.model_validate(
+        {"models": {"qwen2.5-coder": {"repo": "org/q", "context": 4096}}, "clients": {"codex": {}}}
+    )
+    apply_all(m)
+    profile = tmp_path / "codex-home" / "qwen2-5-coder.config.toml"
+    assert tomlkeys.parse(profile.read_text())["model"] == "qwen2.5-coder"
+
+
+def test_codex_profile_of_a_dropped_alias_is_removed() -> None:
+    _, root = codex_files()
+    apply_all(manifest({"codex": {"models": ["coder", "fast"]}}))
+    assert (root / "fast.config.toml").exists()
+    change = apply_all(manifest({"codex": {"models": ["coder"]}}))["codex"]
+    assert change.change == Change.UPDATE
+    assert "- fast.config.toml (remove)" in change.drift
+    assert not (root / "fast.config.toml").exists()
+    assert (root / "coder.config.toml").exists()

@@ -19,10 +19,12 @@ import pytest
 
 import local_ai
 from tests.server_helpers import (
+    TOOL_FUNCTION,
     TOOL_NAME,
     Daemon,
     build_chat_model,
     build_tool_model,
+    claude_code_body,
     free_port,
     wait_for,
     write_manifest,
@@ -281,20 +283,7 @@ def test_openai_sdk_tool_calls(daemon: Daemon) -> None:
     import openai
 
     sdk = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key=API_KEY, max_retries=0)
-    tools: Any = [
-        {
-            "type": "function",
-            "function": {
-                "name": TOOL_NAME,
-                "description": "Weather for a city",
-                "parameters": {
-                    "type": "object",
-                    "properties": {"city": {"type": "string"}},
-                    "required": ["city"],
-                },
-            },
-        }
-    ]
+    tools: Any = [{"type": "function", "function": TOOL_FUNCTION}]
     messages: Any = [{"role": "user", "content": "Weather in Paris?"}]
     result = sdk.chat.completions.create(
         model="tool", messages=messages, tools=tools, max_tokens=20
@@ -395,87 +384,6 @@ def test_anthropic_tool_use_round_trip(daemon: Daemon) -> None:
         ],
     )
     assert again.content[-1].type == "tool_use"  # the scripted model always calls the tool
-
-
-def claude_code_body(billing: str, stream: bool) -> dict[str, Any]:
-    """The shape Claude Code sends (trimmed): billing line, cache_control, adaptive thinking,
-    a system message inside messages, thinking history, a server tool and tool results."""
-    return {
-        "model": "tiny",
-        "max_tokens": 16,
-        "stream": stream,
-        "temperature": 1,
-        "thinking": {"type": "adaptive"},
-        "metadata": {"user_id": "user_abc_account__session_123"},
-        "system": [
-            {
-                "type": "text",
-                "text": f"x-anthropic-billing-header: cc_version=2.1.{billing}; cc_entrypoint=cli",
-            },
-            {
-                "type": "text",
-                "text": "You are Claude Code, a coding agent. " * 20,
-                "cache_control": {"type": "ephemeral"},
-            },
-        ],
-        "tools": [
-            {
-                "name": "Read",
-                "description": "Read a file",
-                "input_schema": {
-                    "$schema": "http://json-schema.org/draft-07/schema#",
-                    "type": "object",
-                    "properties": {"file_path": {"type": "string"}},
-                    "required": ["file_path"],
-                    "additionalProperties": False,
-                },
-            },
-            {"type": "web_search_20250305", "name": "web_search", "max_uses": 5},
-        ],
-        "messages": [
-            {"role": "system", "content": "Extra system instructions."},
-            {"role": "user", "content": [{"type": "text", "text": "Open main.py"}]},
-            {
-                "role": "assistant",
-                "content": [
-                    {"type": "thinking", "thinking": "I should read it.", "signature": "sig"},
-                    {
-                        "type": "tool_use",
-                        "id": "toolu_1",
-                        "name": "Read",
-                        "input": {"file_path": "main.py"},
-                    },
-                    {
-                        "type": "tool_use",
-                        "id": "toolu_2",
-                        "name": "Read",
-                        "input": {"file_path": "b.py"},
-                    },
-                ],
-            },
-            {
-                "role": "user",
-                "content": [
-                    {
-                        "type": "tool_result",
-                        "tool_use_id": "toolu_1",
-                        "content": [{"type": "text", "text": "print(1)"}],
-                    },
-                    {
-                        "type": "tool_result",
-                        "tool_use_id": "toolu_2",
-                        "content": "print(2)",
-                        "is_error": False,
-                    },
-                    {
-                        "type": "text",
-                        "text": "What does it do?",
-                        "cache_control": {"type": "ephemeral"},
-                    },
-                ],
-            },
-        ],
-    }
 
 
 def test_claude_code_shaped_requests(client: httpx.Client) -> None:

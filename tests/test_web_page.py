@@ -501,3 +501,43 @@ def test_a_dead_server_and_a_restart_are_shown_and_recovered_without_reloading(
     # Chat works as before.
     tab.say("Still there?", max_tokens=4)
     page.wait_for_selector(".msg.assistant[data-outcome=done]", timeout=30_000)
+
+
+def test_last_hour_charts_are_drawn_from_the_servers_series(tab: Page) -> None:
+    """The charts come from `activity` in /api/status; here a known series stands in for it."""
+    series = {
+        "minutes": [
+            {"t": 1_800_000_000 + 60 * i, "tokens_per_s": tps, "ttft_s": ttft, "cache_hit": hit}
+            for i, (tps, ttft, hit) in enumerate(
+                [(2.5, 0.4, None), (10.0, 0.25, 0.5), (7.5, None, 0.9)]
+            )
+        ],
+        "hour": {"tokens_per_s": 0.333, "ttft_s": 0.325, "cache_hit": 0.8, "output_tokens": 1200},
+    }
+
+    def with_series(route: Any) -> None:
+        response = route.fetch()
+        route.fulfill(response=response, json={**response.json(), "activity": series})
+
+    page = tab.page
+    page.route("**/api/status", with_series)
+    tab.open()
+    page.wait_for_selector("#activity", state="visible")
+    charts = {
+        "chart-throughput": ("tok/s: 2.5, 10.0, 7.5", 3),
+        "chart-ttft": ("TTFT ms: 400, 250", 2),
+        "chart-cache": ("cache hits %: 50, 90", 2),
+    }
+    for chart, (title, points) in charts.items():
+        svg = page.locator(f"#{chart} svg.chart")
+        assert svg.get_attribute("aria-label") == title
+        coords = svg.locator("polyline").get_attribute("points").split()
+        assert len(coords) == points
+    # Throughput is drawn from zero: 10 tok/s reaches the top, 2.5 a quarter of the way up.
+    ys = [
+        float(c.split(",")[1])
+        for c in page.locator("#chart-throughput polyline").get_attribute("points").split()
+    ]
+    assert ys[1] == 2.0 and ys[0] == 35.0
+    summary = page.inner_text("#activity-summary")
+    assert summary == "Over the hour: 0.33 tok/s, TTFT 325 ms, cache hits 80%"

@@ -213,7 +213,7 @@ class ConversionError(LocalAIError):
 
 
 class ClientFileChangedError(LocalAIError):
-    """A client config file (Zed, Claude Code, Goose) changed between planning and writing."""
+    """A client config file (Zed, Claude Code, Goose, Codex) changed after it was planned."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(

@@ -112,6 +112,7 @@ def user_config_dir() -> Path:
 # Read by the editors and agents local-ai configures, so it edits the files they read.
 ENV_CLAUDE_CONFIG_DIR = "CLAUDE_CONFIG_DIR"
 ENV_GOOSE_PATH_ROOT = "GOOSE_PATH_ROOT"
+ENV_CODEX_HOME = "CODEX_HOME"
 
 
 def xdg_config_home() -> Path:
@@ -122,7 +123,7 @@ def xdg_config_home() -> Path:
 
 
 def client_env_dir(name: str) -> Path | None:
-    """A client's directory override (CLAUDE_CONFIG_DIR, GOOSE_PATH_ROOT), when set."""
+    """A client's directory override (CLAUDE_CONFIG_DIR, GOOSE_PATH_ROOT, CODEX_HOME), when set."""
     raw = os.environ.get(name, "").strip()
     return Path(raw).expanduser() if raw else None
 

@@ -1,4 +1,4 @@
-"""`local-ai clients …`: Zed, Claude Code and Goose configs, the same plan and writer `apply`
+"""`local-ai clients …`: Zed, Claude Code, Goose and Codex configs, the same plan and writer `apply`
 uses, for one look or one write without touching models or the server."""
 
 from __future__ import annotations
@@ -18,15 +18,16 @@ if TYPE_CHECKING:
 
 clients_app = typer.Typer(
     name="clients",
-    help="Show, write and check the Zed, Claude Code and Goose settings local-ai manages.",
+    help="Show, write and check the Zed, Claude Code, Goose and Codex settings local-ai manages.",
     no_args_is_help=True,
 )
 
-CLIENT_NAMES = ("zed", "claude-code", "goose")
+CLIENT_NAMES = ("zed", "claude-code", "goose", "codex")
 ClientsArgument = Annotated[
     list[str] | None,
     typer.Argument(
-        help="Only these clients: zed, claude-code, goose (default: all).", show_default=False
+        help="Only these clients: zed, claude-code, goose, codex (default: all).",
+        show_default=False,
     ),
 ]
 DetailedExitOption = Annotated[

@@ -165,6 +165,9 @@ def status_command(config: ConfigOption = None, json: JsonOption = False) -> Non
             memory = engine.get("standby_memory_bytes")
             size = f", {memory / 1e6:.0f} MB" if isinstance(memory, int) else ""
             out.print(f"  standby engine warm (pid {engine['standby_pid']}{size})")
+    hour = (info.get("activity") or {}).get("hour") or {}
+    if hour.get("output_tokens"):
+        out.print(f"  last hour: {_activity(hour)}")
     if info.get("config_differs"):
         out.print("  [yellow]the manifest changed since start[/]: run `local-ai server restart`")
     models = info.get("models") or []
@@ -184,6 +187,16 @@ def status_command(config: ConfigOption = None, json: JsonOption = False) -> Non
                 f"{tps:.1f}" if tps is not None else "-",
             )
         out.print(table)
+
+
+def _activity(hour: dict[str, Any]) -> str:
+    """The page's "last hour" figures in one line."""
+    parts = [f"{hour['output_tokens']} tokens ({hour['tokens_per_s']:.2f} tok/s)"]
+    if hour.get("ttft_s") is not None:
+        parts.append(f"TTFT {hour['ttft_s'] * 1000:.0f} ms")
+    if hour.get("cache_hit") is not None:
+        parts.append(f"prompt cache hits {hour['cache_hit'] * 100:.0f}%")
+    return ", ".join(parts)
 
 
 @server_app.command("logs")

@@ -9,18 +9,19 @@ anything the user changed since alone. Nothing here does I/O.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from local_ai.clients import jsonc, yamlkeys
+from local_ai.clients import jsonc, tomlkeys, yamlkeys
 from local_ai.reconcile.model import Change
 
 Slot = tuple[str, ...]
-FormatName = Literal["jsonc", "json-file", "yaml-keys"]
+FormatName = Literal["jsonc", "json-file", "yaml-keys", "toml-keys", "toml-file"]
 LEDGER_VERSION = 1
 
 
@@ -188,10 +189,73 @@ class YamlKeysFormat:
             raise DocumentError(str(exc)) from None
 
 
+class TomlKeysFormat:
+    """Top-level keys and `[a.b]` tables of a TOML file (Codex's config.toml)."""
+
+    name: FormatName = "toml-keys"
+
+    def get(self, text: str | None, slot: Slot) -> Any:
+        if text is None:
+            return ABSENT
+        with _toml_errors():
+            found, value = tomlkeys.lookup(text, slot)
+        return value if found else ABSENT
+
+    def set(self, text: str | None, slot: Slot, value: Any) -> tuple[str, list[Slot]]:
+        with _toml_errors():
+            return tomlkeys.set_value(text or "", slot, value), []
+
+    def delete(self, text: str | None, slot: Slot) -> str | None:
+        if text is None:
+            return None
+        with _toml_errors():
+            return tomlkeys.delete(text, slot)
+
+    def prune(self, text: str | None, container: Slot) -> str | None:
+        return text  # dotted table headers create no container of their own
+
+    def raw(self, text: str | None, slot: Slot) -> str | None:
+        if text is None:
+            return None
+        with _toml_errors():
+            return tomlkeys.raw(text, slot)
+
+    def set_raw(self, text: str | None, slot: Slot, raw: str) -> str:
+        with _toml_errors():
+            return tomlkeys.set_raw(text or "", slot, raw)
+
+
+class TomlFileFormat(JsonFileFormat):
+    """A whole TOML file of top-level keys local-ai owns (a Codex profile); the slot is ``()``."""
+
+    name: FormatName = "toml-file"
+
+    def get(self, text: str | None, slot: Slot) -> Any:
+        if text is None:
+            return ABSENT
+        with _toml_errors():
+            return tomlkeys.parse(text)
+
+    def set(self, text: str | None, slot: Slot, value: Any) -> tuple[str, list[Slot]]:
+        with _toml_errors():
+            lines = [f"{tomlkeys.key(k)} = {tomlkeys.scalar(v)}\n" for k, v in value.items()]
+        return "".join(lines), []
+
+
+@contextlib.contextmanager
+def _toml_errors() -> Iterator[None]:
+    try:
+        yield
+    except tomlkeys.TomlKeysError as exc:
+        raise DocumentError(str(exc), exc.line, exc.column) from None
+
+
 FORMATS: dict[FormatName, Format] = {
     "jsonc": JsoncFormat(),
     "json-file": JsonFileFormat(),
     "yaml-keys": YamlKeysFormat(),
+    "toml-keys": TomlKeysFormat(),
+    "toml-file": TomlFileFormat(),
 }
 
 

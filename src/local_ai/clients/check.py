@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from local_ai.clients import claude_code, goose, jsonc, yamlkeys, zed
+from local_ai.clients import claude_code, codex, goose, jsonc, tomlkeys, yamlkeys, zed
 from local_ai.clients.plan import CLIENTS, ClientsObserved, observe_clients
-from local_ai.manifest.models import Manifest, ZedClient
+from local_ai.manifest.models import CodexClient, Manifest, ZedClient
 
 if TYPE_CHECKING:
     import httpx
@@ -156,16 +156,26 @@ def _openai_stream(response: httpx.Response) -> str | None:
     return None
 
 
-def _anthropic_stream(response: httpx.Response) -> str | None:
-    kinds = []
-    for data in _sse(response.text):
-        try:
-            kinds.append(json.loads(data).get("type"))
-        except ValueError:
-            return f"not an event: {data[:80]}"
-    if not kinds or kinds[0] != "message_start" or kinds[-1] != "message_stop":
-        return f"unexpected events: {', '.join(map(str, kinds[:6])) or 'none'}"
-    return None
+def _typed_stream(first: str, *last: str) -> Callable[[httpx.Response], str | None]:
+    """A stream of typed events (Anthropic, Responses) from `first` to one of `last`."""
+
+    def judge(response: httpx.Response) -> str | None:
+        kinds = []
+        for data in _sse(response.text):
+            try:
+                kinds.append(json.loads(data).get("type"))
+            except ValueError:
+                return f"not an event: {data[:80]}"
+        if not kinds or kinds[0] != first or kinds[-1] not in last:
+            return f"unexpected events: {', '.join(map(str, kinds[:6])) or 'none'}"
+        return None
+
+    return judge
+
+
+_anthropic_stream = _typed_stream("message_start", "message_stop")
+# A reply cut at the check's 8-token cap ends as incomplete, which is as good.
+_responses_stream = _typed_stream("response.created", "response.completed", "response.incomplete")
 
 
 def _chat_body(model: str, system: str) -> dict[str, Any]:
@@ -332,7 +342,63 @@ def _check_goose(
     return _origin(url)
 
 
-_CHECKS = {zed.NAME: _check_zed, claude_code.NAME: _check_claude, goose.NAME: _check_goose}
+def _check_codex(
+    manifest: Manifest, observed: ClientsObserved, prober: _Prober, key: str
+) -> str | None:
+    cfg = manifest.clients.codex or CodexClient()
+    path = observed.targets[codex.NAME]["config"]
+    try:
+        config = tomlkeys.parse(_read(observed, path))
+    except tomlkeys.TomlKeysError as exc:
+        raise _NotConfigured(f"{path}:{exc.line}:{exc.column}: {exc}") from None
+    entry = _dig(config, "model_providers", cfg.provider_id)
+    if not isinstance(entry, dict) or not entry.get("base_url"):
+        raise _NotConfigured(f"{path} has no provider {cfg.provider_id!r}")
+    names = list(codex.profiles(manifest).values())
+    model = config.get("model") if config.get("model_provider") == cfg.provider_id else None
+    model = str(model or (names[0] if names else ""))
+    if not model:
+        raise _NotConfigured(f"{path} selects no local-ai model and there are no profiles")
+    base = str(entry["base_url"]).rstrip("/")
+    auth = {"authorization": f"Bearer {key}"}
+    prober.run("models listed", "GET", f"{base}/models", headers=auth, judge=_lists(names))
+    if not prober.down:
+        # As Codex sends it: instructions, input items, function tools, no server-side storage.
+        body = {
+            "model": model,
+            "instructions": "You are Codex, a coding agent.",
+            "input": [
+                {
+                    "type": "message",
+                    "role": "user",
+                    "content": [{"type": "input_text", "text": "Which files are here?"}],
+                }
+            ],
+            "tools": [{"type": "function", "strict": False, **TOOL}],
+            "tool_choice": "auto",
+            "parallel_tool_calls": False,
+            "store": False,
+            "stream": True,
+            "include": [],
+            "max_output_tokens": MAX_TOKENS,
+        }
+        prober.run(
+            f"responses stream with tools ({model})",
+            "POST",
+            f"{base}/responses",
+            headers=auth,
+            json=body,
+            judge=_responses_stream,
+        )
+    return _origin(base)
+
+
+_CHECKS = {
+    zed.NAME: _check_zed,
+    claude_code.NAME: _check_claude,
+    goose.NAME: _check_goose,
+    codex.NAME: _check_codex,
+}
 
 
 def server_key(manifest: Manifest) -> str:

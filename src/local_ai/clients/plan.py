@@ -15,7 +15,7 @@ from datetime import datetime
 from pathlib import Path
 
 from local_ai import settings
-from local_ai.clients import claude_code, goose, zed
+from local_ai.clients import claude_code, codex, goose, zed
 from local_ai.clients.base import (
     FORMATS,
     ClientChange,
@@ -38,6 +38,7 @@ CLIENTS: dict[str, tuple[str, Callable[[Manifest, str], Desired], str]] = {
     zed.NAME: ("zed", zed.desired, "Zed"),
     claude_code.NAME: ("claude_code", claude_code.desired, "Claude Code"),
     goose.NAME: ("goose", goose.desired, "Goose"),
+    codex.NAME: ("codex", codex.desired, "Codex"),
 }
 
 
@@ -89,6 +90,7 @@ def default_locations() -> dict[str, Path]:
         "zed.settings": zed_dir / "settings.json",
         "claude-code.settings": claude_dir / "settings.json",
         "goose.dir": goose_dir,
+        "codex.dir": settings.client_env_dir(settings.ENV_CODEX_HOME) or home / ".codex",
     }
 
 
@@ -120,6 +122,13 @@ def resolve_targets(
         out[goose.NAME] = {
             "provider": root / goose.PROVIDER_FILE,
             "config": root / goose.CONFIG_FILE,
+        }
+    if clients.codex is not None:
+        raw = clients.codex.config_dir
+        root = _user_path(raw, base_dir) if raw else defaults["codex.dir"]
+        out[codex.NAME] = {"config": root / codex.CONFIG_FILE} | {
+            f"profile:{name}": root / f"{name}{codex.PROFILE_SUFFIX}"
+            for name in codex.profiles(manifest)
         }
     return out
 

@@ -330,12 +330,35 @@ class GooseClient(_Strict):
     )
 
 
+class CodexClient(_Strict):
+    """Codex CLI: a `model_providers` entry in config.toml and a profile file per alias."""
+
+    enabled: bool = True
+    model: str | None = Field(
+        default=None,
+        description="Alias Codex uses when no profile is given. Default: the default model.",
+    )
+    models: list[str] | None = Field(
+        default=None,
+        description="Aliases that get a profile (`codex --profile <alias>`). Default: every model.",
+    )
+    provider_id: str = Field(
+        default="local-ai",
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Key of the provider under model_providers.",
+    )
+    config_dir: str | None = Field(
+        default=None, description="Codex's home directory. Default: $CODEX_HOME, else ~/.codex."
+    )
+
+
 class Clients(_Strict):
     """Editor and agent configs written by `local-ai apply`."""
 
     zed: ZedClient | None = None
     claude_code: ClaudeCodeClient | None = None
     goose: GooseClient | None = None
+    codex: CodexClient | None = None
 
 
 class Manifest(_Strict):
@@ -364,6 +387,10 @@ class Manifest(_Strict):
             refs += [(f"clients.zed.models[{i}]", a) for i, a in enumerate(clients.zed.models)]
         if clients.goose and clients.goose.models is not None:
             refs += [(f"clients.goose.models[{i}]", a) for i, a in enumerate(clients.goose.models)]
+        if clients.codex and clients.codex.models is not None:
+            refs += [(f"clients.codex.models[{i}]", a) for i, a in enumerate(clients.codex.models)]
+        if clients.codex and clients.codex.model is not None:
+            refs.append(("clients.codex.model", clients.codex.model))
         if clients.claude_code:
             for tier in ("model", "opus", "sonnet", "haiku", "subagent"):
                 alias = getattr(clients.claude_code, tier)

@@ -27,6 +27,7 @@ _SECTIONS: list[tuple[str, str, str]] = [
     ("[clients.zed]", "ZedClient", ""),
     ("[clients.claude_code]", "ClaudeCodeClient", ""),
     ("[clients.goose]", "GooseClient", ""),
+    ("[clients.codex]", "CodexClient", ""),
 ]
 
 

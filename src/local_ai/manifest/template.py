@@ -102,5 +102,8 @@ def render_manifest(*, machine: str, usable_bytes: int, schema_ref: str | None) 
         "[clients.goose]",
         "enabled = false",
         "",
+        "[clients.codex]",
+        "enabled = false",
+        "",
     ]
     return "\n".join(lines)

@@ -431,6 +431,7 @@ def status(config_path: Path | None) -> dict[str, Any]:
         result["engine"] = live.get("engine")
         result["models"] = live.get("models")
         result["requests"] = live.get("requests")
+        result["activity"] = live.get("activity")
         result["version"] = live.get("version", info.version)
     try:
         manifest_file = (

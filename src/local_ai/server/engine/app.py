@@ -185,6 +185,7 @@ class EngineApp:
             "active_generations": self.scheduler.active,
             "completed_generations": self.scheduler.completed,
             "requests": self.requests,
+            "model_loads": {p: dict(f) for p, f in list(self.registry.loads.items())},
             **_mlx_memory(),
         }
 
@@ -458,6 +459,7 @@ def _mlx_memory() -> dict[str, int]:
         return {
             "active_memory_bytes": mx.get_active_memory(),
             "peak_memory_bytes": mx.get_peak_memory(),
+            "cache_memory_bytes": mx.get_cache_memory(),
         }
     except (AttributeError, RuntimeError):
         return {}

@@ -509,6 +509,11 @@ class LocalAnthropicAdapter(AnthropicMessagesAdapter):  # type: ignore[misc]
         yield {
             "type": "message_delta",
             "delta": {"stop_reason": self._stop_reason(gen, calls), "stop_sequence": None},
-            "usage": {"input_tokens": input_tokens, "output_tokens": gen.completion_tokens},
+            "usage": {
+                "input_tokens": input_tokens,
+                "output_tokens": gen.completion_tokens,
+                # As in the non-streamed answer: the part of input_tokens read from the cache.
+                **({"cache_read_input_tokens": gen.cached_tokens} if gen.cached_tokens else {}),
+            },
         }
         yield {"type": "message_stop"}

@@ -85,6 +85,8 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._tokenizers: dict[str, TokenizerBundle] = {}
         self.last_error: dict[str, str] = {}
+        # Per model path: loads by this engine and the seconds they took (for /metrics).
+        self.loads: dict[str, dict[str, float]] = {}
         scheduler.housekeeping = self._housekeeping
 
     # --- request side (event loop / request threads) -------------------------------------------
@@ -200,7 +202,11 @@ class ModelRegistry:
             self._models[path] = loaded
             self._tokenizers.pop(path, None)
         self.last_error.pop(path, None)
-        log.info("loaded %s (%.1f MB) in %.2fs", path, memory / 1e6, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        figures = self.loads.setdefault(path, {"count": 0, "seconds": 0.0})
+        figures["count"] += 1
+        figures["seconds"] += seconds
+        log.info("loaded %s (%.1f MB) in %.2fs", path, memory / 1e6, seconds)
         return loaded
 
     def _evict(self, *, keep: int) -> None:

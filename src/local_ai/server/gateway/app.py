@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ from local_ai.server.asgi import (
     run_until_disconnect,
     send_bytes,
     send_json,
+    start_stream,
 )
 from local_ai.server.compat import (
     Api,
@@ -47,6 +49,14 @@ from local_ai.server.compat import (
     request_problem,
 )
 from local_ai.server.config import ServerConfig
+from local_ai.server.gateway import responses
+from local_ai.server.gateway.metrics import (
+    Exchange,
+    GatewayMetrics,
+    ResponseTap,
+    client_of,
+    endpoint_of,
+)
 from local_ai.server.gateway.supervisor import EngineSupervisor
 
 log = logging.getLogger("local_ai.gateway")
@@ -58,7 +68,7 @@ GENERATION_PATHS = {
     "/anthropic/v1/messages": "/anthropic/v1/messages",
     "/anthropic/v1/messages/count_tokens": "/anthropic/v1/messages/count_tokens",
 }
-UNSUPPORTED_PATHS = {"/v1/completions", "/v1/embeddings", "/v1/responses"}
+UNSUPPORTED_PATHS = {"/v1/completions", "/v1/embeddings"}
 STATE_CHANGING = {"POST", "PUT", "PATCH", "DELETE"}
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
@@ -69,6 +79,18 @@ SECURITY_HEADERS = [
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+async def _send_events(send: Send, events: list[dict[str, Any]]) -> None:
+    if events:
+        body = b"".join(responses.sse(e) for e in events)
+        await send({"type": "http.response.body", "body": body, "more_body": True})
+
+
+def exchange(scope: Scope) -> Exchange:
+    """The metrics record of the request in `scope` (set when the request arrived)."""
+    ex: Exchange = scope["local_ai.exchange"]
+    return ex
 
 
 class Gateway:
@@ -92,6 +114,8 @@ class Gateway:
         self.active = 0
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self.counters = {"requests": 0, "generations": 0, "rejected_busy": 0, "cancelled": 0}
+        self.metrics = GatewayMetrics()
+        self.responses = responses.ResponseStore()
         self._background: asyncio.Future[None] | None = None
         # The engine settings it runs with: from the manifest at start, then from restart-engine.
         self.engine_settings: dict[str, Any] = dict(config.settings.get("engine", {}))
@@ -105,10 +129,20 @@ class Gateway:
         if scope["type"] != "http":
             return
         self.counters["requests"] += 1
+        ex = Exchange(endpoint_of(scope["path"]), client_of(header(scope, b"user-agent")))
+        scope["local_ai.exchange"] = ex
+
+        async def noted(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                ex.status = int(message["status"])
+            await send(message)
+
         try:
-            await self._http(scope, receive, send)
+            await self._http(scope, receive, noted)
         except ClientGone:
             self.counters["cancelled"] += 1
+        finally:
+            self.metrics.record(ex)
 
     async def _lifespan(self, receive: Receive, send: Send) -> None:
         while True:
@@ -157,6 +191,15 @@ class Gateway:
             body = {"error": message}
         await send_json(send, status, body, headers, head=scope["method"] == "HEAD")
 
+    async def _key_missing(self, scope: Scope, send: Send) -> None:
+        await self._error(
+            scope,
+            send,
+            401,
+            "invalid or missing API key (send it as Bearer token or x-api-key)",
+            headers=[(b"www-authenticate", b"Bearer")],
+        )
+
     # --- routing ----------------------------------------------------------------------------
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -175,13 +218,7 @@ class Gateway:
             return
         is_api = path.startswith(("/v1/", "/anthropic/v1/")) or path in ("/v1", "/anthropic/v1")
         if is_api and not self._api_key_ok(scope):
-            await self._error(
-                scope,
-                send,
-                401,
-                "invalid or missing API key (send it as Bearer token or x-api-key)",
-                headers=[(b"www-authenticate", b"Bearer")],
-            )
+            await self._key_missing(scope, send)
             return
         if method in ("GET", "HEAD"):
             await self._get(scope, send, path)
@@ -226,6 +263,8 @@ class Gateway:
             admin, key_ok = self._admin_ok(scope), self._api_key_ok(scope)
             report = await self.status(admin=admin, detail=key_ok)
             await send_json(send, 200, report, head=head)
+        elif path == "/metrics":
+            await self._metrics(scope, send, head=head)
         elif path == "/v1/models":
             data = [self._openai_model(a, e) for a, e in self.alias_map.models.items()]
             await send_json(send, 200, {"object": "list", "data": data}, cors, head=head)
@@ -262,6 +301,9 @@ class Gateway:
         if path == "/api/load":
             await self._load(scope, receive, send)
             return
+        if path == "/v1/responses":
+            await self._responses(scope, receive, send)
+            return
         if path in UNSUPPORTED_PATHS:
             await self._error(scope, send, 404, f"{path} is not served; use /v1/chat/completions")
             return
@@ -272,31 +314,56 @@ class Gateway:
         body = await self._json_body(scope, receive, send)
         if body is None:
             return
-        model = body.get("model") or self.alias_map.default_alias
-        if not isinstance(model, str) or model not in self.alias_map.models:
-            await self._unknown_model(scope, send, str(model))
+        resolved = await self._resolve(scope, send, body, body)
+        if resolved is None:
             return
-        refused = forbidden_fields(body)
-        if refused:
-            await self._error(
-                scope, send, 400, f"field(s) not accepted by this server: {', '.join(refused)}"
-            )
-            return
-        problem = request_problem(body)
-        if problem:
-            field, message = problem
-            await self._error(scope, send, 400, message, code="invalid_value", param=field)
-            return
-        entry = self.alias_map.models[model]
-        body["model"] = entry.path
+        model, entry = resolved
+        strip_usage = False
+        if api == "openai" and body.get("stream"):
+            # The usage chunk carries the token figures; the client gets it only if it asked.
+            options = body.get("stream_options")
+            options = options if isinstance(options, dict) else {}
+            strip_usage = not options.get("include_usage")
+            body["stream_options"] = {**options, "include_usage": True}
         payload = json.dumps(body).encode()
         if path.endswith("/count_tokens"):
             await self._forward(scope, send, api, path, payload, model, entry)
             return
         self.counters["generations"] += 1
-        await run_until_disconnect(
-            receive, self._generate(scope, send, api, path, payload, model, entry)
+        exchange(scope).tap = ResponseTap(
+            streaming=bool(body.get("stream")), strip_usage=strip_usage
         )
+        await run_until_disconnect(
+            receive,
+            self._generate(
+                scope, send, lambda: self._forward(scope, send, api, path, payload, model, entry)
+            ),
+        )
+
+    async def _resolve(
+        self, scope: Scope, send: Send, body: dict[str, Any], engine_body: dict[str, Any]
+    ) -> tuple[str, AliasEntry] | None:
+        """The alias a request names and its entry, after the checks every generation passes
+        (`engine_body`, what goes to the engine, gets the model's path); None: refused."""
+        model = body.get("model") or self.alias_map.default_alias
+        if not isinstance(model, str) or model not in self.alias_map.models:
+            await self._unknown_model(scope, send, str(model))
+            return None
+        refused = forbidden_fields(body)
+        if refused:
+            await self._error(
+                scope, send, 400, f"field(s) not accepted by this server: {', '.join(refused)}"
+            )
+            return None
+        problem = request_problem(engine_body)
+        if problem:
+            field, message = problem
+            await self._error(scope, send, 400, message, code="invalid_value", param=field)
+            return None
+        entry = self.alias_map.models[model]
+        engine_body["model"] = entry.path
+        exchange(scope).alias = model
+        return model, entry
 
     async def _json_body(self, scope: Scope, receive: Receive, send: Send) -> Any:
         limit = self.config.max_body_bytes
@@ -363,17 +430,13 @@ class Gateway:
         self.active -= 1
 
     async def _generate(
-        self,
-        scope: Scope,
-        send: Send,
-        api: Api,
-        path: str,
-        payload: bytes,
-        alias: str,
-        entry: AliasEntry,
+        self, scope: Scope, send: Send, work: Callable[[], Awaitable[None]]
     ) -> None:
+        """Run `work` (a generation) in one of the engine slots, or answer 503 when none is free
+        and the queue is full."""
         if not await self._acquire_slot():
             self.counters["rejected_busy"] += 1
+            exchange(scope).unavailable = "busy"
             await self._error(
                 scope,
                 send,
@@ -384,9 +447,46 @@ class Gateway:
             )
             return
         try:
-            await self._forward(scope, send, api, path, payload, alias, entry)
+            await work()
         finally:
             self._release_slot()
+
+    async def _engine_send(
+        self, scope: Scope, send: Send, path: str, payload: bytes, alias: str, entry: AliasEntry
+    ) -> httpx.Response | None:
+        """The engine's streamed answer to `payload` at `path`; None when it is not ready or
+        went away (a 503 was sent)."""
+        if not await self.supervisor.wait_ready(ENGINE_WAIT_S):
+            exchange(scope).unavailable = "engine_not_ready"
+            reason = self.supervisor.reason or "the engine is starting"
+            await self._error(
+                scope,
+                send,
+                503,
+                f"the engine is not ready: {reason}",
+                headers=[(b"retry-after", str(RETRY_AFTER_S).encode())],
+            )
+            return None
+        headers = {
+            "content-type": "application/json",
+            "x-local-ai-alias": alias,
+            "x-local-ai-context": str(entry.context),
+            "x-local-ai-max-output": str(entry.max_output_tokens),
+        }
+        client = self.supervisor.client
+        request = client.build_request("POST", path, content=payload, headers=headers)
+        try:
+            return await client.send(request, stream=True)
+        except httpx.TransportError as exc:
+            exchange(scope).unavailable = "engine_restarting"
+            await self._error(
+                scope,
+                send,
+                503,
+                f"the engine is restarting ({type(exc).__name__}); retry shortly",
+                headers=[(b"retry-after", b"1")],
+            )
+            return None
 
     async def _forward(
         self,
@@ -398,36 +498,10 @@ class Gateway:
         alias: str,
         entry: AliasEntry,
     ) -> None:
-        if not await self.supervisor.wait_ready(ENGINE_WAIT_S):
-            reason = self.supervisor.reason or "the engine is starting"
-            await self._error(
-                scope,
-                send,
-                503,
-                f"the engine is not ready: {reason}",
-                headers=[(b"retry-after", str(RETRY_AFTER_S).encode())],
-            )
-            return
-        headers = {
-            "content-type": "application/json",
-            "x-local-ai-alias": alias,
-            "x-local-ai-context": str(entry.context),
-            "x-local-ai-max-output": str(entry.max_output_tokens),
-        }
-        client = self.supervisor.client
-        request = client.build_request(
-            "POST", GENERATION_PATHS[path], content=payload, headers=headers
+        response = await self._engine_send(
+            scope, send, GENERATION_PATHS[path], payload, alias, entry
         )
-        try:
-            response = await client.send(request, stream=True)
-        except httpx.TransportError as exc:
-            await self._error(
-                scope,
-                send,
-                503,
-                f"the engine is restarting ({type(exc).__name__}); retry shortly",
-                headers=[(b"retry-after", b"1")],
-            )
+        if response is None:
             return
         try:
             out = [
@@ -443,10 +517,17 @@ class Gateway:
                     "headers": [*out, *self._cors_headers(scope)],
                 }
             )
+            tap = exchange(scope).tap if response.status_code == 200 else None
             try:
                 async for chunk in response.aiter_raw():
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                    data = tap.feed(chunk) if tap is not None else chunk
+                    if data:
+                        await send({"type": "http.response.body", "body": data, "more_body": True})
+                rest = tap.finish() if tap is not None else b""
+                if rest:
+                    await send({"type": "http.response.body", "body": rest, "more_body": True})
             except httpx.TransportError as exc:
+                exchange(scope).unavailable = "engine_lost"
                 log.warning("engine connection lost mid-response: %s", exc)
                 if "event-stream" in response.headers.get("content-type", ""):
                     body = error_body(api, 503, "the engine stopped during generation")
@@ -459,6 +540,80 @@ class Gateway:
                         }
                     )
             await send({"type": "http.response.body", "body": b"", "more_body": False})
+        finally:
+            await response.aclose()
+
+    async def _responses(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """POST /v1/responses: translated to a streamed chat completion on the engine."""
+        body = await self._json_body(scope, receive, send)
+        if body is None:
+            return
+        try:
+            chat, conversation = responses.to_chat(body, self.responses)
+        except responses.ResponsesError as exc:
+            await self._error(scope, send, 400, str(exc), code="invalid_value", param=exc.param)
+            return
+        resolved = await self._resolve(scope, send, body, chat)
+        if resolved is None:
+            return
+        alias, entry = resolved
+        self.counters["generations"] += 1
+        exchange(scope).tap = ResponseTap(streaming=True, keep=True)
+        builder = responses.ResponseBuilder(alias, body)
+        payload = json.dumps(chat).encode()
+
+        async def work() -> None:
+            await self._respond(scope, send, payload, entry, builder, bool(body.get("stream")))
+            if builder.status in ("completed", "incomplete") and body.get("store") is not False:
+                self.responses.put(builder.id, [*conversation, *builder.messages()])
+
+        await run_until_disconnect(receive, self._generate(scope, send, work))
+
+    async def _respond(
+        self,
+        scope: Scope,
+        send: Send,
+        payload: bytes,
+        entry: AliasEntry,
+        builder: responses.ResponseBuilder,
+        stream: bool,
+    ) -> None:
+        response = await self._engine_send(
+            scope, send, "/v1/chat/completions", payload, builder.alias, entry
+        )
+        if response is None:
+            return
+        tap = exchange(scope).tap
+        assert tap is not None
+        try:
+            if response.status_code != 200:  # an error body in the OpenAI shape: as it is
+                error = await response.aread()
+                kind = response.headers.get("content-type", "application/json").encode()
+                await send_bytes(send, response.status_code, error, kind, self._cors_headers(scope))
+                return
+            if stream:
+                await start_stream(send, 200, headers=self._cors_headers(scope))
+                await _send_events(send, builder.start())
+            try:
+                async for chunk in response.aiter_raw():
+                    tap.feed(chunk)
+                    events = [e for data in tap.events for e in builder.feed(data)]
+                    tap.events.clear()
+                    if stream:
+                        await _send_events(send, events)
+            except httpx.TransportError as exc:
+                exchange(scope).unavailable = "engine_lost"
+                log.warning("engine connection lost mid-response: %s", exc)
+                builder.feed({"error": {"message": "the engine stopped during generation"}})
+            final = builder.finish()
+            if stream:
+                await _send_events(send, final)
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            elif builder.error is not None:
+                body = error_body("openai", 500, builder.error["message"])
+                await send_json(send, 500, body, self._cors_headers(scope))
+            else:
+                await send_json(send, 200, builder.response(), self._cors_headers(scope))
         finally:
             await response.aclose()
 
@@ -487,15 +642,9 @@ class Gateway:
     async def status(self, *, admin: bool = False, detail: bool = False) -> dict[str, Any]:
         """`detail` (the API key, when one is set): load errors and log paths, for the page."""
         detail = detail or admin
-        engine_models: dict[str, dict[str, Any]] = {}
-        engine_status: dict[str, Any] = {}
         state_file = settings.paths().state_file
-        if self.supervisor.ready:
-            try:
-                engine_status = await self.supervisor.get("/status", seconds=1.0)
-                engine_models = {m["path"]: m for m in engine_status.get("models", [])}
-            except (httpx.HTTPError, ValueError):
-                engine_status = {}
+        engine_status = await self._engine_status()
+        engine_models = {m["path"]: m for m in engine_status.get("models", [])}
         models = []
         for alias, entry in self.alias_map.models.items():
             seen = engine_models.get(entry.path, {})
@@ -538,6 +687,8 @@ class Gateway:
             },
             "models": models,
             **({"logs": {"engine": str(self.supervisor.log_path)}} if detail else {}),
+            # The last hour (what /metrics counts, per minute): for the page and `server status`.
+            **({"activity": self.metrics.history.series()} if detail else {}),
             **({"settings": self._settings()} if admin else {}),
             "requests": {
                 **self.counters,
@@ -547,6 +698,42 @@ class Gateway:
                 "max_queued": self.config.engine.max_queued_requests,
             },
         }
+
+    async def _engine_status(self) -> dict[str, Any]:
+        """The engine's /status, or {} while it is not ready or does not answer."""
+        if not self.supervisor.ready:
+            return {}
+        try:
+            answer = await self.supervisor.get("/status", seconds=1.0)
+        except (httpx.HTTPError, ValueError):
+            return {}
+        return answer if isinstance(answer, dict) else {}
+
+    async def _metrics(self, scope: Scope, send: Send, *, head: bool) -> None:
+        """Prometheus text; with an API key set, only for callers that send it."""
+        if not (self._api_key_ok(scope) or self._admin_ok(scope)):
+            await self._key_missing(scope, send)
+            return
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        engine = await self._engine_status()
+        by_path = {entry.path: alias for alias, entry in self.alias_map.models.items()}
+        loads = {
+            by_path[path]: figures
+            for path, figures in (engine.get("model_loads") or {}).items()
+            if path in by_path
+        }
+        body = self.metrics.render(
+            {
+                "queued": len(self._waiters),
+                "active": self.active,
+                "engine_up": 1 if self.supervisor.ready else 0,
+                "restarts": self.supervisor.restarts,
+                "engine": engine,
+                "loads": loads,
+            }
+        )
+        await send_bytes(send, 200, body, CONTENT_TYPE_LATEST.encode(), head=head)
 
     async def _load(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Load an alias's model now (the page, when a model is chosen); its error if it fails."""

@@ -87,24 +87,25 @@ function engineClass(state) {
   return "loading";
 }
 
-function sparkline(points) {
-  const values = points.map((p) => p.tok_s).filter((v) => typeof v === "number");
-  if (values.length === 0) return document.createTextNode("");
+// A small SVG line chart of `values` (numbers; null leaves a gap in the title only).
+function lineChart(values, label, format, cls) {
+  const shown = values.filter((v) => typeof v === "number");
+  if (shown.length === 0) return document.createTextNode("");
   const ns = "http://www.w3.org/2000/svg";
-  const w = 96, h = 24, pad = 2;
+  const w = cls === "spark" ? 96 : 240, h = cls === "spark" ? 24 : 48, pad = 2;
   const svg = document.createElementNS(ns, "svg");
-  svg.setAttribute("class", "spark");
+  svg.setAttribute("class", cls);
   svg.setAttribute("viewBox", `0 0 ${w} ${h}`);
   svg.setAttribute("role", "img");
-  const max = Math.max(...values), min = Math.min(...values);
+  const max = Math.max(...shown), min = cls === "spark" ? Math.min(...shown) : 0;
   const span = max - min || 1;
-  const coords = values.map((v, i) => {
-    const x = values.length === 1 ? w / 2 : pad + (i * (w - 2 * pad)) / (values.length - 1);
+  const coords = shown.map((v, i) => {
+    const x = shown.length === 1 ? w / 2 : pad + (i * (w - 2 * pad)) / (shown.length - 1);
     const y = h - pad - ((v - min) / span) * (h - 2 * pad);
     return [x.toFixed(1), y.toFixed(1)];
   });
   const title = document.createElementNS(ns, "title");
-  title.textContent = "decode tok/s: " + values.map((v) => v.toFixed(1)).join(", ");
+  title.textContent = label + ": " + shown.map(format).join(", ");
   svg.setAttribute("aria-label", title.textContent);
   svg.appendChild(title);
   const line = document.createElementNS(ns, "polyline");
@@ -117,6 +118,32 @@ function sparkline(points) {
   dot.setAttribute("r", "2");
   svg.appendChild(dot);
   return svg;
+}
+
+function sparkline(points) {
+  return lineChart(points.map((p) => p.tok_s), "decode tok/s", (v) => v.toFixed(1), "spark");
+}
+
+const ACTIVITY = [
+  ["chart-throughput", "tokens_per_s", "tok/s", (v) => v.toFixed(1)],
+  ["chart-ttft", "ttft_s", "TTFT ms", (v) => (v * 1000).toFixed(0)],
+  ["chart-cache", "cache_hit", "cache hits %", (v) => (v * 100).toFixed(0)],
+];
+
+// The last hour, per minute, as the server keeps it (`activity` in /api/status).
+function renderActivity(activity) {
+  const box = $("activity");
+  const minutes = (activity && activity.minutes) || [];
+  box.hidden = minutes.length === 0;
+  if (box.hidden) return;
+  for (const [id, key, label, format] of ACTIVITY) {
+    $(id).replaceChildren(lineChart(minutes.map((m) => m[key]), label, format, "chart"));
+  }
+  const hour = activity.hour || {};
+  const parts = [`${(hour.tokens_per_s || 0).toFixed(2)} tok/s`];
+  if (hour.ttft_s !== null && hour.ttft_s !== undefined) parts.push(`TTFT ${(hour.ttft_s * 1000).toFixed(0)} ms`);
+  if (hour.cache_hit !== null && hour.cache_hit !== undefined) parts.push(`cache hits ${(hour.cache_hit * 100).toFixed(0)}%`);
+  $("activity-summary").textContent = "Over the hour: " + parts.join(", ");
 }
 
 function modelState(m) {
@@ -237,6 +264,7 @@ function render(status) {
   const r = status.requests || {};
   $("requests").textContent =
     `${r.active || 0} generating, ${r.queued || 0} waiting, ${r.generations || 0} generations since start`;
+  renderActivity(status.activity);
   $("key-form").hidden = !(status.auth && !apiKey());
 }
 
