@@ -9,9 +9,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from local_ai import hardware, sizing
 from local_ai.cli.options import JsonOption
 from local_ai.convert.archs import GGUF_ARCHITECTURES, PLANNED_GGUF_ARCHITECTURES
 from local_ai.convert.recipe import LEVELS
+from local_ai.discovery.names import config_quant, gguf_quant
+from local_ai.errors import LocalAIError, NotFoundError, NotYetError
 
 if TYPE_CHECKING:
     from local_ai.convert.api import ConvertSource, SourceKind
@@ -158,7 +161,6 @@ def convert_command(
 
 def _resolve_source(text: str) -> ConvertSource:
     from local_ai.convert import api
-    from local_ai.errors import NotFoundError
 
     path = Path(text).expanduser()
     if path.exists():
@@ -175,7 +177,6 @@ def _resolve_source(text: str) -> ConvertSource:
 def _hub_source(repo: str, file: str | None, revision: str | None) -> ConvertSource:
     """Resolve and fetch through local_ai.hub (verified sha256s feed the conversion digest)."""
     from local_ai.convert import api
-    from local_ai.errors import NotYetError
 
     try:
         from local_ai.hub.fetch import fetch
@@ -198,8 +199,6 @@ def _hub_source(repo: str, file: str | None, revision: str | None) -> ConvertSou
 
 
 def _check_supported(src: ConvertSource, facts: dict[str, Any]) -> None:
-    from local_ai.errors import NotYetError
-
     if src.kind == "gguf" and not facts.get("supported", True):
         arch = facts.get("architecture")
         raise NotYetError(
@@ -260,11 +259,6 @@ def _auto_level(src: ConvertSource, group_size: int | None, context: int) -> tup
     on this machine at `context` tokens."""
     import json as jsonlib
 
-    from local_ai import sizing
-    from local_ai.discovery.names import config_quant, gguf_quant
-    from local_ai.errors import LocalAIError
-    from local_ai.hardware import detect
-
     config: dict[str, Any] = {}
     if src.kind == "safetensors":
         try:
@@ -281,7 +275,7 @@ def _auto_level(src: ConvertSource, group_size: int | None, context: int) -> tup
         size,
         bits,
         kv,
-        detect().usable_memory_bytes,
+        hardware.detect().usable_memory_bytes,
         context=context,
         group_size=group_size or sizing.DEFAULT_GROUP_SIZE,
         source_level=label.label if label is not None else None,

@@ -38,6 +38,7 @@ from local_ai.hardware import Hardware
 from local_ai.hub import client
 from local_ai.hub.filters import name_problem, select_files
 from local_ai.sizing import ArchShape, shape_from_config
+from local_ai.store.state import load_state
 
 T = TypeVar("T")
 
@@ -502,8 +503,6 @@ def cached_variants() -> list[Variant]:
 
 def store_variants() -> list[Variant]:
     """Models local-ai installed (state.json), as their aliases see them."""
-    from local_ai.store.state import load_state
-
     try:
         state = load_state(settings.paths().state_file)
     except LocalAIError:

@@ -10,11 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from local_ai import settings, sizing
+from local_ai.clients import plan as clients
 from local_ai.discovery import names
 from local_ai.errors import LocalAIError
+from local_ai.hardware import detect
+from local_ai.hub.fetch import is_cached
+from local_ai.hub.resolve import repo_cache_dir, resolve
 from local_ai.hub.source import ResolvedSource, SourceFile
 from local_ai.manifest.load import LoadedManifest
 from local_ai.manifest.models import ModelSpec
+from local_ai.reconcile.generations import Generations
 from local_ai.reconcile.model import (
     ClientView,
     InstalledView,
@@ -24,8 +29,16 @@ from local_ai.reconcile.model import (
     ServerView,
     install_fields,
 )
+from local_ai.server.daemon import admin_request, running_server
 from local_ai.store.layout import Store
-from local_ai.store.lockfile import LockEntry, LockFile, load_lock, lock_matches, lock_path_for
+from local_ai.store.lockfile import (
+    LockEntry,
+    LockFile,
+    load_lock,
+    lock_matches,
+    lock_path_for,
+    resolved_from_entry,
+)
 from local_ai.store.state import InstalledModel, State, load_state
 
 
@@ -69,8 +82,6 @@ def observe(
         if entry is not None:
             locked[alias] = _locked_view(alias, spec, entry, base_dir)
             if _source_matches(spec, entry):
-                from local_ai.store.lockfile import resolved_from_entry
-
                 sources[alias] = resolved_from_entry(alias, entry, base_dir=base_dir)
                 continue
         if frozen:
@@ -87,8 +98,6 @@ def observe(
     store = Store(paths)
     digests = frozenset(entry.digest for entry in store.entries())
     installed = {alias: _installed_view(model) for alias, model in state.models.items()}
-
-    from local_ai.hardware import detect
 
     hardware = detect()
     client_changes, client_views = observe_clients(loaded) if not targets else ({}, ())
@@ -110,8 +119,6 @@ def observe(
 
 def observe_clients(loaded: LoadedManifest) -> tuple[dict[str, Any], tuple[ClientView, ...]]:
     """Read the client config files and plan their edits (pure over what was read)."""
-    from local_ai.clients import plan as clients
-
     manifest = loaded.manifest
     base_dir = loaded.path.parent
     try:
@@ -138,8 +145,6 @@ def observe_clients(loaded: LoadedManifest) -> tuple[dict[str, Any], tuple[Clien
 
 
 def _resolve(alias: str, spec: ModelSpec, *, offline: bool, base_dir: Path) -> ResolvedSource:
-    from local_ai.hub.resolve import resolve
-
     return resolve(alias, spec, offline=offline, base_dir=base_dir)
 
 
@@ -154,8 +159,6 @@ def _source_matches(spec: ModelSpec, entry: LockEntry) -> bool:
 
 
 def _locked_view(alias: str, spec: ModelSpec, entry: LockEntry, base_dir: Path) -> LockedModel:
-    from local_ai.store.lockfile import resolved_from_entry
-
     view = _view_of(alias, spec, resolved_from_entry(alias, entry, base_dir=base_dir), base_dir)
     if _source_matches(spec, entry):
         return view
@@ -239,14 +242,10 @@ def _source_dir(source: ResolvedSource) -> Path | None:
         return path if path.is_dir() else path.parent
     if source.repo is None or source.commit is None:
         return None
-    from local_ai.hub.resolve import repo_cache_dir
-
     return repo_cache_dir(source.repo) / "snapshots" / source.commit
 
 
 def _complete_in_cache(source: ResolvedSource) -> bool:
-    from local_ai.hub.fetch import is_cached
-
     try:
         return is_cached(source)
     except LocalAIError:  # an unusable repo id or commit: fetch reports it
@@ -296,8 +295,6 @@ def spec_record(spec: ModelSpec) -> dict[str, Any]:
 
 
 def observe_server() -> ServerView:
-    from local_ai.server.daemon import admin_request, running_server
-
     info, alive = running_server()
     if info is None or not alive:
         return ServerView(running=False)
@@ -319,8 +316,6 @@ def observe_server() -> ServerView:
 
 def _rolled_back_to() -> int | None:
     """The generation served, when `rollback` left it older than the newest one."""
-    from local_ai.reconcile.generations import Generations
-
     generations = Generations(settings.paths().generations)
     current, numbers = generations.current_number(), generations.numbers()
     return current if current is not None and numbers and current < numbers[-1] else None
