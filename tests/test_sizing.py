@@ -325,3 +325,51 @@ def test_auto_level_for_qwen3_coder_bf16(
     assert _plan_level(directory, weights, context, simulated(total_gb).usable_memory_bytes) == (
         level
     )
+
+
+# ---- `local-ai init` suggests what `plan` accepts --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("total_gb", "repos"),
+    [
+        (8, ["Qwen3-4B-4bit"]),
+        (16, ["Qwen3-8B-4bit"]),
+        (24, ["Qwen3-8B-4bit"]),
+        (32, ["Qwen3-8B-4bit", "Qwen3-4B-4bit"]),
+        (36, ["Qwen3-Coder-30B-A3B-Instruct-4bit"]),
+        (48, ["Qwen3-Coder-30B-A3B-Instruct-4bit", "Qwen3-4B-4bit"]),
+        (64, ["Qwen3-Coder-30B-A3B-Instruct-8bit"]),
+        (128, ["Qwen3-Coder-30B-A3B-Instruct-8bit", "Qwen3-4B-4bit"]),
+    ],
+)
+def test_init_suggestions_fit_as_plan_sizes_them(total_gb: int, repos: list[str]) -> None:
+    from local_ai.manifest.template import suggest_models
+    from local_ai.reconcile.model import LockedFile, LockedModel
+
+    usable = simulated(total_gb).usable_memory_bytes
+    picks = suggest_models(usable)
+    assert [p.repo.split("/")[1] for p in picks] == repos
+    footprints = []
+    for pick in picks:
+        shape = pick.shape
+        weights = int(pick.approx_gb * 1000**3)
+        source = LockedModel(
+            alias=pick.alias,
+            repo=pick.repo,
+            file=None,
+            path=None,
+            revision=None,
+            commit="c" * 40,
+            format="mlx",
+            files=(LockedFile("model.safetensors", weights), LockedFile("tokenizer.json", 10**7)),
+            source_bits=4.5,
+            num_layers=shape.num_layers,
+            num_kv_heads=shape.num_kv_heads,
+            head_dim=shape.head_dim,
+        )
+        spec = ModelSpec(repo=pick.repo, context=pick.context)
+        footprint = planner.estimated_weights(spec, source) + planner.kv_bytes(spec, source)
+        assert footprint == pick.needed_bytes
+        footprints.append(footprint)
+    assert sum(footprints) <= usable  # the fast model only joins when both fit
