@@ -25,7 +25,6 @@ from local_ai.reconcile.model import (
     lock_disagreement,
 )
 
-GIB = 1024**3
 _gb = sizing.format_gb
 
 
