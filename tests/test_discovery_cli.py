@@ -217,3 +217,29 @@ def test_add_by_unknown_name_is_a_usage_error_pointing_at_search(
     assert "no model matching 'no such model' was found on the hub" in done.stderr
     assert "local-ai models search no such model" in done.stderr
     assert manifest.read_text("utf-8") == "version = 1\n"
+
+
+@pytest.mark.parametrize("context", [8192, 32768, 65536])
+def test_search_and_plan_choose_the_same_auto_level(
+    catalogue: FakeHub, tmp_path: Path, context: int
+) -> None:
+    """`models search` and `plan` with `quantize = "auto"`, on this machine at one context, pick
+    the same level for an original (both call local_ai.sizing.choose_level, from the same
+    config.json and weight files read through the hub)."""
+    repo = "mistralai/Devstral-Small-2507"
+    code, out, err = search(catalogue.url, "devstral", "--json", "--all", "--context", str(context))
+    assert code == 0, err
+    variants = [v for g in json.loads(out)["groups"] for v in g["variants"]]
+    original = next(v for v in variants if v["repo"] == repo)
+    manifest = tmp_path / "local-ai.toml"
+    manifest.write_text(
+        f'version = 1\n[models.dev]\nrepo = "{repo}"\nquantize = "auto"\ncontext = {context}\n',
+        "utf-8",
+    )
+    plan = run_cli("plan", "--config", str(manifest), env={"HF_ENDPOINT": catalogue.url})
+    if original["fits"]:
+        assert plan.returncode == 0, plan.stdout + plan.stderr
+        assert f"auto → {original['quantize']}: the best quality that fits" in plan.stdout
+    else:
+        assert plan.returncode != 0
+        assert f"nothing fits, not even {original['quantize']}" in plan.stdout + plan.stderr

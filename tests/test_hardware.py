@@ -18,7 +18,6 @@ from local_ai.hardware import (
     fits,
     hardware_from_linux,
     hardware_from_sysctl,
-    kv_cache_bytes,
     parse_cpuinfo,
     parse_meminfo,
     parse_sysctl,
@@ -26,6 +25,7 @@ from local_ai.hardware import (
     simulated,
     suggested_wired_limit_mb,
 )
+from local_ai.sizing import kv_cache_bytes
 
 DATA = Path(__file__).parent / "data" / "hardware"
 
@@ -416,19 +416,6 @@ def test_simulated_options() -> None:
 
 
 # --- memory fit ----------------------------------------------------------------------------
-
-
-def test_kv_cache_bytes_qwen3_30b_a3b() -> None:
-    # Qwen3-30B-A3B: 48 layers, 4 KV heads, head_dim 128; 32768 tokens of fp16 K and V.
-    expected = 48 * 2 * 4 * 128 * 32768 * 2
-    assert kv_cache_bytes(48, 4, 128, 32768) == expected == 3 * GIB
-    assert kv_cache_bytes(48, 4, 128, 32768, bytes_per_elem=1) == 1.5 * GIB
-    assert kv_cache_bytes(48, 4, 128, 32768, bytes_per_elem=0.5) == 0.75 * GIB
-    assert kv_cache_bytes(48, 4, 128, 65536) == 6 * GIB
-    assert kv_cache_bytes(1, 1, 1, 1, bytes_per_elem=0.1) == 1  # rounded up
-    assert kv_cache_bytes(48, 4, 128, 0) == 0
-    with pytest.raises(ValueError, match="context"):
-        kv_cache_bytes(48, 4, 128, -1)
 
 
 def test_fits_examples() -> None:

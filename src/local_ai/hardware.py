@@ -31,7 +31,6 @@ which :func:`default_wired_limit_bytes` estimates as 2/3 of RAM up to 36 GB and 
 from __future__ import annotations
 
 import functools
-import math
 import os
 import platform as pyplatform
 import re
@@ -40,7 +39,6 @@ import subprocess
 import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
-from fractions import Fraction
 from pathlib import Path
 
 KIB = 1024
@@ -566,32 +564,6 @@ def detect() -> Hardware:
 
 
 # --- memory fit ------------------------------------------------------------------------
-
-
-def kv_cache_bytes(
-    num_layers: int,
-    num_kv_heads: int,
-    head_dim: int,
-    context: int,
-    bytes_per_elem: float = 2,
-) -> int:
-    """Bytes of a full KV cache: keys and values for every layer, KV head and position.
-
-    ``2 * num_layers * num_kv_heads * head_dim * context * bytes_per_elem``; fp16/bf16 is
-    2 bytes per element, an 8-bit cache about 1 (quantization scales not included). Rounded
-    up to a whole byte.
-    """
-    for name, value in (
-        ("num_layers", num_layers),
-        ("num_kv_heads", num_kv_heads),
-        ("head_dim", head_dim),
-        ("context", context),
-        ("bytes_per_elem", bytes_per_elem),
-    ):
-        if value < 0:
-            raise ValueError(f"{name} must not be negative, not {value}")
-    elements = 2 * num_layers * num_kv_heads * head_dim * context
-    return math.ceil(elements * Fraction(str(bytes_per_elem)))
 
 
 def fits(weights_bytes: int, kv_bytes: int, hw: Hardware) -> FitResult:

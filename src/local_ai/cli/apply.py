@@ -176,7 +176,7 @@ def _adapters(snapshot: Snapshot, options: RunOptions, *, json: bool) -> Adapter
         snapshot,
         offline=options.offline,
         frozen=options.frozen,
-        fetch_progress=RichProgress if bars else None,
+        fetch_progress=(lambda: RichProgress(err_console())) if bars else None,
         convert_progress=(lambda: _convert_bar(enabled=True)) if bars else None,
     )
 

@@ -9,9 +9,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from local_ai import hardware, sizing
 from local_ai.cli.options import JsonOption
 from local_ai.convert.archs import GGUF_ARCHITECTURES, PLANNED_GGUF_ARCHITECTURES
 from local_ai.convert.recipe import LEVELS
+from local_ai.discovery.names import config_quant, gguf_quant
+from local_ai.errors import LocalAIError, NotFoundError, NotYetError
 
 if TYPE_CHECKING:
     from local_ai.convert.api import ConvertSource, SourceKind
@@ -158,7 +161,6 @@ def convert_command(
 
 def _resolve_source(text: str) -> ConvertSource:
     from local_ai.convert import api
-    from local_ai.errors import NotFoundError
 
     path = Path(text).expanduser()
     if path.exists():
@@ -175,7 +177,6 @@ def _resolve_source(text: str) -> ConvertSource:
 def _hub_source(repo: str, file: str | None, revision: str | None) -> ConvertSource:
     """Resolve and fetch through local_ai.hub (verified sha256s feed the conversion digest)."""
     from local_ai.convert import api
-    from local_ai.errors import NotYetError
 
     try:
         from local_ai.hub.fetch import fetch
@@ -198,8 +199,6 @@ def _hub_source(repo: str, file: str | None, revision: str | None) -> ConvertSou
 
 
 def _check_supported(src: ConvertSource, facts: dict[str, Any]) -> None:
-    from local_ai.errors import NotYetError
-
     if src.kind == "gguf" and not facts.get("supported", True):
         arch = facts.get("architecture")
         raise NotYetError(
@@ -256,16 +255,9 @@ class ConvertBar:
 
 
 def _auto_level(src: ConvertSource, group_size: int | None, context: int) -> tuple[str, str]:
-    """`--quantize auto`: the best level whose weights and KV cache at `context` fit this
-    machine's usable memory (the rule `quantize = "auto"` follows in the manifest)."""
+    """`--quantize auto`: the level `quantize = "auto"` chooses in the manifest, for this source
+    on this machine at `context` tokens."""
     import json as jsonlib
-
-    from local_ai.discovery.auto import choose_level
-    from local_ai.discovery.names import config_quant
-    from local_ai.discovery.ranking import shape_from_config
-    from local_ai.errors import LocalAIError
-    from local_ai.hardware import detect
-    from local_ai.reconcile.observe import gguf_bits
 
     config: dict[str, Any] = {}
     if src.kind == "safetensors":
@@ -273,16 +265,20 @@ def _auto_level(src: ConvertSource, group_size: int | None, context: int) -> tup
             config = jsonlib.loads((Path(src.path) / "config.json").read_text("utf-8"))
         except (OSError, ValueError):
             config = {}
-    if src.kind == "gguf":
-        bits = gguf_bits(Path(src.path).name) or 16.0
-    else:
-        label = config_quant(config)
-        bits = label.bits if label is not None else 16.0
-    shape = shape_from_config(config) if config else None
+    label = gguf_quant(Path(src.path).name) if src.kind == "gguf" else config_quant(config)
+    bits = label.bits if label is not None else sizing.DEFAULT_SOURCE_BITS
+    shape = sizing.shape_from_config(config)
     kv = shape.kv_bytes(context) if shape is not None else 0
-    size = src.total_bytes or Path(src.path).stat().st_size
-    chosen = choose_level(
-        size, bits, kv, detect().usable_memory_bytes, context=context, group_size=group_size or 64
+    files = [(f.name, f.size) for f in src.files]
+    size = sizing.weight_bytes(files) or src.total_bytes or Path(src.path).stat().st_size
+    chosen = sizing.choose_level(
+        size,
+        bits,
+        kv,
+        hardware.detect().usable_memory_bytes,
+        context=context,
+        group_size=group_size or sizing.DEFAULT_GROUP_SIZE,
+        source_level=label.label if label is not None else None,
     )
     if not chosen.fits or chosen.level is None:
         raise LocalAIError(chosen.reason, hint="pick a level with --quantize, or a smaller model")

@@ -10,12 +10,12 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from local_ai.errors import LocalAIError, NotYetError
+from local_ai.sizing import AFFINE_BITS as AFFINE_BITS  # re-exported: recipe_for uses it
+from local_ai.sizing import DEFAULT_GROUP_SIZE
 
-AFFINE_BITS: Final[dict[str, int]] = {"q2": 2, "q3": 3, "q4": 4, "q5": 5, "q6": 6, "q8": 8}
 MIXED_RECIPES: Final = ("mixed_3_6", "mixed_4_6")  # mlx-lm's quant predicates of those names
 FLOAT_LEVELS: Final[dict[str, str]] = {"bf16": "bfloat16", "fp16": "float16"}
 GROUP_SIZES: Final = (32, 64, 128)
-DEFAULT_GROUP_SIZE: Final = 64
 LEVELS: Final[tuple[str, ...]] = (*AFFINE_BITS, "mxfp4", *MIXED_RECIPES, *FLOAT_LEVELS)
 Dtype = Literal["bfloat16", "float16", "float32"]
 DTYPES: Final[tuple[str, ...]] = ("bfloat16", "float16", "float32")

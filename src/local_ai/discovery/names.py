@@ -9,6 +9,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from local_ai import sizing
+
 _SPLIT_RE = re.compile(r"[\s/_\-]+")
 _SIZE_RE = re.compile(r"^(\d+(?:\.\d+)?)([bmt])$")
 _SIZE_UNITS = {"m": 1e6, "b": 1e9, "t": 1e12}
@@ -21,54 +23,6 @@ _GGUF_QUANT_RE = re.compile(
     r"(?![A-Za-z0-9])",
     re.IGNORECASE,
 )
-# Approximate bits per weight of llama.cpp quantization mixes (llama-quantize's table, rounded);
-# only a quality signal and a size fallback: real sizes come from file metadata.
-GGUF_BITS: Mapping[str, float] = {
-    "F32": 32.0,
-    "F16": 16.0,
-    "BF16": 16.0,
-    "Q8_0": 8.5,
-    "Q8_K_XL": 9.0,
-    "Q6_K": 6.56,
-    "Q6_K_XL": 7.0,
-    "Q5_1": 6.0,
-    "Q5_K_XL": 5.9,
-    "Q5_K_M": 5.69,
-    "Q5_K_S": 5.54,
-    "Q5_0": 5.5,
-    "Q4_1": 5.0,
-    "Q4_K_XL": 4.9,
-    "Q4_K_M": 4.85,
-    "Q4_K_S": 4.58,
-    "Q4_0": 4.5,
-    "IQ4_NL": 4.5,
-    "IQ4_XS": 4.25,
-    "MXFP4": 4.25,
-    "MXFP4_MOE": 4.25,
-    "Q3_K_XL": 4.0,
-    "Q3_K_L": 4.27,
-    "Q3_K_M": 3.91,
-    "Q3_K_S": 3.5,
-    "IQ3_M": 3.66,
-    "IQ3_S": 3.44,
-    "IQ3_XS": 3.3,
-    "IQ3_XXS": 3.06,
-    "Q2_K_XL": 3.0,
-    "Q2_K_L": 3.0,
-    "Q2_K": 2.96,
-    "IQ2_M": 2.7,
-    "IQ2_S": 2.5,
-    "IQ2_XS": 2.31,
-    "IQ2_XXS": 2.06,
-    "TQ2_0": 2.06,
-    "IQ1_M": 1.75,
-    "TQ1_0": 1.69,
-    "IQ1_S": 1.56,
-}
-# MLX quantization modes: bits per weight including the shared scales.
-MODE_BITS: Mapping[str, float] = {"mxfp4": 4.25, "nvfp4": 4.5, "mxfp8": 8.25}
-# Mixed recipes, as the planner counts them (see reconcile/planner.py _OTHER_BITS).
-MIXED_BITS: Mapping[str, float] = {"mixed_3_6": 4.0, "mixed_4_6": 5.0}
 DTYPE_BITS: Mapping[str, float] = {
     "F64": 64.0,
     "F32": 32.0,
@@ -189,10 +143,9 @@ def gguf_quant(file_name: str) -> QuantLabel | None:
     if not matches:
         return None
     raw = matches[-1].upper()
-    label = raw.removeprefix("UD-")
-    bits = GGUF_BITS.get(label)
+    bits = sizing.gguf_bits(raw)
     if bits is None:
-        digit = re.search(r"Q(\d)", label)
+        digit = re.search(r"Q(\d)", raw)
         if digit is None:
             return None
         bits = int(digit.group(1)) + 0.5
@@ -206,15 +159,15 @@ def name_quant(repo_name: str) -> QuantLabel | None:
     mixed = _MIXED_RE.search(lowered)
     if mixed:
         label = f"mixed_{mixed.group(1)}_{mixed.group(2)}"
-        bits = MIXED_BITS.get(label, (int(mixed.group(1)) + int(mixed.group(2))) / 2 + 0.5)
+        bits = sizing.MIXED_BITS.get(label, (int(mixed.group(1)) + int(mixed.group(2))) / 2 + 0.5)
         return QuantLabel(label, bits)
-    for mode, bits in MODE_BITS.items():
+    for mode, bits in sizing.MODE_BITS.items():
         if mode in lowered:
             return QuantLabel(mode, bits)
     found = _BITS_RE.search(lowered)
     if found:
         n = int(found.group(1))
-        return QuantLabel(f"{n}bit", n + 0.5, 64)
+        return QuantLabel(f"{n}bit", sizing.affine_bits(n), sizing.DEFAULT_GROUP_SIZE)
     words = set(tokens(lowered))
     if "bf16" in words:
         return QuantLabel("bf16", 16.0)
@@ -239,8 +192,8 @@ def config_quant(config: Mapping[str, Any]) -> QuantLabel | None:
     hf = config.get("quantization_config")
     if isinstance(hf, Mapping):
         method = str(hf.get("quant_method") or hf.get("mode") or "").lower()
-        if method in MODE_BITS:
-            return QuantLabel(method, MODE_BITS[method], source="config")
+        if method in sizing.MODE_BITS:
+            return QuantLabel(method, sizing.MODE_BITS[method], source="config")
         if method == "fp8":
             return QuantLabel("fp8", 8.0, source="config")
         bits = hf.get("bits")
@@ -249,7 +202,7 @@ def config_quant(config: Mapping[str, Any]) -> QuantLabel | None:
                 return _mlx_quant(hf)  # mlx-lm writes its block under both keys
             group = hf.get("group_size")
             gs = group if isinstance(group, int) and group > 0 else 128
-            return QuantLabel(f"int{bits}", bits + 32 / gs, gs, source="config")
+            return QuantLabel(f"int{bits}", sizing.affine_bits(bits, gs), gs, source="config")
     dtype = str(config.get("torch_dtype") or config.get("dtype") or "").lower()
     if dtype in ("bfloat16", "float16", "float32"):
         label = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[dtype]
@@ -261,9 +214,9 @@ def _mlx_quant(block: Mapping[str, Any]) -> QuantLabel | None:
     mode = str(block.get("mode") or "affine").lower()
     bits = block.get("bits")
     group = block.get("group_size")
-    gs = group if isinstance(group, int) and group > 0 else 64
-    if mode in MODE_BITS:
-        return QuantLabel(mode, MODE_BITS[mode], gs, source="config")
+    gs = group if isinstance(group, int) and group > 0 else sizing.DEFAULT_GROUP_SIZE
+    if mode in sizing.MODE_BITS:
+        return QuantLabel(mode, sizing.MODE_BITS[mode], gs, source="config")
     if not isinstance(bits, int) or isinstance(bits, bool) or bits <= 0:
         return None
     # Per-layer overrides (mlx-lm mixed recipes) are nested blocks with their own bits.
@@ -275,8 +228,9 @@ def _mlx_quant(block: Mapping[str, Any]) -> QuantLabel | None:
     if layer_bits - {bits}:
         low, high = min(layer_bits | {bits}), max(layer_bits | {bits})
         label = f"mixed_{low}_{high}"
-        return QuantLabel(label, MIXED_BITS.get(label, bits + 32 / gs + 0.5), gs, "config")
-    return QuantLabel(f"{bits}bit", bits + 32 / gs, gs, source="config")
+        mixed_bits = sizing.MIXED_BITS.get(label, sizing.affine_bits(bits, gs) + 0.5)
+        return QuantLabel(label, mixed_bits, gs, "config")
+    return QuantLabel(f"{bits}bit", sizing.affine_bits(bits, gs), gs, source="config")
 
 
 def dtype_bits(parameters: Mapping[str, int]) -> float | None:

@@ -11,8 +11,8 @@ The rules (docs/discovery.md explains them with examples):
    relative to the newest variant.
 
 Variants that do not fit are ordered by the memory they need, closest to fitting first.
-Sizes use the planner's own bit counts (``reconcile.planner.target_bits``), so a search, an
-``add`` and a ``plan`` agree on what fits.
+Sizes and the `quantize = "auto"` level come from ``local_ai.sizing``, as in the planner, so a
+search, an ``add`` and a ``plan`` agree on what fits and at which level.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
 
-from local_ai.discovery import auto as _auto
+from local_ai import sizing
 from local_ai.discovery.names import QuantLabel, display_name, format_params
 from local_ai.hardware import (
     MIB,
@@ -32,14 +32,10 @@ from local_ai.hardware import (
     Hardware,
     fits,
     format_gib,
-    kv_cache_bytes,
     recommended_wired_limit_command,
     suggested_wired_limit_mb,
 )
-from local_ai.manifest.models import QUANTIZE_LEVELS, ModelSpec
-
-# Imported as a module: the planner may import discovery.auto, which imports the planner.
-from local_ai.reconcile import planner as _planner
+from local_ai.sizing import ArchShape, estimated_shape, level_bits
 
 Format = Literal["mlx", "safetensors", "gguf"]
 Location = Literal["hub", "hf-cache", "store"]
@@ -50,7 +46,6 @@ FORMAT_LABEL: Mapping[str, str] = {
     "safetensors": "safetensors (converted on install)",
     "gguf": "GGUF (converted on install)",
 }
-DEFAULT_GROUP_SIZE = 64
 # Popularity score: log10(downloads) + LIKES_WEIGHT * log10(likes) + publisher bonus - age.
 LIKES_WEIGHT = 0.5
 PUBLISHER_BONUS = 1.0  # worth 10x downloads
@@ -63,31 +58,15 @@ PUBLISHER_MIN_SHARE = 0.5
 RUNNERS_UP = 3
 MIN_USEFUL_CONTEXT = 2048
 MAX_MACHINES = 16
-# Shape assumed for KV-cache estimates when no config.json could be read: layers by size.
-_LAYERS_BY_PARAMS = ((4e9, 28), (10e9, 36), (20e9, 40), (40e9, 48), (80e9, 64), (150e9, 80))
-_FALLBACK_LAYERS = 96
 
 
 # ---- quantization levels ------------------------------------------------------------------
 
 
-def level_bits(level: str, group_size: int = DEFAULT_GROUP_SIZE) -> float:
-    """Bits per weight of a quantize level, exactly as the planner sizes it."""
-    spec = ModelSpec.model_construct(quantize=level, group_size=group_size)  # type: ignore[arg-type]
-    bits = _planner.target_bits(spec)
-    if bits is None:
-        raise ValueError(f"{level!r} is not a concrete quantize level")
-    return bits
-
-
-def concrete_levels() -> tuple[str, ...]:
-    return tuple(level for level in QUANTIZE_LEVELS if level != "auto")
-
-
-def quality_ladder(group_size: int = DEFAULT_GROUP_SIZE) -> list[tuple[float, str]]:
+def quality_ladder(group_size: int = sizing.DEFAULT_GROUP_SIZE) -> list[tuple[float, str]]:
     """(bits, level) from lowest to highest quality; bf16 and fp16 share one rung (bf16)."""
     rungs: dict[float, str] = {}
-    for level in concrete_levels():
+    for level in sizing.CONCRETE_LEVELS:
         rungs.setdefault(level_bits(level, group_size), level)
     return sorted(rungs.items())
 
@@ -110,65 +89,6 @@ def ladder_index(bits: float | None) -> int:
 def ladder_level(index: int) -> str:
     ladder = quality_ladder()
     return ladder[index][1] if 0 <= index < len(ladder) else "below q2"
-
-
-# ---- architecture shape -------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ArchShape:
-    """What sizes the KV cache: layers, KV heads and head dimension (MLA models cache one
-    compressed latent per layer, written here as one head of half the latent width, since
-    ``kv_cache_bytes`` counts keys and values)."""
-
-    num_layers: int
-    num_kv_heads: int
-    head_dim: int
-    estimated: bool = False
-
-    def kv_bytes(self, context: int) -> int:
-        return kv_cache_bytes(self.num_layers, self.num_kv_heads, self.head_dim, context)
-
-
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def shape_from_config(config: Mapping[str, Any]) -> ArchShape | None:
-    """The KV-cache shape from a transformers/MLX config.json, or None if it says too little."""
-    text = config.get("text_config")
-    if isinstance(text, Mapping) and not _int(config.get("num_hidden_layers")):
-        return shape_from_config(text)
-    layers = _int(config.get("num_hidden_layers")) or _int(config.get("n_layer"))
-    layers = layers or _int(config.get("num_layers"))
-    if layers is None:
-        return None
-    latent = _int(config.get("kv_lora_rank"))
-    if latent is not None:  # DeepSeek V3 / Kimi K2 multi-head latent attention
-        rope = _int(config.get("qk_rope_head_dim")) or 0
-        return ArchShape(layers, 1, math.ceil((latent + rope) / 2))
-    heads = _int(config.get("num_attention_heads")) or _int(config.get("n_head"))
-    kv_heads = _int(config.get("num_key_value_heads")) or heads
-    head_dim = _int(config.get("head_dim"))
-    hidden = _int(config.get("hidden_size")) or _int(config.get("n_embd"))
-    if head_dim is None and hidden and heads:
-        head_dim = hidden // heads
-    if kv_heads is None or head_dim is None:
-        return None
-    return ArchShape(layers, kv_heads, head_dim)
-
-
-def estimated_shape(params: int | None) -> ArchShape:
-    """A typical grouped-query shape for a model of this size (8 KV heads of 128), for when
-    no config.json is readable (GGUF-only or gated repos). Marked as an estimate."""
-    layers = _FALLBACK_LAYERS
-    for limit, count in _LAYERS_BY_PARAMS:
-        if params is not None and params < limit:
-            layers = count
-            break
-    if params is None:
-        layers = 36
-    return ArchShape(layers, 8, 128, estimated=True)
 
 
 # ---- variants -----------------------------------------------------------------------------
@@ -256,92 +176,6 @@ def recognize_publishers(repos: Iterable[tuple[str, bool, int]]) -> dict[str, Pu
     return out
 
 
-# ---- auto quantization --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class AutoQuant:
-    """The level `quantize = "auto"` resolves to on this hardware, and why."""
-
-    level: str
-    bits: float
-    weights_bytes: int
-    kv_bytes: int
-    fit: FitResult
-    explanation: str
-    tried: tuple[tuple[str, int], ...] = ()  # (level, bytes needed) of better levels rejected
-
-    @property
-    def fits(self) -> bool:
-        return self.fit.fits
-
-
-def _allowed(level_b: float, level: str, source_bits: float) -> bool:
-    # Never upcast: 16-bit only from 16-bit sources; q8 also from 8-bit floats (fp8).
-    return level_b <= source_bits + 1e-6 or (level == "q8" and source_bits >= 8)
-
-
-def auto_quantize(
-    source_bytes: int,
-    source_bits: float,
-    shape: ArchShape | None,
-    context: int,
-    hardware: Hardware,
-    *,
-    group_size: int = DEFAULT_GROUP_SIZE,
-    source_level: str | None = None,
-) -> AutoQuant:
-    """The highest-quality quantize level whose weights plus KV cache fit ``hardware``.
-
-    ``source_bytes`` at ``source_bits`` per weight is the source as downloaded (a bf16 model:
-    params * 2 bytes, 16 bits); weights at a level are ``source_bytes * level_bits /
-    source_bits``, the planner's own estimate. Levels above the source precision are never
-    chosen. Candidates are those of ``quantize = "auto"`` (``discovery.auto``). When nothing
-    fits, the smallest level is returned with ``fits`` False.
-    """
-    if source_bytes < 0 or source_bits <= 0:
-        raise ValueError("source_bytes must be >= 0 and source_bits > 0")
-    kv = shape.kv_bytes(context) if shape is not None else 0
-    options = sorted(
-        (
-            (level_bits(level, group_size), -i, level)
-            for i, level in enumerate(_auto.candidate_levels(source_level))
-            if _allowed(level_bits(level, group_size), level, source_bits)
-        ),
-        reverse=True,
-    )
-    if not options:
-        options = [(level_bits("q2", group_size), 0, "q2")]
-    tried: list[tuple[str, int]] = []
-    for bits, _, level in options:
-        weights = int(source_bytes * bits / source_bits)
-        fit = fits(weights, kv, hardware)
-        if fit.fits:
-            better = f"; {tried[-1][0]} would need {format_gib(tried[-1][1])}" if tried else ""
-            return AutoQuant(
-                level,
-                bits,
-                weights,
-                kv,
-                fit,
-                f"{level} is the best quality that fits: {fit.explanation}{better}",
-                tuple(tried),
-            )
-        tried.append((level, fit.needed))
-    bits, _, level = options[-1]
-    weights = int(source_bytes * bits / source_bits)
-    fit = fits(weights, kv, hardware)
-    return AutoQuant(
-        level,
-        bits,
-        weights,
-        kv,
-        fit,
-        f"no level fits, not even {level}: {fit.explanation}",
-        tuple(tried[:-1]),
-    )
-
-
 # ---- assessment and ranking ---------------------------------------------------------------
 
 
@@ -357,7 +191,7 @@ class Assessment:
     fit: FitResult
     score: float  # popularity and freshness
     publisher: Publisher | None = None
-    auto: AutoQuant | None = None
+    auto: sizing.AutoLevel | None = None
     quality_gap: int = 0  # ladder rungs below the best quality that fits for this model
     best_level: str | None = None  # the best quality that fits for this model
     reasons: tuple[str, ...] = ()
@@ -465,12 +299,13 @@ def assess(
     score = popularity(variant, newest, publisher)
     kv = _kv(variant, context)
     if variant.format == "safetensors" and variant.bits:
-        auto = auto_quantize(
+        # The level `quantize = "auto"` would convert to on this machine: the planner's choice.
+        auto = sizing.choose_level(
             variant.weights_bytes,
             variant.bits,
-            variant.shape or estimated_shape(variant.params),
-            context,
-            hardware,
+            kv,
+            hardware.usable_memory_bytes,
+            context=context,
             source_level=variant.quant.label if variant.quant else None,
         )
         return Assessment(
@@ -839,21 +674,15 @@ def candidate_summary(variants: Sequence[Variant]) -> dict[str, Any]:
 
 __all__ = [
     "FORMAT_LABEL",
-    "ArchShape",
     "Assessment",
-    "AutoQuant",
     "Choice",
     "Group",
     "Publisher",
     "Variant",
-    "auto_quantize",
     "choose_variant",
-    "estimated_shape",
     "group_ranked",
-    "level_bits",
     "rank",
     "recognize_publishers",
-    "shape_from_config",
 ]
 
 _ = field  # dataclasses.field re-exported for subclasses in tests

@@ -23,7 +23,6 @@ from typing import Any, TypeVar
 from local_ai import settings
 from local_ai.discovery import names as nm
 from local_ai.discovery.ranking import (
-    ArchShape,
     Assessment,
     Choice,
     Group,
@@ -33,12 +32,13 @@ from local_ai.discovery.ranking import (
     group_ranked,
     rank,
     recognize_publishers,
-    shape_from_config,
 )
 from local_ai.errors import LocalAIError, NotFoundError, OfflineError, UnavailableError
 from local_ai.hardware import Hardware
 from local_ai.hub import client
 from local_ai.hub.filters import name_problem, select_files
+from local_ai.sizing import ArchShape, shape_from_config
+from local_ai.store.state import load_state
 
 T = TypeVar("T")
 
@@ -503,8 +503,6 @@ def cached_variants() -> list[Variant]:
 
 def store_variants() -> list[Variant]:
     """Models local-ai installed (state.json), as their aliases see them."""
-    from local_ai.store.state import load_state
-
     try:
         state = load_state(settings.paths().state_file)
     except LocalAIError:

@@ -96,7 +96,7 @@ class RichProgress:
 
         if not files:
             return
-        from local_ai.cli.output import err_console
+        from rich.console import Console
 
         self._sizes = dict(files)
         self._progress = Progress(
@@ -105,7 +105,7 @@ class RichProgress:
             DownloadColumn(),
             TransferSpeedColumn(),
             TimeRemainingColumn(),
-            console=self._console or err_console(),
+            console=self._console or Console(stderr=True),
             transient=False,
         )
         self._progress.start()

@@ -4,28 +4,46 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-GIB = 1024**3
+from local_ai.sizing import ArchShape
+
+GB = 1000**3
 
 
 @dataclass(frozen=True)
 class Suggestion:
     alias: str
     repo: str
-    approx_gb: float  # weights on disk / in memory
+    approx_gb: float  # weights on disk / in memory, in GB
     context: int
     why: str
+    shape: ArchShape  # from the repo's config.json: sizes the KV cache at `context`
+
+    @property
+    def needed_bytes(self) -> int:
+        """Weights plus KV cache, as `plan` sizes them."""
+        return int(self.approx_gb * GB) + self.shape.kv_bytes(self.context)
 
 
+_QWEN3_SMALL = ArchShape(36, 8, 128)  # Qwen3-4B and Qwen3-8B
+_QWEN3_CODER = ArchShape(48, 4, 128)  # Qwen3-Coder-30B-A3B
 # Real MLX conversions, smallest first; chosen by the memory a machine can give to models.
 _CODERS = [
-    Suggestion("coder", "mlx-community/Qwen3-4B-4bit", 2.3, 16384, "fits 8 GB Macs"),
-    Suggestion("coder", "mlx-community/Qwen3-8B-4bit", 4.6, 32768, "fits 16 GB Macs"),
+    Suggestion(
+        "coder",
+        "mlx-community/Qwen3-4B-4bit",
+        2.3,
+        4096,
+        "fits 8 GB Macs at 4k context",
+        _QWEN3_SMALL,
+    ),
+    Suggestion("coder", "mlx-community/Qwen3-8B-4bit", 4.6, 32768, "fits 16 GB Macs", _QWEN3_SMALL),
     Suggestion(
         "coder",
         "mlx-community/Qwen3-Coder-30B-A3B-Instruct-4bit",
         17.2,
         65536,
-        "a 30B mixture-of-experts coder, 3B active: fast on 32 GB+",
+        "a 30B mixture-of-experts coder, 3B active: fast on 36 GB+",
+        _QWEN3_CODER,
     ),
     Suggestion(
         "coder",
@@ -33,22 +51,23 @@ _CODERS = [
         32.5,
         131072,
         "the same coder at 8-bit for 64 GB+",
+        _QWEN3_CODER,
     ),
 ]
 _FAST = Suggestion(
-    "fast", "mlx-community/Qwen3-4B-4bit", 2.3, 32768, "a quick model for small tasks"
+    "fast", "mlx-community/Qwen3-4B-4bit", 2.3, 32768, "a quick model for small tasks", _QWEN3_SMALL
 )
 
 
 def suggest_models(usable_bytes: int) -> list[Suggestion]:
-    """The largest coder that leaves room for its KV cache, plus a fast model when there is room."""
-    budget_gb = usable_bytes / GIB
+    """The largest coder whose weights and KV cache fit, plus a fast model when both fit
+    together (the engine keeps two models loaded)."""
     coder = _CODERS[0]
     for candidate in _CODERS:
-        if candidate.approx_gb * 1.35 <= budget_gb:
+        if candidate.needed_bytes <= usable_bytes:
             coder = candidate
     picks = [coder]
-    if coder.approx_gb + _FAST.approx_gb * 1.5 + 8 <= budget_gb and coder.repo != _FAST.repo:
+    if coder.repo != _FAST.repo and coder.needed_bytes + _FAST.needed_bytes <= usable_bytes:
         picks.append(_FAST)
     return picks
 

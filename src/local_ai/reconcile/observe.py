@@ -5,16 +5,21 @@ server and this machine. All of `plan`'s I/O happens here; the planner then deci
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from local_ai import settings
+from local_ai import settings, sizing
+from local_ai.clients import plan as clients
+from local_ai.discovery import names
 from local_ai.errors import LocalAIError
+from local_ai.hardware import detect
+from local_ai.hub.fetch import is_cached
+from local_ai.hub.resolve import repo_cache_dir, resolve
 from local_ai.hub.source import ResolvedSource, SourceFile
 from local_ai.manifest.load import LoadedManifest
 from local_ai.manifest.models import ModelSpec
+from local_ai.reconcile.generations import Generations
 from local_ai.reconcile.model import (
     ClientView,
     InstalledView,
@@ -24,17 +29,17 @@ from local_ai.reconcile.model import (
     ServerView,
     install_fields,
 )
+from local_ai.server.daemon import admin_request, running_server
 from local_ai.store.layout import Store
-from local_ai.store.lockfile import LockEntry, LockFile, load_lock, lock_matches, lock_path_for
+from local_ai.store.lockfile import (
+    LockEntry,
+    LockFile,
+    load_lock,
+    lock_matches,
+    lock_path_for,
+    resolved_from_entry,
+)
 from local_ai.store.state import InstalledModel, State, load_state
-
-# Bits per weight of common GGUF quantization names, for size estimates only.
-_GGUF_BITS = {
-    "F32": 32.0, "F16": 16.0, "BF16": 16.0, "Q8_0": 8.5, "Q6_K": 6.6, "Q5_K": 5.7,
-    "Q5_0": 5.5, "Q5_1": 6.0, "Q4_K": 4.8, "Q4_0": 4.5, "Q4_1": 5.0, "Q3_K": 3.9, "Q2_K": 3.0,
-    "IQ4_XS": 4.3, "IQ4_NL": 4.5, "IQ3_M": 3.7, "IQ3_XXS": 3.1, "IQ2_M": 2.7, "IQ2_XXS": 2.1,
-}  # fmt: skip
-_GGUF_QUANT_RE = re.compile(r"(?i)(?<![A-Z0-9])(I?Q\d(?:_[A-Z0-9]+)*|BF16|F16|F32)(?![A-Z0-9])")
 
 
 @dataclass
@@ -77,8 +82,6 @@ def observe(
         if entry is not None:
             locked[alias] = _locked_view(alias, spec, entry, base_dir)
             if _source_matches(spec, entry):
-                from local_ai.store.lockfile import resolved_from_entry
-
                 sources[alias] = resolved_from_entry(alias, entry, base_dir=base_dir)
                 continue
         if frozen:
@@ -95,8 +98,6 @@ def observe(
     store = Store(paths)
     digests = frozenset(entry.digest for entry in store.entries())
     installed = {alias: _installed_view(model) for alias, model in state.models.items()}
-
-    from local_ai.hardware import detect
 
     hardware = detect()
     client_changes, client_views = observe_clients(loaded) if not targets else ({}, ())
@@ -118,8 +119,6 @@ def observe(
 
 def observe_clients(loaded: LoadedManifest) -> tuple[dict[str, Any], tuple[ClientView, ...]]:
     """Read the client config files and plan their edits (pure over what was read)."""
-    from local_ai.clients import plan as clients
-
     manifest = loaded.manifest
     base_dir = loaded.path.parent
     try:
@@ -146,8 +145,6 @@ def observe_clients(loaded: LoadedManifest) -> tuple[dict[str, Any], tuple[Clien
 
 
 def _resolve(alias: str, spec: ModelSpec, *, offline: bool, base_dir: Path) -> ResolvedSource:
-    from local_ai.hub.resolve import resolve
-
     return resolve(alias, spec, offline=offline, base_dir=base_dir)
 
 
@@ -162,8 +159,6 @@ def _source_matches(spec: ModelSpec, entry: LockEntry) -> bool:
 
 
 def _locked_view(alias: str, spec: ModelSpec, entry: LockEntry, base_dir: Path) -> LockedModel:
-    from local_ai.store.lockfile import resolved_from_entry
-
     view = _view_of(alias, spec, resolved_from_entry(alias, entry, base_dir=base_dir), base_dir)
     if _source_matches(spec, entry):
         return view
@@ -183,15 +178,8 @@ def _revision(revision: str | None) -> str | None:
 
 def _view_of(alias: str, spec: ModelSpec, source: ResolvedSource, base_dir: Path) -> LockedModel:
     config = _config_of(source)
-    layers = _int(config.get("num_hidden_layers"))
-    heads = _int(config.get("num_attention_heads"))
-    kv_heads = _int(config.get("num_key_value_heads")) or heads
-    head_dim = _int(config.get("head_dim"))
-    hidden = _int(config.get("hidden_size"))
-    if head_dim is None and hidden and heads:
-        head_dim = hidden // heads
-    quant = source.quantization
-    label = quant.label if quant is not None and quant.bits else None
+    shape = sizing.shape_from_config(config)
+    label, bits = _source_precision(source, config)
     return LockedModel(
         alias=alias,
         repo=source.repo,
@@ -201,11 +189,11 @@ def _view_of(alias: str, spec: ModelSpec, source: ResolvedSource, base_dir: Path
         commit=source.commit,
         format=source.format,
         files=tuple(LockedFile(f.name, f.size, _identity(f)) for f in source.files),
-        source_quantization=label or _gguf_quant(source.file),
-        source_bits=_source_bits(source, config),
-        num_layers=layers,
-        num_kv_heads=kv_heads,
-        head_dim=head_dim,
+        source_quantization=label,
+        source_bits=bits,
+        num_layers=shape.num_layers if shape else None,
+        num_kv_heads=shape.num_kv_heads if shape else None,
+        head_dim=shape.head_dim if shape else None,
         base_model=source.base_model,
     )
 
@@ -216,37 +204,24 @@ def _identity(file: SourceFile) -> str | None:
     return f"git-{file.blob_id}" if file.blob_id else file.sha256
 
 
-def _int(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
-
-
-def _gguf_quant(file: str | None) -> str | None:
-    if not file:
-        return None
-    match = _GGUF_QUANT_RE.search(Path(file).stem)
-    return match.group(1).upper() if match else None
-
-
-def gguf_bits(file_name: str | None) -> float | None:
-    """Bits per weight a GGUF file's name announces (Q4_K_M → about 4.8), for estimates."""
-    name = _gguf_quant(file_name)
-    if name is None:
-        return None
-    return next((bits for key, bits in _GGUF_BITS.items() if name.startswith(key)), None)
-
-
-def _source_bits(source: ResolvedSource, config: dict[str, Any]) -> float | None:
-    """Bits per weight of the source as stored, for size estimates: fp8 and mxfp4 originals
-    are not 16-bit (their config.json says so)."""
+def _source_precision(
+    source: ResolvedSource, config: dict[str, Any]
+) -> tuple[str | None, float | None]:
+    """The source's quantization label (None for 16-bit floats) and bits per weight as stored:
+    an MLX quantization, the GGUF type its name announces, else config.json (fp8 and mxfp4
+    originals are not 16-bit)."""
     quant = source.quantization
-    if quant is not None and quant.bits:
-        return quant.bits + 32 / (quant.group_size or 64)
+    bits = sizing.mlx_quant_bits(quant.bits, quant.group_size, quant.mode) if quant else None
+    if quant is not None and bits is not None:
+        return quant.label, bits
     if source.format == "gguf":
-        return gguf_bits(source.file)
-    from local_ai.discovery.names import config_quant
-
-    label = config_quant(config)
-    return label.bits if label is not None else 16.0
+        # A repo's file path may name the type in a folder; a local path only in its file name.
+        gguf = names.gguf_quant(source.file or Path(source.path or "").name)
+        return (gguf.label, gguf.bits) if gguf is not None else (None, None)
+    found = names.config_quant(config)
+    if found is None:
+        return None, sizing.DEFAULT_SOURCE_BITS
+    return (found.label if found.bits < 16 else None), found.bits
 
 
 def _config_of(source: ResolvedSource) -> dict[str, Any]:
@@ -267,14 +242,10 @@ def _source_dir(source: ResolvedSource) -> Path | None:
         return path if path.is_dir() else path.parent
     if source.repo is None or source.commit is None:
         return None
-    from local_ai.hub.resolve import repo_cache_dir
-
     return repo_cache_dir(source.repo) / "snapshots" / source.commit
 
 
 def _complete_in_cache(source: ResolvedSource) -> bool:
-    from local_ai.hub.fetch import is_cached
-
     try:
         return is_cached(source)
     except LocalAIError:  # an unusable repo id or commit: fetch reports it
@@ -324,8 +295,6 @@ def spec_record(spec: ModelSpec) -> dict[str, Any]:
 
 
 def observe_server() -> ServerView:
-    from local_ai.server.daemon import admin_request, running_server
-
     info, alive = running_server()
     if info is None or not alive:
         return ServerView(running=False)
@@ -347,8 +316,6 @@ def observe_server() -> ServerView:
 
 def _rolled_back_to() -> int | None:
     """The generation served, when `rollback` left it older than the newest one."""
-    from local_ai.reconcile.generations import Generations
-
     generations = Generations(settings.paths().generations)
     current, numbers = generations.current_number(), generations.numbers()
     return current if current is not None and numbers and current < numbers[-1] else None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from local_ai import sizing
 from local_ai.manifest.models import Manifest, ModelSpec
 from local_ai.reconcile.model import (
     Action,
@@ -24,11 +25,7 @@ from local_ai.reconcile.model import (
     lock_disagreement,
 )
 
-GIB = 1024**3
-# Bits per weight after conversion, including the fp16 scale and bias of each affine group.
-_LEVEL_BITS = {"q2": 2, "q3": 3, "q4": 4, "q5": 5, "q6": 6, "q8": 8}
-_OTHER_BITS = {"mxfp4": 4.25, "mixed_3_6": 4.0, "mixed_4_6": 5.0, "bf16": 16.0, "fp16": 16.0}
-_CONVERT_PEAK_FRACTION = 0.15  # streaming conversion holds about one tensor + one shard
+_gb = sizing.format_gb
 
 
 @dataclass(frozen=True)
@@ -41,25 +38,48 @@ class Options:
 
 
 def target_bits(spec: ModelSpec) -> float | None:
-    if spec.quantize in _LEVEL_BITS:
-        return _LEVEL_BITS[spec.quantize] + 32 / spec.group_size
-    if spec.quantize in _OTHER_BITS:
-        return _OTHER_BITS[spec.quantize]
-    return None
+    """Bits per weight the spec converts to; None when served at the source's precision."""
+    if spec.quantize is None or spec.quantize == "auto":
+        return None
+    return sizing.level_bits(spec.quantize, spec.group_size)
+
+
+def source_weights(source: LockedModel) -> int:
+    """Bytes of the source's weight files (all its files when none is recognized)."""
+    return sizing.weight_bytes((f.name, f.size) for f in source.files) or source.total_bytes
+
+
+def source_bits(source: LockedModel) -> float:
+    """Bits per weight of the source as stored (16 when nothing says otherwise)."""
+    return source.source_bits or sizing.DEFAULT_SOURCE_BITS
 
 
 def estimated_weights(spec: ModelSpec, source: LockedModel) -> int:
     """Bytes of weights once installed: the source as is, or rescaled to the target bits."""
-    bits = target_bits(spec)
-    if bits is None or not source.source_bits:
-        return source.total_bytes
-    return int(source.total_bytes * bits / source.source_bits)
+    return sizing.weights_at(source_weights(source), source_bits(source), target_bits(spec))
 
 
 def kv_bytes(spec: ModelSpec, source: LockedModel) -> int:
+    """KV cache at the spec's context; 0 when the source's shape is unknown (no config.json)."""
     if not (source.num_layers and source.num_kv_heads and source.head_dim):
         return 0
-    return 2 * source.num_layers * source.num_kv_heads * source.head_dim * spec.context * 2
+    shape = sizing.ArchShape(source.num_layers, source.num_kv_heads, source.head_dim)
+    return shape.kv_bytes(spec.context)
+
+
+def auto_level(spec: ModelSpec, source: LockedModel, usable_memory: int) -> sizing.AutoLevel:
+    """What `quantize = "auto"` resolves to for this source on a machine with
+    ``usable_memory`` bytes: the one choice search and `models convert` make too."""
+    return sizing.choose_level(
+        source_weights(source),
+        source_bits(source),
+        kv_bytes(spec, source),
+        usable_memory,
+        context=spec.context,
+        group_size=spec.group_size,
+        source_is_mlx=source.format == "mlx",
+        source_level=source.source_quantization,
+    )
 
 
 def needs_conversion(spec: ModelSpec, source: LockedModel) -> bool:
@@ -68,10 +88,6 @@ def needs_conversion(spec: ModelSpec, source: LockedModel) -> bool:
 
 def _short(commit: str | None) -> str:
     return commit[:7] if commit else "none"
-
-
-def _gb(n: int) -> str:
-    return f"{n / GIB:.1f} GB"
 
 
 def _spec_change(old: dict[str, object], new: dict[str, object]) -> str:
@@ -128,9 +144,7 @@ class _Builder:
             return []
         auto_reason = None
         if spec.quantize == "auto":
-            from local_ai.discovery.auto import resolve_auto
-
-            chosen = resolve_auto(spec, source, self.observed.usable_memory)
+            chosen = auto_level(spec, source, self.observed.usable_memory)
             if not chosen.fits:
                 self.errors.append(f"models.{alias}: {chosen.reason}")
                 return []
@@ -200,11 +214,11 @@ class _Builder:
             digest = convert_digest(source, spec, self.options.converter_version)
             if digest not in self.observed.store_digests:
                 size = estimated_weights(spec, source)
-                peak = int(max(f.size for f in source.files) if source.files else 0) + int(
-                    size * _CONVERT_PEAK_FRACTION
-                )
+                largest = max((f.size for f in source.files), default=0)
+                peak = sizing.convert_peak_bytes(largest, size)
                 self.convert_peak = max(self.convert_peak, peak)
                 recipe = spec.quantize or "source precision"
+                group = f" g{spec.group_size}" if spec.quantize in sizing.AFFINE_BITS else ""
                 deps.append(
                     self.add(
                         Action(
@@ -215,8 +229,7 @@ class _Builder:
                             depends_on=tuple(deps),
                             disk_bytes=size,
                             peak_memory_bytes=peak,
-                            detail=f"{source.format} → mlx {recipe}"
-                            + (f" g{spec.group_size}" if spec.quantize in _LEVEL_BITS else ""),
+                            detail=f"{source.format} → mlx {recipe}" + group,
                             params={"digest": digest, "quantize": spec.quantize},
                         )
                     )

@@ -1,10 +1,11 @@
-"""`quantize = "auto"`: the level chosen for simulated Macs, sized as the planner sizes it."""
+"""`quantize = "auto"` (local_ai.sizing, through the planner): the level chosen for simulated
+Macs, sized as the planner sizes it."""
 
 from __future__ import annotations
 
 import pytest
 
-from local_ai.discovery import auto
+from local_ai import sizing
 from local_ai.hardware import GIB, simulated
 from local_ai.manifest.models import ModelSpec
 from local_ai.reconcile import planner
@@ -49,7 +50,7 @@ SPEC = ModelSpec(repo="Qwen/Qwen3-Coder-30B-A3B-Instruct", quantize="auto")
 )
 def test_auto_level_for_simulated_macs(total_gb: int, level: str, fits: bool) -> None:
     hw = simulated(total_gb)
-    result = auto.resolve_auto(SPEC, coder(), hw.usable_memory_bytes)
+    result = planner.auto_level(SPEC, coder(), hw.usable_memory_bytes)
     assert (result.level, result.fits) == (level, fits)
     assert result.reason.startswith(f"auto → {level}: ")
     assert "32k context" in result.reason
@@ -63,7 +64,7 @@ def test_auto_level_for_simulated_macs(total_gb: int, level: str, fits: bool) ->
 
 
 def test_reason_names_the_rejected_better_level() -> None:
-    result = auto.resolve_auto(SPEC, coder(), simulated(36).usable_memory_bytes)
+    result = planner.auto_level(SPEC, coder(), simulated(36).usable_memory_bytes)
     assert result.reason == (
         "auto → q5: the best quality that fits (needs 22.5 GB of 22.8 GB usable at 32k "
         "context; q6 would need 26.1 GB)"
@@ -72,7 +73,7 @@ def test_reason_names_the_rejected_better_level() -> None:
 
 
 def test_nothing_fits_says_what_is_short() -> None:
-    result = auto.resolve_auto(SPEC, coder(), simulated(16).usable_memory_bytes)
+    result = planner.auto_level(SPEC, coder(), simulated(16).usable_memory_bytes)
     assert not result.fits
     assert "nothing fits, not even q2" in result.reason
     assert "9.7 GB is usable" in result.reason
@@ -80,8 +81,8 @@ def test_nothing_fits_says_what_is_short() -> None:
 
 def test_longer_context_lowers_the_level() -> None:
     usable = simulated(36).usable_memory_bytes
-    short = auto.resolve_auto(SPEC.model_copy(update={"context": 4096}), coder(), usable)
-    long = auto.resolve_auto(SPEC.model_copy(update={"context": 131072}), coder(), usable)
+    short = planner.auto_level(SPEC.model_copy(update={"context": 4096}), coder(), usable)
+    long = planner.auto_level(SPEC.model_copy(update={"context": 131072}), coder(), usable)
     assert (short.level, long.level) == ("q5", "q2")  # KV cache: 0.4 GiB vs 12 GiB
     assert "128k context" in long.reason
 
@@ -89,41 +90,41 @@ def test_longer_context_lowers_the_level() -> None:
 def test_never_upcasts_a_quantized_source() -> None:
     # A GGUF at Q4_K_M (4.85 bits) on a big machine: q4 at most, never q8 or bf16.
     gguf = coder("gguf", 4.85, total=int(30.5e9 * 4.85 / 8))
-    result = auto.resolve_auto(SPEC, gguf, simulated(128).usable_memory_bytes)
+    result = planner.auto_level(SPEC, gguf, simulated(128).usable_memory_bytes)
     assert result.level == "q4"
 
 
 def test_mlx_source_that_fits_is_served_as_published() -> None:
     mlx = coder("mlx", 4.5, total=int(30.5e9 * 4.5 / 8))
-    big = auto.resolve_auto(SPEC, mlx, simulated(64).usable_memory_bytes)
+    big = planner.auto_level(SPEC, mlx, simulated(64).usable_memory_bytes)
     assert big.level is None and big.fits and big.label == "as published"
     assert big.reason.startswith("auto → as published: ")
-    small = auto.resolve_auto(SPEC, mlx, simulated(28).usable_memory_bytes)
+    small = planner.auto_level(SPEC, mlx, simulated(28).usable_memory_bytes)
     assert small.level == "q3"  # requantized below its own 4 bits to fit 17.7 GiB
     assert [t.level for t in small.tried] == ["as published"]
 
 
 def test_unknown_source_precision_is_taken_as_16_bits() -> None:
-    result = auto.resolve_auto(SPEC, coder(bits=None), simulated(64).usable_memory_bytes)
+    result = planner.auto_level(SPEC, coder(bits=None), simulated(64).usable_memory_bytes)
     assert result.level == "q8"
 
 
 def test_mxfp4_source_keeps_its_own_level_as_a_candidate() -> None:
-    choice = auto.choose_level(
+    choice = sizing.choose_level(
         int(20e9 * 4.25 / 8), 4.25, 1 * GIB, 40 * GIB, context=32768, source_level="mxfp4"
     )
     assert choice.level == "mxfp4"
-    without = auto.choose_level(int(20e9 * 4.25 / 8), 4.25, 1 * GIB, 40 * GIB, context=32768)
+    without = sizing.choose_level(int(20e9 * 4.25 / 8), 4.25, 1 * GIB, 40 * GIB, context=32768)
     assert without.level == "q3"  # q4 (4.5 bits) would upcast
 
 
 def test_group_size_changes_the_bits() -> None:
-    assert auto.level_bits("q4", 64) == 4.5
-    assert auto.level_bits("q4", 32) == 5.0
+    assert sizing.level_bits("q4", 64) == 4.5
+    assert sizing.level_bits("q4", 32) == 5.0
     with pytest.raises(ValueError, match="not a concrete"):
-        auto.level_bits("auto")
+        sizing.level_bits("auto")
 
 
 def test_unknown_memory_takes_the_best_allowed_level() -> None:
-    result = auto.resolve_auto(SPEC, coder(), 0)
+    result = planner.auto_level(SPEC, coder(), 0)
     assert result.level == "bf16" and "usable memory unknown" in result.reason
