@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
+import threading
 from typing import Annotated, Any
 
 import typer
@@ -78,10 +80,18 @@ def _command() -> Any:
     return typer.main.get_command(app)
 
 
+def _honour_ctrl_c() -> None:
+    # A shell starts a script's `cmd &` with SIGINT ignored (so do some CI runners) and Python
+    # keeps it ignored: apply then ran on through every SIGINT. Ctrl-C must always stop it.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point. Returns (and exits with) a documented exit code."""
     from local_ai.cli.errors import report
 
+    _honour_ctrl_c()
     try:
         result = _command().main(args=argv, prog_name="local-ai", standalone_mode=False)
         code = result if isinstance(result, int) else ExitCode.OK

@@ -80,10 +80,10 @@ def apply_command(
     if watch:
         from local_ai.reconcile.watch import watch_manifest
 
-        watch_manifest(
+        code = watch_manifest(
             path, options, yes=yes, json=json, lock_timeout=lock_timeout, once=_apply_once
         )
-        return
+        raise typer.Exit(code)
     loaded = load_manifest(path)
     code = _apply_once(
         loaded,
