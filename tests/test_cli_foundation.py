@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from local_ai import __version__
 from local_ai.errors import ExitCode
@@ -151,3 +154,45 @@ def test_cli_start_does_not_import_heavy_libraries() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def _command_paths(command: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    found = [(path, command)]
+    for name, sub in getattr(command, "commands", {}).items():
+        found += _command_paths(sub, (*path, name))
+    return found
+
+
+def test_every_help_shows_flags_as_flags(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from local_ai.cli.app import _command
+    from tests.hub_repos import run_inprocess
+
+    monkeypatch.setenv("COLUMNS", "200")
+    commands = _command_paths(_command())
+    assert len(commands) > 25  # every group and command, the root included
+    typed = 0
+    for path, command in commands:
+        code, out, err = run_inprocess(capsys, *path, "--help")
+        assert code == 0, (path, err)
+        assert "<bool>" not in out, (path, out)
+        rows = {  # the option's long name -> its row (a required one starts with `*`)
+            next(w for w in line.split() if w.startswith("--")): line
+            for line in out.splitlines()
+            if " --" in line and line.startswith("│")
+        }
+        for param in command.params:
+            long = next((o for o in param.opts if o.startswith("--")), None)
+            if long is None or param.param_type_name != "option":
+                continue
+            row = rows[long]
+            if param.is_flag:
+                assert "<" not in row.split(long, 1)[1].split("  ")[1], (path, row)
+            else:  # options that take a value still name its type
+                typed += 1
+                assert "<" in row, (path, row)
+    assert typed > 10
+    # A flag takes no value: `--json true` is a usage error, `--json` alone is accepted.
+    code, out, err = run_inprocess(capsys, "validate", "--json", "true")
+    assert code == ExitCode.USAGE and "unexpected extra argument" in err, err

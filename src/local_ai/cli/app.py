@@ -77,7 +77,23 @@ app.add_typer(clients.clients_app, name="clients")
 def _command() -> Any:
     # Building Click's command tree from the Typer app takes ~0.1 s; in-process callers (tests)
     # reuse it.
-    return typer.main.get_command(app)
+    return _flags_as_flags(typer.main.get_command(app))
+
+
+def _flags_as_flags(command: Any) -> Any:
+    """Typer >= 0.27 shows every flag's type in Rich help (`--json <bool>`), which reads as if
+    it took a value; an empty metavar shows none. --help included (Click caches that option)."""
+    params = list(command.params)
+    ctx = typer.Context(command)
+    help_option = command.get_help_option(ctx)
+    if help_option is not None:
+        params.append(help_option)
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _flags_as_flags(sub)
+    return command
 
 
 def _honour_ctrl_c() -> None:
