@@ -196,3 +196,26 @@ def test_every_help_shows_flags_as_flags(
     # A flag takes no value: `--json true` is a usage error, `--json` alone is accepted.
     code, out, err = run_inprocess(capsys, "validate", "--json", "true")
     assert code == ExitCode.USAGE and "unexpected extra argument" in err, err
+
+
+def test_detailed_exitcode_is_1_on_any_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.hub_repos import run_inprocess
+
+    broken = tmp_path / "local-ai.toml"
+    broken.write_text("version = 1\n[models.chat\n")
+    code, _, err = run_inprocess(capsys, "plan", "-c", str(broken))
+    assert code == ExitCode.CONFIG, err
+    # Terraform's contract for scripts: 0 no changes, 2 changes, 1 on any error.
+    for command in (("plan",), ("clients", "diff")):
+        code, _, err = run_inprocess(capsys, *command, "--detailed-exitcode", "-c", str(broken))
+        assert code == ExitCode.ERROR, (command, err)
+        assert "local-ai.toml:2:" in err, err  # the message is still the error's own
+        missing = str(tmp_path / "nowhere.toml")
+        code, _, err = run_inprocess(capsys, *command, "--detailed-exitcode", "-c", missing)
+        assert code == ExitCode.ERROR and "nowhere.toml" in err, (command, err)
+    fine = tmp_path / "empty.toml"
+    fine.write_text("version = 1\n[server]\nautostart = false\n")
+    code, out, err = run_inprocess(capsys, "plan", "--detailed-exitcode", "-c", str(fine))
+    assert code == ExitCode.OK, out + err
