@@ -40,9 +40,11 @@ def test_init_writes_a_valid_manifest_for_this_machine(tmp_path: Path) -> None:
     target = Path.home() / ".config" / "local-ai" / "local-ai.toml"
     assert target.exists()
     text = target.read_text()
-    assert text.startswith("#:schema file://")
-    schema_path = Path(text.splitlines()[0].removeprefix("#:schema file://"))
+    # Relative to the manifest, never this machine's absolute path: it works from dotfiles.
+    assert text.startswith("#:schema ./local-ai.schema.json\n")
+    schema_path = target.parent / "local-ai.schema.json"
     assert json.loads(schema_path.read_text())["title"] == "local-ai.toml"
+    assert str(Path.home()) not in text and "file://" not in text
     assert "[models.coder]" in text
     validated = run_cli("validate", "--json")
     assert validated.returncode == 0, validated.stderr
@@ -63,6 +65,13 @@ def test_init_honours_config_and_stdout(tmp_path: Path) -> None:
     written = run_cli("init", "-c", str(target))
     assert written.returncode == 0, written.stderr
     assert target.exists()
+    # Copied elsewhere with its schema (dotfiles on another machine), the line still resolves.
+    elsewhere = tmp_path / "dotfiles"
+    elsewhere.mkdir()
+    for name in (target.name, "local-ai.schema.json"):
+        (elsewhere / name).write_bytes((tmp_path / name).read_bytes())
+    ref = (elsewhere / target.name).read_text().splitlines()[0].removeprefix("#:schema ")
+    assert json.loads((elsewhere / ref).read_text())["title"] == "local-ai.toml"
 
 
 def test_validate_reports_every_problem_with_location(tmp_path: Path) -> None:
