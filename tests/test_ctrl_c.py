@@ -119,7 +119,7 @@ def interrupted_at(project: Project, point: str, action: str, *, worker: bool = 
     assert_intact(project)
 
 
-def test_ctrl_c_stops_apply_while_it_resolves_fetches_verifies_and_installs(
+def test_ctrl_c_stops_apply_while_it_plans_resolves_fetches_verifies_and_installs(
     tiny_hub: FakeHub,
     inprocess: Project,
     chat_model: Path,
@@ -130,6 +130,14 @@ def test_ctrl_c_stops_apply_while_it_resolves_fetches_verifies_and_installs(
     # interrupted one phase further on.
     project = inprocess
     project.write(CHAT, server="autostart = false")
+    # Resolving against the hub, before there is a plan: nothing was changed.
+    proc = project.popen(
+        "apply", "--yes", failpoint="resolve.looked-up", stop=True, sigint_ignored=True
+    )
+    code, took, out = interrupt(proc)
+    assert code == 130 and took < DEADLINE, (took, out)
+    assert "Interrupted while planning: nothing was changed." in out, out
+    assert not (project.dir / "local-ai.lock").exists()
     interrupted_at(project, "atomic:local-ai.lock", "resolve:chat")
     # A throttled download: without the fix Ctrl-C was ignored and it ran to the end.
     tiny_hub.inject("slow", repo_id=MLX, bytes_per_second=64 * 1024, max_seconds=30)
