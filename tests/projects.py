@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from local_ai import settings
 from tests.harness.fakehub import FakeHub
 from tests.server_helpers import build_chat_model, free_port
 
@@ -30,6 +32,10 @@ def tiny_hub(fake_hub: FakeHub, chat_model: Path) -> FakeHub:
     fake_hub.add_repo_from_dir(MLX, chat_model, metadata={"library_name": "mlx", "tags": ["mlx"]})
     fake_hub.add_repo_from_dir(HF, chat_model, metadata={"library_name": "transformers"})
     return fake_hub
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class Project:
@@ -57,37 +63,51 @@ class Project:
             f"prompt_tokens = 16\ngen_tokens = 8\n{extra}" + models
         )
 
-    def cli(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    def env(self, failpoint: str | None = None, *, stop: bool = False) -> dict[str, str]:
+        """The environment of a `local-ai` subprocess for this project; with `failpoint`, armed
+        to SIGKILL itself there (or, with `stop`, to SIGSTOP itself: resume it with SIGCONT)."""
         env = {
             **os.environ,
             "NO_COLOR": "1",
             "COLUMNS": "200",
             "LOCAL_AI_CONFIG": str(self.manifest),
         }
+        if failpoint is not None:
+            env[settings.ENV_FAILPOINT] = failpoint
+            if stop:
+                env[settings.ENV_FAILPOINT_ACTION] = "stop"
+        return env
+
+    def cli(
+        self, *args: str, timeout: float = 180, failpoint: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [sys.executable, "-m", "local_ai", *args],
             capture_output=True,
             text=True,
-            env=env,
+            env=self.env(failpoint),
             cwd=self.dir,
             timeout=timeout,
             check=False,
         )
 
-    def popen(self, *args: str) -> subprocess.Popen[str]:
-        env = {
-            **os.environ,
-            "NO_COLOR": "1",
-            "COLUMNS": "200",
-            "LOCAL_AI_CONFIG": str(self.manifest),
-        }
+    def popen(
+        self,
+        *args: str,
+        failpoint: str | None = None,
+        stop: bool = False,
+        sigint_ignored: bool = False,
+    ) -> subprocess.Popen[str]:
+        """`local-ai ARGS`, output (stdout and stderr) on a pipe. `sigint_ignored` starts it as
+        a shell starts a script's `cmd &`: with SIGINT ignored, which Ctrl-C must still stop."""
         return subprocess.Popen(
             [sys.executable, "-m", "local_ai", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
-            env=env,
+            env=self.env(failpoint, stop=stop),
             cwd=self.dir,
+            preexec_fn=_ignore_sigint if sigint_ignored else None,
         )
 
     def chat(self, alias: str) -> httpx.Response:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 import socket
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from local_ai import __version__
 from local_ai.errors import ExitCode
@@ -37,9 +40,11 @@ def test_init_writes_a_valid_manifest_for_this_machine(tmp_path: Path) -> None:
     target = Path.home() / ".config" / "local-ai" / "local-ai.toml"
     assert target.exists()
     text = target.read_text()
-    assert text.startswith("#:schema file://")
-    schema_path = Path(text.splitlines()[0].removeprefix("#:schema file://"))
+    # Relative to the manifest, never this machine's absolute path: it works from dotfiles.
+    assert text.startswith("#:schema ./local-ai.schema.json\n")
+    schema_path = target.parent / "local-ai.schema.json"
     assert json.loads(schema_path.read_text())["title"] == "local-ai.toml"
+    assert str(Path.home()) not in text and "file://" not in text
     assert "[models.coder]" in text
     validated = run_cli("validate", "--json")
     assert validated.returncode == 0, validated.stderr
@@ -60,6 +65,13 @@ def test_init_honours_config_and_stdout(tmp_path: Path) -> None:
     written = run_cli("init", "-c", str(target))
     assert written.returncode == 0, written.stderr
     assert target.exists()
+    # Copied elsewhere with its schema (dotfiles on another machine), the line still resolves.
+    elsewhere = tmp_path / "dotfiles"
+    elsewhere.mkdir()
+    for name in (target.name, "local-ai.schema.json"):
+        (elsewhere / name).write_bytes((tmp_path / name).read_bytes())
+    ref = (elsewhere / target.name).read_text().splitlines()[0].removeprefix("#:schema ")
+    assert json.loads((elsewhere / ref).read_text())["title"] == "local-ai.toml"
 
 
 def test_validate_reports_every_problem_with_location(tmp_path: Path) -> None:
@@ -151,3 +163,68 @@ def test_cli_start_does_not_import_heavy_libraries() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def _command_paths(command: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    found = [(path, command)]
+    for name, sub in getattr(command, "commands", {}).items():
+        found += _command_paths(sub, (*path, name))
+    return found
+
+
+def test_every_help_shows_flags_as_flags(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from local_ai.cli.app import _command
+    from tests.hub_repos import run_inprocess
+
+    monkeypatch.setenv("COLUMNS", "200")
+    commands = _command_paths(_command())
+    assert len(commands) > 25  # every group and command, the root included
+    typed = 0
+    for path, command in commands:
+        code, out, err = run_inprocess(capsys, *path, "--help")
+        assert code == 0, (path, err)
+        assert "<bool>" not in out, (path, out)
+        rows = {  # the option's long name -> its row (a required one starts with `*`)
+            next(w for w in line.split() if w.startswith("--")): line
+            for line in out.splitlines()
+            if " --" in line and line.startswith("│")
+        }
+        for param in command.params:
+            long = next((o for o in param.opts if o.startswith("--")), None)
+            if long is None or param.param_type_name != "option":
+                continue
+            row = rows[long]
+            if param.is_flag:
+                assert "<" not in row.split(long, 1)[1].split("  ")[1], (path, row)
+            else:  # options that take a value still name its type
+                typed += 1
+                assert "<" in row, (path, row)
+    assert typed > 10
+    # A flag takes no value: `--json true` is a usage error, `--json` alone is accepted.
+    code, out, err = run_inprocess(capsys, "validate", "--json", "true")
+    assert code == ExitCode.USAGE and "unexpected extra argument" in err, err
+
+
+def test_detailed_exitcode_is_1_on_any_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tests.hub_repos import run_inprocess
+
+    broken = tmp_path / "local-ai.toml"
+    broken.write_text("version = 1\n[models.chat\n")
+    code, _, err = run_inprocess(capsys, "plan", "-c", str(broken))
+    assert code == ExitCode.CONFIG, err
+    # Terraform's contract for scripts: 0 no changes, 2 changes, 1 on any error.
+    for command in (("plan",), ("clients", "diff")):
+        code, _, err = run_inprocess(capsys, *command, "--detailed-exitcode", "-c", str(broken))
+        assert code == ExitCode.ERROR, (command, err)
+        assert "local-ai.toml:2:" in err, err  # the message is still the error's own
+        missing = str(tmp_path / "nowhere.toml")
+        code, _, err = run_inprocess(capsys, *command, "--detailed-exitcode", "-c", missing)
+        assert code == ExitCode.ERROR and "nowhere.toml" in err, (command, err)
+    fine = tmp_path / "empty.toml"
+    fine.write_text("version = 1\n[server]\nautostart = false\n")
+    code, out, err = run_inprocess(capsys, "plan", "--detailed-exitcode", "-c", str(fine))
+    assert code == ExitCode.OK, out + err

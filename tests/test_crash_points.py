@@ -11,7 +11,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -60,22 +59,7 @@ CONVERT_POINTS: dict[str, tuple[str, ...]] = {
 
 def killed_apply(project: Project, point: str, *args: str) -> subprocess.CompletedProcess[str]:
     """`local-ai apply --yes` in a subprocess armed to SIGKILL itself at `point`."""
-    env = {
-        **os.environ,
-        "NO_COLOR": "1",
-        "COLUMNS": "200",
-        "LOCAL_AI_CONFIG": str(project.manifest),
-        settings.ENV_FAILPOINT: point,
-    }
-    result = subprocess.run(
-        [sys.executable, "-m", "local_ai", "apply", "--yes", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=project.dir,
-        timeout=180,
-        check=False,
-    )
+    result = project.cli("apply", "--yes", *args, failpoint=point)
     assert result.returncode == -signal.SIGKILL, (point, result.stdout, result.stderr)
     return result
 

@@ -184,6 +184,40 @@ def test_converged_is_a_no_op_with_reasons() -> None:
     )
 
 
+LOCAL = """
+[server]
+autostart = false
+
+[models.mine]
+path = "/models/mine"
+quantize = "q8"
+
+[models.raw]
+path = "/models/raw"
+
+[benchmark]
+on_apply = false
+"""
+
+
+def test_local_paths_say_what_the_lock_records_and_where_they_are() -> None:
+    # A path has no commit: the plan names its files and its directory, never "none".
+    m = manifest(LOCAL)
+    first = render_text(plan(m, empty(m)))
+    assert "resolve        /models/mine → 2 files, 2.0 GiB in local-ai.lock" in first, first
+    assert "none" not in first, first
+    observed = converged(m)
+    observed = replace(
+        observed,
+        installed={a: replace(v, commit=None) for a, v in observed.installed.items()},
+        server=running(m, dict.fromkeys(m.models)),
+    )
+    done = render_text(plan(m, observed))
+    assert "= model.mine  (up to date (/models/mine, q8))" in done, done
+    assert "= model.raw  (up to date (/models/raw, source precision))" in done, done
+    assert "none" not in done, done
+
+
 def test_reordered_toml_keys_give_an_empty_plan() -> None:
     m = manifest()
     reordered = manifest(

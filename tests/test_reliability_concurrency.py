@@ -16,7 +16,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -24,7 +23,6 @@ from typing import Any
 import psutil
 import pytest
 
-from local_ai import settings
 from local_ai.errors import ExitCode
 from tests.harness.fakehub import FakeHub
 from tests.hub_repos import run_inprocess
@@ -49,22 +47,7 @@ def holder(project: Project) -> dict[str, object] | None:
 
 def armed_popen(project: Project, point: str, *args: str) -> subprocess.Popen[str]:
     """`local-ai ARGS` that pauses itself (SIGSTOP) at failpoint `point`, holding the lock."""
-    env = {
-        **os.environ,
-        "NO_COLOR": "1",
-        "COLUMNS": "200",
-        "LOCAL_AI_CONFIG": str(project.manifest),
-        settings.ENV_FAILPOINT: point,
-        settings.ENV_FAILPOINT_ACTION: "stop",
-    }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "local_ai", *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=project.dir,
-    )
+    proc = project.popen(*args, failpoint=point, stop=True)
     STARTED.append(proc)
     return proc
 

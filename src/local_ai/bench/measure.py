@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from local_ai.errors import ServerError
+from local_ai.util.failpoints import failpoint
 
 # A prompt of roughly `n` tokens: short common words are about one token each.
 _WORDS = ("the", "model", "reads", "this", "text", "and", "counts", "each", "word", "once")
@@ -98,6 +99,7 @@ def stream_once(
                         chunks += 1
                         if first is None:
                             first = time.perf_counter()
+                            failpoint("bench.first-token")  # mid-stream, the engine generating
                 if data.get("usage"):
                     usage = data["usage"]
     except httpx.HTTPError as exc:

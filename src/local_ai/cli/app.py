@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import sys
+import threading
 from typing import Annotated, Any
 
 import typer
@@ -75,13 +77,37 @@ app.add_typer(clients.clients_app, name="clients")
 def _command() -> Any:
     # Building Click's command tree from the Typer app takes ~0.1 s; in-process callers (tests)
     # reuse it.
-    return typer.main.get_command(app)
+    return _flags_as_flags(typer.main.get_command(app))
+
+
+def _flags_as_flags(command: Any) -> Any:
+    """Typer >= 0.27 shows every flag's type in Rich help (`--json <bool>`), which reads as if
+    it took a value; an empty metavar shows none. --help included (Click caches that option)."""
+    params = list(command.params)
+    ctx = typer.Context(command)
+    help_option = command.get_help_option(ctx)
+    if help_option is not None:
+        params.append(help_option)
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+    for sub in getattr(command, "commands", {}).values():
+        _flags_as_flags(sub)
+    return command
+
+
+def _honour_ctrl_c() -> None:
+    # A shell starts a script's `cmd &` with SIGINT ignored (so do some CI runners) and Python
+    # keeps it ignored: apply then ran on through every SIGINT. Ctrl-C must always stop it.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point. Returns (and exits with) a documented exit code."""
     from local_ai.cli.errors import report
 
+    _honour_ctrl_c()
     try:
         result = _command().main(args=argv, prog_name="local-ai", standalone_mode=False)
         code = result if isinstance(result, int) else ExitCode.OK

@@ -80,10 +80,10 @@ def apply_command(
     if watch:
         from local_ai.reconcile.watch import watch_manifest
 
-        watch_manifest(
+        code = watch_manifest(
             path, options, yes=yes, json=json, lock_timeout=lock_timeout, once=_apply_once
         )
-        return
+        raise typer.Exit(code)
     loaded = load_manifest(path)
     code = _apply_once(
         loaded,
@@ -115,7 +115,11 @@ def _apply_once(
 
     out = console()
     with apply_lock(settings.paths().apply_lock, timeout=lock_timeout):
-        snapshot, the_plan = make_plan(loaded, options)
+        try:
+            snapshot, the_plan = make_plan(loaded, options)
+        except KeyboardInterrupt:
+            out.print("Interrupted while planning: nothing was changed.", markup=False)
+            return ExitCode.INTERRUPTED
         if saved is not None:
             why = stale_reason(saved, the_plan)
             if why is not None:

@@ -33,7 +33,8 @@ ClientsArgument = Annotated[
 DetailedExitOption = Annotated[
     bool,
     typer.Option(
-        "--detailed-exitcode", help="Exit 2 when a client's settings differ from the manifest."
+        "--detailed-exitcode",
+        help="Exit 2 when a client's settings differ from the manifest, 0 when not, 1 on error.",
     ),
 ]
 UnifiedOption = Annotated[
@@ -108,18 +109,20 @@ def diff_command(
     json: JsonOption = False,
 ) -> None:
     """Show how each client's settings differ from what the manifest asks for. Writes nothing."""
+    from local_ai.cli.errors import detailed_exitcode as terraform_codes
     from local_ai.cli.output import print_json
     from local_ai.errors import ExitCode
 
-    changes = _plan(config, clients)
-    if json:
-        print_json({"clients": [c.to_json() for c in changes]})
-    else:
-        _print_changes(changes, unified=unified)
-    if any(c.error for c in changes):
-        raise typer.Exit(ExitCode.CONFIG)
-    if detailed_exitcode and any(c.has_changes for c in changes):
-        raise typer.Exit(ExitCode.CHANGES)
+    with terraform_codes(detailed_exitcode):
+        changes = _plan(config, clients)
+        if json:
+            print_json({"clients": [c.to_json() for c in changes]})
+        else:
+            _print_changes(changes, unified=unified)
+        if any(c.error for c in changes):
+            raise typer.Exit(ExitCode.CONFIG)
+        if detailed_exitcode and any(c.has_changes for c in changes):
+            raise typer.Exit(ExitCode.CHANGES)
 
 
 @clients_app.command("write")

@@ -3,7 +3,11 @@ docs/troubleshooting.md). Tracebacks only with LOCAL_AI_DEBUG=1."""
 
 from __future__ import annotations
 
+import contextlib
 import traceback
+from collections.abc import Iterator
+
+import typer
 
 from local_ai import settings
 from local_ai.errors import ExitCode, LocalAIError, ManifestError, disk_full_error, is_disk_full
@@ -39,6 +43,24 @@ def report(exc: BaseException) -> int:
             "and report it"
         )
     return ExitCode.ERROR
+
+
+@contextlib.contextmanager
+def detailed_exitcode(enabled: bool) -> Iterator[None]:
+    """`--detailed-exitcode` promises Terraform's codes to scripts: 0 no changes, 2 changes,
+    1 any error (not 78, 69, …); Ctrl-C stays 130."""
+    if not enabled:
+        yield
+        return
+    try:
+        yield
+    except typer.Exit as exc:
+        if exc.exit_code in (ExitCode.OK, ExitCode.CHANGES, ExitCode.INTERRUPTED):
+            raise
+        raise typer.Exit(ExitCode.ERROR) from None
+    except Exception as exc:
+        report(exc)
+        raise typer.Exit(ExitCode.ERROR) from None
 
 
 def _print_one(exc: LocalAIError, *, bullet: bool) -> None:

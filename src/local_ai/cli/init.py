@@ -34,7 +34,7 @@ def init_command(
             "(or `local-ai init --stdout` to see what init would write)",
         )
     hw = detect()
-    schema_ref = None if stdout else _write_schema().as_uri()
+    schema_ref = None if stdout else f"./{_write_schema(target.parent).name}"
     text = render_manifest(
         machine=hw.describe(), usable_bytes=hw.usable_memory_bytes, schema_ref=schema_ref
     )
@@ -47,12 +47,13 @@ def init_command(
     console().print("  next: [bold]local-ai doctor[/], then [bold]local-ai validate[/]")
 
 
-def _write_schema() -> Path:
-    """Install the JSON schema in the state home so editors can validate the manifest offline."""
-    from local_ai.manifest.schema import schema_text
+def _write_schema(directory: Path) -> Path:
+    """The JSON schema next to the manifest, for editors to validate it offline. The manifest
+    names it by a relative path: checked into dotfiles with it, it works on any machine."""
+    from local_ai.manifest.schema import SCHEMA_RELPATH, schema_text
     from local_ai.util.atomic import atomic_write_text
 
-    path = settings.home() / "schema" / "local-ai.schema.json"
+    path = directory / SCHEMA_RELPATH.name
     text = schema_text()
     if not path.exists() or path.read_text(encoding="utf-8") != text:
         atomic_write_text(path, text)

@@ -44,36 +44,39 @@ def plan_command(
     detailed_exitcode: Annotated[
         bool,
         typer.Option(
-            "--detailed-exitcode", help="Exit 0 when nothing changes, 2 when changes are pending."
+            "--detailed-exitcode",
+            help="Exit 0 when nothing changes, 2 when changes are pending, 1 on any error.",
         ),
     ] = False,
     json: JsonOption = False,
 ) -> None:
     """Show what `local-ai apply` would do: each change with its cause, bytes to download,
     disk to use and peak memory; every unchanged resource with the reason."""
+    from local_ai.cli.errors import detailed_exitcode as terraform_codes
     from local_ai.cli.output import console, print_json
     from local_ai.manifest.load import load_manifest
     from local_ai.reconcile.render import render_text, to_json
     from local_ai.reconcile.run import RunOptions, make_plan, save_plan
 
-    loaded = load_manifest(settings.manifest_path(config))
-    options = RunOptions(
-        prune=prune,
-        frozen=frozen,
-        targets=tuple(target or ()),
-        offline=offline,
-        benchmark=not skip_benchmark,
-    )
-    _, the_plan = make_plan(loaded, options)
-    if json:
-        print_json(to_json(the_plan))
-    else:
-        console().print(render_text(the_plan), end="", markup=False, highlight=False)
-    if out is not None and not the_plan.errors:
-        save_plan(out, loaded, options, the_plan)
-        if not json:
-            console().print(f"Saved the plan to {out}; apply it with `local-ai apply {out}`.")
-    if the_plan.errors:
-        raise typer.Exit(ExitCode.ERROR)
-    if detailed_exitcode and the_plan.has_changes:
-        raise typer.Exit(ExitCode.CHANGES)
+    with terraform_codes(detailed_exitcode):
+        loaded = load_manifest(settings.manifest_path(config))
+        options = RunOptions(
+            prune=prune,
+            frozen=frozen,
+            targets=tuple(target or ()),
+            offline=offline,
+            benchmark=not skip_benchmark,
+        )
+        _, the_plan = make_plan(loaded, options)
+        if json:
+            print_json(to_json(the_plan))
+        else:
+            console().print(render_text(the_plan), end="", markup=False, highlight=False)
+        if out is not None and not the_plan.errors:
+            save_plan(out, loaded, options, the_plan)
+            if not json:
+                console().print(f"Saved the plan to {out}; apply it with `local-ai apply {out}`.")
+        if the_plan.errors:
+            raise typer.Exit(ExitCode.ERROR)
+        if detailed_exitcode and the_plan.has_changes:
+            raise typer.Exit(ExitCode.CHANGES)

@@ -18,6 +18,8 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from local_ai.util.failpoints import failpoint
+
 
 def _limit_memory(limit: int | None) -> None:
     if not limit or sys.platform != "linux":
@@ -127,6 +129,7 @@ def handle(request: dict[str, Any], emit: Any) -> dict[str, Any]:
         raise ValueError(f"unknown request {op!r}")
     recipe = Recipe.from_json(request["recipe"])
     out_dir = Path(request["out_dir"])
+    failpoint("convert.worker-started")  # the worker itself stops or dies; the CLI waits on it
     if request["kind"] == "gguf":
         from local_ai.convert.gguf_to_mlx import DEFAULT_SHARD_BYTES, convert_gguf
 

@@ -184,6 +184,7 @@ def _fetch_one(
         pointer = _download(resolved, entry, sink)
         failpoint("fetch.file-done")  # in the cache, not yet verified
     got = hashes.of(pointer, git_oid=needs_git_oid(entry))
+    failpoint("fetch.file-checked")  # hashed (fetch), or checked again (the verify action)
     problem = mismatch(entry, got)
     if problem is not None:
         hashes.forget(pointer)

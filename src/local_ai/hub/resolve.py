@@ -36,6 +36,7 @@ from local_ai.hub.source import (
 from local_ai.hub.verify import discard, hash_file, mismatch, needs_git_oid
 from local_ai.manifest.models import ModelSpec
 from local_ai.util.atomic import atomic_write_text
+from local_ai.util.failpoints import failpoint
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 _MLX_ORGS = ("mlx-community/",)
@@ -72,6 +73,7 @@ def _resolve_online(alias: str, spec: ModelSpec) -> ResolvedSource:
         where=where,
         what=f"looking up {repo}@{revision}",
     )
+    failpoint("resolve.looked-up")  # the hub answered; nothing is planned yet
     commit = str(info.sha or "")
     if not GIT_OID_RE.match(commit):
         raise IntegrityError(

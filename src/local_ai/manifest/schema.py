@@ -77,7 +77,8 @@ def reference_text() -> str:
         "The manifest declares what local-ai should make true on this machine. Unknown keys are "
         "errors, so typos never pass silently. Editors with Taplo / Even Better TOML validate and "
         "complete the file through the `#:schema` line at its top, which points at "
-        f"`{SCHEMA_RELPATH}`.",
+        f"`{SCHEMA_RELPATH}` in this repository; `local-ai init` writes the schema next to the "
+        f"manifest it creates and points at it as `./{SCHEMA_RELPATH.name}`.",
         "",
         "A model's source is exactly one of `repo` (a HuggingFace repo, optionally with `file` "
         "naming a GGUF file inside it, and `revision`) or `path` (a local directory or .gguf "

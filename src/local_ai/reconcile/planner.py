@@ -24,6 +24,7 @@ from local_ai.reconcile.model import (
     install_key,
     lock_disagreement,
 )
+from local_ai.util.units import human_bytes
 
 _gb = sizing.format_gb
 
@@ -88,6 +89,15 @@ def needs_conversion(spec: ModelSpec, source: LockedModel) -> bool:
 
 def _short(commit: str | None) -> str:
     return commit[:7] if commit else "none"
+
+
+def _pinned(source: LockedModel) -> str:
+    """What the lock holds a source to, in words a user can check: the commit of a repo, the
+    files of a local path (it has no commit)."""
+    if source.repo is not None:
+        return _short(source.commit)
+    count = len(source.files)
+    return f"{count} file{'s' if count != 1 else ''}, {human_bytes(source.total_bytes)}"
 
 
 def _spec_change(old: dict[str, object], new: dict[str, object]) -> str:
@@ -168,13 +178,14 @@ class _Builder:
                 self.add(self._resolve(alias, spec, source, resolve_cause))
                 self.resources.append(ResourceChange(resource, Change.UPDATE, resolve_cause))
                 return []
-            quant = spec.quantize or source.source_quantization or source.format
+            quant = spec.quantize or source.source_quantization
+            if quant is None:
+                quant = "source precision" if needs_conversion(spec, source) else source.format
             if auto_reason:
                 quant = f"auto: {quant}"
+            where = _short(source.commit) if source.repo is not None else source.path
             self.resources.append(
-                ResourceChange(
-                    resource, Change.NOOP, f"up to date ({_short(source.commit)}, {quant})"
-                )
+                ResourceChange(resource, Change.NOOP, f"up to date ({where}, {quant})")
             )
             return []
         self.resources.append(ResourceChange(resource, change, cause))
@@ -255,7 +266,7 @@ class _Builder:
             kind=Kind.RESOLVE,
             resource=f"model.{alias}",
             cause=cause,
-            detail=f"{spec.source_label} → {_short(source.commit)} in local-ai.lock",
+            detail=f"{spec.source_label} → {_pinned(source)} in local-ai.lock",
         )
 
     def _install_detail(self, spec: ModelSpec, source: LockedModel) -> str:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from local_ai.errors import LocalAIError, LockHeldError
+from local_ai.errors import ExitCode, LocalAIError, LockHeldError
 
 if TYPE_CHECKING:
     from local_ai.manifest.load import LoadedManifest
@@ -43,7 +43,9 @@ def watch_manifest(
     lock_timeout: float,
     once: Callable[..., int],
     stop_event: Any = None,
-) -> None:
+) -> int:
+    """Apply now and after every change until Ctrl-C (or `stop_event`); returns the exit code:
+    130 after Ctrl-C, whether it came while waiting or while a round applied."""
     from watchfiles import watch
 
     from local_ai.cli.errors import report
@@ -78,13 +80,15 @@ def watch_manifest(
             last_good = loaded
             try:
                 try:
-                    once(loaded, options, yes=yes, json=json, lock_timeout=lock_timeout)
+                    code = once(loaded, options, yes=yes, json=json, lock_timeout=lock_timeout)
                 except LockHeldError as exc:
                     # Refusing would drop this change until the next edit: wait for the other run.
                     out.print(f"[yellow]watch:[/] {exc.message}; applying once it is done …")
-                    once(loaded, options, yes=yes, json=json, lock_timeout=WAIT_FOREVER)
+                    code = once(loaded, options, yes=yes, json=json, lock_timeout=WAIT_FOREVER)
             except LocalAIError as exc:
-                report(exc)
+                code = report(exc)
+            if code == ExitCode.INTERRUPTED:  # the executor caught Ctrl-C inside an action
+                raise KeyboardInterrupt
             seen = _digest(path, lock)  # includes the lock apply just wrote
             if _digest(path) == applied:
                 break
@@ -92,8 +96,8 @@ def watch_manifest(
             out.print(f"[bold]watch:[/] {path.name} changed while applying")
         out.print(f"[dim]watch: waiting for changes to {path} (Ctrl-C to stop)[/]")
 
-    round_()
     try:
+        round_()
         for _changes in watch(
             path.parent,
             watch_filter=lambda _change, name: Path(name).name in (path.name, lock.name),
@@ -106,4 +110,6 @@ def watch_manifest(
             out.print(f"[bold]watch:[/] {path.name} changed")
             round_()
     except KeyboardInterrupt:
-        out.print("watch: stopped")
+        out.print("watch: stopped (Ctrl-C)")
+        return ExitCode.INTERRUPTED
+    return ExitCode.OK  # stop_event
