@@ -1,6 +1,7 @@
 """Served = applied: what the live server serves (its status API and a completion) is what the
-current generation recorded, after apply, server restart, stop + start, rollback and a second
-apply. The real CLI in subprocesses, the real daemon, tiny models."""
+current generation recorded, for every kind of source, after apply, server restart, stop +
+start, rollback and a second apply. The real CLI in subprocesses, the real daemon, tiny models;
+one home and one daemon for the whole matrix."""
 
 from __future__ import annotations
 
@@ -9,12 +10,17 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.projects import Project
-from tests.server_helpers import build_chat_model
+from tests.harness import gguf_export as ge
+from tests.harness.fakehub import FakeHub
+from tests.projects import HF, MLX, Project
+from tests.server_helpers import build_chat_model, build_mlx_chat_model
+
+GGUF = "org/tiny-chat-GGUF"
+Served = dict[str, tuple[str, str | None, str | None]]  # alias -> (path, digest, quantization)
 
 
-def live_models(project: Project) -> dict[str, dict[str, object]]:
-    """The running server's own account of each alias (admin view: with its path)."""
+def live(project: Project) -> Served:
+    """The running server's own account of each alias (the admin view carries the path)."""
     token = (project.home / "run" / "admin-token").read_text().strip()
     response = httpx.get(
         f"http://127.0.0.1:{project.port}/api/status",
@@ -23,26 +29,103 @@ def live_models(project: Project) -> dict[str, dict[str, object]]:
         trust_env=False,
     )
     response.raise_for_status()
-    return {m["alias"]: m for m in response.json()["models"]}
+    models = response.json()["models"]
+    return {m["alias"]: (m["path"], m["digest"], m["quantization"]) for m in models}
 
 
-@pytest.mark.xfail(strict=True, reason="server start rebuilds path models from the source dir")
-def test_a_path_directory_with_quantize_is_served_converted(
-    project: Project, tmp_path: Path
+def assert_serves(project: Project, expected: Served, when: str) -> None:
+    import time
+
+    print(time.strftime("%H:%M:%S"), when, flush=True)
+    assert live(project) == expected, when
+    for alias in expected:
+        answer = project.chat(alias)
+        assert answer.status_code == 200, f"{when}: {alias}: {answer.text}"
+
+
+def built(store: Path, path: str, level: str) -> tuple[str, str, str]:
+    """A conversion local-ai made: in the store, named and addressed by its digest."""
+    entry = Path(path)
+    assert entry.parent == store and entry.name.endswith(f"-{level}"), path
+    return path, entry.name.split("-", 1)[0], level
+
+
+def generations(project: Project) -> list[str]:
+    return sorted(p.name for p in (project.home / "generations").glob("*.json"))
+
+
+@pytest.mark.timeout(900)  # four conversions and five server starts, on a loaded machine
+def test_every_source_kind_is_served_as_applied(
+    tiny_hub: FakeHub, project: Project, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    source = build_chat_model(tmp_path / "hf-model")
-    project.write(f'[models.conv]\npath = "{source}"\nquantize = "q4"\ncontext = 4096\n')
-    applied = project.cli("apply", "--yes")
-    assert applied.returncode == 0, applied.stdout + applied.stderr
-    installed = project.state()["models"]["conv"]  # type: ignore[index]
-    assert installed["location"].startswith(str(project.home / "store"))
-    live = live_models(project)["conv"]
-    assert (live["path"], live["quantization"]) == (installed["location"], "q4")
-    assert project.chat("conv").status_code == 200
+    hf_dir = build_chat_model(tmp_path / "hf-dir")
+    mlx_dir = build_mlx_chat_model(tmp_path / "mlx-dir")
+    gguf_file = ge.export_gguf(hf_dir, tmp_path / "local-Q8_0.gguf", "Q8_0")
+    tiny_hub.add_repo(
+        GGUF,
+        {"tiny-Q8_0.gguf": gguf_file.read_bytes()},
+        metadata={"library_name": "gguf", "tags": ["gguf"]},
+    )
+    matrix = {
+        "published": f'repo = "{MLX}"',
+        "repo-q": f'repo = "{HF}"\nquantize = "q4"',
+        "gguf-q": f'repo = "{GGUF}"\nfile = "tiny-Q8_0.gguf"\nquantize = "q8"',
+        "dir": f'path = "{mlx_dir}"',
+        "dir-q": f'path = "{hf_dir}"\nquantize = "q4"',
+        "file": f'path = "{gguf_file}"',
+    }
+
+    def manifest(**change: str) -> str:
+        specs = {**matrix, **change}
+        return "".join(f"[models.{a}]\n{s}\ncontext = 2048\n" for a, s in specs.items())
+
+    project.write(manifest())
+    first = project.cli("apply", "--yes")
+    assert first.returncode == 0, first.stdout + first.stderr
+    store = project.home / "store"
+    served = live(project)
+    one = {
+        "published": served["published"],
+        "repo-q": built(store, served["repo-q"][0], "q4"),
+        "gguf-q": built(store, served["gguf-q"][0], "q8"),
+        "dir": (str(mlx_dir), None, "8bit"),
+        "dir-q": built(store, served["dir-q"][0], "q4"),
+        "file": built(store, served["file"][0], "fp16"),
+    }
+    assert "/snapshots/" in one["published"][0] and one["published"][1] is None
+    assert_serves(project, one, "after apply")
+
     restarted = project.cli("server", "restart")
     assert restarted.returncode == 0, restarted.stdout + restarted.stderr
-    live = live_models(project)["conv"]
-    assert (live["path"], live["quantization"]) == (installed["location"], "q4")
+    assert_serves(project, one, "after server restart")
+    assert project.cli("server", "stop").returncode == 0
+    started = project.cli("server", "start")
+    assert started.returncode == 0, started.stdout + started.stderr
+    assert_serves(project, one, "after server stop + start")
+
+    # A second generation rebuilds one alias; rollback serves the first exactly, and keeps
+    # serving it through a restart.
+    project.write(manifest(**{"repo-q": f'repo = "{HF}"\nquantize = "q8"'}))
+    second = project.cli("apply", "--yes")
+    assert second.returncode == 0, second.stdout + second.stderr
+    two = {**one, "repo-q": built(store, live(project)["repo-q"][0], "q8")}
+    assert_serves(project, two, "after the second generation")
+    back = project.cli("rollback")
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert_serves(project, one, "after rollback")
+    assert project.cli("server", "restart").returncode == 0
+    assert_serves(project, one, "after rollback and server restart")
+
+    # apply returns to the manifest; run again, it has nothing to do: no hashing (a hash
+    # would hit the armed failpoint and kill it), no new generation.
+    back_to_manifest = project.cli("apply", "--yes")
+    assert back_to_manifest.returncode == 0, back_to_manifest.stdout + back_to_manifest.stderr
+    assert_serves(project, two, "after apply following rollback")
+    recorded = generations(project)
+    monkeypatch.setenv("LOCAL_AI_FAILPOINT", "hash.file")
     again = project.cli("apply", "--yes")
+    monkeypatch.delenv("LOCAL_AI_FAILPOINT")
     assert again.returncode == 0, again.stdout + again.stderr
-    assert "No changes." in again.stdout
+    assert "No changes." in again.stdout and "Generation" not in again.stdout
+    assert generations(project) == recorded
+    assert_serves(project, two, "after a second apply")

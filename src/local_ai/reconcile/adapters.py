@@ -17,7 +17,6 @@ from local_ai.manifest.models import ModelSpec
 from local_ai.reconcile.model import (
     Action,
     Kind,
-    alias_map_hash,
     engine_settings,
     install_fields,
     install_key,
@@ -282,51 +281,29 @@ class Adapters:
     # ---- server ----------------------------------------------------------------------------
 
     def build_alias_map(self) -> AliasMap:
-        from local_ai.server.aliases import AliasEntry, AliasMap
+        from local_ai.reconcile.serving import alias_map_of
 
-        entries: dict[str, AliasEntry] = {}
-        for alias, spec in self.manifest.models.items():
-            model = self.state.models.get(alias)
-            if model is None:
-                continue
-            entries[alias] = AliasEntry(
-                path=model.location,
-                context=spec.context,
-                max_output_tokens=spec.max_output_tokens,
-                name=spec.name,
-                source=model.source,
-                format="mlx",
-                quantization=model.quantization,
-            )
         commits = {a: s.commit for a, s in self.snap.sources.items()}
-        complete = set(entries) == set(self.manifest.models)
-        default = self.manifest.default_alias
-        return AliasMap(
-            default=default if default in entries else next(iter(entries), None),
-            models=entries,
-            # Only a map serving every alias is the one the manifest asks for.
-            hash=alias_map_hash(self.manifest, commits) if complete else None,
-            preload=[a for a in self.manifest.server.preload if a in entries],
-        )
+        return alias_map_of(self.manifest, self.state, commits)
 
     def write_alias_map(self) -> AliasMap:
-        from local_ai.server.aliases import save_alias_map
+        from local_ai.server.aliases import put_in_service
 
         alias_map = self.build_alias_map()
-        paths = settings.paths()
-        paths.run.mkdir(parents=True, exist_ok=True)
-        save_alias_map(paths.aliases_file, alias_map)
+        put_in_service(alias_map)
         self.alias_map_written = alias_map
         return alias_map
 
     def start_server(self, action: Action) -> str:
         from local_ai.server import daemon
 
-        self.write_alias_map()
-        result = daemon.start(self.snap.loaded.path)
+        alias_map = self.build_alias_map()
+        result = daemon.start(self.snap.loaded, alias_map)
+        self.alias_map_written = alias_map
         if result.already_running:
             # Started meanwhile by someone else (a killed apply, `server start`), perhaps from
-            # an older alias map: make it take the one just written.
+            # an older alias map: make it take this one.
+            self.write_alias_map()
             served = daemon.reload_aliases()
             return f"serving {', '.join(served) or 'no models yet'} at {result.url}"
         return f"serving {', '.join(result.aliases) or 'no models yet'} at {result.url}"

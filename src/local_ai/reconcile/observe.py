@@ -324,6 +324,7 @@ def spec_record(spec: ModelSpec) -> dict[str, Any]:
 
 
 def observe_server() -> ServerView:
+    from local_ai.reconcile.generations import Generations
     from local_ai.server.daemon import admin_request, running_server
 
     info, alive = running_server()
@@ -341,14 +342,5 @@ def observe_server() -> ServerView:
         engine=dict(current.get("engine") or {}),
         aliases_hash=current.get("aliases_hash"),
         aliases=tuple(m.get("alias", "") for m in live.get("models") or []),
-        rolled_back_to=_rolled_back_to(),
+        rolled_back_to=Generations(settings.paths().generations).rolled_back_to(),
     )
-
-
-def _rolled_back_to() -> int | None:
-    """The generation served, when `rollback` left it older than the newest one."""
-    from local_ai.reconcile.generations import Generations
-
-    generations = Generations(settings.paths().generations)
-    current, numbers = generations.current_number(), generations.numbers()
-    return current if current is not None and numbers and current < numbers[-1] else None
