@@ -420,7 +420,7 @@ def _mb(n: int) -> str:
 
 
 def _api_key(snapshot: Snapshot) -> str | None:
-    from local_ai.server.config import resolve_api_key
+    from local_ai.manifest.api_key import resolve_api_key
 
     return resolve_api_key(snapshot.loaded.manifest, snapshot.loaded.path)
 
