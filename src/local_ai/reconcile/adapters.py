@@ -222,23 +222,19 @@ class Adapters:
         spec = self._spec(alias, action)
         source = self._source(alias)
         converted = self.converted.get(alias)
-        if converted is None and action.detail.startswith("serve the converted"):
+        if converted is None and action.params.get("from_store"):
             converted = self._reuse_conversion(alias, spec)
         if converted is not None:
-            record = _store_record(alias, source, converted)
+            record = installed_record(source, spec, converted=converted)
         else:
             from local_ai.convert.safetensors_header import check_safetensors
-            from local_ai.hub.fetch import as_installed
 
             fetched = self._fetched(alias)
             base = fetched.path.parent if fetched.path.is_file() else fetched.path
             for item in fetched.files:
                 if item.name.endswith(".safetensors"):
                     check_safetensors(base / item.name)  # served as is: the engine maps these
-            record = as_installed(source, fetched)
-        record = record.model_copy(
-            update={"spec_fingerprint": install_key(spec), "spec": install_fields(spec)}
-        )
+            record = installed_record(source, spec, fetched=fetched)
         models = {**self.state.models, alias: record}
         self.state = save_state(
             settings.paths().state_file, self.state.model_copy(update={"models": models})
@@ -381,38 +377,59 @@ class BenchmarkFloorError(LocalAIError):
     """A model is slower than the manifest's min_tokens_per_second."""
 
 
-def _store_record(
-    alias: str, source: ResolvedSource, converted: ConversionResult
+def installed_record(
+    source: ResolvedSource,
+    spec: ModelSpec,
+    *,
+    fetched: FetchResult | None = None,
+    converted: ConversionResult | None = None,
 ) -> InstalledModel:
-    from local_ai.store.layout import PROVENANCE_FILE
-
-    files: dict[str, FileRecord] = {}
-    total = 0
-    for path in sorted(converted.path.rglob("*")):
-        if path.is_file() and path.name != PROVENANCE_FILE:
-            stat = path.stat()
-            files[str(path.relative_to(converted.path))] = FileRecord(
-                size=stat.st_size, mtime_ns=stat.st_mtime_ns
-            )
-            total += stat.st_size
-    label = (
-        source.label
-        if source.kind == "path"
-        else f"{source.repo}" + (f":{source.file}" if source.file else "")
-    )
-    return InstalledModel(
-        alias=alias,
+    """The state.json record of an alias apply installed: a conversion in the store, or the
+    source served as fetched (the HF cache snapshot, no copy, or the user's own directory)."""
+    label = source.label
+    if source.kind == "repo":
+        label = f"{source.repo}" + (f":{source.file}" if source.file else "")
+        label += f"@{source.revision}" if source.revision else ""
+    record = InstalledModel(
+        alias=source.alias,
         source=label,
-        format="mlx",
-        location=str(converted.path),
-        location_kind="store",
+        format=source.format,
+        location="",
+        location_kind="hf-cache" if source.kind == "repo" else "local",
         commit=source.commit,
-        quantization=converted.recipe.level,
-        recipe=converted.recipe.to_json(),
-        store_digest=converted.digest,
-        files=files,
-        size_bytes=total,
+        quantization=source.quantization.label if source.quantization else None,
+        spec_fingerprint=install_key(spec),
+        spec=install_fields(spec),
     )
+    files: dict[str, FileRecord] = {}
+    if converted is not None:
+        from local_ai.store.layout import PROVENANCE_FILE
+
+        for path in sorted(converted.path.rglob("*")):
+            if path.is_file() and path.name != PROVENANCE_FILE:
+                stat = path.stat()
+                name = str(path.relative_to(converted.path))
+                files[name] = FileRecord(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+        built: dict[str, Any] = {
+            "format": "mlx",
+            "location": str(converted.path),
+            "location_kind": "store",
+            "quantization": converted.recipe.level,
+            "recipe": converted.recipe.to_json(),
+            "store_digest": converted.digest,
+        }
+    else:
+        assert fetched is not None
+        base = fetched.path.parent if fetched.path.is_file() else fetched.path
+        for item in fetched.files:
+            try:
+                mtime: int | None = (base / item.name).stat().st_mtime_ns
+            except OSError:
+                mtime = None
+            files[item.name] = FileRecord(size=item.size, sha256=item.sha256, mtime_ns=mtime)
+        built = {"location": str(fetched.path)}
+    size = sum(f.size for f in files.values())
+    return record.model_copy(update={**built, "files": files, "size_bytes": size})
 
 
 def _mb(n: int) -> str:

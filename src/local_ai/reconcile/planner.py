@@ -231,7 +231,7 @@ class _Builder:
                 depends_on=tuple(deps),
                 detail=self._install_detail(spec, source)
                 + (f" ({auto_reason})" if auto_reason else ""),
-                params={"quantize": spec.quantize},
+                params={"quantize": spec.quantize, "from_store": needs_conversion(spec, source)},
             )
         )
         return [install]
