@@ -9,13 +9,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from local_ai import settings
 from local_ai.errors import LocalAIError, ServerError
 from local_ai.manifest.models import ModelSpec
 from local_ai.reconcile.model import (
     Action,
+    ConvertParams,
+    InstallParams,
     Kind,
     engine_settings,
     install_fields,
@@ -46,6 +48,15 @@ ENGINE_READY_TIMEOUT = 120.0
 
 def _alias(action: Action) -> str:
     return action.resource.split(".", 1)[1]
+
+
+_P = TypeVar("_P", ConvertParams, InstallParams)
+
+
+def _params(action: Action, kind: type[_P]) -> _P:
+    if not isinstance(action.params, kind):
+        raise LocalAIError(f"{action.id}: the plan gave no {kind.__name__}")
+    return action.params
 
 
 def recipe_for(spec: ModelSpec) -> Recipe:
@@ -112,8 +123,8 @@ class Adapters:
         spec = self.manifest.models[alias]
         if spec.quantize == "auto":
             level = self.auto_levels.get(alias)
-            if action is not None and "quantize" in action.params:
-                level = action.params["quantize"]
+            if action is not None and action.params is not None:
+                level = action.params.quantize
                 self.auto_levels[alias] = level
             spec = spec.model_copy(update={"quantize": level})
         return spec
@@ -210,7 +221,7 @@ class Adapters:
             result = convert_to_store(
                 source,
                 recipe,
-                digest=str(action.params["digest"]),
+                digest=_params(action, ConvertParams).digest,
                 name=safe_name(f"{base}-{recipe.level}"),
                 on_event=on_event,
             )
@@ -222,7 +233,7 @@ class Adapters:
         spec = self._spec(alias, action)
         source = self._source(alias)
         converted = self.converted.get(alias)
-        if converted is None and action.params.get("from_store"):
+        if converted is None and _params(action, InstallParams).from_store:
             converted = self._reuse_conversion(alias, spec)
         if converted is not None:
             record = installed_record(source, spec, converted=converted)

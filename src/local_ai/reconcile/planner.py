@@ -10,6 +10,8 @@ from local_ai.manifest.models import Manifest, ModelSpec
 from local_ai.reconcile.model import (
     Action,
     Change,
+    ConvertParams,
+    InstallParams,
     Kind,
     LockedModel,
     Observed,
@@ -217,7 +219,7 @@ class _Builder:
                             peak_memory_bytes=peak,
                             detail=f"{source.format} → mlx {recipe}"
                             + (f" g{spec.group_size}" if spec.quantize in _LEVEL_BITS else ""),
-                            params={"digest": digest, "quantize": spec.quantize},
+                            params=ConvertParams(digest, spec.quantize),
                         )
                     )
                 )
@@ -231,7 +233,7 @@ class _Builder:
                 depends_on=tuple(deps),
                 detail=self._install_detail(spec, source)
                 + (f" ({auto_reason})" if auto_reason else ""),
-                params={"quantize": spec.quantize, "from_store": needs_conversion(spec, source)},
+                params=InstallParams(spec.quantize, needs_conversion(spec, source)),
             )
         )
         return [install]
