@@ -154,8 +154,7 @@ def _resolve(alias: str, spec: ModelSpec, *, offline: bool, base_dir: Path) -> R
 def _source_matches(spec: ModelSpec, entry: LockEntry) -> bool:
     """The lock pins the source the manifest names (the recipe may differ: that rebuilds from
     the same source, it needs no new resolution)."""
-    reasons = lock_matches(spec, entry).reasons
-    return not [r for r in reasons if not r.startswith(("quantize", "group size"))]
+    return not lock_matches(spec, entry).source_moved
 
 
 # ---- sources as the planner sees them -------------------------------------------------------
