@@ -1,10 +1,13 @@
 """Served = applied: what the live server serves (its status API and a completion) is what the
 current generation recorded, for every kind of source, after apply, server restart, stop +
-start, rollback and a second apply. The real CLI in subprocesses, the real daemon, tiny models;
-one home and one daemon for the whole matrix."""
+start, rollback (then started as launchd starts it) and a second apply. The real CLI in
+subprocesses, the real daemon, tiny models; one home for the whole matrix."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import httpx
@@ -13,7 +16,7 @@ import pytest
 from tests.harness import gguf_export as ge
 from tests.harness.fakehub import FakeHub
 from tests.projects import HF, MLX, Project
-from tests.server_helpers import build_chat_model, build_mlx_chat_model
+from tests.server_helpers import build_chat_model, build_mlx_chat_model, wait_for
 
 GGUF = "org/tiny-chat-GGUF"
 Served = dict[str, tuple[str, str | None, str | None]]  # alias -> (path, digest, quantization)
@@ -48,6 +51,29 @@ def built(store: Path, path: str, level: str) -> tuple[str, str, str]:
     entry = Path(path)
     assert entry.parent == store and entry.name.endswith(f"-{level}"), path
     return path, entry.name.split("-", 1)[0], level
+
+
+def start_as_launchd_does(project: Project) -> subprocess.Popen[bytes]:
+    """`server start --foreground`, the LaunchAgent's command, once /health says ready."""
+    with (project.home / "login.log").open("ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "local_ai", "server", "start", "--foreground"],
+            env={**os.environ, "LOCAL_AI_CONFIG": str(project.manifest)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=project.dir,
+        )
+
+    def ready() -> bool:
+        try:
+            health = httpx.get(f"http://127.0.0.1:{project.port}/health", trust_env=False)
+            return bool(health.json().get("status") == "ready")
+        except (httpx.HTTPError, ValueError):
+            return proc.poll() is not None
+
+    started = wait_for(ready, timeout=180) and proc.poll() is None
+    assert started, (project.home / "login.log").read_text()
+    return proc
 
 
 def generations(project: Project) -> list[str]:
@@ -113,8 +139,9 @@ def test_every_source_kind_is_served_as_applied(
     back = project.cli("rollback")
     assert back.returncode == 0, back.stdout + back.stderr
     assert_serves(project, one, "after rollback")
-    assert project.cli("server", "restart").returncode == 0
-    assert_serves(project, one, "after rollback and server restart")
+    assert project.cli("server", "stop").returncode == 0
+    login = start_as_launchd_does(project)
+    assert_serves(project, one, "after rollback, started as launchd starts it")
 
     # apply returns to the manifest; run again, it has nothing to do: no hashing (a hash
     # would hit the armed failpoint and kill it), no new generation.
@@ -129,3 +156,5 @@ def test_every_source_kind_is_served_as_applied(
     assert "No changes." in again.stdout and "Generation" not in again.stdout
     assert generations(project) == recorded
     assert_serves(project, two, "after a second apply")
+    assert project.cli("server", "stop").returncode == 0
+    assert login.wait(timeout=60) == 0
