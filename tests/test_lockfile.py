@@ -118,6 +118,10 @@ def test_lock_matches_explains_each_disagreement() -> None:
     assert why(repo="org/other") == ("repo changed (org/tiny-GGUF → org/other)",)
     assert lock_matches(ModelSpec(path="/m"), entry).reasons == ("source changed (repo → path)",)
     assert lock_matches(same, None).reasons == ("not in the lock file",)
+    # Typed: a recipe change rebuilds from the same source; a source change resolves anew.
+    recipe = lock_matches(same.model_copy(update={"quantize": "q8"}), entry)
+    assert recipe.differences[0].field == "quantize" and not recipe.source_moved
+    assert lock_matches(same.model_copy(update={"file": "x.gguf"}), entry).source_moved
 
 
 def test_errors_name_the_line_and_key(tmp_path: Path) -> None:

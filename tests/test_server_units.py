@@ -3,7 +3,6 @@ identity and the launchd plist (generated and parsed with plistlib, as on macOS)
 
 from __future__ import annotations
 
-import json
 import os
 import plistlib
 import subprocess
@@ -16,7 +15,7 @@ import pytest
 from local_ai.errors import ConfigError, NotYetError
 from local_ai.manifest.models import Manifest
 from local_ai.server import compat, launchd
-from local_ai.server.aliases import AliasMap, build_alias_map, load_alias_map, save_alias_map
+from local_ai.server.aliases import AliasMap, load_alias_map, save_alias_map
 from local_ai.server.config import config_hash, server_config
 from local_ai.server.pidfile import is_same_process, process_start_time
 from tests.clirunner import run_cli
@@ -104,35 +103,10 @@ def test_forbidden_fields_and_error_shapes() -> None:
     assert "prompt is too long" in compat.context_error("anthropic", 9000, 4096)["error"]["message"]
 
 
-def test_alias_map_from_manifest(tmp_path: Path) -> None:
-    good = tmp_path / "good"
-    good.mkdir()
-    (good / "config.json").write_text(json.dumps({"quantization": {"bits": 4, "group_size": 64}}))
-    manifest = Manifest.model_validate(
-        {
-            "server": {"default_model": "b"},
-            "models": {
-                "a": {"path": str(good), "context": 8192},
-                "b": {"path": "relative-missing"},
-                "c": {"repo": "org/c"},
-                "d": {"repo": "org/d"},
-            },
-        }
+def test_alias_map_file_round_trips_privately(tmp_path: Path) -> None:
+    alias_map = AliasMap.model_validate(
+        {"default": "c", "models": {"c": {"path": "/store/c", "context": 1000, "digest": "ab"}}}
     )
-    existing = AliasMap.model_validate(
-        {
-            "models": {
-                "c": {"path": "/store/c", "context": 1000},
-                "gone": {"path": "/store/gone"},
-            }
-        }
-    )
-    alias_map, skipped = build_alias_map(manifest, existing, base_dir=tmp_path)
-    assert set(alias_map.models) == {"a", "c"}  # apply's entry for c kept, gone dropped
-    assert alias_map.models["a"].path == str(good.resolve())
-    assert alias_map.models["a"].quantization == "4bit"
-    assert alias_map.default == "a"  # b is not servable
-    assert "no config.json" in skipped["b"] and "local-ai apply" in skipped["d"]
     target = tmp_path / "run" / "aliases.json"
     save_alias_map(target, alias_map)
     assert load_alias_map(target) == alias_map

@@ -13,9 +13,10 @@ import pytest
 from local_ai import settings
 from local_ai.errors import ExitCode
 from local_ai.hub import client
-from local_ai.hub.fetch import as_installed, fetch
+from local_ai.hub.fetch import fetch
 from local_ai.hub.resolve import resolve
 from local_ai.manifest.models import ModelSpec
+from local_ai.reconcile.adapters import installed_record
 from local_ai.store.layout import Store
 from local_ai.store.lockfile import LockFile, entry_from_resolved, save_lock
 from local_ai.store.locks import apply_lock
@@ -71,7 +72,7 @@ def installed(fake_hub: FakeHub, tmp_path: Path) -> dict[str, InstalledModel]:
         LockFile(models={"coder": entry_from_resolved(resolved, spec, fetched=result)}),
     )
     models = {
-        "coder": as_installed(resolved, result),
+        "coder": installed_record(resolved, spec, fetched=result),
         "small": _converted("small", "1111111111111111"),
         "old": _converted("old", "2222222222222222", b"o" * 500),
     }

@@ -96,8 +96,8 @@ def bench_command(
 
 
 def _api_key(config: Any) -> str | None:
+    from local_ai.manifest.api_key import resolve_api_key
     from local_ai.manifest.load import load_manifest
-    from local_ai.server.config import resolve_api_key
 
     try:
         loaded = load_manifest(settings.manifest_path(config))

@@ -39,20 +39,34 @@ def start_command(
         bool,
         typer.Option("--foreground", help="Run in this terminal (launchd, debugging)."),
     ] = False,
+    keep_alias_map: Annotated[
+        bool,
+        typer.Option("--keep-alias-map", hidden=True, help="Serve run/aliases.json as written."),
+    ] = False,
     timeout: TimeoutOption = None,
     json: JsonOption = False,
 ) -> None:
-    """Start the server in the background and wait until it is ready."""
+    """Start the server in the background and wait until it is ready.
+
+    It serves the generation in service: what the last `apply` (or `rollback`) put there.
+    """
     from local_ai.cli.output import console, print_json
+    from local_ai.manifest.load import load_manifest
+    from local_ai.reconcile.serving import map_to_serve
     from local_ai.server import daemon
 
+    loaded = load_manifest(settings.manifest_path(config))
+    alias_map, skipped = (None, {}) if keep_alias_map else map_to_serve(loaded)
     if foreground:
         from local_ai.server.gateway.main import serve
 
-        prep = daemon.prepare(config)
-        _print_skipped(prep.skipped)
+        prep = daemon.prepare(loaded, alias_map)
+        _print_skipped(skipped)
         raise typer.Exit(serve(prep.config))
-    result = daemon.start(config, timeout=timeout or daemon.DEFAULT_START_TIMEOUT)
+    if alias_map is None:
+        raise typer.BadParameter("only with --foreground", param_hint="--keep-alias-map")
+    result = daemon.start(loaded, alias_map, timeout=timeout or daemon.DEFAULT_START_TIMEOUT)
+    skipped = {} if result.already_running else skipped
     if json:
         print_json(
             {
@@ -60,11 +74,11 @@ def start_command(
                 "pid": result.pid,
                 "already_running": result.already_running,
                 "models": result.aliases,
-                "skipped": result.skipped,
+                "skipped": skipped,
             }
         )
         return
-    _print_skipped(result.skipped)
+    _print_skipped(skipped)
     if result.already_running:
         console().print(f"already running at {result.url} (pid {result.pid})")
     else:
@@ -108,7 +122,9 @@ def restart_command(
     lock = settings.paths().apply_lock
     with apply_lock(lock, timeout=lock_timeout, command="local-ai server restart"):
         daemon.stop(timeout=timeout)
-        start_command(config=config, foreground=False, timeout=None, json=json)
+        start_command(
+            config=config, foreground=False, keep_alias_map=False, timeout=None, json=json
+        )
 
 
 def _uptime(seconds: float | None) -> str:

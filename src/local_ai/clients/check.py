@@ -9,7 +9,6 @@ The key sent is the server's own (server.api_key, or the variable server.api_key
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from urllib.parse import urlsplit
 
 from local_ai.clients import claude_code, codex, goose, jsonc, tomlkeys, yamlkeys, zed
 from local_ai.clients.plan import CLIENTS, ClientsObserved, observe_clients
+from local_ai.manifest.api_key import resolve_api_key
 from local_ai.manifest.models import CodexClient, Manifest, ZedClient
 
 if TYPE_CHECKING:
@@ -403,12 +403,7 @@ _CHECKS = {
 
 def server_key(manifest: Manifest) -> str:
     """The key clients send: the server's, or a placeholder when it needs none."""
-    server = manifest.server
-    if server.api_key:
-        return server.api_key
-    if server.api_key_env:
-        return os.environ.get(server.api_key_env, "").strip()
-    return claude_code.PLACEHOLDER_TOKEN
+    return resolve_api_key(manifest, None) or claude_code.PLACEHOLDER_TOKEN
 
 
 def check_clients(

@@ -26,6 +26,7 @@ from local_ai.convert.recipe import Recipe
 from local_ai.errors import LocalAIError, NotFoundError
 from local_ai.store.layout import PROVENANCE_FILE, Store, StoreEntry, entry_digest
 from local_ai.util.atomic import atomic_write_text, fsync_dir
+from local_ai.util.failpoints import failpoint
 
 #: Bump when the bytes a conversion writes change for the same inputs.
 CONVERTER_VERSION = "1"
@@ -107,6 +108,7 @@ class ConversionResult:
 
 
 def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
+    failpoint("hash.file")  # (an apply with nothing to do never gets here)
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         while block := handle.read(chunk):

@@ -40,7 +40,7 @@ from local_ai.util.failpoints import failpoint
 from local_ai.util.units import human_bytes
 
 if TYPE_CHECKING:
-    from local_ai.store.state import InstalledModel
+    pass
 
 DEFAULT_WORKERS = 4
 _VERIFIED_VERSION = 1
@@ -449,36 +449,3 @@ class VerifiedHashes:
         with contextlib.suppress(OSError, DiskSpaceError):
             atomic_write_text(self.path, text)
         self._dirty = False
-
-
-def as_installed(
-    resolved: ResolvedSource, result: FetchResult, *, spec_fingerprint: str = ""
-) -> InstalledModel:
-    """The state.json record for a model served as fetched, with no conversion: straight from
-    the HF cache snapshot (no copy), or from the user's own directory."""
-    from local_ai.store.state import FileRecord, InstalledModel
-
-    records: dict[str, FileRecord] = {}
-    base = result.path.parent if result.path.is_file() else result.path
-    for item in result.files:
-        try:
-            mtime = (base / item.name).stat().st_mtime_ns
-        except OSError:
-            mtime = None
-        records[item.name] = FileRecord(size=item.size, sha256=item.sha256, mtime_ns=mtime)
-    label = resolved.label
-    if resolved.kind == "repo":
-        label = f"{resolved.repo}" + (f":{resolved.file}" if resolved.file else "")
-        label += f"@{resolved.revision}" if resolved.revision else ""
-    return InstalledModel(
-        alias=resolved.alias,
-        source=label,
-        format=resolved.format,
-        location=str(result.path),
-        location_kind="hf-cache" if resolved.kind == "repo" else "local",
-        commit=resolved.commit,
-        quantization=resolved.quantization.label if resolved.quantization else None,
-        spec_fingerprint=spec_fingerprint,
-        files=records,
-        size_bytes=sum(f.size for f in result.files),
-    )

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from local_ai.hub.source import SourceFile
+from local_ai.util.failpoints import failpoint
 
 _CHUNK = 4 * 1024 * 1024
 
@@ -26,6 +27,7 @@ class Hashes:
 def hash_file(path: Path, *, git_oid: bool = True) -> Hashes:
     """sha256 of `path`, and its git blob sha1 in the same pass when `git_oid`. Only small git
     files need the sha1 (LFS files come with a sha256), and it would double the hashing time."""
+    failpoint("hash.file")  # (an apply with nothing to do never gets here)
     size = path.stat().st_size
     sha256 = hashlib.sha256()
     sha1 = hashlib.sha1(f"blob {size}\0".encode(), usedforsecurity=False) if git_oid else None

@@ -9,15 +9,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from local_ai import settings
 from local_ai.errors import LocalAIError, ServerError
 from local_ai.manifest.models import ModelSpec
 from local_ai.reconcile.model import (
     Action,
+    ConvertParams,
+    InstallParams,
     Kind,
-    alias_map_hash,
     engine_settings,
     install_fields,
     install_key,
@@ -47,6 +48,15 @@ ENGINE_READY_TIMEOUT = 120.0
 
 def _alias(action: Action) -> str:
     return action.resource.split(".", 1)[1]
+
+
+_P = TypeVar("_P", ConvertParams, InstallParams)
+
+
+def _params(action: Action, kind: type[_P]) -> _P:
+    if not isinstance(action.params, kind):
+        raise LocalAIError(f"{action.id}: the plan gave no {kind.__name__}")
+    return action.params
 
 
 def recipe_for(spec: ModelSpec) -> Recipe:
@@ -113,8 +123,8 @@ class Adapters:
         spec = self.manifest.models[alias]
         if spec.quantize == "auto":
             level = self.auto_levels.get(alias)
-            if action is not None and "quantize" in action.params:
-                level = action.params["quantize"]
+            if action is not None and action.params is not None:
+                level = action.params.quantize
                 self.auto_levels[alias] = level
             spec = spec.model_copy(update={"quantize": level})
         return spec
@@ -211,7 +221,7 @@ class Adapters:
             result = convert_to_store(
                 source,
                 recipe,
-                digest=str(action.params["digest"]),
+                digest=_params(action, ConvertParams).digest,
                 name=safe_name(f"{base}-{recipe.level}"),
                 on_event=on_event,
             )
@@ -223,23 +233,19 @@ class Adapters:
         spec = self._spec(alias, action)
         source = self._source(alias)
         converted = self.converted.get(alias)
-        if converted is None and action.detail.startswith("serve the converted"):
+        if converted is None and _params(action, InstallParams).from_store:
             converted = self._reuse_conversion(alias, spec)
         if converted is not None:
-            record = _store_record(alias, source, converted)
+            record = installed_record(source, spec, converted=converted)
         else:
             from local_ai.convert.safetensors_header import check_safetensors
-            from local_ai.hub.fetch import as_installed
 
             fetched = self._fetched(alias)
             base = fetched.path.parent if fetched.path.is_file() else fetched.path
             for item in fetched.files:
                 if item.name.endswith(".safetensors"):
                     check_safetensors(base / item.name)  # served as is: the engine maps these
-            record = as_installed(source, fetched)
-        record = record.model_copy(
-            update={"spec_fingerprint": install_key(spec), "spec": install_fields(spec)}
-        )
+            record = installed_record(source, spec, fetched=fetched)
         models = {**self.state.models, alias: record}
         self.state = save_state(
             settings.paths().state_file, self.state.model_copy(update={"models": models})
@@ -282,51 +288,29 @@ class Adapters:
     # ---- server ----------------------------------------------------------------------------
 
     def build_alias_map(self) -> AliasMap:
-        from local_ai.server.aliases import AliasEntry, AliasMap
+        from local_ai.reconcile.serving import alias_map_of
 
-        entries: dict[str, AliasEntry] = {}
-        for alias, spec in self.manifest.models.items():
-            model = self.state.models.get(alias)
-            if model is None:
-                continue
-            entries[alias] = AliasEntry(
-                path=model.location,
-                context=spec.context,
-                max_output_tokens=spec.max_output_tokens,
-                name=spec.name,
-                source=model.source,
-                format="mlx",
-                quantization=model.quantization,
-            )
         commits = {a: s.commit for a, s in self.snap.sources.items()}
-        complete = set(entries) == set(self.manifest.models)
-        default = self.manifest.default_alias
-        return AliasMap(
-            default=default if default in entries else next(iter(entries), None),
-            models=entries,
-            # Only a map serving every alias is the one the manifest asks for.
-            hash=alias_map_hash(self.manifest, commits) if complete else None,
-            preload=[a for a in self.manifest.server.preload if a in entries],
-        )
+        return alias_map_of(self.manifest, self.state, commits)
 
     def write_alias_map(self) -> AliasMap:
-        from local_ai.server.aliases import save_alias_map
+        from local_ai.server.aliases import put_in_service
 
         alias_map = self.build_alias_map()
-        paths = settings.paths()
-        paths.run.mkdir(parents=True, exist_ok=True)
-        save_alias_map(paths.aliases_file, alias_map)
+        put_in_service(alias_map)
         self.alias_map_written = alias_map
         return alias_map
 
     def start_server(self, action: Action) -> str:
         from local_ai.server import daemon
 
-        self.write_alias_map()
-        result = daemon.start(self.snap.loaded.path)
+        alias_map = self.build_alias_map()
+        result = daemon.start(self.snap.loaded, alias_map)
+        self.alias_map_written = alias_map
         if result.already_running:
             # Started meanwhile by someone else (a killed apply, `server start`), perhaps from
-            # an older alias map: make it take the one just written.
+            # an older alias map: make it take this one.
+            self.write_alias_map()
             served = daemon.reload_aliases()
             return f"serving {', '.join(served) or 'no models yet'} at {result.url}"
         return f"serving {', '.join(result.aliases) or 'no models yet'} at {result.url}"
@@ -404,38 +388,59 @@ class BenchmarkFloorError(LocalAIError):
     """A model is slower than the manifest's min_tokens_per_second."""
 
 
-def _store_record(
-    alias: str, source: ResolvedSource, converted: ConversionResult
+def installed_record(
+    source: ResolvedSource,
+    spec: ModelSpec,
+    *,
+    fetched: FetchResult | None = None,
+    converted: ConversionResult | None = None,
 ) -> InstalledModel:
-    from local_ai.store.layout import PROVENANCE_FILE
-
-    files: dict[str, FileRecord] = {}
-    total = 0
-    for path in sorted(converted.path.rglob("*")):
-        if path.is_file() and path.name != PROVENANCE_FILE:
-            stat = path.stat()
-            files[str(path.relative_to(converted.path))] = FileRecord(
-                size=stat.st_size, mtime_ns=stat.st_mtime_ns
-            )
-            total += stat.st_size
-    label = (
-        source.label
-        if source.kind == "path"
-        else f"{source.repo}" + (f":{source.file}" if source.file else "")
-    )
-    return InstalledModel(
-        alias=alias,
+    """The state.json record of an alias apply installed: a conversion in the store, or the
+    source served as fetched (the HF cache snapshot, no copy, or the user's own directory)."""
+    label = source.label
+    if source.kind == "repo":
+        label = f"{source.repo}" + (f":{source.file}" if source.file else "")
+        label += f"@{source.revision}" if source.revision else ""
+    record = InstalledModel(
+        alias=source.alias,
         source=label,
-        format="mlx",
-        location=str(converted.path),
-        location_kind="store",
+        format=source.format,
+        location="",
+        location_kind="hf-cache" if source.kind == "repo" else "local",
         commit=source.commit,
-        quantization=converted.recipe.level,
-        recipe=converted.recipe.to_json(),
-        store_digest=converted.digest,
-        files=files,
-        size_bytes=total,
+        quantization=source.quantization.label if source.quantization else None,
+        spec_fingerprint=install_key(spec),
+        spec=install_fields(spec),
     )
+    files: dict[str, FileRecord] = {}
+    if converted is not None:
+        from local_ai.store.layout import PROVENANCE_FILE
+
+        for path in sorted(converted.path.rglob("*")):
+            if path.is_file() and path.name != PROVENANCE_FILE:
+                stat = path.stat()
+                name = str(path.relative_to(converted.path))
+                files[name] = FileRecord(size=stat.st_size, mtime_ns=stat.st_mtime_ns)
+        built: dict[str, Any] = {
+            "format": "mlx",
+            "location": str(converted.path),
+            "location_kind": "store",
+            "quantization": converted.recipe.level,
+            "recipe": converted.recipe.to_json(),
+            "store_digest": converted.digest,
+        }
+    else:
+        assert fetched is not None
+        base = fetched.path.parent if fetched.path.is_file() else fetched.path
+        for item in fetched.files:
+            try:
+                mtime: int | None = (base / item.name).stat().st_mtime_ns
+            except OSError:
+                mtime = None
+            files[item.name] = FileRecord(size=item.size, sha256=item.sha256, mtime_ns=mtime)
+        built = {"location": str(fetched.path)}
+    size = sum(f.size for f in files.values())
+    return record.model_copy(update={**built, "files": files, "size_bytes": size})
 
 
 def _mb(n: int) -> str:
@@ -443,7 +448,7 @@ def _mb(n: int) -> str:
 
 
 def _api_key(snapshot: Snapshot) -> str | None:
-    from local_ai.server.config import resolve_api_key
+    from local_ai.manifest.api_key import resolve_api_key
 
     return resolve_api_key(snapshot.loaded.manifest, snapshot.loaded.path)
 

@@ -9,26 +9,17 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from local_ai.errors import ConfigError, NotFoundError
+from local_ai.server.aliases import AliasEntry, AliasMap
 from local_ai.util.atomic import atomic_write_text
 from local_ai.util.failpoints import failpoint
 
 KEEP_DEFAULT = 10
-
-
-@dataclass(frozen=True)
-class AliasTarget:
-    path: str  # directory the engine loads
-    context: int
-    max_output_tokens: int
-    name: str | None = None
-    source: str = ""
-    format: str = "mlx"
-    quantization: str | None = None
+_ROLLBACK = "rollback"  # marks a `current` that `rollback` chose (not a killed apply's leftover)
 
 
 @dataclass(frozen=True)
@@ -36,22 +27,34 @@ class Generation:
     number: int
     created: float
     manifest_hash: str
-    aliases: dict[str, AliasTarget]
+    aliases: dict[str, AliasEntry]
     default: str | None
     preload: tuple[str, ...] = ()
     aliases_hash: str = ""
     lock: dict[str, Any] = field(default_factory=dict)
     server: dict[str, Any] = field(default_factory=dict)
 
-    def alias_map(self) -> dict[str, Any]:
-        """The run/aliases.json document the gateway serves (see docs/architecture.md)."""
+    def alias_map(self) -> AliasMap:
+        """The alias map this generation put in service (run/aliases.json, docs/architecture.md)."""
+        return AliasMap(
+            generation=self.number,
+            hash=self.aliases_hash or None,
+            default=self.default,
+            preload=list(self.preload),
+            models=dict(self.aliases),
+        )
+
+    def to_json(self) -> dict[str, Any]:
         return {
-            "version": 1,
-            "generation": self.number,
-            "hash": self.aliases_hash,
+            "number": self.number,
+            "created": self.created,
+            "manifest_hash": self.manifest_hash,
+            "aliases": {a: e.model_dump(mode="json") for a, e in self.aliases.items()},
             "default": self.default,
             "preload": list(self.preload),
-            "models": {alias: asdict(t) for alias, t in self.aliases.items()},
+            "aliases_hash": self.aliases_hash,
+            "lock": self.lock,
+            "server": self.server,
         }
 
 
@@ -60,7 +63,7 @@ def _from_json(data: dict[str, Any]) -> Generation:
         number=int(data["number"]),
         created=float(data["created"]),
         manifest_hash=str(data["manifest_hash"]),
-        aliases={a: AliasTarget(**t) for a, t in data["aliases"].items()},
+        aliases={a: AliasEntry.model_validate(t) for a, t in data["aliases"].items()},
         default=data.get("default"),
         preload=tuple(data.get("preload", ())),
         aliases_hash=str(data.get("aliases_hash", "")),
@@ -90,17 +93,31 @@ class Generations:
                 f"generation {number} does not exist",
                 hint="`local-ai generations` lists the ones kept",
             ) from None
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError) as exc:  # pydantic's errors are ValueErrors
             raise ConfigError(f"is not a valid generation ({exc})", path=path) from None
 
     def all(self) -> list[Generation]:
         return [self.load(n) for n in self.numbers()]
 
-    def current_number(self) -> int | None:
+    def _current(self) -> tuple[int | None, bool]:
+        """(the generation in service, whether `rollback` chose it)."""
         try:
-            return int((self.directory / "current").read_text("utf-8").strip())
-        except (FileNotFoundError, ValueError):
+            words = (self.directory / "current").read_text("utf-8").split()
+            return int(words[0]), words[1:] == [_ROLLBACK]
+        except (FileNotFoundError, ValueError, IndexError):
+            return None, False
+
+    def current_number(self) -> int | None:
+        return self._current()[0]
+
+    def rolled_back_to(self) -> int | None:
+        """The generation in service when `rollback` made it an older one than the newest
+        (a killed apply can leave `current` behind too: that is no rollback)."""
+        number, by_rollback = self._current()
+        numbers = self.numbers()
+        if number is None or not by_rollback or not numbers or number >= numbers[-1]:
             return None
+        return number
 
     def current(self) -> Generation | None:
         number = self.current_number()
@@ -110,7 +127,7 @@ class Generations:
         self,
         *,
         manifest_hash: str,
-        aliases: dict[str, AliasTarget],
+        aliases: dict[str, AliasEntry],
         default: str | None,
         preload: tuple[str, ...],
         aliases_hash: str,
@@ -131,7 +148,7 @@ class Generations:
             lock=lock or {},
             server=server or {},
         )
-        atomic_write_text(self._path(generation.number), json.dumps(asdict(generation), indent=2))
+        atomic_write_text(self._path(generation.number), json.dumps(generation.to_json(), indent=2))
         self.set_current(generation.number)
         failpoint("generation.switched")  # current names it; older ones not yet pruned
         for old in self.numbers()[:-keep]:
@@ -139,9 +156,10 @@ class Generations:
                 self._path(old).unlink(missing_ok=True)
         return generation
 
-    def set_current(self, number: int) -> None:
+    def set_current(self, number: int, *, rollback: bool = False) -> None:
         self.load(number)  # refuse to point at a generation that is not there
-        atomic_write_text(self.directory / "current", f"{number}\n")
+        marker = f" {_ROLLBACK}" if rollback else ""
+        atomic_write_text(self.directory / "current", f"{number}{marker}\n")
 
     def referenced_paths(self) -> set[str]:
         """Every model directory a kept generation serves: `gc` must not delete these."""

@@ -142,6 +142,18 @@ class Change(StrEnum):
 
 
 @dataclass(frozen=True)
+class ConvertParams:
+    digest: str  # the store address of the conversion
+    quantize: str | None  # the level (for `auto`, the one chosen on this machine)
+
+
+@dataclass(frozen=True)
+class InstallParams:
+    quantize: str | None
+    from_store: bool  # serve the conversion in the store (else the source as fetched)
+
+
+@dataclass(frozen=True)
 class Action:
     id: str  # "fetch:coder"
     kind: Kind
@@ -153,7 +165,7 @@ class Action:
     disk_bytes: int | None = None
     peak_memory_bytes: int | None = None
     detail: str = ""
-    params: dict[str, Any] = field(default_factory=dict)
+    params: ConvertParams | InstallParams | None = None  # what the plan decided, per kind
 
 
 @dataclass(frozen=True)

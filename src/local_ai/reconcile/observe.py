@@ -151,8 +151,7 @@ def _resolve(alias: str, spec: ModelSpec, *, offline: bool, base_dir: Path) -> R
 def _source_matches(spec: ModelSpec, entry: LockEntry) -> bool:
     """The lock pins the source the manifest names (the recipe may differ: that rebuilds from
     the same source, it needs no new resolution)."""
-    reasons = lock_matches(spec, entry).reasons
-    return not [r for r in reasons if not r.startswith(("quantize", "group size"))]
+    return not lock_matches(spec, entry).source_moved
 
 
 # ---- sources as the planner sees them -------------------------------------------------------
@@ -310,12 +309,5 @@ def observe_server() -> ServerView:
         engine=dict(current.get("engine") or {}),
         aliases_hash=current.get("aliases_hash"),
         aliases=tuple(m.get("alias", "") for m in live.get("models") or []),
-        rolled_back_to=_rolled_back_to(),
+        rolled_back_to=Generations(settings.paths().generations).rolled_back_to(),
     )
-
-
-def _rolled_back_to() -> int | None:
-    """The generation served, when `rollback` left it older than the newest one."""
-    generations = Generations(settings.paths().generations)
-    current, numbers = generations.current_number(), generations.numbers()
-    return current if current is not None and numbers and current < numbers[-1] else None

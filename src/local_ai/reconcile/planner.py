@@ -11,6 +11,8 @@ from local_ai.manifest.models import Manifest, ModelSpec
 from local_ai.reconcile.model import (
     Action,
     Change,
+    ConvertParams,
+    InstallParams,
     Kind,
     LockedModel,
     Observed,
@@ -241,7 +243,7 @@ class _Builder:
                             disk_bytes=size,
                             peak_memory_bytes=peak,
                             detail=f"{source.format} → mlx {recipe}" + group,
-                            params={"digest": digest, "quantize": spec.quantize},
+                            params=ConvertParams(digest, spec.quantize),
                         )
                     )
                 )
@@ -255,7 +257,7 @@ class _Builder:
                 depends_on=tuple(deps),
                 detail=self._install_detail(spec, source)
                 + (f" ({auto_reason})" if auto_reason else ""),
-                params={"quantize": spec.quantize},
+                params=InstallParams(spec.quantize, needs_conversion(spec, source)),
             )
         )
         return [install]

@@ -13,7 +13,7 @@ from local_ai.errors import ConfigError, LocalAIError
 from local_ai.manifest.load import LoadedManifest
 from local_ai.reconcile.adapters import Adapters, BenchmarkFloorError
 from local_ai.reconcile.executor import Outcome, Report, execute
-from local_ai.reconcile.generations import AliasTarget, Generation, Generations
+from local_ai.reconcile.generations import Generation, Generations
 from local_ai.reconcile.model import Action, Plan, engine_settings, gateway_settings
 from local_ai.reconcile.observe import Snapshot, observe
 from local_ai.reconcile.planner import Options, plan
@@ -180,20 +180,9 @@ def settle(snapshot: Snapshot) -> Generation | None:
     latest = generations.load(numbers[-1]) if numbers else None
     if latest is None or latest.aliases_hash != wanted.hash or latest.server != server:
         return record_generation(snapshot, adapters)
-    current = generations.current_number()
-    if current != latest.number and (current is None or _rolled_back_to() != current):
+    if generations.current_number() != latest.number and generations.rolled_back_to() is None:
         generations.set_current(latest.number)  # written, but killed before the switch
     return None
-
-
-def _rolled_back_to() -> int | None:
-    """The generation `rollback` put in run/aliases.json (apply writes maps without one)."""
-    from local_ai.server.aliases import load_alias_map
-
-    try:
-        return load_alias_map(settings.paths().aliases_file).generation
-    except ConfigError:
-        return None
 
 
 def _too_slow(report: Report) -> bool:
@@ -213,24 +202,12 @@ def _serve_current_generation() -> int | None:
 def record_generation(snapshot: Snapshot, adapters: Adapters) -> Generation:
     manifest = snapshot.loaded.manifest
     alias_map = adapters.alias_map_written or adapters.build_alias_map()
-    targets = {
-        alias: AliasTarget(
-            path=entry.path,
-            context=entry.context,
-            max_output_tokens=entry.max_output_tokens,
-            name=entry.name,
-            source=entry.source or "",
-            format=entry.format,
-            quantization=entry.quantization,
-        )
-        for alias, entry in alias_map.models.items()
-    }
     lock: dict[str, Any] = {
         alias: entry.model_dump(mode="json") for alias, entry in adapters.lock_models.items()
     }
     return Generations(settings.paths().generations).record(
         manifest_hash=manifest.fingerprint(),
-        aliases=targets,
+        aliases=dict(alias_map.models),
         default=alias_map.default,
         preload=tuple(alias_map.preload),
         aliases_hash=alias_map.hash or "",
@@ -242,7 +219,7 @@ def record_generation(snapshot: Snapshot, adapters: Adapters) -> Generation:
 def rollback(number: int | None) -> Generation:
     """Serve generation `number` (default: the one before the current) again."""
     from local_ai.errors import NotFoundError
-    from local_ai.server.aliases import AliasMap, save_alias_map
+    from local_ai.server.aliases import put_in_service
     from local_ai.server.daemon import reload_aliases, running_server
 
     generations = Generations(settings.paths().generations)
@@ -263,10 +240,8 @@ def rollback(number: int | None) -> Generation:
             f"generation {number} serves {', '.join(missing)} from files that are gone",
             hint="`local-ai gc` keeps what generations reference; pick another generation",
         )
-    paths = settings.paths()
-    paths.run.mkdir(parents=True, exist_ok=True)
-    save_alias_map(paths.aliases_file, AliasMap.model_validate(target.alias_map()))
-    generations.set_current(number)
+    put_in_service(target.alias_map())
+    generations.set_current(number, rollback=True)
     info, alive = running_server()
     if info is not None and alive:
         reload_aliases()

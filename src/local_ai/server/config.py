@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from local_ai.errors import ConfigError
+from local_ai.manifest.api_key import resolve_api_key
 from local_ai.manifest.models import EngineSettings, Manifest, is_loopback
 
 # Generation requests the engine interleaves at once; more wait in the gateway's queue.
@@ -72,32 +72,6 @@ class ServerConfig:
         """Origins allowed on state-changing requests: our own page plus configured ones."""
         own = {f"http://{h}" for h in self.allowed_hosts() if ":" in h.rsplit("]", 1)[-1]}
         return frozenset(own | set(self.cors_origins))
-
-
-def resolve_api_key(manifest: Manifest, manifest_path: Path | None) -> str | None:
-    server = manifest.server
-    if server.api_key:
-        return server.api_key
-    if server.api_key_env:
-        value = os.environ.get(server.api_key_env, "").strip()
-        if not value:
-            raise ConfigError(
-                f"server.api_key_env names {server.api_key_env}, which is not set",
-                path=manifest_path,
-                key="server.api_key_env",
-                hint=f"export {server.api_key_env}=<a long random key> before starting the server",
-            )
-        if not (value.isascii() and value.isprintable()) or " " in value:
-            # It goes into HTTP headers and client config files: no control bytes, no spaces.
-            raise ConfigError(
-                f"the value of {server.api_key_env} (server.api_key_env) must be printable ASCII "
-                "characters without spaces",
-                path=manifest_path,
-                key="server.api_key_env",
-                hint=f"export {server.api_key_env}=<a long random key> with letters and digits",
-            )
-        return value
-    return None
 
 
 def _machine_addresses() -> tuple[str, ...]:

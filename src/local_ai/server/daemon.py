@@ -11,14 +11,14 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from local_ai import settings
 from local_ai.errors import PortInUseError, ServerError
 from local_ai.manifest.load import LoadedManifest, load_manifest
-from local_ai.server.aliases import AliasMap, build_alias_map, load_alias_map, save_alias_map
+from local_ai.server.aliases import AliasMap, load_alias_map, put_in_service
 from local_ai.server.config import (
     DEFAULT_GRACEFUL_TIMEOUT,
     ServerConfig,
@@ -40,20 +40,29 @@ class Prepared:
     loaded: LoadedManifest
     config: ServerConfig
     alias_map: AliasMap
-    skipped: dict[str, str] = field(default_factory=dict)
 
 
-def prepare(config_path: Path | None) -> Prepared:
-    """Load the manifest, derive the server config and write run/aliases.json."""
-    loaded = load_manifest(settings.manifest_path(config_path))
+def prepare(loaded: LoadedManifest, alias_map: AliasMap | None) -> Prepared:
+    """The server config, and `alias_map` put in service (run/aliases.json); None: serve the
+    map as the `server start` that spawned this process wrote it."""
     config = server_config(loaded.manifest, loaded.path)
-    paths = settings.paths()
-    existing = load_alias_map(paths.aliases_file)
-    alias_map, skipped = build_alias_map(loaded.manifest, existing, base_dir=loaded.path.parent)
-    paths.run.mkdir(parents=True, exist_ok=True)
-    paths.run.chmod(0o700)
-    save_alias_map(paths.aliases_file, alias_map)
-    return Prepared(loaded, config, alias_map, skipped)
+    if alias_map is None:
+        alias_map = load_alias_map(settings.paths().aliases_file)
+    else:
+        put_in_service(alias_map)
+    return Prepared(loaded, config, alias_map)
+
+
+KEEP_ALIAS_MAP = "--keep-alias-map"
+
+
+def server_command(
+    manifest: Path, *, python: str | None = None, keep_alias_map: bool = False
+) -> list[str]:
+    """The command line of a server in the foreground (spawned by `start`, or run by launchd).
+    `keep_alias_map`: its parent already wrote run/aliases.json."""
+    command = [python or sys.executable, "-m", "local_ai", "server", "start", "--foreground"]
+    return [*command, *([KEEP_ALIAS_MAP] if keep_alias_map else []), "--config", str(manifest)]
 
 
 def running_server() -> tuple[PidInfo | None, bool]:
@@ -155,7 +164,6 @@ class StartResult:
     url: str
     pid: int
     already_running: bool
-    skipped: dict[str, str]
     aliases: list[str]
 
 
@@ -173,7 +181,7 @@ def _other_server(timeout: float, *, appear: float = 0.0) -> StartResult | None:
         else:
             health = _health(info.url)
             if health is not None and health.get("status") in ("ready", "error"):
-                return StartResult(info.url, info.pid, True, {}, [])
+                return StartResult(info.url, info.pid, True, [])
         if time.monotonic() >= deadline:
             raise ServerError(
                 f"the server (pid {info.pid if info else '?'}) did not become ready within "
@@ -184,8 +192,11 @@ def _other_server(timeout: float, *, appear: float = 0.0) -> StartResult | None:
         time.sleep(POLL_S)
 
 
-def start(config_path: Path | None, *, timeout: float = DEFAULT_START_TIMEOUT) -> StartResult:
-    """Start the server in the background; returns once /health says ready."""
+def start(
+    loaded: LoadedManifest, alias_map: AliasMap, *, timeout: float = DEFAULT_START_TIMEOUT
+) -> StartResult:
+    """Start the server in the background serving `alias_map`; returns once /health says
+    ready. A server already running keeps the map it serves."""
     from local_ai.util.ports import port_free, port_holder
 
     info, alive = running_server()
@@ -193,7 +204,7 @@ def start(config_path: Path | None, *, timeout: float = DEFAULT_START_TIMEOUT) -
         other = _other_server(timeout)  # it may still be starting
         if other is not None:
             return other
-    prep = prepare(config_path)
+    prep = prepare(loaded, alias_map)
     paths = settings.paths()
     if info is not None:
         remove_pidfile(paths.server_pidfile)  # stale: the process is gone or is someone else
@@ -214,16 +225,7 @@ def start(config_path: Path | None, *, timeout: float = DEFAULT_START_TIMEOUT) -
     _rotate(paths.server_log)
     _rotate(paths.engine_log)
     env = disarmed_env({**os.environ, settings.ENV_HOME: str(paths.root)})
-    command = [
-        sys.executable,
-        "-m",
-        "local_ai",
-        "server",
-        "start",
-        "--foreground",
-        "--config",
-        str(prep.loaded.path),
-    ]
+    command = server_command(prep.loaded.path, keep_alias_map=True)
     with paths.server_log.open("ab") as log_file:
         proc = subprocess.Popen(
             command,
@@ -252,9 +254,7 @@ def start(config_path: Path | None, *, timeout: float = DEFAULT_START_TIMEOUT) -
         if current is not None and current.pid == proc.pid:
             health = _health(current.url)
             if health is not None and health.get("status") == "ready":
-                return StartResult(
-                    current.url, proc.pid, False, prep.skipped, list(prep.alias_map.models)
-                )
+                return StartResult(current.url, proc.pid, False, list(prep.alias_map.models))
             if health is not None and health.get("status") == "error":
                 _kill_group(proc)
                 remove_pidfile(paths.server_pidfile, token=current.token)
@@ -371,7 +371,7 @@ def _admin(info: PidInfo, method: str, path: str, body: dict[str, Any] | None = 
 
 def reload_aliases() -> list[str]:
     """Make the running server serve `run/aliases.json` as it is now (write it first with
-    `aliases.save_alias_map`); the engine keeps running. Returns the aliases now served."""
+    `aliases.put_in_service`); the engine keeps running. Returns the aliases now served."""
     return list(_admin(_running_or_fail(), "POST", "/api/admin/reload")["models"])
 
 

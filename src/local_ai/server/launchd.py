@@ -9,12 +9,12 @@ import contextlib
 import os
 import plistlib
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 from local_ai import settings
 from local_ai.errors import LocalAIError, NotYetError
+from local_ai.server.daemon import server_command
 
 LABEL = "dev.local-ai.server"
 # Variables the server (or huggingface_hub inside it) reads, passed through when set.
@@ -59,16 +59,7 @@ def build_plist(
         variables[api_key_env] = env[api_key_env]
     return {
         "Label": LABEL,
-        "ProgramArguments": [
-            python or sys.executable,
-            "-m",
-            "local_ai",
-            "server",
-            "start",
-            "--foreground",
-            "--config",
-            str(manifest),
-        ],
+        "ProgramArguments": server_command(manifest, python=python),
         "EnvironmentVariables": variables,
         "WorkingDirectory": str(home),
         "StandardOutPath": str(paths.server_log),

@@ -229,15 +229,48 @@ def resolved_from_entry(
     )
 
 
+LockField = Literal[
+    "entry", "kind", "repo", "file", "revision", "path", "extra_files", "quantize", "group size"
+]
+
+
+@dataclass(frozen=True)
+class Difference:
+    """One field on which the manifest and its lock entry disagree."""
+
+    field: LockField
+    locked: object = None
+    wanted: object = None
+
+    @property
+    def of_recipe(self) -> bool:
+        """Only how the source is converted moved: the same source rebuilds, no new resolve."""
+        return self.field in ("quantize", "group size")
+
+    def __str__(self) -> str:
+        if self.field == "entry":
+            return "not in the lock file"
+        what = "source" if self.field == "kind" else self.field
+        return f"{what} changed ({_show(self.locked)} → {_show(self.wanted)})"
+
+
 @dataclass(frozen=True)
 class LockMatch:
-    """Whether a manifest entry and its lock entry agree; `reasons` says why not."""
+    """Whether a manifest entry and its lock entry agree; `differences` says where not."""
 
-    reasons: tuple[str, ...] = ()
+    differences: tuple[Difference, ...] = ()
 
     @property
     def ok(self) -> bool:
-        return not self.reasons
+        return not self.differences
+
+    @property
+    def source_moved(self) -> bool:
+        return any(not d.of_recipe for d in self.differences)
+
+    @property
+    def reasons(self) -> tuple[str, ...]:
+        return tuple(str(d) for d in self.differences)
 
     def __bool__(self) -> bool:
         return self.ok
@@ -246,17 +279,16 @@ class LockMatch:
 def lock_matches(spec: ModelSpec, entry: LockEntry | None) -> LockMatch:
     """Compare what the manifest asks for with what the lock pinned (no I/O)."""
     if entry is None:
-        return LockMatch(("not in the lock file",))
-    reasons: list[str] = []
+        return LockMatch((Difference("entry"),))
+    found: list[Difference] = []
 
-    def differs(what: str, want: object, have: object) -> None:
+    def differs(what: LockField, want: object, have: object) -> None:
         if want != have:
-            reasons.append(f"{what} changed ({_show(have)} → {_show(want)})")
+            found.append(Difference(what, have, want))
 
     kind = "path" if spec.path is not None else "repo"
     if kind != entry.kind:
-        reasons.append(f"source changed ({entry.kind} → {kind})")
-        return LockMatch(tuple(reasons))
+        return LockMatch((Difference("kind", entry.kind, kind),))
     if kind == "repo":
         differs("repo", spec.repo, entry.repo)
         differs("file", spec.file, entry.file)
@@ -268,7 +300,7 @@ def lock_matches(spec: ModelSpec, entry: LockEntry | None) -> LockMatch:
     differs("quantize", want.quantize, entry.recipe.quantize)
     if want.quantize is not None and entry.recipe.quantize is not None:
         differs("group size", want.group_size, entry.recipe.group_size)
-    return LockMatch(tuple(reasons))
+    return LockMatch(tuple(found))
 
 
 def _show(value: object) -> str:

@@ -658,6 +658,7 @@ class Gateway:
                 "context": entry.context,
                 "max_output_tokens": entry.max_output_tokens,
                 "quantization": entry.quantization,
+                "digest": entry.digest,
                 "format": entry.format,
                 "source": web.public_source(entry.source),
                 "size_bytes": web.directory_size(entry.path),

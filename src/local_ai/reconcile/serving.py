@@ -1,0 +1,103 @@
+"""The alias map the gateway serves, decided here only: apply builds it from what it installed
+and records it as a generation; `server start`/`restart`, launchd starts and `rollback` put a
+recorded generation back in service (docs/architecture.md)."""
+
+from __future__ import annotations
+
+from local_ai import settings
+from local_ai.errors import LocalAIError
+from local_ai.manifest.load import LoadedManifest
+from local_ai.manifest.models import Manifest
+from local_ai.reconcile.generations import Generations
+from local_ai.reconcile.model import alias_map_hash
+from local_ai.server.aliases import AliasEntry, AliasMap
+from local_ai.store.state import State, load_state
+
+RUN_APPLY = "run `local-ai apply`"
+NOT_APPLIED = f"not installed yet; {RUN_APPLY}"
+
+
+def alias_map_of(
+    manifest: Manifest, state: State, commits: dict[str, str | None] | None
+) -> AliasMap:
+    """Each manifest alias served from the build state.json records for it. `commits` (alias →
+    source commit) names the map with `alias_map_hash`; None: a map apply did not make."""
+    entries: dict[str, AliasEntry] = {}
+    for alias, spec in manifest.models.items():
+        model = state.models.get(alias)
+        if model is None:
+            continue
+        entries[alias] = AliasEntry(
+            path=model.location,
+            context=spec.context,
+            max_output_tokens=spec.max_output_tokens,
+            name=spec.name,
+            source=model.source,
+            format="mlx",
+            quantization=model.quantization,
+            digest=model.store_digest,
+        )
+    # Only a map serving every alias is the one the manifest asks for.
+    complete = commits is not None and set(entries) == set(manifest.models)
+    hash_ = alias_map_hash(manifest, commits or {}) if complete else None
+    return _assemble(manifest, entries, hash_)
+
+
+def _assemble(manifest: Manifest, entries: dict[str, AliasEntry], hash_: str | None) -> AliasMap:
+    entries = {a: entries[a] for a in manifest.models if a in entries}  # manifest order
+    default = manifest.default_alias
+    return AliasMap(
+        default=default if default in entries else next(iter(entries), None),
+        models=entries,
+        hash=hash_,
+        preload=[a for a in manifest.server.preload if a in entries],
+    )
+
+
+def map_to_serve(loaded: LoadedManifest) -> tuple[AliasMap, dict[str, str]]:
+    """What a starting server serves: the generation in service (the last apply's, or the one
+    `rollback` chose). Returns the map and, per manifest alias left out, why."""
+    manifest = loaded.manifest
+    current = Generations(settings.paths().generations).current()
+    if current is None:
+        return _before_first_apply(loaded)
+    alias_map = current.alias_map()
+    skipped = {a: NOT_APPLIED for a in manifest.models if a not in alias_map.models}
+    return alias_map, skipped
+
+
+def _before_first_apply(loaded: LoadedManifest) -> tuple[AliasMap, dict[str, str]]:
+    """No generation yet: what is installed, and `path` directories that need no conversion as
+    they are, so a model directory can be tried before any apply."""
+    from local_ai.hub.resolve import resolve_path
+
+    manifest = loaded.manifest
+    installed = alias_map_of(manifest, load_state(settings.paths().state_file), None)
+    entries = dict(installed.models)
+    skipped: dict[str, str] = {}
+    for alias, spec in manifest.models.items():
+        if alias in entries:
+            continue
+        if spec.path is None:
+            skipped[alias] = NOT_APPLIED
+            continue
+        if spec.quantize is not None:
+            skipped[alias] = f"quantize = {spec.quantize!r} needs a conversion; {RUN_APPLY}"
+            continue
+        try:
+            source = resolve_path(alias, spec, base_dir=loaded.path.parent)
+        except LocalAIError as exc:
+            skipped[alias] = str(exc)
+            continue
+        if source.format == "gguf":
+            skipped[alias] = f"a .gguf file needs a conversion; {RUN_APPLY}"
+            continue
+        entries[alias] = AliasEntry(
+            path=source.path or "",
+            context=spec.context,
+            max_output_tokens=spec.max_output_tokens,
+            name=spec.name,
+            source=spec.path,
+            quantization=source.quantization.label if source.quantization else None,
+        )
+    return _assemble(manifest, entries, None), skipped
