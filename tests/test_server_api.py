@@ -52,7 +52,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
                 'preload = ["tiny"]',
             ]
         ),
-        engine_extra="max_queued_requests = 1",
+        engine_extra="max_queued_requests = 1\nmax_batch_size = 4",
     )
     d = Daemon(
         home=root / "home",
@@ -670,7 +670,7 @@ def test_client_disconnect_cancels_generation(daemon: Daemon, client: httpx.Clie
 
 
 def test_queue_limit_answers_503(daemon: Daemon, client: httpx.Client) -> None:
-    # max_active is 4 and max_queued_requests 1: the sixth concurrent request is refused.
+    # max_batch_size is 4 and max_queued_requests 1: the sixth concurrent request is refused.
     streams = [Stream(daemon) for _ in range(5)]
     try:
         assert wait_for(lambda: engine_status(client)["requests"]["queued"] == 1, 30)

@@ -111,6 +111,7 @@ class ScheduledChatGenerator(ChatGenerator):  # type: ignore[misc]
         if len(tokens) >= context:
             raise ContextLengthExceeded(len(tokens), context)
         budget = min(max_tokens, self.limits.max_output_tokens, context - len(tokens))
+        self.scheduler.check_fits(self.loaded, len(tokens) + budget)
         # Omni passes presence_penalty (-2..2) as mlx-lm's repetition_penalty (>1 penalises).
         presence = kwargs.pop("repetition_penalty", None)
         if isinstance(presence, int | float) and presence > 0:
