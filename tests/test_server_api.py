@@ -282,6 +282,43 @@ def test_openai_sdk_chat_stream_and_not(daemon: Daemon) -> None:
     assert finishes[0] == "length"
 
 
+def test_stop_strings_and_seed_apply_per_request(daemon: Daemon) -> None:
+    import anthropic
+    import openai
+
+    sdk = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key=API_KEY, max_retries=0)
+    ask = {"model": "tiny", "messages": [{"role": "user", "content": "Say something"}]}
+    full = sdk.chat.completions.create(**ask, max_tokens=24, temperature=0)
+    text = full.choices[0].message.content or ""
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    stopped = sdk.chat.completions.create(**ask, max_tokens=24, temperature=0, stop=[stop])
+    assert stopped.choices[0].message.content == text[: text.find(stop)]
+    assert stopped.choices[0].finish_reason == "stop"
+    streamed = sdk.chat.completions.create(
+        **ask, max_tokens=24, temperature=0, stop=stop, stream=True
+    )
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+        == text[: text.find(stop)]
+    )
+    claude = anthropic.Anthropic(base_url=f"{daemon.url}/anthropic", api_key=API_KEY)
+    message = claude.messages.create(
+        model="tiny",
+        max_tokens=24,
+        messages=[{"role": "user", "content": "Say something"}],
+        stop_sequences=[stop],
+        extra_body={"temperature": 0},
+    )
+    assert message.content[0].text == text[: text.find(stop)]  # type: ignore[union-attr]
+    sampled = [
+        sdk.chat.completions.create(**ask, max_tokens=16, temperature=1.0, seed=seed)
+        .choices[0]
+        .message.content
+        for seed in (11, 11, 12)
+    ]
+    assert sampled[0] == sampled[1] != sampled[2]
+
+
 def test_openai_sdk_tool_calls(daemon: Daemon) -> None:
     import openai
 

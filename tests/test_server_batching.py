@@ -65,11 +65,13 @@ def engine() -> Iterator[Engine]:
     e.stop()
 
 
-def options(n: int, **extra: Any) -> dict[str, Any]:
-    from mlx_lm.sample_utils import make_sampler
+def options(n: int) -> dict[str, Any]:
+    """Greedy, as Omni's adapters pass a temperature of 0."""
+    return {"max_tokens": n, "sampling": {"temp": 0.0, "top_p": 1.0, "top_k": 0}}
 
-    temp = extra.pop("temp", 0.0)
-    return {"max_tokens": n, "sampler": make_sampler(temp=temp, top_p=extra.pop("top_p", 1.0))}
+
+def sampled(n: int, seed: int) -> dict[str, Any]:
+    return {"max_tokens": n, "sampling": {"temp": 0.8, "top_p": 0.95, "top_k": 0}, "seed": seed}
 
 
 def text(events: list[TokenEvent]) -> str:
@@ -104,7 +106,7 @@ def test_a_mixed_batch_gives_each_request_its_output_alone(
         return [
             Job(model=loaded, prompt=prompts[0], kwargs=options(12)),
             Job(model=loaded, prompt=prompts[1], kwargs=options(30)),
-            Job(model=loaded, prompt=prompts[2], kwargs={**options(25, temp=0.8), "seed": 7}),
+            Job(model=loaded, prompt=prompts[2], kwargs=sampled(25, seed=7)),
             Job(model=loaded, prompt=prompts[3], kwargs=options(40)),
         ]
 
@@ -131,20 +133,23 @@ def test_a_mixed_batch_gives_each_request_its_output_alone(
         for _ in stream:
             pass
     results = [list(job.events()) for job in batch]
+    steps = engine.scheduler.decode_steps - steps_before
 
     for alone_events, batched in zip(alone[:3], results[:3], strict=True):
         assert [e.token for e in batched] == [e.token for e in alone_events]
         assert text(batched) == text(alone_events)
         assert batched[-1].finish_reason == "length"
-    # Seeded sampling repeats while other rows sample in the same steps.
+    # Seeded sampling repeats while other rows sample in the same steps; another seed differs.
     assert [e.token for e in results[2]] != reference(model_paths[0], prompts[2], 25)
+    (other_seed,) = engine.run(Job(model=loaded, prompt=prompts[2], kwargs=sampled(25, seed=8)))
+    assert [e.token for e in other_seed] != [e.token for e in results[2]]
     stopped = results[3]
     assert text(stopped) == full[: full.find(stop)]
     assert stopped[-1].finish_reason == "stop"
     assert [e.token for e in stopped] == [e.token for e in alone[3][: len(stopped)]]
     # Rows advance together: far fewer forward passes than tokens.
     generated = sum(len(r) for r in results) + 3
-    assert engine.scheduler.decode_steps - steps_before < 0.6 * generated
+    assert steps < 0.6 * generated
     assert wait_for(lambda: engine.scheduler.active == 0, 5)
 
 

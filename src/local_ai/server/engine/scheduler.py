@@ -18,6 +18,7 @@ import collections
 import concurrent.futures
 import logging
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -79,8 +80,9 @@ _CANCELLED = object()
 class Job:
     """One generation: prompt tokens in, TokenEvents out through a thread-safe queue.
 
-    `kwargs` are mlx-lm generation options: max_tokens, sampler, logits_processors, plus
-    `stop` (strings that end the generation, not emitted) and `seed` (per-request sampling).
+    `kwargs` are mlx-lm generation options: max_tokens, sampler (a callable) or sampling (the
+    parameters of mlx-lm's `make_sampler`), logits_processors, plus `stop` (strings that end
+    the generation, not emitted) and `seed` (repeatable sampling with `sampling`).
     """
 
     model: LoadedModel
@@ -145,22 +147,38 @@ class Job:
         return out, False
 
 
-def _seeded(sampler: Callable[[Any], Any], seed: int) -> Callable[[Any], Any]:
-    """`sampler` drawing from its own random key: a seed repeats a request's output even when
-    other requests sample in the same batch (mlx-lm samplers read the global key)."""
-    import mlx.core as mx
+def _make_sampler(params: dict[str, Any], seed: int | None) -> Callable[[Any], Any] | None:
+    """mlx-lm's sampler chain (`make_sampler`) drawing from the request's own random key.
 
-    key = [mx.random.key(seed)]
-    state: Any = mx.random.state
+    mlx-lm's compiled samplers read the random state of the thread that imported them, so in
+    this thread they return the same token every call; and a seed must hold whatever other
+    rows of the batch sample. None means greedy.
+    """
+    import mlx.core as mx
+    from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, apply_xtc
+
+    temp = float(params.get("temp") or 0.0)
+    if temp <= 0:
+        return None
+    top_p = float(params.get("top_p") or 0.0)
+    min_p = float(params.get("min_p") or 0.0)
+    keep = int(params.get("min_tokens_to_keep") or 1)
+    top_k = int(params.get("top_k") or 0)
+    xtc = float(params.get("xtc_probability") or 0.0)
+    xtc_threshold = float(params.get("xtc_threshold") or 0.0)
+    key = [mx.random.key(seed if seed is not None else secrets.randbits(32))]
 
     def sample(logprobs: Any) -> Any:
-        saved = state[0]
-        state[0] = key[0]
-        try:
-            return sampler(logprobs)
-        finally:
-            key[0] = state[0]
-            state[0] = saved
+        if 0 < top_p < 1:
+            logprobs = apply_top_p(logprobs, top_p)
+        if min_p:
+            logprobs = apply_min_p(logprobs, min_p, keep)
+        if xtc > 0:
+            logprobs = apply_xtc(logprobs, xtc, xtc_threshold, [])
+        if top_k > 0:
+            logprobs = apply_top_k(logprobs, top_k)
+        key[0], sub = mx.random.split(key[0])
+        return mx.random.categorical(logprobs * (1 / temp), key=sub)
 
     return sample
 
@@ -173,16 +191,16 @@ def _job_sampler(job: Job) -> Callable[[Any], Any] | None:
     """
     import mlx.core as mx
 
-    sampler = job.kwargs.get("sampler")
-    processors = list(job.kwargs.get("logits_processors") or [])
     seed = job.kwargs.get("seed")
-    if sampler is None and not processors and seed is None:
-        return None
-    base = sampler or (lambda x: mx.argmax(x, axis=-1))
-    if isinstance(seed, int) and not isinstance(seed, bool):
-        base = _seeded(base, seed)
+    params = job.kwargs.get("sampling")
+    if isinstance(params, dict):
+        sampler = _make_sampler(params, seed if isinstance(seed, int) else None)
+    else:
+        sampler = job.kwargs.get("sampler")  # a ready callable (in-process callers)
+    processors = list(job.kwargs.get("logits_processors") or [])
     if not processors:
-        return base
+        return sampler
+    base = sampler or (lambda x: mx.argmax(x, axis=-1))
     history = [mx.array(job.prompt)]
 
     def sample(logprobs: Any) -> Any:
