@@ -143,12 +143,16 @@ class DiskPromptCache:
         tokens: list[int],
     ) -> None:
         """Save the prompt's part of a finished generation's cache when it holds at least
-        `min_tokens` tokens more than the longest prefix of it already on disk."""
+        `min_tokens` tokens, and a quarter, more than the longest prefix of it already on disk:
+        a growing conversation is rewritten a few times, not on every turn."""
         import mlx.core as mx
         from mlx_lm.models.cache import KVCache
 
         n = len(prompt)
-        if n < self.min_tokens or n - on_disk < self.min_tokens or list(tokens[:n]) != prompt:
+        new = n - on_disk
+        if n < self.min_tokens or new < max(self.min_tokens, on_disk // 4):
+            return
+        if list(tokens[:n]) != prompt:
             return
         if not all(type(c) is KVCache and c.offset >= n for c in cache):
             return  # sliding-window and recurrent caches cannot be cut at a token
