@@ -242,6 +242,10 @@ def test_a_long_prefix_is_reused_from_disk_after_a_restart(
         assert len(cache_files(directory)) == 1
     finally:
         engine.stop()
+    # The very same prompt again: all but its last token come from disk, and nothing is written.
+    events, status = fresh_engine_run(directory, path, prompt, 4)
+    assert events[0].cached_tokens == len(prompt) - 1 and status["disk_cache"]["saves"] == 0
+    assert [e.token for e in events] == reference(path, prompt, 4)
 
 
 def test_corrupt_stale_and_foreign_cache_files_are_removed_never_served(

@@ -73,7 +73,7 @@ class DiskPromptCache:
         return self.directory / cached[1]
 
     def lookup(self, loaded: LoadedModel, prompt: list[int]) -> tuple[Path, int] | None:
-        """The longest saved prefix of `prompt` (leaving one token to process), if any."""
+        """The longest saved prefix of `prompt` (the whole prompt included), if any."""
         folder = self._model_dir(loaded)
         if folder is None or not folder.is_dir():
             return None
@@ -86,7 +86,7 @@ class DiskPromptCache:
                 continue
             n = int(match.group(1))
             longer = best is None or n > best[1]
-            if n < len(prompt) and longer and prefix_hash(prompt[:n]) == match.group(2):
+            if n <= len(prompt) and longer and prefix_hash(prompt[:n]) == match.group(2):
                 best = (file, n)
         return best
 

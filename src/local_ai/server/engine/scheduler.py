@@ -499,7 +499,7 @@ class Scheduler:
                 job.out.put(exc)
 
     def _start(self, job: Job) -> None:
-        from mlx_lm.models.cache import make_prompt_cache
+        from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 
         loaded = job.model
         job.started = time.perf_counter()
@@ -508,15 +508,18 @@ class Scheduler:
             cache, job.cached_tokens = loaded.prefix_cache.checkout(loaded.model, job.prompt)
             if self.disk_cache is not None:
                 found = self.disk_cache.lookup(loaded, job.prompt)
-                if found is not None and found[1] <= job.cached_tokens:
-                    job.disk_tokens = found[1]  # on disk, and in memory already
-                elif found is not None:
+                job.disk_tokens = found[1] if found is not None else 0
+                # At least one prompt token must go through the model to produce logits.
+                usable = min(job.disk_tokens, len(job.prompt) - 1)
+                if found is not None and usable > job.cached_tokens:
                     disk = self.disk_cache.load(loaded, *found)
-                    if disk is not None:
+                    if disk is None:
+                        job.disk_tokens = 0
+                    else:
                         if job.cached_tokens:
                             loaded.prefix_cache.checkin(job.prompt[: job.cached_tokens], cache)
-                        cache, job.cached_tokens = disk, found[1]
-                        job.disk_tokens = found[1]
+                        trim_prompt_cache(disk, found[1] - usable)
+                        cache, job.cached_tokens = disk, usable
         if cache is None:
             cache, job.cached_tokens = make_prompt_cache(loaded.model), 0
         batch = self._batches.get(loaded.path)
