@@ -5,6 +5,7 @@ reused after a restart while corrupt, stale or foreign files are removed, never 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -185,6 +186,73 @@ def test_a_request_that_does_not_fit_waits_or_is_refused(model_paths: tuple[Path
         assert engine.scheduler.batch_status()["refused_for_memory"] >= 2
     finally:
         engine.stop()
+
+
+async def post(app: Any, path: str, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
+    """One request straight to the engine's ASGI app; status, headers and the JSON body."""
+    chunks = [json.dumps(body).encode()]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        if chunks:
+            return {"type": "http.request", "body": chunks.pop(), "more_body": False}
+        await asyncio.sleep(3600)  # the client stays connected
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": path,
+        "headers": [(b"content-type", b"application/json"), (b"x-local-ai-context", b"4096")],
+    }
+    await app(scope, receive, send)
+    start = next(m for m in sent if m["type"] == "http.response.start")
+    headers = {k.decode(): v.decode() for k, v in start["headers"]}
+    body_bytes = b"".join(m.get("body", b"") for m in sent if m["type"] == "http.response.body")
+    return start["status"], headers, json.loads(body_bytes)
+
+
+def test_the_engine_refuses_what_cannot_fit_with_503_and_retry_after(
+    tmp_path: Path, model_paths: tuple[Path, Path]
+) -> None:
+    from local_ai.server.aliases import AliasEntry, AliasMap, save_alias_map
+    from local_ai.server.engine.app import EngineApp, EngineConfig
+
+    path = str(model_paths[0])
+    aliases = tmp_path / "aliases.json"
+    save_alias_map(aliases, AliasMap(models={"tiny": AliasEntry(path=path)}))
+    app = EngineApp(EngineConfig(socket=str(tmp_path / "engine.sock"), aliases_file=str(aliases)))
+    app.scheduler.start()
+    try:
+        loaded = asyncio.run(app.registry.acquire(path))
+        app.registry.release(loaded)
+        app.scheduler.memory_budget = loaded.memory_bytes + 200 * app.scheduler.kv_bytes(loaded, 1)
+        messages = [{"role": "user", "content": "Hello"}]
+        for route, body in (
+            ("/v1/chat/completions", {"model": path, "messages": messages, "max_tokens": 500}),
+            (
+                "/v1/chat/completions",
+                {"model": path, "messages": messages, "max_tokens": 500, "stream": True},
+            ),
+            (
+                "/anthropic/v1/messages",
+                {"model": path, "messages": messages, "max_tokens": 500, "stream": True},
+            ),
+        ):
+            status, headers, answer = asyncio.run(post(app, route, body))
+            assert status == 503, answer
+            assert int(headers["retry-after"]) > 0
+            assert "does not fit" in json.dumps(answer)
+        # What fits is served by the same engine.
+        small = {"model": path, "messages": messages, "max_tokens": 5}
+        status, _, answer = asyncio.run(post(app, "/v1/chat/completions", small))
+        assert status == 200 and answer["usage"]["completion_tokens"] == 5
+    finally:
+        app.scheduler.stop()
+        app.pool.shutdown(wait=False)
 
 
 # --- the disk prompt cache ---------------------------------------------------------------------

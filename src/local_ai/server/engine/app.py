@@ -345,17 +345,18 @@ class EngineApp:
         await send_json(send, 200, result)
 
     async def _send_error(self, send: Send, api: Api, exc: BaseException) -> None:
+        # Omni's non-streaming path wraps what the generator raised.
         cause: BaseException | None = exc
-        while cause is not None and not isinstance(cause, ContextLengthExceeded):
+        while cause is not None and not isinstance(cause, ContextLengthExceeded | AdmissionRefused):
             cause = cause.__cause__ or cause.__context__
         if isinstance(cause, ContextLengthExceeded):
             await send_json(send, 400, context_error(api, cause.prompt_tokens, cause.context))
             return
-        if isinstance(exc, GenerationCancelled):
+        if isinstance(cause, AdmissionRefused):
+            retry = [(b"retry-after", str(cause.retry_after).encode())]
+            await send_json(send, 503, error_body(api, 503, str(cause)), retry)
             return
-        if isinstance(exc, AdmissionRefused):
-            retry = [(b"retry-after", str(exc.retry_after).encode())]
-            await send_json(send, 503, error_body(api, 503, str(exc)), retry)
+        if isinstance(exc, GenerationCancelled):
             return
         if isinstance(exc, ValueError | TypeError):
             await send_json(send, 400, error_body(api, 400, str(exc)))

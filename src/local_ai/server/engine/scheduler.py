@@ -304,10 +304,13 @@ def kv_bytes_per_token(model: Any) -> int:
 
 
 def _refusal(tokens: int, need: int, free: int) -> AdmissionRefused:
+    def size(n: int) -> str:
+        return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
     return AdmissionRefused(
-        f"the KV cache of this request ({tokens} prompt and output tokens, {need / 1e9:.2f} GB) "
-        f"does not fit the {max(free, 0) / 1e9:.2f} GB of memory left for it; shorten the "
-        "prompt or max_tokens"
+        f"the KV cache of this request ({tokens} prompt and output tokens, {size(need)}) does "
+        f"not fit the {size(max(free, 0))} of memory left for it; shorten the prompt or "
+        "max_tokens"
     )
 
 
@@ -382,6 +385,10 @@ class Scheduler:
 
             self._memory_budget = detect().usable_memory_bytes
         return self._memory_budget
+
+    @memory_budget.setter
+    def memory_budget(self, value: int) -> None:
+        self._memory_budget = value
 
     def kv_bytes(self, loaded: LoadedModel, tokens: int) -> int:
         if loaded.kv_bytes_per_token == 0:
