@@ -37,9 +37,9 @@ def model_paths(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 class Engine:
     """A scheduler thread and a model registry, as one engine process holds them."""
 
-    def __init__(self, **scheduler: Any) -> None:
+    def __init__(self, idle_ttl_s: int = 0, **scheduler: Any) -> None:
         self.scheduler = Scheduler(prefill_chunk=CHUNK, **scheduler)
-        self.registry = ModelRegistry(self.scheduler, max_loaded=2, idle_ttl_s=0)
+        self.registry = ModelRegistry(self.scheduler, max_loaded=2, idle_ttl_s=idle_ttl_s)
         self.scheduler.start()
         self.held: list[LoadedModel] = []
 
@@ -314,6 +314,26 @@ def test_a_long_prefix_is_reused_from_disk_after_a_restart(
     events, status = fresh_engine_run(directory, path, prompt, 4)
     assert events[0].cached_tokens == len(prompt) - 1 and status["disk_cache"]["saves"] == 0
     assert [e.token for e in events] == reference(path, prompt, 4)
+
+
+def test_a_model_unloaded_by_idle_ttl_reuses_its_prefix_from_disk(
+    tmp_path: Path, model_paths: tuple[Path, Path]
+) -> None:
+    path = model_paths[0]
+    prompt = long_prompt(path)
+    engine = Engine(idle_ttl_s=1, disk_cache=DiskPromptCache(tmp_path, 2**26, min_tokens=64))
+    try:
+        loaded = asyncio.run(engine.registry.acquire(str(path)))
+        engine.run(Job(model=loaded, prompt=prompt, kwargs=options(2)))
+        engine.registry.release(loaded)
+        assert wait_for(lambda: not engine.registry.status(), 10)  # unloaded: memory cache gone
+        again = engine.model(path)
+        turn = [*prompt, 7]
+        (events,) = engine.run(Job(model=again, prompt=turn, kwargs=options(6)))
+        assert events[0].cached_tokens == len(prompt)
+        assert [e.token for e in events] == reference(path, turn, 6)
+    finally:
+        engine.stop()
 
 
 def test_corrupt_stale_and_foreign_cache_files_are_removed_never_served(
