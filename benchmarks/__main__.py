@@ -9,6 +9,7 @@ import sys
 
 BENCHMARKS = {
     "server": "benchmarks.server_concurrency",
+    "batch": "benchmarks.batching",
     "plan": "benchmarks.plan_apply",
     "prefix": "benchmarks.prefix_cache",
     "fetch": "benchmarks.fetch",

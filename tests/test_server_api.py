@@ -54,7 +54,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
                 'preload = ["tiny"]',
             ]
         ),
-        engine_extra="max_queued_requests = 1",
+        engine_extra="max_queued_requests = 1\nmax_batch_size = 4",
     )
     d = Daemon(
         home=root / "home",
@@ -277,6 +277,43 @@ def test_openai_sdk_chat_stream_and_not(daemon: Daemon) -> None:
         c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
     ]
     assert finishes[0] == "length"
+
+
+def test_stop_strings_and_seed_apply_per_request(daemon: Daemon) -> None:
+    import anthropic
+    import openai
+
+    sdk = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key=API_KEY, max_retries=0)
+    ask = {"model": "tiny", "messages": [{"role": "user", "content": "Say something"}]}
+    full = sdk.chat.completions.create(**ask, max_tokens=24, temperature=0)
+    text = full.choices[0].message.content or ""
+    stop = text[len(text) // 2 : len(text) // 2 + 3]
+    stopped = sdk.chat.completions.create(**ask, max_tokens=24, temperature=0, stop=[stop])
+    assert stopped.choices[0].message.content == text[: text.find(stop)]
+    assert stopped.choices[0].finish_reason == "stop"
+    streamed = sdk.chat.completions.create(
+        **ask, max_tokens=24, temperature=0, stop=stop, stream=True
+    )
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in streamed if c.choices)
+        == text[: text.find(stop)]
+    )
+    claude = anthropic.Anthropic(base_url=f"{daemon.url}/anthropic", api_key=API_KEY)
+    message = claude.messages.create(
+        model="tiny",
+        max_tokens=24,
+        messages=[{"role": "user", "content": "Say something"}],
+        stop_sequences=[stop],
+        extra_body={"temperature": 0},
+    )
+    assert message.content[0].text == text[: text.find(stop)]  # type: ignore[union-attr]
+    sampled = [
+        sdk.chat.completions.create(**ask, max_tokens=16, temperature=1.0, seed=seed)
+        .choices[0]
+        .message.content
+        for seed in (11, 11, 12)
+    ]
+    assert sampled[0] == sampled[1] != sampled[2]
 
 
 def test_openai_sdk_tool_calls(daemon: Daemon) -> None:
@@ -573,7 +610,7 @@ def test_client_disconnect_cancels_generation(daemon: Daemon, client: httpx.Clie
 
 
 def test_queue_limit_answers_503(daemon: Daemon, client: httpx.Client) -> None:
-    # max_active is 4 and max_queued_requests 1: the sixth concurrent request is refused.
+    # max_batch_size is 4 and max_queued_requests 1: the sixth concurrent request is refused.
     streams = [Stream(daemon) for _ in range(5)]
     try:
         assert wait_for(lambda: engine_status(client)["requests"]["queued"] == 1, 30)

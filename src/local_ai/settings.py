@@ -190,6 +190,11 @@ class Paths:
         return self.root / "cache" / "verified-blobs.json"
 
     @property
+    def prompt_cache(self) -> Path:
+        """KV caches of long prompt prefixes saved by the engine (safe to delete)."""
+        return self.root / "cache" / "prompts"
+
+    @property
     def server_pidfile(self) -> Path:
         return self.run / "server.json"
 

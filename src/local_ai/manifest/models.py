@@ -96,6 +96,16 @@ class EngineSettings(_Strict):
         default=True,
         description="Reuse the key/value cache of shared prompt prefixes across requests.",
     )
+    max_batch_size: Annotated[int, Field(ge=1, le=64)] = Field(
+        default=8,
+        description="Generations the engine runs at once, decoded together in one batched step "
+        "per model; more wait in the queue (see max_queued_requests).",
+    )
+    prompt_cache_disk_mb: Annotated[int, Field(ge=0, le=1_048_576)] = Field(
+        default=4096,
+        description="Disk space (MiB) for saved KV caches of long prompt prefixes, reused after "
+        "an engine restart or an idle unload; least recently used go first. 0 disables.",
+    )
 
     @field_validator("idle_ttl")
     @classmethod

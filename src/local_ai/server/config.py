@@ -12,8 +12,6 @@ from local_ai.errors import ConfigError
 from local_ai.manifest.api_key import resolve_api_key
 from local_ai.manifest.models import EngineSettings, Manifest, is_loopback
 
-# Generation requests the engine interleaves at once; more wait in the gateway's queue.
-DEFAULT_MAX_ACTIVE = 4
 # Seconds open streams get when the server stops before they are cut.
 DEFAULT_GRACEFUL_TIMEOUT = 10.0
 WILDCARD_HOSTS = {"0.0.0.0", "::", ""}  # noqa: S104 (names, not a bind)
@@ -47,11 +45,15 @@ class ServerConfig:
     preload: tuple[str, ...]
     config_hash: str
     manifest_path: str | None = None
-    max_active: int = DEFAULT_MAX_ACTIVE
     graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT
     extra_hosts: tuple[str, ...] = field(default_factory=tuple)
     # reconcile.model.gateway_settings/engine_settings of the manifest it started from
     settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def max_active(self) -> int:
+        """Generations forwarded to the engine at once (its batch); more wait in our queue."""
+        return self.engine.max_batch_size
 
     @property
     def url(self) -> str:

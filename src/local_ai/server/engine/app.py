@@ -43,6 +43,7 @@ from local_ai.server.compat import (
     normalize_anthropic,
     normalize_openai,
 )
+from local_ai.server.engine.diskcache import DiskPromptCache
 from local_ai.server.engine.generator import (
     ContextLengthExceeded,
     Limits,
@@ -51,7 +52,12 @@ from local_ai.server.engine.generator import (
     ScheduledChatGenerator,
 )
 from local_ai.server.engine.models import LoadedModel, ModelRegistry
-from local_ai.server.engine.scheduler import GenerationCancelled, Scheduler
+from local_ai.server.engine.scheduler import (
+    DEFAULT_MAX_BATCH,
+    AdmissionRefused,
+    GenerationCancelled,
+    Scheduler,
+)
 
 log = logging.getLogger("local_ai.engine")
 
@@ -68,6 +74,9 @@ class EngineConfig:
     idle_ttl_s: int = 1800
     prompt_cache: bool = True
     preload: list[str] = field(default_factory=list)
+    max_batch_size: int = DEFAULT_MAX_BATCH
+    prompt_cache_dir: str | None = None
+    prompt_cache_disk_mb: int = 0
     debug: bool = False
     parent_pid: int | None = None
 
@@ -80,7 +89,7 @@ class EngineConfig:
 class EngineApp:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.scheduler = Scheduler()
+        self.scheduler = Scheduler(max_batch=config.max_batch_size, disk_cache=_disk_cache(config))
         self._aliases_mtime = -1.0
         self._paths: frozenset[str] = frozenset()  # the model directories it may load
         self._reload_aliases()
@@ -184,6 +193,7 @@ class EngineApp:
             "errors": dict(self.registry.last_error),
             "active_generations": self.scheduler.active,
             "completed_generations": self.scheduler.completed,
+            "batch": self.scheduler.batch_status(),
             "requests": self.requests,
             "model_loads": {p: dict(f) for p, f in list(self.registry.loads.items())},
             **_mlx_memory(),
@@ -333,11 +343,16 @@ class EngineApp:
         await send_json(send, 200, result)
 
     async def _send_error(self, send: Send, api: Api, exc: BaseException) -> None:
+        # Omni's non-streaming path wraps what the generator raised.
         cause: BaseException | None = exc
-        while cause is not None and not isinstance(cause, ContextLengthExceeded):
+        while cause is not None and not isinstance(cause, ContextLengthExceeded | AdmissionRefused):
             cause = cause.__cause__ or cause.__context__
         if isinstance(cause, ContextLengthExceeded):
             await send_json(send, 400, context_error(api, cause.prompt_tokens, cause.context))
+            return
+        if isinstance(cause, AdmissionRefused):
+            retry = [(b"retry-after", str(cause.retry_after).encode())]
+            await send_json(send, 503, error_body(api, 503, str(cause)), retry)
             return
         if isinstance(exc, GenerationCancelled):
             return
@@ -423,6 +438,12 @@ class EngineApp:
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(producer), timeout=0.1)
+
+
+def _disk_cache(config: EngineConfig) -> DiskPromptCache | None:
+    if not (config.prompt_cache and config.prompt_cache_dir and config.prompt_cache_disk_mb > 0):
+        return None
+    return DiskPromptCache(Path(config.prompt_cache_dir), config.prompt_cache_disk_mb * 1024 * 1024)
 
 
 def _stream_error(api: Api, exc: BaseException) -> bytes:

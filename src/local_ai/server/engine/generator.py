@@ -169,11 +169,14 @@ class ScheduledChatGenerator(ChatGenerator):  # type: ignore[misc]
         if len(tokens) >= context:
             raise ContextLengthExceeded(len(tokens), context)
         budget = min(max_tokens, self.limits.max_output_tokens, context - len(tokens))
+        self.scheduler.check_fits(self.loaded, len(tokens) + budget)
         # Omni passes presence_penalty (-2..2) as mlx-lm's repetition_penalty (>1 penalises).
         presence = kwargs.pop("repetition_penalty", None)
         if isinstance(presence, int | float) and presence > 0:
             kwargs["repetition_penalty"] = 1.0 + presence / 2
         mlx_kwargs = self._create_mlx_kwargs(sampler=sampler, max_tokens=budget, **kwargs)
+        if isinstance(sampler, dict):
+            mlx_kwargs["sampling"] = sampler  # the scheduler builds a per-request sampler
         self.prepared = Prepared(
             tokens=tokens,
             max_tokens=budget,
@@ -241,6 +244,9 @@ class LocalOpenAIAdapter(OpenAIAdapter):  # type: ignore[misc]
             k: v for k, v in params["template_kwargs"].items() if k in EXTRA_BODY_ALLOWED
         }
         params["top_logprobs"] = None  # logprobs would need MLX work outside the MLX thread
+        # Omni drops these; the scheduler applies them per request (see scheduler.Job).
+        params["stop"] = request.stop
+        params["seed"] = request.seed
         return params
 
     def _finish_reason(self, gen: ScheduledChatGenerator, calls: int) -> str:
@@ -388,6 +394,7 @@ class LocalAnthropicAdapter(AnthropicMessagesAdapter):  # type: ignore[misc]
             "top_p": 1.0 if request.top_p is None else request.top_p,
             "top_k": request.top_k or 0,
         }
+        params["stop"] = request.stop_sequences  # Omni drops them; see scheduler.Job
         if isinstance(request.thinking, ThinkingConfigEnabled):
             params["template_kwargs"] = {"enable_thinking": True}
         elif isinstance(request.thinking, ThinkingConfigDisabled):

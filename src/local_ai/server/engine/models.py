@@ -41,6 +41,7 @@ class LoadedModel:
     last_used: float
     active: int = 0
     prefix_cache: PrefixCache = field(default_factory=PrefixCache)
+    kv_bytes_per_token: int = 0  # set by the scheduler on first use
 
 
 # Passed to every tokenizer load: mlx_lm.load defaults to trusting the directory's code.

@@ -1,30 +1,42 @@
-"""One thread owns MLX and advances every running generation by one step in turn.
+"""One thread owns MLX and advances all running generations of a model in one batched step.
 
 Omni's handlers run mlx-lm's generator inside the event loop, so a second request waits for the
-first to finish. Here each request's `stream_generate` generator lives in this thread and gets
-one token per round (long prompts are prefilled in chunks, one chunk per round), so a new
-request's first token arrives after its own prefill plus one step of each other stream. All MLX
-work (loading, prefill, decode, KV-cache reuse) happens in this thread, never concurrently.
+first to finish. Here every request becomes a row of mlx-lm's `BatchGenerator` (one per loaded
+model): each scheduler round runs one forward pass that decodes a token for every running stream
+of that model, plus one chunk of any prompt still being prefilled, so a long prompt delays other
+streams by at most one chunk and a new request's first token waits for its own prefill only.
+All MLX work (loading, prefill, decode, KV-cache reuse, disk cache I/O) happens in this thread.
+
+Admission: at most `max_batch` generations run at once, and a request starts only when its KV
+cache (prompt + max_tokens) fits the memory budget next to the running ones; otherwise it waits,
+or is refused with `AdmissionRefused` when it would not fit even alone.
 """
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import queue
+import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from local_ai import sizing
+
 if TYPE_CHECKING:
+    from local_ai.server.engine.diskcache import DiskPromptCache
     from local_ai.server.engine.models import LoadedModel
 
 log = logging.getLogger("local_ai.engine")
 
 # Prompt tokens processed per scheduler round; bounds how long one prefill holds up other streams.
 PREFILL_CHUNK = 512
+# Generations decoded together (the manifest's server.engine.max_batch_size overrides it).
+DEFAULT_MAX_BATCH = 8
 # Prefix caches kept per model (each holds a KV cache) and how long an unused one is kept.
 PREFIX_CACHE_ENTRIES = 4
 # A cached prefix is reused only when it saves at least this many prompt tokens: checking out an
@@ -33,10 +45,20 @@ PREFIX_CACHE_ENTRIES = 4
 MIN_PREFIX_REUSE = 32
 PREFIX_CACHE_TTL_S = 600.0
 HOUSEKEEPING_INTERVAL_S = 1.0
+# Seconds a client refused for memory is told to wait before retrying.
+ADMISSION_RETRY_AFTER_S = 5
 
 
 class GenerationCancelled(BaseException):
     """The client went away. A BaseException so Omni's `except Exception` handlers let it pass."""
+
+
+class AdmissionRefused(RuntimeError):
+    """The request's KV cache would not fit the memory budget even with nothing else running."""
+
+    def __init__(self, message: str, retry_after: int = ADMISSION_RETRY_AFTER_S) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass
@@ -58,7 +80,12 @@ _CANCELLED = object()
 
 @dataclass
 class Job:
-    """One generation: prompt tokens in, TokenEvents out through a thread-safe queue."""
+    """One generation: prompt tokens in, TokenEvents out through a thread-safe queue.
+
+    `kwargs` are mlx-lm generation options: max_tokens, sampler (a callable) or sampling (the
+    parameters of mlx-lm's `make_sampler`), logits_processors, plus `stop` (strings that end
+    the generation, not emitted) and `seed` (repeatable sampling with `sampling`).
+    """
 
     model: LoadedModel
     prompt: list[int]
@@ -68,12 +95,15 @@ class Job:
     out: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
     submitted: float = field(default_factory=time.perf_counter)
     # Scheduler-thread state.
-    cache: list[Any] | None = None
-    pending: list[int] = field(default_factory=list)
+    uid: int = -1
+    kv_bytes: int = 0
     cached_tokens: int = 0
-    prefill_started: float = 0.0
-    gen: Iterator[Any] | None = None
-    fed: list[int] = field(default_factory=list)
+    disk_tokens: int = 0  # the longest prefix of this prompt already on disk
+    started: float = 0.0
+    first_token_at: float = 0.0
+    generated: int = 0
+    detokenizer: Any = None
+    held: str = ""  # text not yet sent: it may be the start of a stop string
 
     def cancel(self) -> None:
         self.cancelled.set()
@@ -89,6 +119,101 @@ class Job:
             if isinstance(item, BaseException):
                 raise item
             yield item
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.kwargs.get("max_tokens") or 256)
+
+    @property
+    def stops(self) -> list[str]:
+        stop = self.kwargs.get("stop") or []
+        return [stop] if isinstance(stop, str) else [s for s in stop if s]
+
+    def take_text(self, segment: str, *, final: bool) -> tuple[str, bool]:
+        """(text to send now, a stop string was reached); holds back a possible stop start."""
+        self.held += segment
+        stops = self.stops
+        hits = [i for i in (self.held.find(s) for s in stops) if i >= 0]
+        if hits:
+            out, self.held = self.held[: min(hits)], ""
+            return out, True
+        hold = 0
+        if not final:
+            for stop in stops:
+                for n in range(min(len(stop) - 1, len(self.held)), 0, -1):
+                    if self.held.endswith(stop[:n]):
+                        hold = max(hold, n)
+                        break
+        cut = len(self.held) - hold
+        out, self.held = self.held[:cut], self.held[cut:]
+        return out, False
+
+
+def _make_sampler(params: dict[str, Any], seed: int | None) -> Callable[[Any], Any] | None:
+    """mlx-lm's sampler chain (`make_sampler`) drawing from the request's own random key.
+
+    mlx-lm's compiled samplers read the random state of the thread that imported them, so in
+    this thread they return the same token every call; and a seed must hold whatever other
+    rows of the batch sample. None means greedy.
+    """
+    import mlx.core as mx
+    from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, apply_xtc
+
+    temp = float(params.get("temp") or 0.0)
+    if temp <= 0:
+        return None
+    top_p = float(params.get("top_p") or 0.0)
+    min_p = float(params.get("min_p") or 0.0)
+    keep = int(params.get("min_tokens_to_keep") or 1)
+    top_k = int(params.get("top_k") or 0)
+    xtc = float(params.get("xtc_probability") or 0.0)
+    xtc_threshold = float(params.get("xtc_threshold") or 0.0)
+    key = [mx.random.key(seed if seed is not None else secrets.randbits(32))]
+
+    def sample(logprobs: Any) -> Any:
+        if 0 < top_p < 1:
+            logprobs = apply_top_p(logprobs, top_p)
+        if min_p:
+            logprobs = apply_min_p(logprobs, min_p, keep)
+        if xtc > 0:
+            logprobs = apply_xtc(logprobs, xtc, xtc_threshold, [])
+        if top_k > 0:
+            logprobs = apply_top_k(logprobs, top_k)
+        key[0], sub = mx.random.split(key[0])
+        return mx.random.categorical(logprobs * (1 / temp), key=sub)
+
+    return sample
+
+
+def _job_sampler(job: Job) -> Callable[[Any], Any] | None:
+    """The per-row sampler for `job` (None: greedy), with its logits processors folded in.
+
+    mlx-lm 0.31's batch mixes rows with and without processors badly (a None entry is iterated),
+    so processors run here, on the row's log-probabilities, with the row's own token history.
+    """
+    import mlx.core as mx
+
+    seed = job.kwargs.get("seed")
+    params = job.kwargs.get("sampling")
+    if isinstance(params, dict):
+        sampler = _make_sampler(params, seed if isinstance(seed, int) else None)
+    else:
+        sampler = job.kwargs.get("sampler")  # a ready callable (in-process callers)
+    processors = list(job.kwargs.get("logits_processors") or [])
+    if not processors:
+        return sampler
+    base = sampler or (lambda x: mx.argmax(x, axis=-1))
+    history = [mx.array(job.prompt)]
+
+    def sample(logprobs: Any) -> Any:
+        tokens = mx.concatenate(history)
+        for processor in processors:
+            logprobs = processor(tokens, logprobs)
+        token = base(logprobs)
+        history.append(token.reshape(-1))
+        return token
+
+    return sample
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -155,22 +280,137 @@ class PrefixCache:
         self.entries.clear()
 
 
-class Scheduler:
-    """The MLX thread: runs submitted callables and advances jobs round-robin."""
+def kv_bytes_per_token(model: Any) -> int:
+    """KV-cache bytes one token takes in `model` (0 when its shape is not known)."""
+    from mlx.utils import tree_flatten
 
-    def __init__(self, prefill_chunk: int = PREFILL_CHUNK) -> None:
+    args = getattr(model, "args", None)
+    shape = sizing.shape_from_config(vars(args)) if hasattr(args, "__dict__") else None
+    if shape is None:
+        return 0
+    # The cache takes the activations' dtype: the first floating parameter (scales when quantized).
+    size = 2
+    params: Any = tree_flatten(model.parameters())
+    for _, value in params:
+        if "float" in str(value.dtype):
+            size = int(value.dtype.size)
+            break
+    return sizing.kv_cache_bytes(shape.num_layers, shape.num_kv_heads, shape.head_dim, 1, size)
+
+
+def _refusal(tokens: int, need: int, free: int) -> AdmissionRefused:
+    def size(n: int) -> str:
+        return f"{n / 1e9:.2f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+    return AdmissionRefused(
+        f"the KV cache of this request ({tokens} prompt and output tokens, {size(need)}) does "
+        f"not fit the {size(max(free, 0))} of memory left for it; shorten the prompt or "
+        "max_tokens"
+    )
+
+
+class _ModelBatch:
+    """The running generations of one model, as rows of one mlx-lm BatchGenerator."""
+
+    def __init__(self, loaded: LoadedModel, prefill_chunk: int, max_batch: int) -> None:
+        from mlx_lm.generate import BatchGenerator
+
+        self.loaded = loaded
+        eos = sorted(getattr(loaded.tokenizer, "eos_token_ids", None) or [])
+        self.gen: Any = BatchGenerator(
+            loaded.model,
+            stop_tokens=[[t] for t in eos],
+            completion_batch_size=max_batch,
+            prefill_batch_size=max_batch,
+            prefill_step_size=prefill_chunk,
+        )
+        self.jobs: dict[int, Job] = {}
+
+    def close(self) -> None:
+        self.gen.close()
+
+
+class Scheduler:
+    """The MLX thread: runs submitted callables and advances each model's batch by one step."""
+
+    def __init__(
+        self,
+        prefill_chunk: int = PREFILL_CHUNK,
+        *,
+        max_batch: int = DEFAULT_MAX_BATCH,
+        memory_budget: int | None = None,
+        disk_cache: DiskPromptCache | None = None,
+    ) -> None:
         self.prefill_chunk = prefill_chunk
+        self.max_batch = max_batch
+        self._memory_budget = memory_budget
+        self.disk_cache = disk_cache
         self._inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._active: list[Job] = []
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._batches: dict[str, _ModelBatch] = {}
         self._thread = threading.Thread(target=self._run, name="mlx-scheduler", daemon=True)
         self._stopping = False
         self.housekeeping: Callable[[], None] | None = None
-        self.steps = 0
+        # Read by /status: batched forward passes that decoded tokens, tokens they decoded, and
+        # how many streams the last such pass advanced together.
+        self.decode_steps = 0
+        self.generated_tokens = 0
+        self.batch_size = 0
         self.completed = 0
+        self.refused = 0
 
     @property
     def active(self) -> int:
-        return len(self._active)
+        """Generations running or waiting for admission."""
+        return self.running + len(self._waiting)
+
+    @property
+    def running(self) -> int:
+        return sum(len(b.jobs) for b in list(self._batches.values()))
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def memory_budget(self) -> int:
+        """Bytes that model weights plus running KV caches may take (hardware's usable memory)."""
+        if self._memory_budget is None:
+            from local_ai.hardware import detect
+
+            self._memory_budget = detect().usable_memory_bytes
+        return self._memory_budget
+
+    @memory_budget.setter
+    def memory_budget(self, value: int) -> None:
+        self._memory_budget = value
+
+    def kv_bytes(self, loaded: LoadedModel, tokens: int) -> int:
+        if loaded.kv_bytes_per_token == 0:
+            loaded.kv_bytes_per_token = kv_bytes_per_token(loaded.model)
+        return loaded.kv_bytes_per_token * tokens
+
+    def check_fits(self, loaded: LoadedModel, tokens: int) -> None:
+        """Refuse at once (before a stream starts) a request whose KV cache of `tokens` would
+        not fit the budget even with nothing else running; one that fits later waits instead."""
+        need = self.kv_bytes(loaded, tokens)
+        free = self.memory_budget - loaded.memory_bytes
+        if need > free:
+            self.refused += 1
+            raise _refusal(tokens, need, free)
+
+    def batch_status(self) -> dict[str, Any]:
+        return {
+            "max_batch_size": self.max_batch,
+            "running": self.running,
+            "waiting": self.waiting,
+            "batch_size": self.batch_size,
+            "decode_steps": self.decode_steps,
+            "generated_tokens": self.generated_tokens,
+            "refused_for_memory": self.refused,
+            "memory_budget_bytes": self.memory_budget,
+            **({"disk_cache": self.disk_cache.status()} if self.disk_cache is not None else {}),
+        }
 
     def start(self) -> None:
         self._thread.start()
@@ -193,9 +433,10 @@ class Scheduler:
     def _run(self) -> None:
         last_housekeeping = 0.0
         while not self._stopping:
-            self._drain_inbox(block=not self._active)
-            for job in list(self._active):
-                self._advance(job)
+            self._drain_inbox(block=not self._batches and not self._waiting)
+            self._admit()
+            for batch in list(self._batches.values()):
+                self._step(batch)
             now = time.monotonic()
             if self.housekeeping is not None and now - last_housekeeping > HOUSEKEEPING_INTERVAL_S:
                 last_housekeeping = now
@@ -203,7 +444,7 @@ class Scheduler:
                     self.housekeeping()
                 except Exception:
                     log.exception("housekeeping failed")
-        for job in self._active:
+        for job in [*self._waiting, *(j for b in self._batches.values() for j in b.jobs.values())]:
             job.out.put(_CANCELLED)
 
     def _drain_inbox(self, *, block: bool) -> None:
@@ -217,10 +458,7 @@ class Scheduler:
             if item is None:
                 return
             if isinstance(item, Job):
-                if item.cancelled.is_set():
-                    item.out.put(_CANCELLED)
-                else:
-                    self._active.append(item)
+                self._waiting.append(item)
                 continue
             fn, fut = item
             if not fut.set_running_or_notify_cancel():
@@ -230,89 +468,153 @@ class Scheduler:
             except BaseException as exc:
                 fut.set_exception(exc)
 
-    def _finish(self, job: Job, outcome: Any, *, keep_cache: bool) -> None:
-        if job in self._active:
-            self._active.remove(job)
-        if job.gen is not None:
-            close = getattr(job.gen, "close", None)
-            if close is not None:
-                try:
-                    close()
-                except Exception:
-                    log.exception("closing a generation failed")
-        if keep_cache and job.use_prefix_cache and job.cache is not None:
-            job.model.prefix_cache.checkin(job.prompt + job.fed, job.cache)
-        self.completed += 1
-        job.out.put(outcome)
-
-    def _advance(self, job: Job) -> None:
-        if job.cancelled.is_set():
-            # Between steps the cache holds exactly prompt + fed tokens once prefill is done, so
-            # a client that hangs up (an editor's Stop) still leaves its prefix for the next turn.
-            self._finish(job, _CANCELLED, keep_cache=job.gen is not None)
-            return
-        try:
-            if job.gen is None and not self._prefill(job):
+    def _admit(self) -> None:
+        """Start waiting jobs in arrival order while the batch and the memory budget allow."""
+        while self._waiting:
+            job = self._waiting[0]
+            if job.cancelled.is_set():
+                self._waiting.popleft()
+                self.completed += 1
+                job.out.put(_CANCELLED)
+                continue
+            running = [j for b in self._batches.values() for j in b.jobs.values()]
+            if len(running) >= self.max_batch:
                 return
-            assert job.gen is not None
-            resp = next(job.gen)
-        except StopIteration:
-            self._finish(job, _END, keep_cache=True)
-            return
-        except Exception as exc:
-            log.exception("generation failed")
-            self._finish(job, exc, keep_cache=False)
-            return
-        self.steps += 1
-        job.fed.append(int(resp.token))
-        job.out.put(
-            TokenEvent(
-                text=resp.text,
-                token=int(resp.token),
-                finish_reason=resp.finish_reason,
-                prompt_tokens=len(job.prompt) - job.cached_tokens,
-                cached_tokens=job.cached_tokens,
-                generation_tokens=resp.generation_tokens,
-                prompt_tps=resp.prompt_tps,
-                generation_tps=resp.generation_tps,
-                peak_memory=resp.peak_memory,
-            )
-        )
-        if resp.finish_reason is not None:
-            self._finish(job, _END, keep_cache=True)
+            tokens = len(job.prompt) + job.max_tokens
+            job.kv_bytes = self.kv_bytes(job.model, tokens)
+            weights = {id(j.model): j.model.memory_bytes for j in [*running, job]}
+            free = self.memory_budget - sum(weights.values()) - sum(j.kv_bytes for j in running)
+            if job.kv_bytes > free:
+                if running:
+                    return  # waits for running generations to finish and free their caches
+                self._waiting.popleft()
+                self.refused += 1
+                self.completed += 1
+                job.out.put(_refusal(tokens, job.kv_bytes, free))
+                continue
+            self._waiting.popleft()
+            try:
+                self._start(job)
+            except Exception as exc:
+                log.exception("starting a generation failed")
+                self.completed += 1
+                job.out.put(exc)
 
-    def _prefill(self, job: Job) -> bool:
-        """Process one chunk of the prompt; True once the token generator is ready."""
-        import mlx.core as mx
-        from mlx_lm.generate import generation_stream, stream_generate
-        from mlx_lm.models.cache import make_prompt_cache
+    def _start(self, job: Job) -> None:
+        from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache
 
         loaded = job.model
-        if job.cache is None:
-            job.prefill_started = time.perf_counter()
-            if job.use_prefix_cache:
-                job.cache, job.cached_tokens = loaded.prefix_cache.checkout(
-                    loaded.model, job.prompt
-                )
-            else:
-                job.cache, job.cached_tokens = make_prompt_cache(loaded.model), 0
-            job.pending = job.prompt[job.cached_tokens :]
-        if len(job.pending) > self.prefill_chunk + 1:
-            chunk, job.pending = (
-                job.pending[: self.prefill_chunk],
-                job.pending[self.prefill_chunk :],
+        job.started = time.perf_counter()
+        cache: list[Any] | None = None
+        if job.use_prefix_cache:
+            cache, job.cached_tokens = loaded.prefix_cache.checkout(loaded.model, job.prompt)
+            if self.disk_cache is not None:
+                found = self.disk_cache.lookup(loaded, job.prompt)
+                job.disk_tokens = found[1] if found is not None else 0
+                # At least one prompt token must go through the model to produce logits.
+                usable = min(job.disk_tokens, len(job.prompt) - 1)
+                if found is not None and usable > job.cached_tokens:
+                    disk = self.disk_cache.load(loaded, *found)
+                    if disk is None:
+                        job.disk_tokens = 0
+                    else:
+                        if job.cached_tokens:
+                            loaded.prefix_cache.checkin(job.prompt[: job.cached_tokens], cache)
+                        trim_prompt_cache(disk, found[1] - usable)
+                        cache, job.cached_tokens = disk, usable
+        if cache is None:
+            cache, job.cached_tokens = make_prompt_cache(loaded.model), 0
+        batch = self._batches.get(loaded.path)
+        if batch is None or batch.loaded is not loaded:
+            batch = self._batches[loaded.path] = _ModelBatch(
+                loaded, self.prefill_chunk, self.max_batch
             )
-            with mx.stream(generation_stream):
-                loaded.model(mx.array(chunk)[None], cache=job.cache)
-                mx.eval([c.state for c in job.cache])
-            return False
-        # The cache now holds all but the last len(pending) prompt tokens; stream_generate
-        # processes those and samples.
-        job.gen = stream_generate(
-            loaded.model,
-            loaded.tokenizer,
-            mx.array(job.pending),
-            prompt_cache=job.cache,
-            **job.kwargs,
+        sampler = _job_sampler(job)
+        (job.uid,) = batch.gen.insert(
+            [job.prompt[job.cached_tokens :]],
+            max_tokens=[job.max_tokens],
+            caches=[cache],
+            all_tokens=[job.prompt[: job.cached_tokens]],
+            samplers=[sampler] if sampler is not None else None,
         )
-        return True
+        job.detokenizer = loaded.tokenizer.detokenizer
+        batch.jobs[job.uid] = job
+
+    def _step(self, batch: _ModelBatch) -> None:
+        cancelled = [uid for uid, job in batch.jobs.items() if job.cancelled.is_set()]
+        if cancelled:
+            # A client that hangs up (an editor's Stop) still leaves its prefix for the next turn.
+            for uid, (cache, tokens) in batch.gen.remove(cancelled, True).items():
+                self._finish(batch, batch.jobs[uid], _CANCELLED, cache, tokens)
+        if batch.jobs:
+            try:
+                _, responses = batch.gen.next()
+            except Exception as exc:
+                log.exception("generation failed")
+                for job in list(batch.jobs.values()):
+                    self._finish(batch, job, exc, None, None)
+                responses = []
+            if responses:
+                self.decode_steps += 1
+                self.generated_tokens += len(responses)
+                self.batch_size = len(responses)
+            for response in responses:
+                self._emit(batch, batch.jobs[response.uid], response)
+        if not batch.jobs:
+            batch.close()
+            self._batches.pop(batch.loaded.path, None)
+
+    def _emit(self, batch: _ModelBatch, job: Job, response: Any) -> None:
+        import mlx.core as mx
+
+        now = time.perf_counter()
+        if not job.first_token_at:
+            job.first_token_at = now
+        job.generated += 1
+        finish = response.finish_reason
+        # As stream_generate: an end token is not text; the last event carries what is left.
+        if finish != "stop":
+            job.detokenizer.add_token(response.token)
+        if finish is not None:
+            job.detokenizer.finalize()
+        text, stopped = job.take_text(job.detokenizer.last_segment, final=finish is not None)
+        if stopped:
+            finish = "stop"
+        processed = len(job.prompt) - job.cached_tokens
+        prefill_s = max(job.first_token_at - job.started, 1e-9)
+        job.out.put(
+            TokenEvent(
+                text=text,
+                token=int(response.token),
+                finish_reason=finish,
+                prompt_tokens=processed,
+                cached_tokens=job.cached_tokens,
+                generation_tokens=job.generated,
+                prompt_tps=processed / prefill_s,
+                generation_tps=job.generated / max(now - job.first_token_at, 1e-9),
+                peak_memory=mx.get_peak_memory() / 1e9,
+            )
+        )
+        if finish is None:
+            return
+        if response.finish_reason is None:  # a stop string: the row is still in the batch
+            cache, tokens = batch.gen.remove([job.uid], True)[job.uid]
+        else:
+            cache, tokens = response.prompt_cache, response.all_tokens
+        self._finish(batch, job, _END, cache, tokens)
+
+    def _finish(
+        self,
+        batch: _ModelBatch,
+        job: Job,
+        outcome: Any,
+        cache: list[Any] | None,
+        tokens: list[int] | None,
+    ) -> None:
+        batch.jobs.pop(job.uid, None)
+        if job.use_prefix_cache and cache is not None and tokens:
+            if self.disk_cache is not None and outcome is _END:
+                self.disk_cache.maybe_save(job.model, job.prompt, job.disk_tokens, cache, tokens)
+            job.model.prefix_cache.checkin(list(tokens), cache)
+        self.completed += 1
+        job.out.put(outcome)

@@ -507,7 +507,7 @@ class Gateway:
             out = [
                 (b"content-type", response.headers.get("content-type", "application/json").encode())
             ]
-            for name in ("cache-control", "content-length", "x-accel-buffering"):
+            for name in ("cache-control", "content-length", "x-accel-buffering", "retry-after"):
                 if name in response.headers:
                     out.append((name.encode(), response.headers[name].encode()))
             await send(
@@ -680,6 +680,7 @@ class Gateway:
             "engine": {
                 **self.supervisor.snapshot(),
                 "active_generations": engine_status.get("active_generations"),
+                "batch": engine_status.get("batch"),
                 # What the running engine enforces (after restart-engine: the new values).
                 "max_loaded_models": engine_status.get("max_loaded_models"),
                 "idle_ttl_s": engine_status.get("idle_ttl_s"),
@@ -791,6 +792,8 @@ class Gateway:
             max_loaded_models=engine.max_loaded_models,
             idle_ttl_s=engine.idle_ttl_seconds,
             prompt_cache=engine.prompt_cache,
+            max_batch_size=engine.max_batch_size,
+            prompt_cache_disk_mb=engine.prompt_cache_disk_mb,
         )
         self.engine_settings = engine.model_dump(mode="json")
 

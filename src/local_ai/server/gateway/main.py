@@ -140,6 +140,9 @@ def serve(config: ServerConfig) -> int:
         idle_ttl_s=config.engine.idle_ttl_seconds,
         prompt_cache=config.engine.prompt_cache,
         preload=preload,
+        max_batch_size=config.engine.max_batch_size,
+        prompt_cache_dir=str(paths.prompt_cache),
+        prompt_cache_disk_mb=config.engine.prompt_cache_disk_mb,
         debug=settings.debug(),
     )
     supervisor = EngineSupervisor(

@@ -51,6 +51,9 @@ class EngineSpec:
     idle_ttl_s: int
     prompt_cache: bool
     preload: list[str] = field(default_factory=list)
+    max_batch_size: int = 8
+    prompt_cache_dir: str | None = None
+    prompt_cache_disk_mb: int = 0
     debug: bool = False
     parent_pid: int | None = None
 
