@@ -27,6 +27,8 @@ _SECTIONS: list[tuple[str, str, str]] = [
     ("[clients.zed]", "ZedClient", ""),
     ("[clients.claude_code]", "ClaudeCodeClient", ""),
     ("[clients.goose]", "GooseClient", ""),
+    ("[cluster]", "ClusterSettings", ""),
+    ("[cluster.hosts.<name>]", "ClusterHost", ""),
 ]
 
 
