@@ -110,7 +110,7 @@ def test_macos_report_reads_memory_like_this_machine_would() -> None:
     assert report.hardware.platform == "macos"
     assert report.version("mlx") == "0.31.2"
     assert report.version("local-ai") == "0.1.0"
-    assert report.digests == frozenset({"0123456789abcdef"})
+    assert report.digests == ("0123456789abcdef",)
     assert report.free_disk == 900 * GIB
 
 
@@ -197,8 +197,8 @@ def test_real_hosts_through_fake_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyP
         assert report.version("local-ai") == metadata.version("local-ai")
         assert report.free_disk is not None and report.free_disk > 0
     assert b.store == str(home_b / "store")
-    assert b.digests == frozenset({"feedfacecafebeef"})
-    assert a.digests == frozenset()  # this test's own (empty) LOCAL_AI_HOME
+    assert b.digests == ("feedfacecafebeef",)
+    assert a.digests == ()  # this test's own (empty) LOCAL_AI_HOME
     assert not c.reachable
     assert c.error == "ssh failed: ssh: connect to host c.unreachable port 22: Connection refused"
     calls = log.read_text().splitlines()

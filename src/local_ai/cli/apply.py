@@ -110,7 +110,13 @@ def _apply_once(
 ) -> int:
     from local_ai.cli.output import console, interactive, print_json
     from local_ai.reconcile.render import render_text, to_json
-    from local_ai.reconcile.run import apply_plan, make_plan, settle, stale_reason
+    from local_ai.reconcile.run import (
+        apply_plan,
+        make_plan,
+        refuse_cluster,
+        settle,
+        stale_reason,
+    )
     from local_ai.store.locks import apply_lock
 
     out = console()
@@ -128,6 +134,8 @@ def _apply_once(
             if json:
                 print_json({"plan": to_json(the_plan), "applied": False})
             return ExitCode.ERROR
+        if not dry_run:
+            refuse_cluster(loaded.manifest, options.targets)  # before asking to confirm
         if dry_run or not the_plan.has_changes:
             recorded = None if dry_run or the_plan.has_changes else settle(snapshot)
             if json:

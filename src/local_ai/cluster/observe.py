@@ -77,7 +77,7 @@ class HostReport:
     executable: str | None = None
     versions: tuple[tuple[str, str | None], ...] = ()  # (package, version or None) per PACKAGES
     store: str | None = None
-    digests: frozenset[str] = frozenset()
+    digests: tuple[str, ...] = ()  # store entries it has, sorted (hashed into plan identity)
 
     def version(self, package: str) -> str | None:
         return dict(self.versions).get(package)
@@ -206,9 +206,9 @@ def parse_report(name: str, stdout: str, stderr: str, returncode: int) -> HostRe
         executable=_str(answer.get("executable")),
         versions=versions,
         store=_str(answer.get("store")),
-        digests=frozenset(d for d in digests if isinstance(d, str))
+        digests=tuple(sorted({d for d in digests if isinstance(d, str)}))
         if isinstance(digests, list)
-        else frozenset(),
+        else (),
     )
 
 

@@ -287,7 +287,7 @@ class Adapters:
         entries: dict[str, AliasEntry] = {}
         for alias, spec in self.manifest.models.items():
             model = self.state.models.get(alias)
-            if model is None:
+            if model is None or spec.hosts:  # sharded models are not served from one Mac
                 continue
             entries[alias] = AliasEntry(
                 path=model.location,

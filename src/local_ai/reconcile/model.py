@@ -9,9 +9,12 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from local_ai.manifest.models import Manifest, ModelSpec
+
+if TYPE_CHECKING:
+    from local_ai.cluster.observe import HostReport
 
 
 def stable_hash(data: Any) -> str:
@@ -109,6 +112,7 @@ class Observed:
     usable_memory: int  # bytes the machine can give to models
     machine: str
     clients: tuple[ClientView, ...] = ()
+    hosts: dict[str, HostReport] = field(default_factory=dict)  # [cluster] hosts, by name
 
     def fingerprint(self) -> str:
         return stable_hash(asdict(self))
@@ -131,6 +135,7 @@ class Kind(StrEnum):
     RESTART_SERVER = "restart-server"
     STOP_SERVER = "stop-server"
     REMOVE = "remove"
+    COPY_TO_HOST = "copy-to-host"  # a store entry to a cluster host that lacks it
 
 
 class Change(StrEnum):
@@ -139,6 +144,7 @@ class Change(StrEnum):
     REPLACE = "-/+"
     DELETE = "-"
     NOOP = "="
+    BLOCKED = "!"  # cannot be planned now (a host is unreachable); the rest is planned
 
 
 @dataclass(frozen=True)
@@ -164,6 +170,31 @@ class ResourceChange:
 
 
 @dataclass(frozen=True)
+class Share:
+    """The part of a sharded model one rank holds."""
+
+    alias: str
+    rank: int
+    ranks: int
+    part: str  # "layers 31-60" (pipeline) or "1/2 of every layer" (tensor)
+    weights: int
+    kv_cache: int
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """One [cluster] host: what it is, what it will hold, and what must reach it."""
+
+    name: str
+    summary: str  # the machine and its versions, or why it cannot be used
+    shares: tuple[Share, ...] = ()
+    single_mac: int = 0  # rank 0: the single-Mac models the engine keeps loaded beside them
+    peak: int = 0
+    usable: int | None = None
+    copy_bytes: int = 0
+
+
+@dataclass(frozen=True)
 class Plan:
     manifest_hash: str
     observed_fingerprint: str
@@ -173,6 +204,8 @@ class Plan:
     warnings: tuple[str, ...] = ()
     usable_memory: int = 0
     peak_memory: int = 0
+    hosts: tuple[HostPlan, ...] = ()
+    cluster: str = ""  # "ring, rank 0 = studio" when the manifest has a [cluster]
 
     @property
     def has_changes(self) -> bool:
@@ -214,6 +247,25 @@ def convert_digest(source: LockedModel, spec: ModelSpec, converter_version: str)
             "quantize": spec.quantize,
             "group_size": spec.group_size if spec.quantize else None,
             "converter": converter_version,
+        }
+    )[:16]
+
+
+def needs_conversion(spec: ModelSpec, source: LockedModel) -> bool:
+    return source.format != "mlx" or spec.quantize is not None
+
+
+def served_digest(source: LockedModel, spec: ModelSpec, converter_version: str) -> str:
+    """Identity of the files an alias serves, the name of its store entry on cluster hosts:
+    the conversion's digest, or for a source served as is, its commit and files."""
+    if needs_conversion(spec, source):
+        return convert_digest(source, spec, converter_version)
+    return stable_hash(
+        {
+            "repo": source.repo,
+            "path": source.path,
+            "commit": source.commit,
+            "files": sorted((f.name, f.size, f.sha256) for f in source.files),
         }
     )[:16]
 

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from local_ai import settings
-from local_ai.errors import ConfigError, LocalAIError
+from local_ai.errors import ConfigError, LocalAIError, NotYetError
 from local_ai.manifest.load import LoadedManifest
+from local_ai.manifest.models import Manifest
 from local_ai.reconcile.adapters import Adapters, BenchmarkFloorError
 from local_ai.reconcile.executor import Outcome, Report, execute
 from local_ai.reconcile.generations import AliasTarget, Generation, Generations
@@ -116,6 +117,25 @@ def stale_reason(saved: SavedPlan, fresh: Plan) -> str | None:
 # ---- apply ----------------------------------------------------------------------------------
 
 
+def refuse_cluster(manifest: Manifest, targets: tuple[str, ...] = ()) -> None:
+    """Models placed on cluster hosts are planned, not applied yet: refuse rather than serve
+    them on this Mac alone."""
+    placed = [
+        f"models.{alias}"
+        for alias, spec in manifest.models.items()
+        if spec.hosts and (not targets or alias in targets)
+    ]
+    if placed:
+        raise NotYetError(
+            f"{', '.join(placed)} {'is' if len(placed) == 1 else 'are'} sharded across "
+            "[cluster] hosts, which this version plans but cannot apply yet (missing: copying "
+            "store entries to the hosts, starting the sharded engine with mlx.launch, "
+            "health of every rank); nothing was changed",
+            hint="`local-ai plan` shows the placement; apply the other models with --target, "
+            "or remove `hosts` to serve a model on this Mac alone",
+        )
+
+
 @dataclass
 class ApplyResult:
     report: Report
@@ -136,6 +156,7 @@ def apply_plan(
     The caller holds the apply lock."""
     if the_plan.errors:
         raise LocalAIError("the plan has errors; nothing was changed")
+    refuse_cluster(snapshot.loaded.manifest, options.targets)
     _clean_killed_run(snapshot)
     adapters = adapters or Adapters(snapshot, offline=options.offline, frozen=options.frozen)
     report = execute(the_plan, adapters.handlers(), on_start=on_start, on_done=on_done)

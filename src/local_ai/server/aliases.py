@@ -93,6 +93,9 @@ def build_alias_map(
     models: dict[str, AliasEntry] = {}
     skipped: dict[str, str] = {}
     for alias, spec in manifest.models.items():
+        if spec.hosts:  # never served from this Mac alone
+            skipped[alias] = "sharded across [cluster] hosts, which this version cannot serve yet"
+            continue
         if spec.path is None:
             if alias in existing.models:
                 models[alias] = existing.models[alias]
