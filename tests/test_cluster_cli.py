@@ -5,13 +5,12 @@ local-ai home."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.clirunner import run_cli
-from tests.harness.fakessh import install_fake_ssh, path_with
+from tests.harness.fakessh import install_fake_ssh, path_with, two_hosts
 from tests.harness.tinymodels import build_model
 
 
@@ -21,21 +20,12 @@ def cluster_project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     host_b = tmp_path / "host-b"
     manifest = tmp_path / "local-ai.toml"
     manifest.write_text(
-        f"""
+        two_hosts(host_b)
+        + f"""
 [server]
 autostart = false
 [benchmark]
 on_apply = false
-
-[cluster]
-rank0 = "a"
-[cluster.hosts.a]
-address = "127.0.0.1"
-[cluster.hosts.b]
-ssh = "me@b.local"
-address = "127.0.0.1"
-python = "{sys.executable}"
-home = "{host_b}"
 
 [models.tiny]
 path = "{model}"

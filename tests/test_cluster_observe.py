@@ -28,7 +28,7 @@ from local_ai.hardware import (
     parse_sysctl,
 )
 from local_ai.manifest.load import parse_manifest
-from tests.harness.fakessh import install_fake_ssh, path_with
+from tests.harness.fakessh import install_fake_ssh, path_with, two_hosts
 
 DATA = Path(__file__).parent / "data" / "hardware"
 ANSWER = {
@@ -43,18 +43,8 @@ ANSWER = {
 }
 
 
-def manifest_text(extra_hosts: str = "", python: str = sys.executable) -> str:
-    return f"""
-[cluster]
-rank0 = "a"
-[cluster.hosts.a]
-address = "127.0.0.1"
-[cluster.hosts.b]
-ssh = "me@b.local"
-address = "127.0.0.1"
-python = "{python}"
-{extra_hosts}
-"""
+def manifest_text(extra_hosts: str = "", home_b: Path = Path("/tmp/host-b")) -> str:
+    return two_hosts(home_b, extra_hosts)
 
 
 def test_ssh_command_is_batch_mode_and_ends_options() -> None:
@@ -178,8 +168,8 @@ def test_real_hosts_through_fake_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyP
     entry.mkdir(parents=True)
     (entry / ".local-ai.json").write_text("{}")
     text = manifest_text(
-        extra_hosts=f'home = "{home_b}"\n[cluster.hosts.c]\nssh = "c.unreachable"\n'
-        'address = "127.0.0.1"\n'
+        extra_hosts='[cluster.hosts.c]\nssh = "c.unreachable"\naddress = "127.0.0.1"\n',
+        home_b=home_b,
     )
     cluster = parse_manifest(text).cluster
     assert cluster is not None

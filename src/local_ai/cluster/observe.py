@@ -86,7 +86,7 @@ class HostReport:
 # ---- the command ------------------------------------------------------------------------------
 
 
-def _host_path(path: str) -> str:
+def shell_path(path: str) -> str:
     """A path for the remote shell: '~/x' becomes "$HOME"/'x' (quoted, never word-split)."""
     if path.startswith("~/"):
         return '"$HOME"/' + shlex.quote(path[2:])
@@ -96,7 +96,7 @@ def _host_path(path: str) -> str:
 def report_script(python: str, home: str | None) -> str:
     """The sh script a host runs to describe itself (fed to ``sh -s`` on stdin)."""
     keys = " ".join(SYSCTL_KEYS)
-    env = f"LOCAL_AI_HOME={_host_path(home)} " if home else ""
+    env = f"LOCAL_AI_HOME={shell_path(home)} " if home else ""
     return "\n".join(
         [
             f"echo '{REPORT_MARK}'",
@@ -107,7 +107,7 @@ def report_script(python: str, home: str | None) -> str:
             " echo '@@cpuinfo'; cat /proc/cpuinfo 2>/dev/null ;;",
             "esac",
             "echo '@@python'",
-            f"py={_host_path(python)}",
+            f"py={shell_path(python)}",
             'if command -v "$py" >/dev/null 2>&1; then',
             f'  {env}"$py" -c {shlex.quote(_PY_REPORT)} 2>&1 | tail -n 5',
             'else echo "no Python at $py"; fi',
@@ -140,11 +140,15 @@ class HostCommand:
     local: bool  # rank 0: run here, without ssh
 
 
+def rank_order(cluster: ClusterSettings) -> list[str]:
+    """Rank 0 (this machine) first, then the other hosts by name."""
+    return [cluster.rank0, *sorted(n for n in cluster.hosts if n != cluster.rank0)]
+
+
 def host_commands(cluster: ClusterSettings) -> list[HostCommand]:
-    """One command per host, rank 0 first, then the others by name."""
-    order = [cluster.rank0, *sorted(n for n in cluster.hosts if n != cluster.rank0)]
+    """One command per host, in rank order."""
     commands = []
-    for name in order:
+    for name in rank_order(cluster):
         host = cluster.hosts[name]
         local = name == cluster.rank0
         argv = ["/bin/sh", "-s"] if local else ssh_argv(str(host.ssh))

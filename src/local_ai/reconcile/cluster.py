@@ -9,6 +9,7 @@ import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
+from local_ai.cluster.observe import rank_order
 from local_ai.manifest.models import ClusterSettings, ModelSpec
 from local_ai.reconcile.model import HostPlan, LockedModel, Share
 
@@ -141,8 +142,7 @@ def host_plans(
     error for each host a placement does not fit."""
     plans: list[HostPlan] = []
     errors: list[str] = []
-    order = [cluster.rank0, *sorted(n for n in cluster.hosts if n != cluster.rank0)]
-    for name in order:
+    for name in rank_order(cluster):
         report = hosts.get(name)
         mine = tuple(s for s in placed if host_of[(s.alias, s.rank)] == name)
         extra = single_mac if name == cluster.rank0 else 0
