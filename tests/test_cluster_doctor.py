@@ -107,8 +107,10 @@ def test_smoke_output_needs_every_rank_and_the_right_sum() -> None:
 
 def _readiness_output(host: str, macos: str = "26.2", ibv: str | None = None) -> str:
     ibv_text = ibv if ibv is not None else (DATA / f"{host}_ibv_devices.txt").read_text()
+    status = "enabled" if ibv_text.strip() else "disabled"
     return (
-        f"{READINESS_MARK}\n@@system\nDarwin\n@@sw_vers\n{macos}\n@@ibv_devices\n{ibv_text}\n"
+        f"{READINESS_MARK}\n@@system\nDarwin\n@@sw_vers\n{macos}\n@@rdma_ctl\n{status}\n"
+        f"@@ibv_devices\n{ibv_text}\n"
         f"@@thunderbolt\n{(DATA / f'{host}_thunderbolt.json').read_text()}\n"
         f"@@ports\n{(DATA / f'{host}_ports.txt').read_text()}\n@@end\n"
     )
@@ -128,6 +130,8 @@ def test_macos_tool_output_is_parsed() -> None:
     studio = parse_readiness("studio", _readiness_output("studio"), "", 0)
     mini = parse_readiness("mini", _readiness_output("mini"), "", 0)
     assert studio.macos == "26.2"
+    assert studio.rdma_status == "enabled"
+    assert studio.rdma_devices == ("rdma_en2", "rdma_en3")
     assert [(p.interface, p.peer) for p in studio.ports] == [("en2", UUID_MINI), ("en3", None)]
     assert [p.interface for p in studio.cabled_to(mini)] == ["en2"]
     assert [p.interface for p in mini.cabled_to(studio)] == ["en2"]
@@ -147,7 +151,7 @@ def test_jaccl_readiness_problems() -> None:
     ready["mini"] = parse_readiness("mini", _readiness_output("mini", macos="15.5", ibv=""), "", 0)
     assert problems(jaccl, ready)["mini"] == [
         "macOS 15.5: RDMA over Thunderbolt needs 26.2+",
-        "no RDMA devices (`ibv_devices` lists none): enable RDMA once in macOS Recovery with "
+        "RDMA is disabled (`rdma_ctl status`): enable RDMA once in macOS Recovery with "
         "`rdma_ctl enable`, then reboot (Apple TN3205)",
     ]
     other = jaccl.model_copy(

@@ -383,7 +383,8 @@ def _thunderbolt_checks(cluster: ClusterSettings) -> list[Check]:
             for p in ready.cabled_to(other)
         )
         detail = (
-            f"macOS {ready.macos or '?'}; RDMA devices: {', '.join(ready.rdma_devices) or 'none'}; "
+            f"macOS {ready.macos or '?'}; RDMA {ready.rdma_status or 'status unknown'}, "
+            f"devices: {', '.join(ready.rdma_devices) or 'none'}; "
             f"Thunderbolt links: {links or 'none'}"
         )
         if found.get(name):

@@ -1,8 +1,9 @@
 """Thunderbolt and RDMA readiness of the Macs of a [cluster], from the system's own tools.
 
 One sh script per host (over ssh like the observation, rank 0 here) prints marked sections:
-``sw_vers -productVersion``, ``ibv_devices`` (the RDMA devices; none until RDMA is enabled in
-macOS Recovery with ``rdma_ctl enable``, Apple TN3205, macOS 26.2+ with Thunderbolt 5),
+``sw_vers -productVersion``, ``rdma_ctl status``, ``ibv_devices`` (the RDMA devices; none until
+RDMA is enabled in macOS Recovery with ``rdma_ctl enable``: Apple TN3205, macOS 26.2+ with
+Thunderbolt 5),
 ``system_profiler SPThunderboltDataType -json`` (each port's domain UUID and the UUID of the
 Mac cabled to it) and ``networksetup -listallhardwareports`` (port name to interface). The
 same tools mlx's own ``mlx.distributed_config`` reads.
@@ -26,6 +27,7 @@ READINESS_SCRIPT = "\n".join(
         f"echo '{READINESS_MARK}'",
         "echo '@@system'; uname -s",
         "echo '@@sw_vers'; sw_vers -productVersion 2>/dev/null",
+        "echo '@@rdma_ctl'; rdma_ctl status 2>&1",
         "echo '@@ibv_devices'; ibv_devices 2>&1",
         "echo '@@thunderbolt'; system_profiler SPThunderboltDataType -json 2>/dev/null",
         "echo '@@ports'; networksetup -listallhardwareports 2>/dev/null",
@@ -48,6 +50,7 @@ class Readiness:
     reachable: bool
     system: str = ""  # "Darwin", "Linux"
     macos: str | None = None
+    rdma_status: str | None = None  # `rdma_ctl status`: "enabled" or "disabled"
     rdma_devices: tuple[str, ...] = ()
     ports: tuple[Port, ...] = ()
     error: str | None = None
@@ -120,9 +123,15 @@ def parse_readiness(name: str, stdout: str, stderr: str, returncode: int) -> Rea
         reachable=True,
         system=sections.get("system", "").strip(),
         macos=sections.get("sw_vers", "").strip() or None,
+        rdma_status=_rdma_status(sections.get("rdma_ctl", "")),
         rdma_devices=parse_ibv_devices(sections.get("ibv_devices", "")),
         ports=parse_thunderbolt(sections.get("thunderbolt", ""), interfaces),
     )
+
+
+def _rdma_status(text: str) -> str | None:
+    words = text.split()
+    return words[-1] if words and words[-1] in ("enabled", "disabled") else None
 
 
 def _version(text: str | None) -> tuple[int, ...]:
@@ -145,9 +154,14 @@ def problems(cluster: ClusterSettings, seen: dict[str, Readiness]) -> dict[str, 
         if _version(ready.macos) < JACCL_MIN_MACOS:
             found.append(f"macOS {ready.macos or 'unknown'}: RDMA over Thunderbolt needs 26.2+")
         if not ready.rdma_devices:
+            why = (
+                "RDMA is disabled (`rdma_ctl status`)"
+                if ready.rdma_status == "disabled"
+                else "no RDMA devices (`ibv_devices` lists none)"
+            )
             found.append(
-                "no RDMA devices (`ibv_devices` lists none): enable RDMA once in macOS "
-                "Recovery with `rdma_ctl enable`, then reboot (Apple TN3205)"
+                f"{why}: enable RDMA once in macOS Recovery with `rdma_ctl enable`, then "
+                "reboot (Apple TN3205)"
             )
             continue
         for peer, device in sorted(cluster.hosts[name].rdma.items()):
