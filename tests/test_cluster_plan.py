@@ -298,3 +298,22 @@ def test_without_cluster_nothing_changes() -> None:
     p = plan(m, o)
     assert p.hosts == () and p.cluster == ""
     assert "cluster" not in render_text(p)
+
+
+def test_target_without_sharded_models_leaves_the_cluster_out() -> None:
+    from local_ai.reconcile.planner import Options
+
+    m = manifest()
+    o = replace(observed(m, two_macs()), hosts={})  # observe() skips hosts for such a target
+    p = plan(m, o, Options(targets=("coder",)))
+    assert p.cluster == "" and p.hosts == ()
+    assert not p.errors
+
+
+def test_free_disk_does_not_change_the_observed_fingerprint() -> None:
+    m = manifest()
+    o = observed(m, two_macs())
+    moved = {n: replace(h, free_disk=1) for n, h in o.hosts.items()}
+    assert replace(o, hosts=moved).fingerprint() == o.fingerprint()
+    other = {**o.hosts, "mini": replace(o.hosts["mini"], digests=("x",))}
+    assert replace(o, hosts=other).fingerprint() != o.fingerprint()

@@ -115,7 +115,10 @@ class Observed:
     hosts: dict[str, HostReport] = field(default_factory=dict)  # [cluster] hosts, by name
 
     def fingerprint(self) -> str:
-        return stable_hash(asdict(self))
+        data = asdict(self)
+        for host in data["hosts"].values():
+            host.pop("free_disk", None)  # moves with every write there; a plan would never match
+        return stable_hash(data)
 
 
 # --------------------------------------------------------------------------------- the plan

@@ -100,6 +100,7 @@ class _Builder:
         self.model_footprint: dict[str, int] = {}  # single-Mac models
         self.placed: dict[str, LockedModel] = {}  # models sharded across cluster hosts
         self.host_plans: list[HostPlan] = []
+        self.cluster_label = ""
         self.convert_peak = 0
 
     def add(self, action: Action) -> str:
@@ -454,8 +455,10 @@ class _Builder:
     def plan_cluster(self, installs: dict[str, str]) -> int:
         """Shares, fit and copies of the models sharded across hosts; returns rank 0's peak."""
         settings = self.manifest.cluster
-        if settings is None:
-            return 0
+        blocked = any(r.change is Change.BLOCKED for r in self.resources)
+        if settings is None or not (self.placed or blocked):
+            return 0  # no sharded model in this plan: the hosts were not observed
+        self.cluster_label = f"{settings.backend} backend, rank 0 = {settings.rank0}"
         hosts = self.observed.hosts
         all_shares = []
         host_of: dict[tuple[str, int], str] = {}
@@ -616,9 +619,5 @@ def plan(manifest: Manifest, observed: Observed, options: Options | None = None)
         usable_memory=observed.usable_memory,
         peak_memory=peak,
         hosts=tuple(builder.host_plans),
-        cluster=(
-            f"{manifest.cluster.backend} backend, rank 0 = {manifest.cluster.rank0}"
-            if manifest.cluster
-            else ""
-        ),
+        cluster=builder.cluster_label,
     )
