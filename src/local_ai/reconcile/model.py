@@ -17,8 +17,15 @@ if TYPE_CHECKING:
     from local_ai.cluster.observe import HostReport
 
 
+def _canonical(value: Any) -> Any:
+    # A set's iteration order follows string hashes, which differ per process.
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    return str(value)
+
+
 def stable_hash(data: Any) -> str:
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=_canonical)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
