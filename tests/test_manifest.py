@@ -256,6 +256,20 @@ BAD_MANIFESTS: list[tuple[str, bytes, int | None, str | None, list[str]]] = [
         ["is not an ssh destination", "not starting with '-'"],
     ),
     (
+        "cluster-ssh-shell-characters",
+        CLUSTER.replace(b'"me@mini.local"', b'"mini;touch /tmp/x"'),
+        9,
+        "cluster.hosts.mini.ssh",
+        ["is not an ssh destination"],
+    ),
+    (
+        "placement-bad-host-name",
+        CLUSTER.replace(b'["studio", "mini"]', b'["studio", "mini/2"]'),
+        15,
+        "models.big.hosts[1]",
+        ["'mini/2' is not a host name"],
+    ),
+    (
         "cluster-jaccl-needs-rdma-mesh",
         CLUSTER.replace(b'rank0 = "studio"', b'rank0 = "studio"\nbackend = "jaccl"'),
         6,

@@ -48,6 +48,8 @@ _LITERAL_NOUNS = {
 _PATTERN_HINTS = {
     "repo": "is not a HuggingFace repo id; write 'owner/name', e.g. 'mlx-community/Qwen3-8B-4bit'",
     "api_key_env": "is not an environment variable name (letters, digits and '_')",
+    "hosts": "is not a host name (letters, digits, '.', '_' and '-')",
+    "rank0": "is not a host name (letters, digits, '.', '_' and '-')",
 }
 _INIT_HINT = "run `local-ai init` to write a commented manifest for this machine"
 

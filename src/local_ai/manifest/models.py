@@ -371,7 +371,9 @@ class Clients(_Strict):
     goose: GooseClient | None = None
 
 
-_SSH_DEST_RE = re.compile(r"^(?!-)[^\s\x00-\x1f\x7f'\"`$;&|<>\\]{1,255}$")
+# mlx.launch puts the destination unquoted into a shell command: letters, digits and the
+# punctuation of user@host, IPv6 and scoped addresses only; never a leading '-' (an ssh option).
+_SSH_DEST_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@:%+-]{0,254}$")
 _RDMA_DEVICE_RE = r"^rdma_[A-Za-z0-9]+$"
 
 
@@ -418,7 +420,7 @@ class ClusterHost(_Strict):
         if value is not None and not _SSH_DEST_RE.match(value):
             raise ValueError(
                 f"{value!r} is not an ssh destination; write `user@host` or a Host name from "
-                "~/.ssh/config (no spaces, quotes or shell characters, not starting with '-')"
+                "~/.ssh/config (letters, digits and . _ @ : % + -, not starting with '-')"
             )
         return value
 
