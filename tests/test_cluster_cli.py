@@ -16,7 +16,8 @@ from tests.harness.tinymodels import build_model
 
 @pytest.fixture
 def cluster_project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    model = build_model(tmp_path / "tiny", num_layers=4)
+    # deepseek_v2: a tiny architecture mlx-lm 0.31 can split as a pipeline.
+    model = build_model(tmp_path / "tiny", "deepseek_v2", num_layers=4)
     host_b = tmp_path / "host-b"
     manifest = tmp_path / "local-ai.toml"
     manifest.write_text(

@@ -317,3 +317,59 @@ def test_free_disk_does_not_change_the_observed_fingerprint() -> None:
     assert replace(o, hosts=moved).fingerprint() == o.fingerprint()
     other = {**o.hosts, "mini": replace(o.hosts["mini"], digests=("x",))}
     assert replace(o, hosts=other).fingerprint() != o.fingerprint()
+
+
+@pytest.mark.parametrize(
+    ("model_type", "parallel", "error"),
+    [
+        (
+            "qwen3",
+            "pipeline",
+            "models.big: mlx-lm 0.31 has no pipeline parallelism for model_type 'qwen3'; use parallel = \"tensor\"",
+        ),
+        (
+            "phi3",
+            "tensor",
+            "models.big: mlx-lm 0.31 has no tensor parallelism for model_type 'phi3' (it cannot shard this architecture at all)",
+        ),
+        ("kimi_k2", "pipeline", None),
+        ("qwen3", "tensor", None),
+    ],
+)
+def test_architectures_mlx_lm_cannot_split_are_refused(
+    model_type: str, parallel: str, error: str | None
+) -> None:
+    m = manifest(CLUSTER.replace('parallel = "pipeline"', f'parallel = "{parallel}"'))
+    o = observed(m, two_macs())
+    o = replace(
+        o, resolved={**o.resolved, "big": replace(o.resolved["big"], model_type=model_type)}
+    )
+    assert plan(m, o).errors == ((error,) if error else ())
+
+
+def test_sharding_tables_match_the_installed_mlx_lm() -> None:
+    """TENSOR_MODULES / PIPELINE_MODULES / MODULE_OF_TYPE against mlx-lm itself."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import mlx_lm.models
+    from mlx_lm.models.pipeline import PipelineMixin
+    from mlx_lm.utils import MODEL_REMAPPING
+
+    from local_ai.reconcile.cluster import MODULE_OF_TYPE, PIPELINE_MODULES, TENSOR_MODULES
+
+    tensor, pipeline = set(), set()
+    for info in pkgutil.iter_modules(mlx_lm.models.__path__):
+        try:
+            module = importlib.import_module(f"mlx_lm.models.{info.name}")
+        except BaseException:  # modules needing extra packages (olmo exits)
+            continue
+        if hasattr(getattr(module, "Model", None), "shard"):
+            tensor.add(info.name)
+        classes = [c for c in vars(module).values() if inspect.isclass(c)]
+        if any(issubclass(c, PipelineMixin) and c is not PipelineMixin for c in classes):
+            pipeline.add(info.name)
+    assert tensor == TENSOR_MODULES
+    assert pipeline == PIPELINE_MODULES
+    assert MODULE_OF_TYPE.items() <= MODEL_REMAPPING.items()

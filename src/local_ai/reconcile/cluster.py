@@ -21,6 +21,27 @@ if TYPE_CHECKING:
 SAME_VERSION = ("mlx", "mlx-lm", "local-ai")
 GIB = 1024**3
 
+# What mlx-lm 0.31 (pyproject pins <0.32) can shard, by model module; tests check these against
+# the installed mlx-lm. Tensor: Model.shard(); pipeline: a PipelineMixin layer stack.
+MODULE_OF_TYPE = {
+    "mistral": "llama",
+    "iquestcoder": "llama",
+    "kimi_k2": "deepseek_v3",
+    "joyai_llm_flash": "deepseek_v3",
+    "minimax_m2": "minimax",
+}
+PIPELINE_MODULES = frozenset(
+    {"deepseek_v2", "deepseek_v3", "glm4_moe", "glm4_moe_lite", "kimi_k25", "kimi_vl", "ministral3"}
+)
+TENSOR_MODULES = frozenset(
+    {
+        "deepseek_v2", "deepseek_v3", "deepseek_v32", "exaone_moe", "glm4_moe", "glm4_moe_lite",
+        "glm_moe_dsa", "gpt_oss", "iquestloopcoder", "kimi_k25", "llama", "longcat_flash",
+        "longcat_flash_ngram", "minimax", "ministral3", "qwen2", "qwen3", "qwen3_5",
+        "qwen3_5_moe", "solar_open", "step3p5",
+    }
+)  # fmt: skip
+
 
 def _gb(n: int) -> str:
     return f"{n / GIB:.1f} GB"
@@ -59,6 +80,8 @@ def shares(
     """Each rank's share of weights and KV cache, or why the placement cannot work."""
     hosts = spec.hosts or []
     n = len(hosts)
+    if (unsupported := _unsupported(alias, spec, source)) is not None:
+        return [], unsupported
     if spec.parallel == "tensor":
         heads = source.num_kv_heads
         if heads and heads % n:
@@ -101,6 +124,23 @@ def shares(
         )
         for r, rng in enumerate(ranges)
     ], None
+
+
+def _unsupported(alias: str, spec: ModelSpec, source: LockedModel) -> str | None:
+    """Why mlx-lm cannot split this model type the way the manifest asks, or None."""
+    if source.model_type is None:
+        return None  # config.json not seen yet: checked once it is
+    module = MODULE_OF_TYPE.get(source.model_type, source.model_type)
+    modes = [m for m, known in (("tensor", TENSOR_MODULES), ("pipeline", PIPELINE_MODULES))
+             if module in known]  # fmt: skip
+    if spec.parallel in modes:
+        return None
+    other = f'; use parallel = "{modes[0]}"' if modes else ""
+    return (
+        f"models.{alias}: mlx-lm 0.31 has no {spec.parallel} parallelism for model_type "
+        f"{source.model_type!r}{other}"
+        + ("" if modes else " (it cannot shard this architecture at all)")
+    )
 
 
 def version_problems(

@@ -57,6 +57,7 @@ class LockedModel:
     num_kv_heads: int | None = None
     head_dim: int | None = None
     base_model: str | None = None
+    model_type: str | None = None  # config.json's model_type, when config.json was seen
 
     @property
     def total_bytes(self) -> int:

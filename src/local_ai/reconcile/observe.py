@@ -214,6 +214,7 @@ def _view_of(alias: str, spec: ModelSpec, source: ResolvedSource, base_dir: Path
         num_kv_heads=kv_heads,
         head_dim=head_dim,
         base_model=source.base_model,
+        model_type=config["model_type"] if isinstance(config.get("model_type"), str) else None,
     )
 
 
