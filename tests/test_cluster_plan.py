@@ -20,7 +20,7 @@ from local_ai.reconcile.model import (
     ServerView,
     served_digest,
 )
-from local_ai.reconcile.planner import plan
+from local_ai.reconcile.planner import Options, plan
 from local_ai.reconcile.render import render_text
 
 GIB = 1024**3
@@ -301,8 +301,6 @@ def test_without_cluster_nothing_changes() -> None:
 
 
 def test_target_without_sharded_models_leaves_the_cluster_out() -> None:
-    from local_ai.reconcile.planner import Options
-
     m = manifest()
     o = replace(observed(m, two_macs()), hosts={})  # observe() skips hosts for such a target
     p = plan(m, o, Options(targets=("coder",)))
@@ -373,3 +371,29 @@ def test_sharding_tables_match_the_installed_mlx_lm() -> None:
     assert tensor == TENSOR_MODULES
     assert pipeline == PIPELINE_MODULES
     assert MODULE_OF_TYPE.items() <= MODEL_REMAPPING.items()
+
+
+def test_model_up_to_date_here_but_missing_on_a_host_is_a_change() -> None:
+    from local_ai.reconcile.model import InstalledView, install_fields, install_key
+
+    m = manifest()
+    o = observed(m, two_macs())
+    spec = m.models["big"]
+    here = InstalledView(
+        alias="big",
+        spec_key=install_key(spec),
+        spec=install_fields(spec),
+        commit=C1,
+        location="/store/big",
+        location_kind="hf-cache",
+        size_bytes=200 * GIB,
+        present=True,
+    )
+    o = replace(o, installed={"big": here}, lock={"big": o.resolved["big"]}, resolved={})
+    p = plan(m, o, Options(targets=("big",)))
+    lines = render_text(p).splitlines()
+    assert lines[:2] == [
+        "  ~ model.big  (mini lacks its files)",
+        "      copy-to-host   to mini (me@mini.local), copy 200.0 GB  [mini lacks store entry ac39315fb70a5639]",
+    ]
+    assert p.action("copy-to-host:big@mini").depends_on == ()
