@@ -214,3 +214,17 @@ def test_doctor_cluster_runs_a_real_ring_all_reduce(tmp_path: Path) -> None:
         "detail": "not run: b unreachable",
         "fix": "fix ssh first",
     }
+
+
+def test_starting_port_is_mlx_default_between_real_hosts() -> None:
+    from local_ai.cluster.launch import DEFAULT_PORT, starting_port
+
+    assert starting_port(cluster()) == DEFAULT_PORT == 32323
+    loopback = parse_manifest(two_hosts(Path("/tmp/b"))).cluster
+    assert loopback is not None
+    port = starting_port(loopback)
+    import socket
+
+    for p in (port, port + 1):  # both ranks' ports are free to bind right now
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", p))

@@ -334,14 +334,14 @@ def _versions_check(cluster: ClusterSettings, reports: dict[str, HostReport], na
 def _all_reduce_check(cluster: ClusterSettings, reports: dict[str, HostReport]) -> Check:
     import tempfile
 
-    from local_ai.cluster.launch import run_smoke
+    from local_ai.cluster.launch import run_smoke, starting_port
 
     label = f"{cluster.backend} all-reduce"
     down = [n for n, r in reports.items() if not r.reachable]
     if down:
         return Check(label, "fail", f"not run: {', '.join(down)} unreachable", fix="fix ssh first")
     with tempfile.TemporaryDirectory(prefix="local-ai-smoke-") as work:
-        result = run_smoke(cluster, Path(work), _free_port_pair())
+        result = run_smoke(cluster, Path(work), starting_port(cluster))
     detail = f"{result.detail} in {result.seconds:.1f} s over mlx.launch"
     if result.ok:
         return Check(label, "pass", detail)
@@ -353,15 +353,6 @@ def _all_reduce_check(cluster: ClusterSettings, reports: dict[str, HostReport]) 
         fix="check each host's `address` (reachable from every other host, ports from the "
         "launcher's --starting-port open) and that mlx is installed for its `python`",
     )
-
-
-def _free_port_pair() -> int:
-    """A free TCP port on 127.0.0.1 to start the ring's ports from (one per rank follows)."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _thunderbolt_checks(cluster: ClusterSettings) -> list[Check]:

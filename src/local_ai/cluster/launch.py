@@ -15,6 +15,7 @@ import json
 import os
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ from local_ai.cluster.observe import host_python, rank_order, shell_path
 from local_ai.manifest.models import ClusterSettings
 
 LOCAL_SSH = "127.0.0.1"  # mlx.launch runs this host's rank without ssh
+DEFAULT_PORT = 32323  # mlx.launch's --starting-port: what a firewall between Macs lets through
 SMOKE_MARK = "local-ai-smoke"
 SMOKE_TIMEOUT_S = 120.0
 _SMOKE_CODE = (
@@ -114,6 +116,24 @@ def parse_smoke(stdout: str, ranks: int) -> tuple[bool, str]:
     if wrong:
         return False, f"rank {', '.join(map(str, sorted(wrong)))} computed a wrong all-reduce"
     return True, f"all-reduce across {ranks} ranks agreed"
+
+
+def starting_port(cluster: ClusterSettings) -> int:
+    """mlx.launch's default between real hosts; when every rank is on this machine (tests, one
+    Mac), free ports here, so parallel runs do not collide."""
+    from local_ai.manifest.models import is_loopback
+    from local_ai.util.ports import port_free
+
+    if not all(h.address and is_loopback(h.address) for h in cluster.hosts.values()):
+        return DEFAULT_PORT
+    ranks = len(cluster.hosts)
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            first = int(sock.getsockname()[1])
+        if first + ranks < 65536 and all(port_free("127.0.0.1", first + i) for i in range(ranks)):
+            return first
+    return DEFAULT_PORT
 
 
 def run_smoke(
