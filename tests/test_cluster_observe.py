@@ -54,6 +54,8 @@ def test_ssh_command_is_batch_mode_and_ends_options() -> None:
         "BatchMode=yes",
         "-o",
         "ConnectTimeout=5",
+        "-o",
+        "ServerAliveInterval=15",
         "--",
         "me@mini.local",
         "/bin/sh",
@@ -192,7 +194,8 @@ def test_real_hosts_through_fake_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert not c.reachable
     assert c.error == "ssh failed: ssh: connect to host c.unreachable port 22: Connection refused"
     calls = log.read_text().splitlines()
+    options = "-o BatchMode=yes -o ConnectTimeout=5 -o ServerAliveInterval=15"
     assert sorted(calls) == [
-        "-o BatchMode=yes -o ConnectTimeout=5 -- c.unreachable /bin/sh -s",
-        "-o BatchMode=yes -o ConnectTimeout=5 -- me@b.local /bin/sh -s",
+        f"{options} -- c.unreachable /bin/sh -s",
+        f"{options} -- me@b.local /bin/sh -s",
     ]

@@ -72,3 +72,23 @@ python = "{sys.executable}"
 home = "{home_b}"
 {extra}
 """
+
+
+def sharded_tiny(model: Path, home_b: Path, extra: str = "") -> str:
+    """A manifest placing the tiny model at `model` on hosts a and b as a pipeline, with no
+    server autostart and no benchmark; `extra` is appended (more models)."""
+    return (
+        two_hosts(home_b)
+        + f"""
+[server]
+autostart = false
+[benchmark]
+on_apply = false
+
+[models.tiny]
+path = "{model}"
+hosts = ["a", "b"]
+parallel = "pipeline"
+"""
+        + extra
+    )

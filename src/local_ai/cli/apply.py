@@ -113,8 +113,8 @@ def _apply_once(
     from local_ai.reconcile.run import (
         apply_plan,
         make_plan,
-        refuse_cluster,
         settle,
+        stage_cluster,
         stale_reason,
     )
     from local_ai.store.locks import apply_lock
@@ -134,8 +134,6 @@ def _apply_once(
             if json:
                 print_json({"plan": to_json(the_plan), "applied": False})
             return ExitCode.ERROR
-        if not dry_run:
-            refuse_cluster(loaded.manifest, options.targets)  # before asking to confirm
         if dry_run or not the_plan.has_changes:
             recorded = None if dry_run or the_plan.has_changes else settle(snapshot)
             if json:
@@ -146,6 +144,8 @@ def _apply_once(
                     "was stopped before it could record it.",
                     markup=False,
                 )
+            if not dry_run and (staged := stage_cluster(loaded.manifest, options.targets, None)):
+                raise staged
             return ExitCode.OK
         if not yes:
             if not interactive():
@@ -168,6 +168,8 @@ def _apply_once(
         print_json(_result_json(the_plan, result))
     else:
         _print_summary(result)
+    if result.not_served is not None:
+        raise result.not_served
     if result.report.interrupted:
         return ExitCode.INTERRUPTED
     return ExitCode.OK if result.report.ok else ExitCode.ERROR
@@ -251,6 +253,7 @@ def _result_json(the_plan: Plan, result: ApplyResult) -> dict[str, Any]:
         "interrupted": result.report.interrupted,
         "generation": result.generation.number if result.generation else None,
         "gated_back_to": result.gated_back_to,
+        "not_served": str(result.not_served) if result.not_served else None,
         "outcomes": [
             {
                 "id": o.action.id,

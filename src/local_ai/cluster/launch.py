@@ -183,3 +183,22 @@ def _stop_group(proc: subprocess.Popen[str]) -> None:
             return
         except subprocess.TimeoutExpired:
             continue
+
+
+def hostfile_path(alias: str) -> Path:
+    from local_ai import settings
+
+    return settings.paths().run / "cluster" / f"{alias}.hostfile.json"
+
+
+def write_hostfile(cluster: ClusterSettings, alias: str, names: list[str]) -> Path:
+    """The hostfile mlx.launch will start `alias` with (its hosts, rank 0 first), written
+    atomically; left alone when it already says this."""
+    from local_ai.util.atomic import atomic_write_text
+
+    path = hostfile_path(alias)
+    text = json.dumps(hostfile(cluster, names), indent=2) + "\n"
+    if not (path.is_file() and path.read_text("utf-8") == text):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    return path

@@ -117,19 +117,24 @@ def report_script(python: str, home: str | None) -> str:
     )
 
 
-def ssh_argv(destination: str) -> list[str]:
-    """ssh in batch mode (never a password prompt), running ``sh -s`` on ``destination``."""
+def ssh_to(destination: str) -> list[str]:
+    """ssh in batch mode (never a password prompt) to `destination`; the remote command follows."""
     return [
         "ssh",
         "-o",
         "BatchMode=yes",
         "-o",
         f"ConnectTimeout={SSH_CONNECT_TIMEOUT_S}",
+        "-o",
+        "ServerAliveInterval=15",  # a dead link ends a long copy instead of hanging it
         "--",
         destination,
-        "/bin/sh",
-        "-s",
     ]
+
+
+def ssh_argv(destination: str) -> list[str]:
+    """ssh running ``sh -s`` on ``destination`` (the script comes on stdin)."""
+    return [*ssh_to(destination), "/bin/sh", "-s"]
 
 
 @dataclass(frozen=True)

@@ -98,7 +98,17 @@ class Adapters:
             Kind.RELOAD_ALIASES: self.reload_aliases,
             Kind.BENCHMARK: self.benchmark,
             Kind.WRITE_CLIENT: self.write_client,
+            Kind.COPY_TO_HOST: self.copy_to_host,
         }
+
+    def copy_to_host(self, action: Action) -> str:
+        from local_ai.cluster.copy import copy_entry, local_entry
+
+        alias, host = _alias(action), str(action.params["host"])
+        cluster = self.manifest.cluster
+        assert cluster is not None  # the planner plans copies only for a [cluster]
+        entry = local_entry(self.state.models[alias], str(action.params["digest"]))
+        return copy_entry(host, cluster.hosts[host], entry).describe()
 
     def write_client(self, action: Action) -> str:
         from local_ai.clients.plan import apply_client_change, describe_result

@@ -492,8 +492,9 @@ class _Builder:
                 )
             self._mark_copies(alias, lacking)
             self.warnings.append(
-                f"models.{alias}: sharded across {', '.join(names)}; this version plans it but "
-                "`apply` refuses to serve it until cluster apply lands (docs/cluster.md)"
+                f"models.{alias}: sharded across {', '.join(names)}; `apply` copies its store "
+                "entry to the hosts and writes the hostfile, but does not serve it yet "
+                "(docs/cluster.md)"
             )
         self.errors += cluster.version_problems(settings, used, hosts)
         plans, errors = cluster.host_plans(
