@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -212,3 +213,42 @@ def test_an_unreachable_host_is_an_ssh_error_with_a_hint(project: Path, tmp_path
     with pytest.raises(UnavailableError, match="ssh failed: ssh: connect to host") as info:
         cluster_copy.copy_entry("b", host, entry)
     assert info.value.hint is not None and "ssh b.unreachable true" in info.value.hint
+
+
+def _one_file_entry(tmp_path: Path) -> cluster_copy.LocalEntry:
+    data = tmp_path / "w.bin"
+    data.write_bytes(b"weights" * 1000)
+    file = cluster_copy.EntryFile("w.bin", data.stat().st_size, _sha(data), data)
+    return cluster_copy.LocalEntry("0123456789abcdef", "w", (file,), {"kind": "copy"})
+
+
+def test_a_second_copy_of_the_same_entry_to_a_host_waits_its_turn(
+    project: Path, tmp_path: Path
+) -> None:
+    import fcntl
+
+    from local_ai.manifest.models import ClusterHost
+
+    home = tmp_path / "host-c"
+    host = ClusterHost(ssh="me@c.local", address="127.0.0.1", python=sys.executable, home=str(home))
+    entry = _one_file_entry(tmp_path)
+    (home / "incoming").mkdir(parents=True)
+    with (home / "incoming" / "0123456789abcdef-w.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another apply's copy in progress
+        with pytest.raises(cluster_copy.CopyError, match="another apply is copying it"):
+            cluster_copy.copy_entry("c", host, entry)
+    assert cluster_copy.copy_entry("c", host, entry).sent == entry.size
+    assert cluster_copy.copy_entry("c", host, entry).present
+
+
+def test_the_receiver_refuses_a_file_name_outside_the_entry(
+    isolated_home: Path, tmp_path: Path
+) -> None:
+    import io
+
+    listing = {"files": [{"name": "../escape", "size": 1, "sha256": "0" * 64}], "provenance": {}}
+    stdin = io.BytesIO(json.dumps(listing).encode() + b"\n")
+    with pytest.raises(ValueError, match="outside the entry"):
+        cluster_copy.receive("0123456789abcdef", "w", stdin, io.StringIO())
+    assert not (isolated_home / "incoming" / "escape").exists()
+    assert not (isolated_home / "store").exists()

@@ -178,6 +178,11 @@ def copy_entry(
             first = _answer(proc.stdout)
             if first is None:
                 raise _failed(name, host, proc, errors)
+            if first.get("error"):
+                raise CopyError(
+                    f"{name} cannot take store entry {entry.digest}: {first['error']}",
+                    hint="wait for the other apply to finish, then run `local-ai apply` again",
+                )
             if first.get("present"):
                 proc.stdin.close()
                 proc.wait(timeout=30)
@@ -311,7 +316,8 @@ def receive(digest: str, name: str, stdin: IO[bytes], stdout: IO[str]) -> int:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print(json.dumps({"ok": False, "error": "another copy of it is running"}), file=stdout)
+            busy = {"ok": False, "error": "another apply is copying it there now"}
+            print(json.dumps(busy), file=stdout, flush=True)
             return 1
         if (target / PROVENANCE_FILE).is_file():
             print(json.dumps({"present": True}), file=stdout, flush=True)
@@ -324,6 +330,8 @@ def receive(digest: str, name: str, stdin: IO[bytes], stdout: IO[str]) -> int:
         print(json.dumps({"have": have}), file=stdout, flush=True)
         listing = json.loads(stdin.readline())
         files = {f["name"]: f for f in listing["files"]}
+        if any(Path(rel).is_absolute() or ".." in Path(rel).parts for rel in files):
+            raise ValueError("a file name outside the entry")  # never from local-ai's sender
         for rel in set(have) - set(files):
             (partial / rel).unlink()  # not part of the entry
         hashes: dict[str, str] = {}
