@@ -14,6 +14,7 @@ import pytest
 
 from local_ai.cluster import copy as cluster_copy
 from local_ai.errors import IntegrityError, LocalAIError, NotYetError, UnavailableError
+from local_ai.hub.progress import RecordingProgress
 from local_ai.manifest.load import load_manifest
 from local_ai.reconcile.adapters import Adapters
 from local_ai.reconcile.model import Kind
@@ -143,11 +144,18 @@ def test_an_interrupted_copy_is_continued_not_restarted(
     assert 0 < arrived < total
 
     monkeypatch.setattr(cluster_copy, "failpoint", lambda name: None)
-    second = _apply(project)
+    snapshot, plan = make_plan(load_manifest(project), RunOptions())
+    seen = RecordingProgress()
+    second = apply_plan(
+        snapshot, plan, RunOptions(), adapters=Adapters(snapshot, fetch_progress=lambda: seen)
+    )
     status, message = _status(second)[COPY]
     assert status == "done", message
     assert message.startswith(f"{total - arrived} B sent to b"), message
     assert f"({arrived} B were there from an interrupted copy)" in message
+    assert seen.label == "to b" and seen.ended
+    assert sum(seen.planned.values()) == sum(seen.received.values()) == total - arrived
+    assert seen.done == sorted(seen.planned)
     entry = _far_entry(project)
     assert entry is not None
     for rel, path in _model_files(project).items():

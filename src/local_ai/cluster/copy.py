@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
@@ -37,6 +36,7 @@ from local_ai.errors import IntegrityError, LocalAIError, UnavailableError
 from local_ai.util.failpoints import failpoint
 
 if TYPE_CHECKING:
+    from local_ai.hub.progress import FetchProgress
     from local_ai.manifest.models import ClusterHost
     from local_ai.store.state import InstalledModel
 
@@ -160,7 +160,7 @@ def copy_entry(
     host: ClusterHost,
     entry: LocalEntry,
     *,
-    on_bytes: Callable[[int], None] | None = None,
+    progress: FetchProgress | None = None,
 ) -> CopyResult:
     """Copy `entry` into `host`'s store (or find it there). Ctrl-C stops the copy; what was
     sent stays in the host's incoming/ for the next copy to continue."""
@@ -188,7 +188,7 @@ def copy_entry(
                 proc.wait(timeout=30)
                 return CopyResult(name, present=True)
             have = {str(k): int(v) for k, v in dict(first.get("have") or {}).items()}
-            sent, resumed = _send(proc.stdin, entry, have, on_bytes)
+            sent, resumed = _send(proc.stdin, entry, have, progress, f"to {name}")
             proc.stdin.close()
             last = _answer(proc.stdout)
             proc.wait()
@@ -214,18 +214,35 @@ def _send(
     out: IO[bytes],
     entry: LocalEntry,
     have: dict[str, int],
-    on_bytes: Callable[[int], None] | None,
+    progress: FetchProgress | None,
+    label: str,
 ) -> tuple[int, int]:
     listing = {
         "files": [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in entry.files],
         "provenance": entry.provenance,
     }
     out.write(json.dumps(listing).encode() + b"\n")
+    # Longer than it should be: start that file over.
+    start = {f.name: o if (o := have.get(f.name, 0)) <= f.size else 0 for f in entry.files}
+    if progress is not None:
+        progress.begin(label, [(f.name, f.size - start[f.name]) for f in entry.files
+                               if start[f.name] < f.size])  # fmt: skip
+    try:
+        sent, resumed = _send_files(out, entry, start, progress)
+    finally:
+        if progress is not None:
+            progress.end()
+    out.write(b'{"end": true}\n')
+    out.flush()
+    return sent, resumed
+
+
+def _send_files(
+    out: IO[bytes], entry: LocalEntry, start: dict[str, int], progress: FetchProgress | None
+) -> tuple[int, int]:
     sent = resumed = 0
     for item in entry.files:
-        offset = have.get(item.name, 0)
-        if offset > item.size:
-            offset = 0  # longer than it should be: start over
+        offset = start[item.name]
         resumed += offset
         if offset == item.size:
             continue
@@ -241,11 +258,11 @@ def _send(
                 out.flush()  # on its way to the host, even if this process is killed next
                 left -= len(chunk)
                 sent += len(chunk)
-                if on_bytes is not None:
-                    on_bytes(len(chunk))
+                if progress is not None:
+                    progress.advance(item.name, len(chunk))
                 failpoint("copy-to-host.chunk-sent")  # part of a file is on the host
-    out.write(b'{"end": true}\n')
-    out.flush()
+        if progress is not None:
+            progress.file_done(item.name)
     return sent, resumed
 
 

@@ -108,7 +108,8 @@ class Adapters:
         cluster = self.manifest.cluster
         assert cluster is not None  # the planner plans copies only for a [cluster]
         entry = local_entry(self.state.models[alias], str(action.params["digest"]))
-        return copy_entry(host, cluster.hosts[host], entry).describe()
+        progress = self.fetch_progress() if self.fetch_progress else None
+        return copy_entry(host, cluster.hosts[host], entry, progress=progress).describe()
 
     def write_client(self, action: Action) -> str:
         from local_ai.clients.plan import apply_client_change, describe_result
