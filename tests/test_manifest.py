@@ -17,6 +17,24 @@ version = 1
 repo = "mlx-community/Qwen3-8B-4bit"
 """
 
+CLUSTER = b"""
+[cluster]
+rank0 = "studio"
+
+[cluster.hosts.studio]
+address = "192.168.2.1"
+
+[cluster.hosts.mini]
+ssh = "me@mini.local"
+python = "/opt/local-ai/bin/python"
+address = "192.168.2.2"
+
+[models.big]
+repo = "mlx-community/Big-4bit"
+hosts = ["studio", "mini"]
+parallel = "pipeline"
+"""
+
 # (id, file bytes, expected line, expected key, substrings of the message)
 BAD_MANIFESTS: list[tuple[str, bytes, int | None, str | None, list[str]]] = [
     (
@@ -202,6 +220,104 @@ BAD_MANIFESTS: list[tuple[str, bytes, int | None, str | None, list[str]]] = [
         "models.coder.quantize",
         ["'q9' is not a level"],
     ),
+    (
+        "cluster-rank0-not-a-host",
+        CLUSTER.replace(b'rank0 = "studio"', b'rank0 = "nope"'),
+        3,
+        "cluster.rank0",
+        ["'nope' is not a host; declared hosts: studio, mini"],
+    ),
+    (
+        "cluster-ring-needs-address",
+        CLUSTER.replace(b'address = "192.168.2.2"\n', b""),
+        8,
+        "cluster.hosts.mini",
+        ["address is required: the ring backend connects every rank by IP address"],
+    ),
+    (
+        "cluster-address-not-ip",
+        CLUSTER.replace(b'"192.168.2.2"', b'"mini.local"'),
+        11,
+        "cluster.hosts.mini.address",
+        ["'mini.local' is not an IP address"],
+    ),
+    (
+        "cluster-ssh-required-off-rank0",
+        CLUSTER.replace(b'ssh = "me@mini.local"\n', b""),
+        8,
+        "cluster.hosts.mini",
+        ["ssh is required"],
+    ),
+    (
+        "cluster-ssh-option-injection",
+        CLUSTER.replace(b'"me@mini.local"', b'"-oProxyCommand=evil"'),
+        9,
+        "cluster.hosts.mini.ssh",
+        ["is not an ssh destination", "not starting with '-'"],
+    ),
+    (
+        "cluster-ssh-shell-characters",
+        CLUSTER.replace(b'"me@mini.local"', b'"mini;touch /tmp/x"'),
+        9,
+        "cluster.hosts.mini.ssh",
+        ["is not an ssh destination"],
+    ),
+    (
+        "placement-bad-host-name",
+        CLUSTER.replace(b'["studio", "mini"]', b'["studio", "mini/2"]'),
+        15,
+        "models.big.hosts[1]",
+        ["'mini/2' is not a host name"],
+    ),
+    (
+        "cluster-jaccl-needs-rdma-mesh",
+        CLUSTER.replace(b'rank0 = "studio"', b'rank0 = "studio"\nbackend = "jaccl"'),
+        6,
+        "cluster.hosts.studio",
+        ["backend 'jaccl' needs an RDMA device to every other host; missing rdma for mini"],
+    ),
+    (
+        "placement-rank0-first",
+        CLUSTER.replace(b'["studio", "mini"]', b'["mini", "studio"]'),
+        15,
+        "models.big.hosts",
+        ["rank 0 must be 'studio'", "list it first"],
+    ),
+    (
+        "placement-unknown-host",
+        CLUSTER.replace(b'["studio", "mini"]', b'["studio", "mac3"]'),
+        15,
+        "models.big.hosts[1]",
+        ["'mac3' is not a host; declared hosts: studio, mini"],
+    ),
+    (
+        "placement-needs-parallel",
+        CLUSTER.replace(b'parallel = "pipeline"\n', b""),
+        13,
+        "models.big",
+        ['needs `parallel = "pipeline"`'],
+    ),
+    (
+        "placement-without-cluster",
+        b'[models.big]\nrepo = "a/b"\nhosts = ["x", "y"]\nparallel = "tensor"\n',
+        3,
+        "models.big.hosts",
+        ["there is no [cluster]"],
+    ),
+    (
+        "placement-auto-quantize",
+        CLUSTER.replace(b'parallel = "pipeline"', b'parallel = "pipeline"\nquantize = "auto"'),
+        13,
+        "models.big",
+        ["quantize = 'auto' picks a level for one Mac"],
+    ),
+    (
+        "parallel-without-hosts",
+        b'[models.a]\nrepo = "a/b"\nparallel = "tensor"\n',
+        1,
+        "models.a",
+        ["`parallel` applies to a model placed on `hosts`"],
+    ),
 ]
 
 
@@ -261,6 +377,8 @@ def test_example_manifest_is_valid_and_documents_every_key() -> None:
     from local_ai.manifest.models import (
         BenchmarkSettings,
         ClaudeCodeClient,
+        ClusterHost,
+        ClusterSettings,
         EngineSettings,
         GooseClient,
         ModelSpec,
@@ -276,6 +394,8 @@ def test_example_manifest_is_valid_and_documents_every_key() -> None:
         ZedClient,
         ClaudeCodeClient,
         GooseClient,
+        ClusterSettings,
+        ClusterHost,
     ):
         for field in model.model_fields:
             shown = f"{field} =" in text or f".{field}]" in text  # a key, or a sub-table
@@ -320,3 +440,20 @@ def test_gguf_source_label() -> None:
         '[models.d]\nrepo = "org/X-GGUF"\nfile = "X-Q8_0.gguf"\nrevision = "v1"\nquantize = "q4"\n'
     )
     assert manifest.models["d"].source_label == "org/X-GGUF:X-Q8_0.gguf@v1"
+
+
+def test_cluster_placement_loads(tmp_path: Path) -> None:
+    path = tmp_path / "local-ai.toml"
+    path.write_bytes(CLUSTER)
+    manifest = load_manifest(path).manifest
+    assert manifest.cluster is not None
+    assert manifest.cluster.backend == "ring"
+    assert manifest.cluster.hosts["mini"].python == "/opt/local-ai/bin/python"
+    assert manifest.models["big"].hosts == ["studio", "mini"]
+    assert manifest.models["big"].parallel == "pipeline"
+    jaccl = CLUSTER.replace(b'rank0 = "studio"', b'rank0 = "studio"\nbackend = "jaccl"')
+    jaccl = jaccl.replace(b'"192.168.2.1"', b'"192.168.2.1"\nrdma = { mini = "rdma_en3" }')
+    jaccl = jaccl.replace(b'"192.168.2.2"', b'"192.168.2.2"\nrdma = { studio = "rdma_en5" }')
+    path.write_bytes(jaccl)
+    cluster = load_manifest(path).manifest.cluster
+    assert cluster is not None and cluster.hosts["mini"].rdma == {"studio": "rdma_en5"}

@@ -498,7 +498,7 @@ def test_plan_json_is_complete_and_stable() -> None:
     a, b = plan(m, empty(m)), plan(m, empty(m))
     assert to_json(a) == to_json(b)
     data = to_json(a)
-    assert data["summary"] == {"add": 3, "change": 0, "replace": 0, "remove": 0}
+    assert data["summary"] == {"add": 3, "change": 0, "replace": 0, "remove": 0, "blocked": 0}
     assert data["manifest_hash"] == m.fingerprint()
     assert [x["id"] for x in data["actions"]][:2] == ["resolve:coder", "fetch:coder"]
 

@@ -110,7 +110,13 @@ def _apply_once(
 ) -> int:
     from local_ai.cli.output import console, interactive, print_json
     from local_ai.reconcile.render import render_text, to_json
-    from local_ai.reconcile.run import apply_plan, make_plan, settle, stale_reason
+    from local_ai.reconcile.run import (
+        apply_plan,
+        make_plan,
+        settle,
+        stage_cluster,
+        stale_reason,
+    )
     from local_ai.store.locks import apply_lock
 
     out = console()
@@ -142,6 +148,8 @@ def _apply_once(
                     "was stopped before it could record it.",
                     markup=False,
                 )
+            if not dry_run and (staged := stage_cluster(loaded.manifest, options.targets, None)):
+                raise staged
             return ExitCode.OK
         if not yes:
             if not interactive():
@@ -164,6 +172,8 @@ def _apply_once(
         print_json(_result_json(the_plan, result))
     else:
         _print_summary(result)
+    if result.not_served is not None:
+        raise result.not_served
     if result.report.interrupted:
         return ExitCode.INTERRUPTED
     return ExitCode.OK if result.report.ok else ExitCode.ERROR
@@ -247,6 +257,7 @@ def _result_json(the_plan: Plan, result: ApplyResult) -> dict[str, Any]:
         "interrupted": result.report.interrupted,
         "generation": result.generation.number if result.generation else None,
         "gated_back_to": result.gated_back_to,
+        "not_served": str(result.not_served) if result.not_served else None,
         "outcomes": [
             {
                 "id": o.action.id,

@@ -8,10 +8,16 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Annotated, Literal
+
+import typer
 
 from local_ai import settings
 from local_ai.cli.options import ConfigOption, JsonOption
+
+if TYPE_CHECKING:
+    from local_ai.cluster.observe import HostReport
+    from local_ai.manifest.models import ClusterSettings
 
 Status = Literal["pass", "warn", "fail", "info"]
 GIB = 1024**3
@@ -26,14 +32,24 @@ class Check:
     fix: str | None = None
 
 
-def doctor_command(config: ConfigOption = None, json: JsonOption = False) -> None:
-    """Check this machine for local-ai: platform, memory, disk, port, HF cache, network, MLX."""
-    import typer
+ClusterOption = Annotated[
+    bool,
+    typer.Option(
+        "--cluster",
+        help="Check the [cluster] hosts instead: ssh, versions, an MLX all-reduce across them, "
+        "Thunderbolt/RDMA readiness.",
+    ),
+]
 
+
+def doctor_command(
+    config: ConfigOption = None, json: JsonOption = False, cluster: ClusterOption = False
+) -> None:
+    """Check this machine for local-ai: platform, memory, disk, port, HF cache, network, MLX."""
     from local_ai.cli.output import console, print_json
 
     manifest_file = settings.manifest_path(config)
-    checks = run_checks(manifest_file)
+    checks = run_cluster_checks(manifest_file) if cluster else run_checks(manifest_file)
     failed = any(c.status == "fail" for c in checks)
     if json:
         print_json({"ok": not failed, "checks": [asdict(c) for c in checks]})
@@ -58,7 +74,11 @@ def doctor_command(config: ConfigOption = None, json: JsonOption = False) -> Non
             table.add_row(c.name, marks[c.status], detail)
         console().print(table)
         console().print(
-            "[red]some checks failed[/]" if failed else "[green]local-ai can run here[/]"
+            "[red]some checks failed[/]"
+            if failed
+            else "[green]the cluster is ready[/]"
+            if cluster
+            else "[green]local-ai can run here[/]"
         )
     if failed:
         raise typer.Exit(1)
@@ -240,3 +260,126 @@ def _mlx() -> Check:
     from importlib.metadata import version
 
     return Check("mlx", "pass", f"mlx {version('mlx')} on {mx.default_device()}")
+
+
+# ---- --cluster --------------------------------------------------------------------------------
+
+
+def run_cluster_checks(manifest_file: Path) -> list[Check]:
+    """The [cluster] hosts: reachable over ssh, same versions as rank 0, an all-reduce across
+    them with mlx.launch, and Thunderbolt/RDMA readiness on the Macs."""
+    from local_ai.cluster.observe import observe_hosts, rank_order
+    from local_ai.errors import LocalAIError
+    from local_ai.manifest.load import load_manifest
+
+    try:
+        cluster = load_manifest(manifest_file).manifest.cluster
+    except LocalAIError as exc:
+        return [Check("manifest", "fail", str(exc), fix=exc.hint or "run `local-ai validate`")]
+    if cluster is None:
+        return [
+            Check(
+                "cluster",
+                "fail",
+                f"{manifest_file} has no [cluster] table",
+                fix="declare the hosts under [cluster.hosts.NAME] (docs/cluster.md)",
+            )
+        ]
+    reports = observe_hosts(cluster)
+    checks = [_host_check(cluster, reports, name) for name in rank_order(cluster)]
+    checks += [_versions_check(cluster, reports, name) for name in rank_order(cluster)[1:]]
+    checks.append(_all_reduce_check(cluster, reports))
+    checks += _thunderbolt_checks(cluster)
+    return checks
+
+
+def _host_check(cluster: ClusterSettings, reports: dict[str, HostReport], name: str) -> Check:
+    report = reports[name]
+    label = f"host {name}" + (" (rank 0)" if name == cluster.rank0 else "")
+    if not report.reachable:
+        dest = cluster.hosts[name].ssh
+        return Check(
+            label,
+            "fail",
+            report.error or "unreachable",
+            fix=f"make `ssh -o BatchMode=yes {dest} true` work from here (key-based login, "
+            "host key accepted)",
+        )
+    summary = report.hardware.describe() if report.hardware else "memory unknown"
+    if report.error:
+        return Check(label, "fail", f"{summary}; {report.error}", fix=_INSTALL_FIX)
+    return Check(label, "pass", summary)
+
+
+_INSTALL_FIX = (
+    "install local-ai on that host as on this machine, or set its `python` (docs/cluster.md)"
+)
+
+
+def _versions_check(cluster: ClusterSettings, reports: dict[str, HostReport], name: str) -> Check:
+    from local_ai.reconcile.cluster import version_problems
+
+    label = f"versions {name}"
+    if not reports[name].reachable:
+        return Check(label, "info", "not checked: the host is unreachable")
+    problems = version_problems(cluster, [name], reports)
+    if problems:
+        return Check(
+            label, "fail", "; ".join(p.split(": ", 1)[1] for p in problems), fix=_INSTALL_FIX
+        )
+    shown = ", ".join(f"{p} {v}" for p, v in reports[name].versions)
+    return Check(label, "pass", f"same as rank 0: {shown}")
+
+
+def _all_reduce_check(cluster: ClusterSettings, reports: dict[str, HostReport]) -> Check:
+    import tempfile
+
+    from local_ai.cluster.launch import run_smoke, starting_port
+
+    label = f"{cluster.backend} all-reduce"
+    down = [n for n, r in reports.items() if not r.reachable]
+    if down:
+        return Check(label, "fail", f"not run: {', '.join(down)} unreachable", fix="fix ssh first")
+    with tempfile.TemporaryDirectory(prefix="local-ai-smoke-") as work:
+        result = run_smoke(cluster, Path(work), starting_port(cluster))
+    detail = f"{result.detail} in {result.seconds:.1f} s over mlx.launch"
+    if result.ok:
+        return Check(label, "pass", detail)
+    tail = " | ".join(line for line in result.output.strip().splitlines()[-3:])
+    return Check(
+        label,
+        "fail",
+        detail + (f": {tail}" if tail else ""),
+        fix="check each host's `address` (reachable from every other host, ports from the "
+        "launcher's --starting-port open) and that mlx is installed for its `python`",
+    )
+
+
+def _thunderbolt_checks(cluster: ClusterSettings) -> list[Check]:
+    from local_ai.cluster.thunderbolt import check_hosts, problems
+
+    seen = check_hosts(cluster)
+    found = problems(cluster, seen)
+    checks = []
+    for name, ready in seen.items():
+        label = f"thunderbolt {name}"
+        if not ready.reachable:
+            continue  # the host check reports it
+        if ready.system != "Darwin":
+            checks.append(Check(label, "info", f"{ready.system or 'not macOS'}: not checked"))
+            continue
+        links = ", ".join(
+            f"{p.interface or '?'} → {peer}"
+            for peer, other in seen.items()
+            for p in ready.cabled_to(other)
+        )
+        detail = (
+            f"macOS {ready.macos or '?'}; RDMA {ready.rdma_status or 'status unknown'}, "
+            f"devices: {', '.join(ready.rdma_devices) or 'none'}; "
+            f"Thunderbolt links: {links or 'none'}"
+        )
+        if found.get(name):
+            checks.append(Check(label, "fail", f"{detail}; " + "; ".join(found[name])))
+        else:
+            checks.append(Check(label, "pass", detail))
+    return checks

@@ -39,10 +39,17 @@ _EXPECTED_BY_ERROR = {
     "model_attributes_type": "a table",
     "list_type": "an array",
 }
-_LITERAL_NOUNS = {"quantize": "level", "group_size": "group size"}
+_LITERAL_NOUNS = {
+    "quantize": "level",
+    "group_size": "group size",
+    "backend": "backend",
+    "parallel": "parallel mode",
+}
 _PATTERN_HINTS = {
     "repo": "is not a HuggingFace repo id; write 'owner/name', e.g. 'mlx-community/Qwen3-8B-4bit'",
     "api_key_env": "is not an environment variable name (letters, digits and '_')",
+    "hosts": "is not a host name (letters, digits, '.', '_' and '-')",
+    "rank0": "is not a host name (letters, digits, '.', '_' and '-')",
 }
 _INIT_HINT = "run `local-ai init` to write a commented manifest for this machine"
 
@@ -145,8 +152,11 @@ def _problem(err: Any, data: dict[str, Any], index: KeyIndex, path: Path | None)
     if "[key]" in loc:
         loc = loc[: loc.index("[key]")]
         alias = loc[-1] if loc else "?"
+        noun, example = (
+            ("host", "[cluster.hosts.mini]") if "hosts" in loc else ("alias", "[models.qwen3-8b]")
+        )
         message = (
-            f"alias {alias!r} may use letters, digits, '.', '_' and '-' only (no '/'), "
+            f"{noun} {alias!r} may use letters, digits, '.', '_' and '-' only (no '/'), "
             "up to 64 characters"
         )
         pos = index.find(loc)
@@ -156,7 +166,7 @@ def _problem(err: Any, data: dict[str, Any], index: KeyIndex, path: Path | None)
             line=pos.line if pos else None,
             column=pos.column if pos else None,
             key=_format_key(loc),
-            hint="rename the table, e.g. [models.qwen3-8b]",
+            hint=f"rename the table, e.g. {example}",
         )
     # Pydantic appends the matched branch of a union (e.g. "int") or validator names: drop them.
     loc = tuple(part for part in loc if not (isinstance(part, str) and part in _UNION_TAGS))

@@ -233,6 +233,18 @@ class ModelSpec(_Strict):
     min_tokens_per_second: Annotated[float, Field(gt=0)] | None = Field(
         default=None, description="Overrides benchmark.min_tokens_per_second for this model."
     )
+    hosts: list[Annotated[str, Field(pattern=ALIAS_PATTERN)]] | None = Field(
+        default=None,
+        description="Shard this model across these `[cluster.hosts]`, in rank order; the first "
+        "must be `cluster.rank0` (this machine, running the gateway). Omit to serve it on this "
+        "Mac alone.",
+    )
+    parallel: Literal["pipeline", "tensor"] | None = Field(
+        default=None,
+        description="How a model placed on `hosts` is split: 'pipeline' (each host runs a "
+        "slice of the layers) or 'tensor' (each layer is split across hosts; more traffic "
+        "between them). Required with `hosts`.",
+    )
 
     @field_validator("path", "file", "name")
     @classmethod
@@ -265,6 +277,27 @@ class ModelSpec(_Strict):
                 raise ValueError(f"`file` must be a path inside the repo, got {self.file!r}")
         if self.revision is not None and self.repo is None:
             raise ValueError("`revision` applies to `repo` only")
+        if self.hosts is None:
+            if self.parallel is not None:
+                raise ValueError("`parallel` applies to a model placed on `hosts`; add `hosts`")
+            return self
+        if len(self.hosts) < 2:
+            raise ValueError(
+                "`hosts` shards a model across at least 2 hosts; remove it to serve the model "
+                "on this Mac alone"
+            )
+        if len(set(self.hosts)) != len(self.hosts):
+            raise ValueError("`hosts` names a host twice; each rank is a different host")
+        if self.parallel is None:
+            raise ValueError(
+                'a model placed on `hosts` needs `parallel = "pipeline"` (layers split '
+                'across hosts) or `parallel = "tensor"` (every layer split)'
+            )
+        if self.quantize == "auto":
+            raise ValueError(
+                "quantize = 'auto' picks a level for one Mac; name a level for a model placed "
+                "on `hosts`"
+            )
         return self
 
     @property
@@ -371,6 +404,154 @@ class Clients(_Strict):
     codex: CodexClient | None = None
 
 
+# mlx.launch puts the destination unquoted into a shell command: letters, digits and the
+# punctuation of user@host, IPv6 and scoped addresses only; never a leading '-' (an ssh option).
+_SSH_DEST_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._@:%+-]{0,254}$")
+_RDMA_DEVICE_RE = r"^rdma_[A-Za-z0-9]+$"
+
+
+def _host_path(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not value.startswith(("/", "~/")) or control_char_problem(value):
+        raise ValueError(f"{value!r} must be an absolute path on that host (or start with '~/')")
+    return value
+
+
+class ClusterHost(_Strict):
+    """One machine of the cluster (the table name is the host's name in `hosts = [...]`)."""
+
+    ssh: str | None = Field(
+        default=None,
+        description="ssh destination (`user@host` or a Host from ~/.ssh/config); local-ai runs "
+        "ssh in batch mode, so key-based login must work. Not needed for `cluster.rank0`.",
+    )
+    address: str | None = Field(
+        default=None,
+        description="IP address the MLX backend uses to reach this host (e.g. its Thunderbolt "
+        "bridge address). Required by the ring backend, and for rank 0 by jaccl.",
+    )
+    python: str | None = Field(
+        default=None,
+        description="Python of the environment on that host where local-ai, mlx and mlx-lm are "
+        "installed. Default: the same path as on this machine (mlx.launch's convention).",
+    )
+    home: str | None = Field(
+        default=None,
+        description="local-ai's data directory on that host (its LOCAL_AI_HOME). Default: that "
+        "host's own default.",
+    )
+    rdma: dict[Annotated[str, Field(pattern=ALIAS_PATTERN)], str] = Field(
+        default_factory=dict,
+        description="jaccl only: the RDMA device on this host that is cabled to each other host, "
+        'e.g. { mini = "rdma_en3" } (see `ibv_devices`).',
+    )
+
+    @field_validator("ssh")
+    @classmethod
+    def _check_ssh(cls, value: str | None) -> str | None:
+        if value is not None and not _SSH_DEST_RE.match(value):
+            raise ValueError(
+                f"{value!r} is not an ssh destination; write `user@host` or a Host name from "
+                "~/.ssh/config (letters, digits and . _ @ : % + -, not starting with '-')"
+            )
+        return value
+
+    @field_validator("address")
+    @classmethod
+    def _check_address(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ValueError(
+                f"{value!r} is not an IP address; mlx.launch connects ranks by IP "
+                "(e.g. '192.168.2.2')"
+            ) from None
+        return value
+
+    @field_validator("python", "home")
+    @classmethod
+    def _check_path(cls, value: str | None) -> str | None:
+        return _host_path(value)
+
+    @field_validator("rdma")
+    @classmethod
+    def _check_rdma(cls, value: dict[str, str]) -> dict[str, str]:
+        for peer, device in value.items():
+            if not re.match(_RDMA_DEVICE_RE, device):
+                raise ValueError(
+                    f"rdma.{peer} = {device!r} is not an RDMA device name; `ibv_devices` lists "
+                    "them, e.g. 'rdma_en3'"
+                )
+        return value
+
+
+class ClusterSettings(_Strict):
+    """Macs that serve models too big for one: each model placed on `hosts` is sharded across
+    them with MLX's distributed launcher (see docs/cluster.md)."""
+
+    backend: Literal["ring", "jaccl"] = Field(
+        default="ring",
+        description="MLX distributed backend: 'ring' (TCP, over Ethernet or a Thunderbolt "
+        "bridge) or 'jaccl' (RDMA over Thunderbolt 5, macOS 26.2 and later).",
+    )
+    rank0: str = Field(
+        pattern=ALIAS_PATTERN,
+        description="The host that is this machine: it runs the gateway and is rank 0 of every "
+        "sharded model.",
+    )
+    hosts: dict[Annotated[str, Field(pattern=ALIAS_PATTERN)], ClusterHost] = Field(
+        description="The machines, by name.",
+    )
+
+    @model_validator(mode="after")
+    def _check_hosts(self) -> ClusterSettings:
+        names = list(self.hosts)
+        if self.rank0 not in self.hosts:
+            raise ReferenceProblem(
+                "cluster.rank0",
+                f"{self.rank0!r} is not a host; declared hosts: {', '.join(names) or 'none'}",
+            )
+        if len(self.hosts) < 2:
+            raise ReferenceProblem(
+                "cluster.hosts", "a cluster needs at least 2 hosts under [cluster.hosts.NAME]"
+            )
+        for name, host in self.hosts.items():
+            where = f"cluster.hosts.{name}"
+            if host.ssh is None and name != self.rank0:
+                raise ReferenceProblem(
+                    where,
+                    'ssh is required: local-ai reaches this host with ssh (set ssh = "user@host")',
+                )
+            needs_address = self.backend == "ring" or name == self.rank0
+            if host.address is None and needs_address:
+                why = (
+                    "the ring backend connects every rank by IP address"
+                    if self.backend == "ring"
+                    else "jaccl's coordinator runs on rank 0 and is reached by IP address"
+                )
+                raise ReferenceProblem(where, f"address is required: {why}")
+            for peer in host.rdma:
+                if peer not in self.hosts or peer == name:
+                    raise ReferenceProblem(
+                        f"{where}.rdma.{peer}",
+                        f"{peer!r} is not another host; rdma keys name the peer host a device is "
+                        "cabled to",
+                    )
+            if self.backend == "jaccl":
+                missing = [p for p in names if p != name and p not in host.rdma]
+                if missing:
+                    raise ReferenceProblem(
+                        where,
+                        f"backend 'jaccl' needs an RDMA device to every other host; missing "
+                        f"rdma for {', '.join(missing)} (e.g. rdma = {{ {missing[0]} = "
+                        '"rdma_en3" })',
+                    )
+        return self
+
+
 class Manifest(_Strict):
     """local-ai.toml: models, quantizations and server settings for this machine."""
 
@@ -384,6 +565,10 @@ class Manifest(_Strict):
     )
     benchmark: BenchmarkSettings = Field(default_factory=BenchmarkSettings)
     clients: Clients = Field(default_factory=Clients)
+    cluster: ClusterSettings | None = Field(
+        default=None,
+        description="Other Macs that models placed on `hosts` are sharded across.",
+    )
 
     @model_validator(mode="after")
     def _check_references(self) -> Manifest:
@@ -412,7 +597,31 @@ class Manifest(_Strict):
                 raise ReferenceProblem(
                     key, f"{alias!r} is not a model alias; declared aliases: {choices}"
                 )
+        self._check_placements()
         return self
+
+    def _check_placements(self) -> None:
+        for alias, spec in self.models.items():
+            if spec.hosts is None:
+                continue
+            if self.cluster is None:
+                raise ReferenceProblem(
+                    f"models.{alias}.hosts",
+                    "places the model on hosts, but there is no [cluster]; declare the machines "
+                    "under [cluster.hosts.NAME] (docs/cluster.md)",
+                )
+            for i, host in enumerate(spec.hosts):
+                if host not in self.cluster.hosts:
+                    raise ReferenceProblem(
+                        f"models.{alias}.hosts[{i}]",
+                        f"{host!r} is not a host; declared hosts: {', '.join(self.cluster.hosts)}",
+                    )
+            if spec.hosts[0] != self.cluster.rank0:
+                raise ReferenceProblem(
+                    f"models.{alias}.hosts",
+                    f"rank 0 must be {self.cluster.rank0!r} (cluster.rank0, the machine running "
+                    f"the gateway); list it first",
+                )
 
     @property
     def default_alias(self) -> str | None:
@@ -431,7 +640,8 @@ class Manifest(_Strict):
 
 
 class ReferenceProblem(ValueError):
-    """A cross-reference to an alias that does not exist; carries the key path it came from."""
+    """A problem found across tables (an alias or host that does not exist, a placement that
+    contradicts [cluster]); carries the key path it belongs to."""
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(message)
@@ -445,4 +655,5 @@ def manifest_json_schema() -> dict[str, Any]:
     schema["title"] = "local-ai.toml"
     # Pydantic emits patternProperties for alias keys; make editors flag a bad alias too.
     schema["properties"]["models"]["additionalProperties"] = False
+    schema["$defs"]["ClusterSettings"]["properties"]["hosts"]["additionalProperties"] = False
     return schema

@@ -28,6 +28,8 @@ _SECTIONS: list[tuple[str, str, str]] = [
     ("[clients.claude_code]", "ClaudeCodeClient", ""),
     ("[clients.goose]", "GooseClient", ""),
     ("[clients.codex]", "CodexClient", ""),
+    ("[cluster]", "ClusterSettings", ""),
+    ("[cluster.hosts.<name>]", "ClusterHost", ""),
 ]
 
 

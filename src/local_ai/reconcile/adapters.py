@@ -17,6 +17,7 @@ from local_ai.manifest.models import ModelSpec
 from local_ai.reconcile.model import (
     Action,
     ConvertParams,
+    CopyParams,
     InstallParams,
     Kind,
     engine_settings,
@@ -50,7 +51,7 @@ def _alias(action: Action) -> str:
     return action.resource.split(".", 1)[1]
 
 
-_P = TypeVar("_P", ConvertParams, InstallParams)
+_P = TypeVar("_P", ConvertParams, InstallParams, CopyParams)
 
 
 def _params(action: Action, kind: type[_P]) -> _P:
@@ -108,7 +109,19 @@ class Adapters:
             Kind.RELOAD_ALIASES: self.reload_aliases,
             Kind.BENCHMARK: self.benchmark,
             Kind.WRITE_CLIENT: self.write_client,
+            Kind.COPY_TO_HOST: self.copy_to_host,
         }
+
+    def copy_to_host(self, action: Action) -> str:
+        from local_ai.cluster.copy import copy_entry, local_entry
+
+        alias, params = _alias(action), _params(action, CopyParams)
+        host = params.host
+        cluster = self.manifest.cluster
+        assert cluster is not None  # the planner plans copies only for a [cluster]
+        entry = local_entry(self.state.models[alias], params.digest)
+        progress = self.fetch_progress() if self.fetch_progress else None
+        return copy_entry(host, cluster.hosts[host], entry, progress=progress).describe()
 
     def write_client(self, action: Action) -> str:
         from local_ai.clients.plan import apply_client_change, describe_result
@@ -123,7 +136,7 @@ class Adapters:
         spec = self.manifest.models[alias]
         if spec.quantize == "auto":
             level = self.auto_levels.get(alias)
-            if action is not None and action.params is not None:
+            if action is not None and isinstance(action.params, ConvertParams | InstallParams):
                 level = action.params.quantize
                 self.auto_levels[alias] = level
             spec = spec.model_copy(update={"quantize": level})

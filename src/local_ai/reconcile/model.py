@@ -9,13 +9,23 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from local_ai.manifest.models import Manifest, ModelSpec
 
+if TYPE_CHECKING:
+    from local_ai.cluster.observe import HostReport
+
+
+def _canonical(value: Any) -> Any:
+    # A set's iteration order follows string hashes, which differ per process.
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    return str(value)
+
 
 def stable_hash(data: Any) -> str:
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str)
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=_canonical)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -47,6 +57,7 @@ class LockedModel:
     num_kv_heads: int | None = None
     head_dim: int | None = None
     base_model: str | None = None
+    model_type: str | None = None  # config.json's model_type, when config.json was seen
 
     @property
     def total_bytes(self) -> int:
@@ -109,9 +120,13 @@ class Observed:
     usable_memory: int  # bytes the machine can give to models
     machine: str
     clients: tuple[ClientView, ...] = ()
+    hosts: dict[str, HostReport] = field(default_factory=dict)  # [cluster] hosts, by name
 
     def fingerprint(self) -> str:
-        return stable_hash(asdict(self))
+        data = asdict(self)
+        for host in data["hosts"].values():
+            host.pop("free_disk", None)  # moves with every write there; a plan would never match
+        return stable_hash(data)
 
 
 # --------------------------------------------------------------------------------- the plan
@@ -131,6 +146,7 @@ class Kind(StrEnum):
     RESTART_SERVER = "restart-server"
     STOP_SERVER = "stop-server"
     REMOVE = "remove"
+    COPY_TO_HOST = "copy-to-host"  # a store entry to a cluster host that lacks it
 
 
 class Change(StrEnum):
@@ -139,6 +155,7 @@ class Change(StrEnum):
     REPLACE = "-/+"
     DELETE = "-"
     NOOP = "="
+    BLOCKED = "!"  # cannot be planned now (a host is unreachable); the rest is planned
 
 
 @dataclass(frozen=True)
@@ -154,6 +171,13 @@ class InstallParams:
 
 
 @dataclass(frozen=True)
+class CopyParams:
+    host: str  # the [cluster.hosts] name
+    digest: str  # the store entry copied
+    bytes: int
+
+
+@dataclass(frozen=True)
 class Action:
     id: str  # "fetch:coder"
     kind: Kind
@@ -165,7 +189,9 @@ class Action:
     disk_bytes: int | None = None
     peak_memory_bytes: int | None = None
     detail: str = ""
-    params: ConvertParams | InstallParams | None = None  # what the plan decided, per kind
+    params: ConvertParams | InstallParams | CopyParams | None = (
+        None  # what the plan decided, per kind
+    )
 
 
 @dataclass(frozen=True)
@@ -173,6 +199,31 @@ class ResourceChange:
     resource: str
     change: Change
     cause: str  # for NOOP: the reason nothing is done
+
+
+@dataclass(frozen=True)
+class Share:
+    """The part of a sharded model one rank holds."""
+
+    alias: str
+    rank: int
+    ranks: int
+    part: str  # "layers 31-60" (pipeline) or "1/2 of every layer" (tensor)
+    weights: int
+    kv_cache: int
+
+
+@dataclass(frozen=True)
+class HostPlan:
+    """One [cluster] host: what it is, what it will hold, and what must reach it."""
+
+    name: str
+    summary: str  # the machine and its versions, or why it cannot be used
+    shares: tuple[Share, ...] = ()
+    single_mac: int = 0  # rank 0: the single-Mac models the engine keeps loaded beside them
+    peak: int = 0
+    usable: int | None = None
+    copy_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -185,6 +236,8 @@ class Plan:
     warnings: tuple[str, ...] = ()
     usable_memory: int = 0
     peak_memory: int = 0
+    hosts: tuple[HostPlan, ...] = ()
+    cluster: str = ""  # "ring, rank 0 = studio" when the manifest has a [cluster]
 
     @property
     def has_changes(self) -> bool:
@@ -226,6 +279,25 @@ def convert_digest(source: LockedModel, spec: ModelSpec, converter_version: str)
             "quantize": spec.quantize,
             "group_size": spec.group_size if spec.quantize else None,
             "converter": converter_version,
+        }
+    )[:16]
+
+
+def needs_conversion(spec: ModelSpec, source: LockedModel) -> bool:
+    return source.format != "mlx" or spec.quantize is not None
+
+
+def served_digest(source: LockedModel, spec: ModelSpec, converter_version: str) -> str:
+    """Identity of the files an alias serves, the name of its store entry on cluster hosts:
+    the conversion's digest, or for a source served as is, its commit and files."""
+    if needs_conversion(spec, source):
+        return convert_digest(source, spec, converter_version)
+    return stable_hash(
+        {
+            "repo": source.repo,
+            "path": source.path,
+            "commit": source.commit,
+            "files": sorted((f.name, f.size, f.sha256) for f in source.files),
         }
     )[:16]
 

@@ -101,6 +101,12 @@ def observe(
 
     hardware = detect()
     client_changes, client_views = observe_clients(loaded) if not targets else ({}, ())
+    hosts = {}
+    placed = [a for a, s in manifest.models.items() if s.hosts and (not targets or a in targets)]
+    if manifest.cluster is not None and placed:
+        from local_ai.cluster.observe import observe_hosts
+
+        hosts = observe_hosts(manifest.cluster)
     observed = Observed(
         state_serial=state.serial,
         installed=installed,
@@ -113,6 +119,7 @@ def observe(
         usable_memory=hardware.usable_memory_bytes,
         machine=hardware.describe(),
         clients=client_views,
+        hosts=hosts,
     )
     return Snapshot(loaded, observed, lock, lock_path, state, sources, fresh, client_changes)
 
@@ -194,6 +201,7 @@ def _view_of(alias: str, spec: ModelSpec, source: ResolvedSource, base_dir: Path
         num_kv_heads=shape.num_kv_heads if shape else None,
         head_dim=shape.head_dim if shape else None,
         base_model=source.base_model,
+        model_type=config["model_type"] if isinstance(config.get("model_type"), str) else None,
     )
 
 

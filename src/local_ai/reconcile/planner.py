@@ -8,10 +8,13 @@ from dataclasses import dataclass
 
 from local_ai import sizing
 from local_ai.manifest.models import Manifest, ModelSpec
+from local_ai.reconcile import cluster
 from local_ai.reconcile.model import (
     Action,
     Change,
     ConvertParams,
+    CopyParams,
+    HostPlan,
     InstallParams,
     Kind,
     LockedModel,
@@ -25,6 +28,8 @@ from local_ai.reconcile.model import (
     install_fields,
     install_key,
     lock_disagreement,
+    needs_conversion,
+    served_digest,
 )
 from local_ai.util.units import human_bytes
 
@@ -85,8 +90,9 @@ def auto_level(spec: ModelSpec, source: LockedModel, usable_memory: int) -> sizi
     )
 
 
-def needs_conversion(spec: ModelSpec, source: LockedModel) -> bool:
-    return source.format != "mlx" or spec.quantize is not None
+def footprint(spec: ModelSpec, source: LockedModel) -> tuple[int, int]:
+    """(weights, KV cache at the model's context) in bytes: every memory decision asks here."""
+    return estimated_weights(spec, source), kv_bytes(spec, source)
 
 
 def _short(commit: str | None) -> str:
@@ -120,7 +126,10 @@ class _Builder:
         self.resources: list[ResourceChange] = []
         self.errors: list[str] = []
         self.warnings: list[str] = []
-        self.model_footprint: dict[str, int] = {}
+        self.model_footprint: dict[str, int] = {}  # single-Mac models
+        self.placed: dict[str, LockedModel] = {}  # models sharded across cluster hosts
+        self.host_plans: list[HostPlan] = []
+        self.cluster_label = ""
         self.convert_peak = 0
 
     def add(self, action: Action) -> str:
@@ -151,6 +160,10 @@ class _Builder:
     def plan_model(self, alias: str, spec: ModelSpec) -> list[str]:
         """Actions for one alias; returns the ids the server reload must wait for."""
         resource = f"model.{alias}"
+        if spec.hosts and (why := cluster.unusable(spec, self.observed.hosts)):
+            cause = f"not planned: {'; '.join(why)}"
+            self.resources.append(ResourceChange(resource, Change.BLOCKED, cause))
+            return []
         source, resolve_cause = self.source_for(alias, spec)
         if source is None:
             return []
@@ -163,7 +176,10 @@ class _Builder:
             # From here on the model is planned as the level auto chose on this machine.
             spec = spec.model_copy(update={"quantize": chosen.level})
             auto_reason = chosen.reason
-        self.model_footprint[alias] = estimated_weights(spec, source) + kv_bytes(spec, source)
+        if spec.hosts:
+            self.placed[alias] = source
+        else:
+            self.model_footprint[alias] = sum(footprint(spec, source))
         installed = self.observed.installed.get(alias)
         key = install_key(spec)
         if installed is None:
@@ -461,7 +477,74 @@ class _Builder:
                 )
             )
 
+    # ------------------------------------------------------------------------------ cluster
+
+    def plan_cluster(self, installs: dict[str, str]) -> int:
+        """Shares, fit and copies of the models sharded across hosts; returns rank 0's peak."""
+        settings = self.manifest.cluster
+        blocked = any(r.change is Change.BLOCKED for r in self.resources)
+        if settings is None or not (self.placed or blocked):
+            return 0  # no sharded model in this plan: the hosts were not observed
+        self.cluster_label = f"{settings.backend} backend, rank 0 = {settings.rank0}"
+        hosts = self.observed.hosts
+        all_shares = []
+        host_of: dict[tuple[str, int], str] = {}
+        copies: dict[str, int] = {}
+        used: list[str] = []
+        for alias, source in self.placed.items():
+            spec = self.manifest.models[alias]
+            names = spec.hosts or []
+            weights, kv = footprint(spec, source)
+            got, problem = cluster.shares(alias, spec, source, weights, kv)
+            if problem is not None:
+                self.errors.append(problem)
+                continue
+            host_of.update({(alias, s.rank): names[s.rank] for s in got})
+            all_shares += got
+            used += [n for n in names if n not in used]
+            digest = served_digest(source, spec, self.options.converter_version)
+            lacking = [n for n in names[1:] if digest not in hosts[n].digests]
+            for name in lacking:
+                copies[name] = copies.get(name, 0) + weights
+                self.add(
+                    Action(
+                        id=f"copy-to-host:{alias}@{name}",
+                        kind=Kind.COPY_TO_HOST,
+                        resource=f"model.{alias}",
+                        cause=f"{name} lacks store entry {digest}",
+                        depends_on=(installs[alias],) if alias in installs else (),
+                        detail=f"to {name} ({settings.hosts[name].ssh})",
+                        params=CopyParams(name, digest, weights),
+                    )
+                )
+            self._mark_copies(alias, lacking)
+            self.warnings.append(
+                f"models.{alias}: sharded across {', '.join(names)}; `apply` copies its store "
+                "entry to the hosts and writes the hostfile, but does not serve it yet "
+                "(docs/cluster.md)"
+            )
+        self.errors += cluster.version_problems(settings, used, hosts)
+        plans, errors = cluster.host_plans(
+            settings, hosts, all_shares, host_of, copies, sum(self.largest_loaded())
+        )
+        self.errors += errors
+        self.host_plans = plans
+        return next((p.peak for p in plans if p.name == settings.rank0), 0)
+
+    def _mark_copies(self, alias: str, lacking: list[str]) -> None:
+        """An up-to-date model whose files some host lacks is a change, not a no-op."""
+        resource = f"model.{alias}"
+        for i, res in enumerate(self.resources):
+            if res.resource == resource and res.change is Change.NOOP and lacking:
+                cause = f"{', '.join(lacking)} lack{'s' if len(lacking) == 1 else ''} its files"
+                self.resources[i] = ResourceChange(resource, Change.UPDATE, cause)
+
     # ------------------------------------------------------------------------------ memory
+
+    def largest_loaded(self) -> list[int]:
+        """Footprints of the single-Mac models the engine may hold at once."""
+        sizes = sorted(self.model_footprint.values(), reverse=True)
+        return sizes[: self.manifest.server.engine.max_loaded_models]
 
     def check_memory(self) -> int:
         usable = self.observed.usable_memory
@@ -482,9 +565,7 @@ class _Builder:
                 f"server.preload: {', '.join(preload)} need {_gb(preload_total)} together but "
                 f"{_gb(usable)} is usable; preload fewer models"
             )
-        largest = sorted(sizes.values(), reverse=True)[
-            : self.manifest.server.engine.max_loaded_models
-        ]
+        largest = self.largest_loaded()
         resident = sum(largest)
         if resident > usable and len(largest) > 1:
             self.warnings.append(
@@ -545,12 +626,13 @@ def plan(manifest: Manifest, observed: Observed, options: Options | None = None)
         if ids:
             rebuilt[alias] = ids[0]
     builder.plan_removals()
+    rank0_peak = builder.plan_cluster(rebuilt)
     removal_ids = [a.id for a in builder.actions if a.kind is Kind.REMOVE]
     builder.plan_server(installs + removal_ids)
     builder.plan_benchmarks(rebuilt)
     if not options.targets:
         builder.plan_clients()
-    peak = builder.check_memory()
+    peak = max(builder.check_memory(), rank0_peak)
     if builder.errors:
         actions: tuple[Action, ...] = ()
     else:
@@ -564,4 +646,6 @@ def plan(manifest: Manifest, observed: Observed, options: Options | None = None)
         warnings=tuple(builder.warnings),
         usable_memory=observed.usable_memory,
         peak_memory=peak,
+        hosts=tuple(builder.host_plans),
+        cluster=builder.cluster_label,
     )

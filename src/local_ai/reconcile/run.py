@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from local_ai import settings
-from local_ai.errors import ConfigError, LocalAIError
+from local_ai.errors import ConfigError, LocalAIError, NotYetError
 from local_ai.manifest.load import LoadedManifest
+from local_ai.manifest.models import Manifest
 from local_ai.reconcile.adapters import Adapters, BenchmarkFloorError
 from local_ai.reconcile.executor import Outcome, Report, execute
 from local_ai.reconcile.generations import Generation, Generations
-from local_ai.reconcile.model import Action, Plan, engine_settings, gateway_settings
+from local_ai.reconcile.model import Action, Kind, Plan, engine_settings, gateway_settings
 from local_ai.reconcile.observe import Snapshot, observe
 from local_ai.reconcile.planner import Options, plan
 from local_ai.util.failpoints import failpoint
@@ -116,11 +117,52 @@ def stale_reason(saved: SavedPlan, fresh: Plan) -> str | None:
 # ---- apply ----------------------------------------------------------------------------------
 
 
+def sharded_targets(manifest: Manifest, targets: tuple[str, ...] = ()) -> list[str]:
+    """The models of this apply placed on [cluster] hosts."""
+    return [
+        alias
+        for alias, spec in manifest.models.items()
+        if spec.hosts and (not targets or alias in targets)
+    ]
+
+
+def stage_cluster(
+    manifest: Manifest, targets: tuple[str, ...], report: Report | None
+) -> NotYetError | None:
+    """After the plan ran: the mlx.launch hostfile of each sharded model whose copies all
+    completed, and the error saying what this version still lacks to serve them."""
+    from local_ai.cluster.launch import write_hostfile
+
+    aliases = sharded_targets(manifest, targets)
+    if not aliases or manifest.cluster is None:
+        return None
+    unfinished = {
+        o.action.resource
+        for o in (report.outcomes if report else [])
+        if o.action.kind is Kind.COPY_TO_HOST and o.status != "done"
+    }
+    staged = [a for a in aliases if f"model.{a}" not in unfinished]
+    for alias in staged:
+        write_hostfile(manifest.cluster, alias, manifest.models[alias].hosts or [])
+    if not staged:
+        return None  # the failed copies are the report's errors
+    names = ", ".join(f"models.{a}" for a in staged)
+    return NotYetError(
+        f"{names}: the weights are on every host and the hostfile is in "
+        f"{settings.paths().run / 'cluster'}, but this version cannot serve a sharded model "
+        "yet (missing: starting the sharded engine with mlx.launch, health of every rank); "
+        "everything else was applied",
+        hint="`local-ai plan` shows the placement; remove `hosts` to serve a model on this Mac "
+        "alone",
+    )
+
+
 @dataclass
 class ApplyResult:
     report: Report
     generation: Generation | None
     gated_back_to: int | None = None  # benchmark.gate switched the server back to this one
+    not_served: NotYetError | None = None  # sharded models: copied and staged, not served yet
 
 
 def apply_plan(
@@ -141,12 +183,14 @@ def apply_plan(
     report = execute(the_plan, adapters.handlers(), on_start=on_start, on_done=on_done)
     generation = None
     gated = None
-    if _too_slow(report) and snapshot.loaded.manifest.benchmark.gate:
+    manifest = snapshot.loaded.manifest
+    if _too_slow(report) and manifest.benchmark.gate:
         gated = _serve_current_generation()
     if report.ok and not report.interrupted and the_plan.has_changes:
         failpoint("generation.before-record")  # every action done, no generation yet
         generation = record_generation(snapshot, adapters)
-    return ApplyResult(report, generation, gated)
+    staged = None if report.interrupted else stage_cluster(manifest, options.targets, report)
+    return ApplyResult(report, generation, gated, staged)
 
 
 def _clean_killed_run(snapshot: Snapshot) -> None:
@@ -156,7 +200,13 @@ def _clean_killed_run(snapshot: Snapshot) -> None:
 
     paths = settings.paths()
     Store(paths).clean_leftovers()
-    for directory in (paths.root, paths.run, paths.generations, paths.root / "clients"):
+    for directory in (
+        paths.root,
+        paths.run,
+        paths.run / "cluster",
+        paths.generations,
+        paths.root / "clients",
+    ):
         clean_stale_temps(directory)
     clean_stale_temps(paths.verified_hashes.parent)
     clean_stale_temps(snapshot.lock_path.parent, snapshot.lock_path.name)

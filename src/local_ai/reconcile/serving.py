@@ -15,6 +15,7 @@ from local_ai.store.state import State, load_state
 
 RUN_APPLY = "run `local-ai apply`"
 NOT_APPLIED = f"not installed yet; {RUN_APPLY}"
+SHARDED = "sharded across [cluster] hosts, which this version cannot serve yet"
 
 
 def alias_map_of(
@@ -25,7 +26,7 @@ def alias_map_of(
     entries: dict[str, AliasEntry] = {}
     for alias, spec in manifest.models.items():
         model = state.models.get(alias)
-        if model is None:
+        if model is None or spec.hosts:  # a sharded model is never served from one Mac
             continue
         entries[alias] = AliasEntry(
             path=model.location,
@@ -38,7 +39,8 @@ def alias_map_of(
             digest=model.store_digest,
         )
     # Only a map serving every alias is the one the manifest asks for.
-    complete = commits is not None and set(entries) == set(manifest.models)
+    servable = {a for a, spec in manifest.models.items() if not spec.hosts}
+    complete = commits is not None and set(entries) == servable
     hash_ = alias_map_hash(manifest, commits or {}) if complete else None
     return _assemble(manifest, entries, hash_)
 
@@ -62,7 +64,11 @@ def map_to_serve(loaded: LoadedManifest) -> tuple[AliasMap, dict[str, str]]:
     if current is None:
         return _before_first_apply(loaded)
     alias_map = current.alias_map()
-    skipped = {a: NOT_APPLIED for a in manifest.models if a not in alias_map.models}
+    skipped = {
+        a: SHARDED if spec.hosts else NOT_APPLIED
+        for a, spec in manifest.models.items()
+        if a not in alias_map.models
+    }
     return alias_map, skipped
 
 
@@ -77,6 +83,9 @@ def _before_first_apply(loaded: LoadedManifest) -> tuple[AliasMap, dict[str, str
     skipped: dict[str, str] = {}
     for alias, spec in manifest.models.items():
         if alias in entries:
+            continue
+        if spec.hosts:
+            skipped[alias] = SHARDED
             continue
         if spec.path is None:
             skipped[alias] = NOT_APPLIED

@@ -1,0 +1,1 @@
+"""Several Macs serving one model: observing hosts over ssh, MLX launcher files, checks."""

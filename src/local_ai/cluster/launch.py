@@ -1,0 +1,204 @@
+"""MLX's distributed launcher for a [cluster]: the hostfile it reads and a smoke all-reduce
+across the hosts (``local-ai doctor --cluster``).
+
+Facts from mlx 0.31's launcher (mlx/_distributed_utils/launch.py): the hostfile is JSON
+``{"backend", "envs", "hosts": [{"ssh", "ips", "rdma"}]}`` in rank order; a host whose ``ssh``
+is ``127.0.0.1`` runs without ssh; the ring backend needs an IP per host and listens from
+``--starting-port`` upwards, one port per rank; jaccl needs, per host, one RDMA device per
+peer (null for itself) and reaches rank 0's first IP as its coordinator. Every rank runs the
+same command, so the smoke command picks each host's Python by ``MLX_RANK``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from local_ai.cluster.observe import host_python, rank_order, shell_path
+from local_ai.manifest.models import ClusterSettings
+
+LOCAL_SSH = "127.0.0.1"  # mlx.launch runs this host's rank without ssh
+DEFAULT_PORT = 32323  # mlx.launch's --starting-port: what a firewall between Macs lets through
+SMOKE_MARK = "local-ai-smoke"
+SMOKE_TIMEOUT_S = 120.0
+_SMOKE_CODE = (
+    "import json, mlx.core as mx\n"
+    "g = mx.distributed.init(strict=True)\n"
+    "x = mx.distributed.all_sum(mx.ones(4) * (g.rank() + 1))\n"
+    "mx.eval(x)\n"
+    f"print(json.dumps({{{SMOKE_MARK!r}: 1, 'rank': g.rank(), 'size': g.size(), "
+    "'sum': x.tolist()}), flush=True)\n"
+)
+
+
+def hostfile(cluster: ClusterSettings, names: list[str] | None = None) -> dict[str, object]:
+    """mlx.launch's hostfile for `names` (default: every host), in rank order."""
+    names = names or rank_order(cluster)
+    hosts = []
+    for name in names:
+        host = cluster.hosts[name]
+        entry: dict[str, object] = {
+            "ssh": LOCAL_SSH if name == cluster.rank0 else host.ssh,
+            "ips": [host.address] if host.address else [],
+        }
+        if cluster.backend == "jaccl":
+            entry["rdma"] = [None if peer == name else host.rdma.get(peer) for peer in names]
+        else:
+            entry["rdma"] = []
+        hosts.append(entry)
+    return {"backend": cluster.backend, "envs": [], "hosts": hosts}
+
+
+def launcher() -> str:
+    """The `mlx.launch` of this environment (next to this Python), else the one on PATH."""
+    beside = Path(sys.executable).parent / "mlx.launch"
+    return str(beside) if beside.exists() else "mlx.launch"
+
+
+def smoke_command(cluster: ClusterSettings, hostfile_path: Path, port: int) -> list[str]:
+    """mlx.launch running one all-reduce on every host, each with its own Python."""
+    names = rank_order(cluster)
+    cases = " ".join(
+        f"{rank}) py={_python_for(cluster, name)} ;;" for rank, name in enumerate(names)
+    )
+    script = f'case "$MLX_RANK" in {cases} esac; exec "$py" -c {shlex.quote(_SMOKE_CODE)}'
+    return [
+        launcher(),
+        "--hostfile",
+        str(hostfile_path),
+        "--starting-port",
+        str(port),
+        "--",
+        "sh",  # a name, not a path: mlx.launch runs an existing file path as a Python script
+        "-c",
+        script,
+    ]
+
+
+def _python_for(cluster: ClusterSettings, name: str) -> str:
+    return shell_path(sys.executable if name == cluster.rank0 else host_python(cluster.hosts[name]))
+
+
+@dataclass(frozen=True)
+class SmokeResult:
+    ok: bool
+    detail: str
+    seconds: float
+    output: str = ""  # the launcher's output, for the fix line when it failed
+
+
+def parse_smoke(stdout: str, ranks: int) -> tuple[bool, str]:
+    """Did every rank print the right all-reduce? (ok, what was seen)."""
+    seen: dict[int, dict[str, object]] = {}
+    for line in stdout.splitlines():
+        start = line.find("{")
+        if start < 0 or SMOKE_MARK not in line:
+            continue
+        try:
+            doc = json.loads(line[start:])
+        except ValueError:
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("rank"), int):
+            seen[doc["rank"]] = doc
+    want = [float(ranks * (ranks + 1) // 2)] * 4
+    missing = [r for r in range(ranks) if r not in seen]
+    if missing:
+        return False, f"rank {', '.join(map(str, missing))} did not report"
+    wrong = [r for r, d in seen.items() if d.get("size") != ranks or d.get("sum") != want]
+    if wrong:
+        return False, f"rank {', '.join(map(str, sorted(wrong)))} computed a wrong all-reduce"
+    return True, f"all-reduce across {ranks} ranks agreed"
+
+
+def starting_port(cluster: ClusterSettings) -> int:
+    """mlx.launch's default between real hosts; when every rank is on this machine (tests, one
+    Mac), free ports here, so parallel runs do not collide."""
+    from local_ai.manifest.models import is_loopback
+    from local_ai.util.ports import port_free
+
+    if not all(h.address and is_loopback(h.address) for h in cluster.hosts.values()):
+        return DEFAULT_PORT
+    ranks = len(cluster.hosts)
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            first = int(sock.getsockname()[1])
+        if first + ranks < 65536 and all(port_free("127.0.0.1", first + i) for i in range(ranks)):
+            return first
+    return DEFAULT_PORT
+
+
+def run_smoke(
+    cluster: ClusterSettings, work_dir: Path, port: int, timeout: float = SMOKE_TIMEOUT_S
+) -> SmokeResult:
+    """Run the smoke all-reduce with mlx.launch; never raises for a failed run."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    path = work_dir / "hostfile.json"
+    path.write_text(json.dumps(hostfile(cluster), indent=2))
+    argv = smoke_command(cluster, path, port)
+    ranks = len(cluster.hosts)
+    started = time.monotonic()
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=work_dir,  # holds no file named "sh" that mlx.launch could take for the script
+            start_new_session=True,  # the launcher and its ranks, stopped together
+        )
+    except OSError as exc:
+        return SmokeResult(False, f"cannot run {argv[0]}: {exc}", 0.0)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _stop_group(proc)
+        out, _ = proc.communicate()
+        seconds = time.monotonic() - started
+        return SmokeResult(False, f"no result within {timeout:.0f} s", seconds, out)
+    seconds = time.monotonic() - started
+    ok, detail = parse_smoke(out, ranks)
+    if not ok and proc.returncode:
+        detail += f" (mlx.launch exited with {proc.returncode})"
+    return SmokeResult(ok, detail, seconds, out)
+
+
+def _stop_group(proc: subprocess.Popen[str]) -> None:
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=5)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def hostfile_path(alias: str) -> Path:
+    from local_ai import settings
+
+    return settings.paths().run / "cluster" / f"{alias}.hostfile.json"
+
+
+def write_hostfile(cluster: ClusterSettings, alias: str, names: list[str]) -> Path:
+    """The hostfile mlx.launch will start `alias` with (its hosts, rank 0 first), written
+    atomically; left alone when it already says this."""
+    from local_ai.util.atomic import atomic_write_text
+
+    path = hostfile_path(alias)
+    text = json.dumps(hostfile(cluster, names), indent=2) + "\n"
+    if not (path.is_file() and path.read_text("utf-8") == text):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    return path

@@ -1,0 +1,262 @@
+"""apply's copy-to-host: a store entry reaches a [cluster] host over (fake) ssh, resumes after an
+interruption, is verified by sha256 there and renamed into that host's store. Host "b" is this
+machine with its own local-ai home, reached through tests/harness/fakessh.py."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from local_ai.cluster import copy as cluster_copy
+from local_ai.errors import IntegrityError, LocalAIError, NotYetError, UnavailableError
+from local_ai.hub.progress import RecordingProgress
+from local_ai.manifest.load import load_manifest
+from local_ai.reconcile.adapters import Adapters
+from local_ai.reconcile.model import Kind
+from local_ai.reconcile.run import ApplyResult, RunOptions, apply_plan, make_plan
+from tests.harness.fakessh import install_fake_ssh, path_with, sharded_tiny
+from tests.harness.tinymodels import build_model
+
+COPY = "copy-to-host:tiny@b"
+
+
+@pytest.fixture
+def project(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_home: Path, request: Any
+) -> Path:
+    # deepseek_v2: a tiny architecture mlx-lm 0.31 can split as a pipeline. float32 is
+    # converted (a store entry here); float16 is served as is from its directory.
+    dtype = getattr(request, "param", "float32")
+    model = build_model(tmp_path / "tiny", "deepseek_v2", num_layers=4, dtype=dtype)
+    manifest = tmp_path / "local-ai.toml"
+    solo = f'[models.solo]\npath = "{model}"\n'
+    manifest.write_text(sharded_tiny(model, tmp_path / "host-b", solo))
+    bin_dir = tmp_path / "bin"
+    log = install_fake_ssh(bin_dir)
+    monkeypatch.setenv("PATH", path_with(bin_dir))
+    monkeypatch.setenv("FAKE_SSH_LOG", str(log))
+    return manifest
+
+
+def _apply(manifest: Path, adapters: Adapters | None = None) -> ApplyResult:
+    snapshot, plan = make_plan(load_manifest(manifest), RunOptions())
+    assert not plan.errors, plan.errors
+    return apply_plan(snapshot, plan, RunOptions(), adapters=adapters)
+
+
+def _status(result: ApplyResult) -> dict[str, tuple[str, str]]:
+    return {o.action.id: (o.status, o.message) for o in result.report.outcomes}
+
+
+def _host_b(manifest: Path) -> Path:
+    return manifest.parent / "host-b"
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _model_files(manifest: Path) -> dict[str, Path]:
+    """The files this machine serves for `tiny`."""
+    from local_ai import settings
+    from local_ai.store.state import load_state
+
+    model = load_state(settings.paths().state_file).models["tiny"]
+    return {rel: Path(model.location) / rel for rel in model.files}
+
+
+def _far_entry(manifest: Path) -> Path | None:
+    store = _host_b(manifest) / "store"
+    entries = list(store.iterdir()) if store.is_dir() else []
+    assert len(entries) <= 1, entries
+    return entries[0] if entries else None
+
+
+def _interrupt_after(monkeypatch: pytest.MonkeyPatch, chunks: int) -> None:
+    """Ctrl-C in the middle of sending: small chunks, KeyboardInterrupt after the N-th."""
+    monkeypatch.setattr(cluster_copy, "CHUNK", 4096)
+    hits = []
+
+    def point(name: str) -> None:
+        if name == "copy-to-host.chunk-sent":
+            hits.append(name)
+            if len(hits) == chunks:
+                raise KeyboardInterrupt
+
+    monkeypatch.setattr(cluster_copy, "failpoint", point)
+
+
+def _partial(manifest: Path) -> Path:
+    incoming = _host_b(manifest) / "incoming"
+    dirs = [p for p in incoming.iterdir() if p.is_dir()]
+    assert len(dirs) == 1, dirs
+    return dirs[0]
+
+
+@pytest.mark.parametrize("project", ["float32", "float16"], indirect=True)
+def test_apply_copies_the_entry_writes_the_hostfile_and_a_second_apply_copies_nothing(
+    project: Path, isolated_home: Path
+) -> None:
+    result = _apply(project)
+    status = _status(result)
+    assert status[COPY][0] == "done", status
+    assert "verified by sha256 there" in status[COPY][1]
+    assert status["install:solo"][0] == "done"  # single-Mac models are applied as usual
+    entry = _far_entry(project)
+    assert entry is not None and entry.name.split("-", 1)[1].startswith("tiny")
+    files = _model_files(project)
+    record = json.loads((entry / ".local-ai.json").read_text())
+    assert record["kind"] == "copy"
+    assert set(record["files"]) == set(files)
+    for rel, path in files.items():
+        assert _sha(entry / rel) == _sha(path) == record["files"][rel]["sha256"]
+    assert not (_host_b(project) / "incoming" / entry.name).exists()  # renamed, not copied
+
+    # Not served yet: a typed error naming what is missing, after the copy.
+    assert isinstance(result.not_served, NotYetError)
+    assert "mlx.launch" in str(result.not_served)
+    hostfile = json.loads((isolated_home / "run" / "cluster" / "tiny.hostfile.json").read_text())
+    assert [h["ssh"] for h in hostfile["hosts"]] == ["127.0.0.1", "me@b.local"]
+
+    # The host reports the entry now: nothing left to copy.
+    _, again = make_plan(load_manifest(project), RunOptions())
+    assert not [a for a in again.actions if a.kind is Kind.COPY_TO_HOST]
+    assert not again.has_changes, [a.id for a in again.actions]
+
+
+def test_an_interrupted_copy_is_continued_not_restarted(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _interrupt_after(monkeypatch, 10)
+    first = _apply(project)
+    assert first.report.interrupted
+    assert _status(first)[COPY] == ("failed", "interrupted")
+    assert first.not_served is None
+    assert _far_entry(project) is None  # nothing half-done in the host's store
+    partial = _partial(project)
+    arrived = sum(p.stat().st_size for p in partial.rglob("*") if p.is_file())
+    total = sum(p.stat().st_size for p in _model_files(project).values())
+    assert 0 < arrived < total
+
+    monkeypatch.setattr(cluster_copy, "failpoint", lambda name: None)
+    snapshot, plan = make_plan(load_manifest(project), RunOptions())
+    seen = RecordingProgress()
+    second = apply_plan(
+        snapshot, plan, RunOptions(), adapters=Adapters(snapshot, fetch_progress=lambda: seen)
+    )
+    status, message = _status(second)[COPY]
+    assert status == "done", message
+    assert message.startswith(f"{total - arrived} B sent to b"), message
+    assert f"({arrived} B were there from an interrupted copy)" in message
+    assert seen.label == "to b" and seen.ended
+    assert sum(seen.planned.values()) == sum(seen.received.values()) == total - arrived
+    assert seen.done == sorted(seen.planned)
+    entry = _far_entry(project)
+    assert entry is not None
+    for rel, path in _model_files(project).items():
+        assert _sha(entry / rel) == _sha(path)
+
+
+def test_a_corrupted_file_on_the_host_is_refused_and_sent_again_next_time(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _interrupt_after(monkeypatch, 10)
+    _apply(project)
+    partial = _partial(project)
+    damaged = max((p for p in partial.rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    data = bytearray(damaged.read_bytes())
+    data[100] ^= 0xFF  # same length: only the hash can tell
+    damaged.write_bytes(bytes(data))
+
+    monkeypatch.setattr(cluster_copy, "failpoint", lambda name: None)
+    refused = _apply(project)
+    outcome = next(o for o in refused.report.outcomes if o.action.id == COPY)
+    assert outcome.status == "failed"
+    assert isinstance(outcome.error, IntegrityError)
+    assert "b refused the copy of store entry" in outcome.message
+    assert damaged.name in outcome.message
+    assert _far_entry(project) is None
+    assert not damaged.exists()  # deleted there, so the next copy sends it whole
+    assert refused.not_served is None and refused.generation is None
+
+    third = _apply(project)
+    assert _status(third)[COPY][0] == "done"
+    entry = _far_entry(project)
+    assert entry is not None
+    rel = str(damaged.relative_to(partial))
+    assert _sha(entry / rel) == _sha(_model_files(project)[rel])
+
+
+def test_a_failing_copy_skips_nothing_else_and_a_rerun_converges(project: Path) -> None:
+    snapshot, plan = make_plan(load_manifest(project), RunOptions())
+    adapters = Adapters(snapshot)
+    handlers = adapters.handlers()
+
+    def broken(action):  # type: ignore[no-untyped-def]
+        raise LocalAIError("injected failure in copy-to-host", hint="this is a test")
+
+    adapters.handlers = lambda: {**handlers, Kind.COPY_TO_HOST: broken}  # type: ignore[method-assign]
+    result = apply_plan(snapshot, plan, RunOptions(), adapters=adapters)
+    status = _status(result)
+    assert status[COPY][0] == "failed"
+    assert not [a for a, (s, _) in status.items() if s == "skipped"]
+    assert status["install:tiny"][0] == status["install:solo"][0] == "done"
+    assert result.generation is None and result.not_served is None
+
+    again = _apply(project)
+    assert set(_status(again)) == {COPY}
+    assert again.report.ok and isinstance(again.not_served, NotYetError)
+
+
+def test_an_unreachable_host_is_an_ssh_error_with_a_hint(project: Path, tmp_path: Path) -> None:
+    from local_ai.manifest.models import ClusterHost
+
+    entry = cluster_copy.LocalEntry("0123456789abcdef", "tiny", (), {})
+    host = ClusterHost(ssh="b.unreachable", address="127.0.0.1", home=str(tmp_path / "x"))
+    with pytest.raises(UnavailableError, match="ssh failed: ssh: connect to host") as info:
+        cluster_copy.copy_entry("b", host, entry)
+    assert info.value.hint is not None and "ssh b.unreachable true" in info.value.hint
+
+
+def _one_file_entry(tmp_path: Path) -> cluster_copy.LocalEntry:
+    data = tmp_path / "w.bin"
+    data.write_bytes(b"weights" * 1000)
+    file = cluster_copy.EntryFile("w.bin", data.stat().st_size, _sha(data), data)
+    return cluster_copy.LocalEntry("0123456789abcdef", "w", (file,), {"kind": "copy"})
+
+
+def test_a_second_copy_of_the_same_entry_to_a_host_waits_its_turn(
+    project: Path, tmp_path: Path
+) -> None:
+    import fcntl
+
+    from local_ai.manifest.models import ClusterHost
+
+    home = tmp_path / "host-c"
+    host = ClusterHost(ssh="me@c.local", address="127.0.0.1", python=sys.executable, home=str(home))
+    entry = _one_file_entry(tmp_path)
+    (home / "incoming").mkdir(parents=True)
+    with (home / "incoming" / "0123456789abcdef-w.lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another apply's copy in progress
+        with pytest.raises(cluster_copy.CopyError, match="another apply is copying it"):
+            cluster_copy.copy_entry("c", host, entry)
+    assert cluster_copy.copy_entry("c", host, entry).sent == entry.size
+    assert cluster_copy.copy_entry("c", host, entry).present
+
+
+def test_the_receiver_refuses_a_file_name_outside_the_entry(
+    isolated_home: Path, tmp_path: Path
+) -> None:
+    import io
+
+    listing = {"files": [{"name": "../escape", "size": 1, "sha256": "0" * 64}], "provenance": {}}
+    stdin = io.BytesIO(json.dumps(listing).encode() + b"\n")
+    with pytest.raises(ValueError, match="outside the entry"):
+        cluster_copy.receive("0123456789abcdef", "w", stdin, io.StringIO())
+    assert not (isolated_home / "incoming" / "escape").exists()
+    assert not (isolated_home / "store").exists()
