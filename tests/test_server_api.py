@@ -307,6 +307,25 @@ def test_stop_strings_and_seed_apply_per_request(daemon: Daemon) -> None:
         extra_body={"temperature": 0},
     )
     assert message.content[0].text == text[: text.find(stop)]  # type: ignore[union-attr]
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", stop)
+    with claude.messages.stream(
+        model="tiny",
+        max_tokens=24,
+        messages=[{"role": "user", "content": "Say something"}],
+        stop_sequences=["never-produced", stop],
+        extra_body={"temperature": 0},
+    ) as events:
+        final = events.get_final_message()
+    assert final.content[0].text == text[: text.find(stop)]  # type: ignore[union-attr]
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", stop)
+    plain = claude.messages.create(
+        model="tiny",
+        max_tokens=24,
+        messages=[{"role": "user", "content": "Say something"}],
+        stop_sequences=["never-produced"],
+        extra_body={"temperature": 0},
+    )
+    assert plain.stop_sequence is None and plain.stop_reason in ("end_turn", "max_tokens")
     sampled = [
         sdk.chat.completions.create(**ask, max_tokens=16, temperature=1.0, seed=seed)
         .choices[0]

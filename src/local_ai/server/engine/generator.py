@@ -130,6 +130,7 @@ class ScheduledChatGenerator(ChatGenerator):  # type: ignore[misc]
         self.chat_template = FamilyChatTemplate(loaded.tokenizer, self.family)
         self.prepared: Prepared | None = None
         self.finish_reason: str | None = None
+        self.stop_sequence: str | None = None  # the request's stop string that ended it
         self.completion_tokens = 0
         self.prompt_tokens = 0  # processed by the model, after prefix-cache reuse
         self.cached_tokens = 0
@@ -206,6 +207,7 @@ class ScheduledChatGenerator(ChatGenerator):  # type: ignore[misc]
         )
         for event in job.events():
             self.finish_reason = event.finish_reason
+            self.stop_sequence = event.stop_sequence
             self.completion_tokens = event.generation_tokens
             self.prompt_tokens = event.prompt_tokens
             self.cached_tokens = event.cached_tokens
@@ -411,7 +413,12 @@ class LocalAnthropicAdapter(AnthropicMessagesAdapter):  # type: ignore[misc]
     def _stop_reason(self, gen: ScheduledChatGenerator, calls: int) -> str:
         if calls:
             return "tool_use"
+        if gen.stop_sequence is not None:
+            return "stop_sequence"
         return "max_tokens" if gen.finish_reason == "length" else "end_turn"
+
+    def _stop_sequence(self, gen: ScheduledChatGenerator, calls: int) -> str | None:
+        return gen.stop_sequence if not calls else None
 
     def complete(self, request: MessagesRequest) -> dict[str, Any]:
         gen: ScheduledChatGenerator = self._generate_wrapper
@@ -438,7 +445,7 @@ class LocalAnthropicAdapter(AnthropicMessagesAdapter):  # type: ignore[misc]
             "model": request.model,
             "content": blocks,
             "stop_reason": self._stop_reason(gen, len(done.calls)),
-            "stop_sequence": None,
+            "stop_sequence": self._stop_sequence(gen, len(done.calls)),
             "usage": usage,
         }
 
@@ -515,7 +522,10 @@ class LocalAnthropicAdapter(AnthropicMessagesAdapter):  # type: ignore[misc]
         yield from close_open()
         yield {
             "type": "message_delta",
-            "delta": {"stop_reason": self._stop_reason(gen, calls), "stop_sequence": None},
+            "delta": {
+                "stop_reason": self._stop_reason(gen, calls),
+                "stop_sequence": self._stop_sequence(gen, calls),
+            },
             "usage": {
                 "input_tokens": input_tokens,
                 "output_tokens": gen.completion_tokens,
