@@ -19,10 +19,12 @@ import pytest
 
 import local_ai
 from tests.server_helpers import (
+    TOOL_CALL_JSON,
     TOOL_FUNCTION,
     TOOL_NAME,
     Daemon,
     build_chat_model,
+    build_scripted_model,
     build_tool_model,
     claude_code_body,
     free_port,
@@ -34,12 +36,18 @@ API_KEY = "test-key-0123456789"
 ALLOWED_ORIGIN = "http://allowed.example:3000"
 CONTEXT = 2048
 AUTH = {"authorization": f"Bearer {API_KEY}"}
+# Text, then a Hermes call opened by the one-token `<tool_call>`: what tool_choice acts on.
+CHATTY_TOOL_ANSWER = ["Let me", " check", "<tool_call>", TOOL_CALL_JSON, "</tool_call>"]
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("daemon")
-    models = {"tiny": build_chat_model(root / "tiny"), "tool": build_tool_model(root / "tool")}
+    models = {
+        "tiny": build_chat_model(root / "tiny"),
+        "tool": build_tool_model(root / "tool"),
+        "chatty-tool": build_scripted_model(root / "chatty-tool", {"\n": CHATTY_TOOL_ANSWER}),
+    }
     port = free_port()
     manifest = write_manifest(
         root,
@@ -333,6 +341,71 @@ def test_stop_strings_and_seed_apply_per_request(daemon: Daemon) -> None:
         for seed in (11, 11, 12)
     ]
     assert sampled[0] == sampled[1] != sampled[2]
+
+
+def test_tool_choice_none_required_and_named(daemon: Daemon) -> None:
+    import anthropic
+    import openai
+
+    sdk = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key=API_KEY, max_retries=0)
+    tools: Any = [{"type": "function", "function": TOOL_FUNCTION}]
+    other: Any = {"type": "function", "function": {**TOOL_FUNCTION, "name": "get_time"}}
+    ask: Any = {
+        "model": "chatty-tool",
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "max_tokens": 12,
+        "temperature": 0,
+    }
+
+    auto = sdk.chat.completions.create(**ask, tools=tools).choices[0]
+    assert auto.message.content == "Let me check" and auto.finish_reason == "tool_calls"
+    # "required" and a named tool: the call marker is the first token, so no text before it.
+    for choice in ("required", {"type": "function", "function": {"name": TOOL_NAME}}):
+        forced = sdk.chat.completions.create(
+            **ask, tools=[other, *tools], tool_choice=choice
+        ).choices[0]
+        assert forced.finish_reason == "tool_calls" and not forced.message.content
+        assert [c.function.name for c in forced.message.tool_calls or []] == [TOOL_NAME]  # type: ignore[union-attr]
+    # "none": tools are not offered and the marker cannot be written: text, never markup.
+    none = sdk.chat.completions.create(**ask, tools=tools, tool_choice="none").choices[0]
+    content = none.message.content or ""
+    assert none.finish_reason in ("stop", "length") and not none.message.tool_calls
+    assert content.startswith("Let me check") and "<tool_call>" not in content
+    assert "get_weather" not in content
+    chunks = list(sdk.chat.completions.create(**ask, tools=tools, tool_choice="none", stream=True))
+    assert not any(c.choices[0].delta.tool_calls for c in chunks if c.choices)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == content
+    with pytest.raises(openai.BadRequestError, match="not among the tools"):
+        sdk.chat.completions.create(
+            **ask, tools=tools, tool_choice={"type": "function", "function": {"name": "nope"}}
+        )
+
+    claude = anthropic.Anthropic(base_url=f"{daemon.url}/anthropic", api_key=API_KEY)
+    a_tools: Any = [
+        {"name": TOOL_NAME, "description": "weather", "input_schema": TOOL_FUNCTION["parameters"]}
+    ]
+    a_ask: Any = {
+        "model": "chatty-tool",
+        "max_tokens": 12,
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": a_tools,
+        "extra_body": {"temperature": 0},
+    }
+    with claude.messages.stream(**a_ask, tool_choice={"type": "none"}) as events:
+        text_only = events.get_final_message()
+    assert [b.type for b in text_only.content] == ["text"]
+    assert text_only.stop_reason in ("end_turn", "max_tokens")
+    assert text_only.content[0].text == content  # type: ignore[union-attr]
+    for a_choice in ({"type": "any"}, {"type": "tool", "name": TOOL_NAME}):
+        used = claude.messages.create(**a_ask, tool_choice=a_choice)
+        assert [b.type for b in used.content] == ["tool_use"] and used.stop_reason == "tool_use"
+    counted = [
+        claude.messages.count_tokens(
+            model="chatty-tool", messages=a_ask["messages"], tools=a_tools, tool_choice=c
+        ).input_tokens
+        for c in ({"type": "auto"}, {"type": "none"})
+    ]
+    assert counted[0] > counted[1]  # "none" leaves the tools out of the prompt
 
 
 def test_openai_sdk_tool_calls(daemon: Daemon) -> None:
