@@ -8,6 +8,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -754,6 +756,52 @@ def test_status_cli_reports_config_drift(daemon: Daemon) -> None:
         assert drift["config_differs"] is True
     finally:
         daemon.manifest.write_text(original)
+
+
+def test_prompt_cache_on_disk_is_sized_and_cleared_while_serving(
+    daemon: Daemon, client: httpx.Client, tmp_path: Path
+) -> None:
+    words = " ".join(f"w{i}" for i in range(350))
+    body = chat(messages=[{"role": "user", "content": words}], max_tokens=2)
+    counted = client.post(
+        "/anthropic/v1/messages/count_tokens",
+        json={"model": "tiny", "messages": body["messages"]},
+    ).json()["input_tokens"]
+    assert 1024 < counted < CONTEXT - 16  # long enough to be saved on disk
+    assert client.post("/v1/chat/completions", json=body).status_code == 200
+
+    def on_disk() -> dict[str, Any]:
+        return dict(client.get("/api/status").json()["engine"]["prompt_cache_disk"])
+
+    assert wait_for(lambda: on_disk()["files"] > 0, timeout=60)
+    saved = on_disk()
+    assert saved["bytes"] > 0
+    status = json.loads(daemon.cli("server", "status", "--json").stdout)
+    assert status["engine"]["prompt_cache_disk"] == saved
+    assert "prompt cache on disk: " in daemon.cli("server", "status").stdout
+    cleared = daemon.cli("server", "cache", "clear", "--json")
+    assert cleared.returncode == 0, cleared.stderr
+    assert json.loads(cleared.stdout) == saved
+    assert on_disk() == {"files": 0, "bytes": 0}
+    assert not list((daemon.home / "cache" / "prompts").glob("*/*"))
+    # The engine serves on (and saves again) after the files went away under it.
+    assert client.post("/v1/chat/completions", json=body).status_code == 200
+    assert wait_for(lambda: on_disk()["files"] > 0, timeout=60)
+    # Without a running server the command clears the directory itself.
+    home = tmp_path / "home"
+    stale = home / "cache" / "prompts" / "0123abcd" / "1024-00ff.safetensors"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"x" * 10)
+    offline = subprocess.run(
+        [sys.executable, "-m", "local_ai", "server", "cache", "clear"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **daemon.env, "LOCAL_AI_HOME": str(home)},
+        timeout=120,
+        check=False,
+    )
+    assert offline.returncode == 0, offline.stderr
+    assert "removed 1 prompt cache files" in offline.stdout and not stale.exists()
 
 
 def test_engine_killed_with_sigkill_comes_back(daemon: Daemon, client: httpx.Client) -> None:

@@ -48,6 +48,30 @@ def prefix_hash(tokens: list[int]) -> str:
     return hashlib.sha256(array("I", tokens).tobytes()).hexdigest()[:32]
 
 
+def usage(directory: Path) -> dict[str, int]:
+    """Files and bytes of the prompt caches under `directory` (every model)."""
+    files = size = 0
+    for file in directory.glob("*/*.safetensors") if directory.is_dir() else ():
+        with contextlib.suppress(OSError):
+            size += file.stat().st_size
+            files += 1
+    return {"files": files, "bytes": size}
+
+
+def clear(directory: Path) -> dict[str, int]:
+    """Remove every saved prompt cache under `directory`; returns what was removed. Run it on
+    the engine's scheduler thread while an engine runs, so no save or load is under way."""
+    removed = usage(directory)
+    for file in directory.glob("*/*.safetensors") if directory.is_dir() else ():
+        with contextlib.suppress(OSError):
+            file.unlink()
+    for folder in directory.iterdir() if directory.is_dir() else ():
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty: anything else was not ours
+    log.info("prompt cache: cleared %d files (%d bytes)", removed["files"], removed["bytes"])
+    return removed
+
+
 class DiskPromptCache:
     def __init__(
         self, directory: Path, max_bytes: int, *, min_tokens: int = DISK_MIN_TOKENS
