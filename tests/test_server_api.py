@@ -38,6 +38,7 @@ API_KEY = "test-key-0123456789"
 ALLOWED_ORIGIN = "http://allowed.example:3000"
 CONTEXT = 2048
 AUTH = {"authorization": f"Bearer {API_KEY}"}
+SERVED = ["chatty-tool", "tiny", "tool"]  # the daemon's aliases, as the server lists them
 # Text, then a Hermes call opened by the one-token `<tool_call>`: what tool_choice acts on.
 CHATTY_TOOL_ANSWER = ["Let me", " check", "<tool_call>", TOOL_CALL_JSON, "</tool_call>"]
 
@@ -203,12 +204,12 @@ def test_body_size_type_and_json_checks(client: httpx.Client) -> None:
 def test_models_listed_in_both_shapes(client: httpx.Client) -> None:
     openai = client.get("/v1/models").json()
     assert openai["object"] == "list"
-    assert [m["id"] for m in openai["data"]] == ["tiny", "tool"]
+    assert [m["id"] for m in openai["data"]] == SERVED
     assert all(m["object"] == "model" and m["owned_by"] == "local-ai" for m in openai["data"])
     assert client.get("/v1/models/tiny").json()["context_length"] == CONTEXT
     assert client.get("/v1/models/nope").status_code == 404
     anthropic = client.get("/anthropic/v1/models").json()
-    assert [m["id"] for m in anthropic["data"]] == ["tiny", "tool"]
+    assert [m["id"] for m in anthropic["data"]] == SERVED
     assert all(m["type"] == "model" and m["display_name"] for m in anthropic["data"])
     assert anthropic["has_more"] is False
 
@@ -732,9 +733,10 @@ def test_admin_api_needs_the_instance_token(daemon: Daemon, client: httpx.Client
     assert oct((daemon.home / "run" / "admin-token").stat().st_mode & 0o777) == "0o600"
     reloaded = client.post("/api/admin/reload", headers={"authorization": f"Bearer {token}"})
     assert reloaded.status_code == 200
-    assert reloaded.json()["models"] == ["tiny", "tool"]
+    assert reloaded.json()["models"] == SERVED
     detailed = client.get("/api/status", headers={"authorization": f"Bearer {token}"}).json()
-    assert detailed["models"][0]["path"].endswith("tiny")
+    paths = {m["alias"]: m["path"] for m in detailed["models"]}
+    assert paths["tiny"].endswith("tiny")
 
 
 def test_status_cli_reports_config_drift(daemon: Daemon) -> None:
@@ -878,10 +880,10 @@ def test_engine_restart_and_reload_through_the_daemon_functions(
     with pytest.raises(ServerError, match="not running"):
         control.reload_aliases()
     monkeypatch.setenv("LOCAL_AI_HOME", str(daemon.home))
-    assert control.reload_aliases() == ["tiny", "tool"]
+    assert control.reload_aliases() == SERVED
     status = control.status(daemon.manifest)
     assert status["config_hash"] == daemon.pidfile()["config_hash"]
-    assert [m["alias"] for m in status["models"]] == ["tiny", "tool"]
+    assert [m["alias"] for m in status["models"]] == SERVED
     assert wait_for(lambda: engine_status(client)["engine"]["standby_pid"], 60, interval=0.2)
     before = engine_status(client)["engine"]
 
