@@ -369,6 +369,10 @@ def test_tool_choice_none_required_and_named(daemon: Daemon) -> None:
         ).choices[0]
         assert forced.finish_reason == "tool_calls" and not forced.message.content
         assert [c.function.name for c in forced.message.tool_calls or []] == [TOOL_NAME]  # type: ignore[union-attr]
+    sampled = sdk.chat.completions.create(
+        **{**ask, "temperature": 1.0}, tools=tools, tool_choice="required", seed=3
+    ).choices[0]  # forcing composes with a sampler: still no text before the marker
+    assert not (sampled.message.content or "").startswith("Let me")
     # "none": tools are not offered and the marker cannot be written: text, never markup.
     none = sdk.chat.completions.create(**ask, tools=tools, tool_choice="none").choices[0]
     content = none.message.content or ""
