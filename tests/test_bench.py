@@ -39,6 +39,10 @@ def test_bench_measures_through_the_server_and_keeps_results(
         assert level["decode_tps_per_stream"]["median"] > 0
         assert level["latency_s"]["median"] >= level["ttft_s"]["median"]
     assert levels[2]["aggregate_decode_tps"]["median"] > 0
+    # The engine's counters, read around each level: alone, one decode step per token; two
+    # streams share steps when they overlap (how much depends on timing, bounded here).
+    assert levels[1]["steps_per_token"] == 1.0 and levels[1]["decode_steps"] == 2 * 12
+    assert 0.5 <= levels[2]["steps_per_token"] <= 1.0
     assert result["engine_peak_memory_bytes"] is None or result["engine_peak_memory_bytes"] > 0
     assert result["raw"]["generated_tokens"] == 12 and result["raw"]["decode_tps"] > 0
     assert result["overhead"]["per_token_ms"] is not None
@@ -48,6 +52,7 @@ def test_bench_measures_through_the_server_and_keeps_results(
     )
     assert table.returncode == 0, table.stderr
     assert "decode tok/s per stream" in table.stdout and "chat" in table.stdout
+    assert "steps/token" in table.stdout
 
     history = json.loads(project.cli("bench", "--history", "--json").stdout)["history"]
     assert [h["source"] for h in history] == ["bench", "bench"]

@@ -8,6 +8,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,10 +21,12 @@ import pytest
 
 import local_ai
 from tests.server_helpers import (
+    TOOL_CALL_JSON,
     TOOL_FUNCTION,
     TOOL_NAME,
     Daemon,
     build_chat_model,
+    build_scripted_model,
     build_tool_model,
     claude_code_body,
     free_port,
@@ -34,12 +38,19 @@ API_KEY = "test-key-0123456789"
 ALLOWED_ORIGIN = "http://allowed.example:3000"
 CONTEXT = 2048
 AUTH = {"authorization": f"Bearer {API_KEY}"}
+SERVED = ["chatty-tool", "tiny", "tool"]  # the daemon's aliases, as the server lists them
+# Text, then a Hermes call opened by the one-token `<tool_call>`: what tool_choice acts on.
+CHATTY_TOOL_ANSWER = ["Let me", " check", "<tool_call>", TOOL_CALL_JSON, "</tool_call>"]
 
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     root = tmp_path_factory.mktemp("daemon")
-    models = {"tiny": build_chat_model(root / "tiny"), "tool": build_tool_model(root / "tool")}
+    models = {
+        "tiny": build_chat_model(root / "tiny"),
+        "tool": build_tool_model(root / "tool"),
+        "chatty-tool": build_scripted_model(root / "chatty-tool", {"\n": CHATTY_TOOL_ANSWER}),
+    }
     port = free_port()
     manifest = write_manifest(
         root,
@@ -193,12 +204,12 @@ def test_body_size_type_and_json_checks(client: httpx.Client) -> None:
 def test_models_listed_in_both_shapes(client: httpx.Client) -> None:
     openai = client.get("/v1/models").json()
     assert openai["object"] == "list"
-    assert [m["id"] for m in openai["data"]] == ["tiny", "tool"]
+    assert [m["id"] for m in openai["data"]] == SERVED
     assert all(m["object"] == "model" and m["owned_by"] == "local-ai" for m in openai["data"])
     assert client.get("/v1/models/tiny").json()["context_length"] == CONTEXT
     assert client.get("/v1/models/nope").status_code == 404
     anthropic = client.get("/anthropic/v1/models").json()
-    assert [m["id"] for m in anthropic["data"]] == ["tiny", "tool"]
+    assert [m["id"] for m in anthropic["data"]] == SERVED
     assert all(m["type"] == "model" and m["display_name"] for m in anthropic["data"])
     assert anthropic["has_more"] is False
 
@@ -307,6 +318,25 @@ def test_stop_strings_and_seed_apply_per_request(daemon: Daemon) -> None:
         extra_body={"temperature": 0},
     )
     assert message.content[0].text == text[: text.find(stop)]  # type: ignore[union-attr]
+    assert (message.stop_reason, message.stop_sequence) == ("stop_sequence", stop)
+    with claude.messages.stream(
+        model="tiny",
+        max_tokens=24,
+        messages=[{"role": "user", "content": "Say something"}],
+        stop_sequences=["never-produced", stop],
+        extra_body={"temperature": 0},
+    ) as events:
+        final = events.get_final_message()
+    assert final.content[0].text == text[: text.find(stop)]  # type: ignore[union-attr]
+    assert (final.stop_reason, final.stop_sequence) == ("stop_sequence", stop)
+    plain = claude.messages.create(
+        model="tiny",
+        max_tokens=24,
+        messages=[{"role": "user", "content": "Say something"}],
+        stop_sequences=["never-produced"],
+        extra_body={"temperature": 0},
+    )
+    assert plain.stop_sequence is None and plain.stop_reason in ("end_turn", "max_tokens")
     sampled = [
         sdk.chat.completions.create(**ask, max_tokens=16, temperature=1.0, seed=seed)
         .choices[0]
@@ -314,6 +344,75 @@ def test_stop_strings_and_seed_apply_per_request(daemon: Daemon) -> None:
         for seed in (11, 11, 12)
     ]
     assert sampled[0] == sampled[1] != sampled[2]
+
+
+def test_tool_choice_none_required_and_named(daemon: Daemon) -> None:
+    import anthropic
+    import openai
+
+    sdk = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key=API_KEY, max_retries=0)
+    tools: Any = [{"type": "function", "function": TOOL_FUNCTION}]
+    other: Any = {"type": "function", "function": {**TOOL_FUNCTION, "name": "get_time"}}
+    ask: Any = {
+        "model": "chatty-tool",
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "max_tokens": 12,
+        "temperature": 0,
+    }
+
+    auto = sdk.chat.completions.create(**ask, tools=tools).choices[0]
+    assert auto.message.content == "Let me check" and auto.finish_reason == "tool_calls"
+    # "required" and a named tool: the call marker is the first token, so no text before it.
+    for choice in ("required", {"type": "function", "function": {"name": TOOL_NAME}}):
+        forced = sdk.chat.completions.create(
+            **ask, tools=[other, *tools], tool_choice=choice
+        ).choices[0]
+        assert forced.finish_reason == "tool_calls" and not forced.message.content
+        assert [c.function.name for c in forced.message.tool_calls or []] == [TOOL_NAME]  # type: ignore[union-attr]
+    sampled = sdk.chat.completions.create(
+        **{**ask, "temperature": 1.0}, tools=tools, tool_choice="required", seed=3
+    ).choices[0]  # forcing composes with a sampler: still no text before the marker
+    assert not (sampled.message.content or "").startswith("Let me")
+    # "none": tools are not offered and the marker cannot be written: text, never markup.
+    none = sdk.chat.completions.create(**ask, tools=tools, tool_choice="none").choices[0]
+    content = none.message.content or ""
+    assert none.finish_reason in ("stop", "length") and not none.message.tool_calls
+    assert content.startswith("Let me check") and "<tool_call>" not in content
+    assert "get_weather" not in content
+    chunks = list(sdk.chat.completions.create(**ask, tools=tools, tool_choice="none", stream=True))
+    assert not any(c.choices[0].delta.tool_calls for c in chunks if c.choices)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == content
+    with pytest.raises(openai.BadRequestError, match="not among the tools"):
+        sdk.chat.completions.create(
+            **ask, tools=tools, tool_choice={"type": "function", "function": {"name": "nope"}}
+        )
+
+    claude = anthropic.Anthropic(base_url=f"{daemon.url}/anthropic", api_key=API_KEY)
+    a_tools: Any = [
+        {"name": TOOL_NAME, "description": "weather", "input_schema": TOOL_FUNCTION["parameters"]}
+    ]
+    a_ask: Any = {
+        "model": "chatty-tool",
+        "max_tokens": 12,
+        "messages": [{"role": "user", "content": "Weather in Paris?"}],
+        "tools": a_tools,
+        "extra_body": {"temperature": 0},
+    }
+    with claude.messages.stream(**a_ask, tool_choice={"type": "none"}) as events:
+        text_only = events.get_final_message()
+    assert [b.type for b in text_only.content] == ["text"]
+    assert text_only.stop_reason in ("end_turn", "max_tokens")
+    assert text_only.content[0].text == content  # type: ignore[union-attr]
+    for a_choice in ({"type": "any"}, {"type": "tool", "name": TOOL_NAME}):
+        used = claude.messages.create(**a_ask, tool_choice=a_choice)
+        assert [b.type for b in used.content] == ["tool_use"] and used.stop_reason == "tool_use"
+    counted = [
+        claude.messages.count_tokens(
+            model="chatty-tool", messages=a_ask["messages"], tools=a_tools, tool_choice=c
+        ).input_tokens
+        for c in ({"type": "auto"}, {"type": "none"})
+    ]
+    assert counted[0] > counted[1]  # "none" leaves the tools out of the prompt
 
 
 def test_openai_sdk_tool_calls(daemon: Daemon) -> None:
@@ -638,9 +737,10 @@ def test_admin_api_needs_the_instance_token(daemon: Daemon, client: httpx.Client
     assert oct((daemon.home / "run" / "admin-token").stat().st_mode & 0o777) == "0o600"
     reloaded = client.post("/api/admin/reload", headers={"authorization": f"Bearer {token}"})
     assert reloaded.status_code == 200
-    assert reloaded.json()["models"] == ["tiny", "tool"]
+    assert reloaded.json()["models"] == SERVED
     detailed = client.get("/api/status", headers={"authorization": f"Bearer {token}"}).json()
-    assert detailed["models"][0]["path"].endswith("tiny")
+    paths = {m["alias"]: m["path"] for m in detailed["models"]}
+    assert paths["tiny"].endswith("tiny")
 
 
 def test_status_cli_reports_config_drift(daemon: Daemon) -> None:
@@ -662,6 +762,52 @@ def test_status_cli_reports_config_drift(daemon: Daemon) -> None:
         assert drift["config_differs"] is True
     finally:
         daemon.manifest.write_text(original)
+
+
+def test_prompt_cache_on_disk_is_sized_and_cleared_while_serving(
+    daemon: Daemon, client: httpx.Client, tmp_path: Path
+) -> None:
+    words = " ".join(f"w{i}" for i in range(350))
+    body = chat(messages=[{"role": "user", "content": words}], max_tokens=2)
+    counted = client.post(
+        "/anthropic/v1/messages/count_tokens",
+        json={"model": "tiny", "messages": body["messages"]},
+    ).json()["input_tokens"]
+    assert 1024 < counted < CONTEXT - 16  # long enough to be saved on disk
+    assert client.post("/v1/chat/completions", json=body).status_code == 200
+
+    def on_disk() -> dict[str, Any]:
+        return dict(client.get("/api/status").json()["engine"]["prompt_cache_disk"])
+
+    assert wait_for(lambda: on_disk()["files"] > 0, timeout=60)
+    saved = on_disk()
+    assert saved["bytes"] > 0
+    status = json.loads(daemon.cli("server", "status", "--json").stdout)
+    assert status["engine"]["prompt_cache_disk"] == saved
+    assert "prompt cache on disk: " in daemon.cli("server", "status").stdout
+    cleared = daemon.cli("server", "cache", "clear", "--json")
+    assert cleared.returncode == 0, cleared.stderr
+    assert json.loads(cleared.stdout) == saved
+    assert on_disk() == {"files": 0, "bytes": 0}
+    assert not list((daemon.home / "cache" / "prompts").glob("*/*"))
+    # The engine serves on (and saves again) after the files went away under it.
+    assert client.post("/v1/chat/completions", json=body).status_code == 200
+    assert wait_for(lambda: on_disk()["files"] > 0, timeout=60)
+    # Without a running server the command clears the directory itself.
+    home = tmp_path / "home"
+    stale = home / "cache" / "prompts" / "0123abcd" / "1024-00ff.safetensors"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"x" * 10)
+    offline = subprocess.run(
+        [sys.executable, "-m", "local_ai", "server", "cache", "clear"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **daemon.env, "LOCAL_AI_HOME": str(home)},
+        timeout=120,
+        check=False,
+    )
+    assert offline.returncode == 0, offline.stderr
+    assert "removed 1 prompt cache files" in offline.stdout and not stale.exists()
 
 
 def test_engine_killed_with_sigkill_comes_back(daemon: Daemon, client: httpx.Client) -> None:
@@ -738,10 +884,10 @@ def test_engine_restart_and_reload_through_the_daemon_functions(
     with pytest.raises(ServerError, match="not running"):
         control.reload_aliases()
     monkeypatch.setenv("LOCAL_AI_HOME", str(daemon.home))
-    assert control.reload_aliases() == ["tiny", "tool"]
+    assert control.reload_aliases() == SERVED
     status = control.status(daemon.manifest)
     assert status["config_hash"] == daemon.pidfile()["config_hash"]
-    assert [m["alias"] for m in status["models"]] == ["tiny", "tool"]
+    assert [m["alias"] for m in status["models"]] == SERVED
     assert wait_for(lambda: engine_status(client)["engine"]["standby_pid"], 60, interval=0.2)
     before = engine_status(client)["engine"]
 

@@ -147,6 +147,7 @@ def test_a_mixed_batch_gives_each_request_its_output_alone(
     stopped = results[3]
     assert text(stopped) == full[: full.find(stop)]
     assert stopped[-1].finish_reason == "stop"
+    assert stopped[-1].stop_sequence == stop
     assert [e.token for e in stopped] == [e.token for e in alone[3][: len(stopped)]]
     # Rows advance together: far fewer forward passes than tokens.
     generated = sum(len(r) for r in results) + 3

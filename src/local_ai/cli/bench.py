@@ -146,6 +146,7 @@ def _bench_one(
         stream_once(info.url, alias, prompt_tokens=16, gen_tokens=4, api_key=api_key, salt=-1)
         for level in levels:
             progress.update(task, description=f"{alias}: {level} stream{'s' * (level > 1)}")
+            before = _engine_counters(info)
             measured = run_level(
                 info.url,
                 alias,
@@ -156,7 +157,8 @@ def _bench_one(
                 api_key=api_key,
                 on_sample=lambda _s: progress.advance(task),
             )
-            result["levels"].append(measured.to_json())
+            steps = _steps(before, _engine_counters(info))
+            result["levels"].append({**measured.to_json(), **steps})
     try:
         engine = admin_request(info, "GET", "/api/status", timeout=5.0).get("engine") or {}
     except Exception:
@@ -183,6 +185,26 @@ def _bench_one(
     return result
 
 
+def _engine_counters(info: Any) -> tuple[int, int] | None:
+    """The engine's (decode steps, generated tokens) since it started; None if unknown."""
+    from local_ai.server.daemon import admin_request
+
+    try:
+        batch = admin_request(info, "GET", "/api/status", timeout=5.0)["engine"]["batch"]
+        return int(batch["decode_steps"]), int(batch["generated_tokens"])
+    except Exception:  # an engine without batch counters, or one restarting
+        return None
+
+
+def _steps(before: tuple[int, int] | None, after: tuple[int, int] | None) -> dict[str, Any]:
+    """Decode steps the level took and steps per generated token (1/N when N streams batch);
+    counts every request the engine served meanwhile, so run bench on an otherwise idle server."""
+    if before is None or after is None or after[1] <= before[1] or after[0] < before[0]:
+        return {"decode_steps": None, "steps_per_token": None}
+    steps = after[0] - before[0]
+    return {"decode_steps": steps, "steps_per_token": round(steps / (after[1] - before[1]), 3)}
+
+
 def _print_result(result: dict[str, Any]) -> None:
     from rich.table import Table
 
@@ -196,6 +218,7 @@ def _print_result(result: dict[str, Any]) -> None:
         "prompt tok/s",
         "decode tok/s per stream",
         "aggregate tok/s",
+        "steps/token",
         "latency",
     ):
         table.add_column(column, justify="right")
@@ -207,6 +230,7 @@ def _print_result(result: dict[str, Any]) -> None:
             f"{level['prefill_tps']['median']:.0f}",
             f"{level['decode_tps_per_stream']['median']:.1f}",
             f"{level['aggregate_decode_tps']['median']:.1f}",
+            f"{spt:.2f}" if (spt := level.get("steps_per_token")) is not None else "-",
             f"{level['latency_s']['median']:.2f} s",
         )
     out = console()

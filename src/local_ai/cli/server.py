@@ -17,6 +17,11 @@ server_app = typer.Typer(
     no_args_is_help=True,
 )
 
+cache_app = typer.Typer(
+    name="cache", help="The prompt cache kept on disk by the engine.", no_args_is_help=True
+)
+server_app.add_typer(cache_app)
+
 TimeoutOption = Annotated[
     float | None,
     typer.Option("--timeout", help="Seconds to wait (start: for readiness; stop: before SIGKILL)."),
@@ -181,6 +186,9 @@ def status_command(config: ConfigOption = None, json: JsonOption = False) -> Non
             memory = engine.get("standby_memory_bytes")
             size = f", {memory / 1e6:.0f} MB" if isinstance(memory, int) else ""
             out.print(f"  standby engine warm (pid {engine['standby_pid']}{size})")
+    disk = engine.get("prompt_cache_disk") or {}
+    if disk.get("files"):
+        out.print(f"  prompt cache on disk: {disk['files']} files, {_mb(disk['bytes'])}")
     hour = (info.get("activity") or {}).get("hour") or {}
     if hour.get("output_tokens"):
         out.print(f"  last hour: {_activity(hour)}")
@@ -203,6 +211,28 @@ def status_command(config: ConfigOption = None, json: JsonOption = False) -> Non
                 f"{tps:.1f}" if tps is not None else "-",
             )
         out.print(table)
+
+
+@cache_app.command("clear")
+def cache_clear_command(json: JsonOption = False) -> None:
+    """Remove the prompt caches saved on disk (safe while the server runs).
+
+    The next request for each prompt prefills it again; the cache fills up as before.
+    """
+    from local_ai.cli.output import console, print_json
+    from local_ai.server import daemon
+
+    removed = daemon.clear_prompt_cache()
+    if json:
+        print_json(removed)
+        return
+    console().print(
+        f"[green]✓[/] removed {removed['files']} prompt cache files ({_mb(removed['bytes'])})"
+    )
+
+
+def _mb(value: int) -> str:
+    return f"{value / 1e6:.1f} MB"
 
 
 def _activity(hour: dict[str, Any]) -> str:

@@ -401,6 +401,17 @@ def restart_engine(engine: dict[str, Any] | None = None, *, timeout: float = 120
     )
 
 
+def clear_prompt_cache() -> dict[str, int]:
+    """Remove the saved prompt caches: through the running server (its engine does it between
+    steps), or directly when no server runs. Returns the files and bytes removed."""
+    from local_ai.server.engine import diskcache
+
+    info, alive = running_server()
+    if info is None or not alive:
+        return diskcache.clear(settings.paths().prompt_cache)
+    return dict(_admin(info, "POST", "/api/admin/clear-prompt-cache"))
+
+
 def status(config_path: Path | None) -> dict[str, Any]:
     info, alive = running_server()
     if info is None or not alive:

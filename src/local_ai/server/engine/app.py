@@ -43,6 +43,7 @@ from local_ai.server.compat import (
     normalize_anthropic,
     normalize_openai,
 )
+from local_ai.server.engine import diskcache
 from local_ai.server.engine.diskcache import DiskPromptCache
 from local_ai.server.engine.generator import (
     ContextLengthExceeded,
@@ -141,6 +142,8 @@ class EngineApp:
                 await send_json(send, 200, self.status())
             elif method == "POST" and path == "/load":
                 await self._load(receive, send)
+            elif method == "POST" and path == "/prompt-cache/clear":
+                await send_json(send, 200, await self._clear_prompt_cache())
             elif method == "POST" and path == "/v1/chat/completions":
                 await self._generate(scope, receive, send, "openai")
             elif method == "POST" and path == "/anthropic/v1/messages":
@@ -198,6 +201,13 @@ class EngineApp:
             "model_loads": {p: dict(f) for p, f in list(self.registry.loads.items())},
             **_mlx_memory(),
         }
+
+    async def _clear_prompt_cache(self) -> dict[str, int]:
+        if not self.config.prompt_cache_dir:
+            return {"files": 0, "bytes": 0}
+        directory = Path(self.config.prompt_cache_dir)
+        # On the scheduler thread, between steps: no save or load of a cache file is under way.
+        return await asyncio.wrap_future(self.scheduler.call(lambda: diskcache.clear(directory)))
 
     async def _load(self, receive: Receive, send: Send) -> None:
         body = json.loads(await read_body(receive, MAX_BODY) or b"{}")

@@ -48,6 +48,44 @@ def prefix_hash(tokens: list[int]) -> str:
     return hashlib.sha256(array("I", tokens).tobytes()).hexdigest()[:32]
 
 
+def _entries(directory: Path) -> list[tuple[float, Path, int]]:
+    """(mtime, path, size) of every saved prompt cache under `directory`, all models."""
+    out: list[tuple[float, Path, int]] = []
+    if not directory.is_dir():
+        return out
+    for file in directory.glob("*/*.safetensors"):
+        try:
+            stat = file.stat()
+        except OSError:
+            continue
+        out.append((stat.st_mtime, file, stat.st_size))
+    return out
+
+
+def _summary(entries: list[tuple[float, Path, int]]) -> dict[str, int]:
+    return {"files": len(entries), "bytes": sum(size for _, _, size in entries)}
+
+
+def usage(directory: Path) -> dict[str, int]:
+    """Files and bytes of the prompt caches under `directory`."""
+    return _summary(_entries(directory))
+
+
+def clear(directory: Path) -> dict[str, int]:
+    """Remove every saved prompt cache under `directory`; returns what was removed. Run it on
+    the engine's scheduler thread while an engine runs, so no save or load is under way."""
+    entries = _entries(directory)
+    removed = _summary(entries)
+    for _, file, _ in entries:
+        with contextlib.suppress(OSError):
+            file.unlink()
+    for folder in directory.iterdir() if directory.is_dir() else ():
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty: anything else was not ours
+    log.info("prompt cache: cleared %d files (%d bytes)", removed["files"], removed["bytes"])
+    return removed
+
+
 class DiskPromptCache:
     def __init__(
         self, directory: Path, max_bytes: int, *, min_tokens: int = DISK_MIN_TOKENS
@@ -189,25 +227,13 @@ class DiskPromptCache:
 
     def evict(self) -> None:
         """Remove least recently used files until the directory fits `max_bytes`."""
-        files = self._files()
+        files = _entries(self.directory)
         total = sum(size for _, _, size in files)
         for _, file, size in sorted(files):
             if total <= self.max_bytes:
                 break
             file.unlink(missing_ok=True)
             total -= size
-
-    def _files(self) -> list[tuple[float, Path, int]]:
-        out: list[tuple[float, Path, int]] = []
-        if not self.directory.is_dir():
-            return out
-        for file in self.directory.glob("*/*.safetensors"):
-            try:
-                stat = file.stat()
-            except OSError:
-                continue
-            out.append((stat.st_mtime, file, stat.st_size))
-        return out
 
     def _remove(self, file: Path, why: str) -> None:
         log.warning("prompt cache: removing %s: %s", file, why)

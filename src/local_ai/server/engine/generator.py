@@ -14,9 +14,9 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from mlx_omni_server.chat.anthropic.anthropic_messages_adapter import AnthropicMessagesAdapter
 from mlx_omni_server.chat.anthropic.anthropic_schema import (
@@ -49,6 +49,64 @@ class Limits:
     context: int
     max_output_tokens: int
     prefix_cache: bool = True
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    """The request's `tool_choice`, for either API: "none" offers no tools; "required" (Anthropic
+    "any") and a named tool make the family's call marker the first token when it is one token."""
+
+    mode: Literal["auto", "none", "required"] = "auto"
+    name: str | None = None  # with "required": the only tool offered
+
+    @classmethod
+    def from_openai(cls, choice: Any) -> ToolChoice:
+        value = getattr(choice, "value", choice)
+        if value in ("none", "required"):
+            return cls(value)
+        function = getattr(choice, "function", None)
+        if isinstance(function, dict) and function.get("name"):
+            return cls("required", str(function["name"]))
+        return cls()
+
+    @classmethod
+    def from_anthropic(cls, choice: Any) -> ToolChoice:
+        kind = getattr(choice, "type", None)
+        if kind == "none":
+            return cls("none")
+        if kind == "any":
+            return cls("required")
+        if kind == "tool":
+            return cls("required", str(choice.name))
+        return cls()
+
+
+def _tool_name(tool: dict[str, Any]) -> str | None:
+    function = tool.get("function")
+    return function.get("name") if isinstance(function, dict) else tool.get("name")
+
+
+def _one_token(tokenizer: Any, marker: str) -> int | None:
+    """The id of `marker` when the vocabulary holds it as a single token."""
+    if not marker:
+        return None
+    ids = list(tokenizer.encode(marker, add_special_tokens=False))
+    return int(ids[0]) if len(ids) == 1 else None
+
+
+def _marker_processor(prompt_length: int, token: int, *, force: bool) -> Callable[[Any, Any], Any]:
+    """Logits processor: the first generated token is `token` (force), or never `token` (ban)."""
+    import mlx.core as mx
+
+    def process(tokens: Any, logprobs: Any) -> Any:
+        is_marker = mx.arange(logprobs.shape[-1]) == token
+        if force:
+            if tokens.size > prompt_length:
+                return logprobs
+            return mx.where(is_marker, logprobs, -mx.inf)
+        return mx.where(is_marker, -mx.inf, logprobs)
+
+    return process
 
 
 @dataclass
@@ -130,6 +188,7 @@ class ScheduledChatGenerator(ChatGenerator):  # type: ignore[misc]
         self.chat_template = FamilyChatTemplate(loaded.tokenizer, self.family)
         self.prepared: Prepared | None = None
         self.finish_reason: str | None = None
+        self.stop_sequence: str | None = None  # the request's stop string that ended it
         self.completion_tokens = 0
         self.prompt_tokens = 0  # processed by the model, after prefix-cache reuse
         self.cached_tokens = 0
@@ -163,6 +222,8 @@ class ScheduledChatGenerator(ChatGenerator):  # type: ignore[misc]
         """Build and check the prompt; raises ContextLengthExceeded before any generation."""
         if self.prepared is not None:
             return self.prepared
+        choice: ToolChoice = kwargs.pop("tool_choice", None) or ToolChoice()
+        tools = self.offered_tools(tools, choice)
         prompt = self._prepare_prompt(messages, tools, template_kwargs, kwargs.get("json_schema"))
         tokens = self.encode_prompt(prompt)
         context = self.limits.context
@@ -175,6 +236,10 @@ class ScheduledChatGenerator(ChatGenerator):  # type: ignore[misc]
         if isinstance(presence, int | float) and presence > 0:
             kwargs["repetition_penalty"] = 1.0 + presence / 2
         mlx_kwargs = self._create_mlx_kwargs(sampler=sampler, max_tokens=budget, **kwargs)
+        opens_reasoning = prompt.rstrip().endswith(toolcalls.THINK_START)
+        marker = self._marker_rule(choice, len(tokens), opens_reasoning)
+        if marker is not None:
+            mlx_kwargs["logits_processors"] = [*mlx_kwargs.get("logits_processors", []), marker]
         if isinstance(sampler, dict):
             mlx_kwargs["sampling"] = sampler  # the scheduler builds a per-request sampler
         self.prepared = Prepared(
@@ -182,9 +247,33 @@ class ScheduledChatGenerator(ChatGenerator):  # type: ignore[misc]
             max_tokens=budget,
             mlx_kwargs=mlx_kwargs,
             tools=tools or None,
-            opens_reasoning=prompt.rstrip().endswith(toolcalls.THINK_START),
+            opens_reasoning=opens_reasoning,
         )
         return self.prepared
+
+    def offered_tools(
+        self, tools: list[dict[str, Any]] | None, choice: ToolChoice
+    ) -> list[dict[str, Any]] | None:
+        if not tools or choice.mode == "none":
+            return None
+        if choice.name is None:
+            return tools
+        named = [t for t in tools if _tool_name(t) == choice.name]
+        if not named:
+            raise ValueError(f"tool_choice names {choice.name!r}, which is not among the tools")
+        return named
+
+    def _marker_rule(
+        self, choice: ToolChoice, prompt_length: int, opens_reasoning: bool
+    ) -> Callable[[Any, Any], Any] | None:
+        """ "none" bans the family's call marker; "required" forces it as the first token (not
+        when the prompt opened a <think> block). Only where the marker is a single token."""
+        if choice.mode == "auto" or (choice.mode == "required" and opens_reasoning):
+            return None
+        token = _one_token(self.tokenizer, self.family.start)
+        if token is None:
+            return None
+        return _marker_processor(prompt_length, token, force=choice.mode == "required")
 
     def pieces(self, **params: Any) -> Iterator[toolcalls.Piece]:
         """Text, reasoning and tool calls as the scheduler produces tokens."""
@@ -206,6 +295,7 @@ class ScheduledChatGenerator(ChatGenerator):  # type: ignore[misc]
         )
         for event in job.events():
             self.finish_reason = event.finish_reason
+            self.stop_sequence = event.stop_sequence
             self.completion_tokens = event.generation_tokens
             self.prompt_tokens = event.prompt_tokens
             self.cached_tokens = event.cached_tokens
@@ -247,6 +337,7 @@ class LocalOpenAIAdapter(OpenAIAdapter):  # type: ignore[misc]
         # Omni drops these; the scheduler applies them per request (see scheduler.Job).
         params["stop"] = request.stop
         params["seed"] = request.seed
+        params["tool_choice"] = ToolChoice.from_openai(request.tool_choice)
         return params
 
     def _finish_reason(self, gen: ScheduledChatGenerator, calls: int) -> str:
@@ -395,6 +486,7 @@ class LocalAnthropicAdapter(AnthropicMessagesAdapter):  # type: ignore[misc]
             "top_k": request.top_k or 0,
         }
         params["stop"] = request.stop_sequences  # Omni drops them; see scheduler.Job
+        params["tool_choice"] = ToolChoice.from_anthropic(request.tool_choice)
         if isinstance(request.thinking, ThinkingConfigEnabled):
             params["template_kwargs"] = {"enable_thinking": True}
         elif isinstance(request.thinking, ThinkingConfigDisabled):
@@ -404,14 +496,18 @@ class LocalAnthropicAdapter(AnthropicMessagesAdapter):  # type: ignore[misc]
     def count_tokens(self, request: MessagesRequest) -> int:
         params = self._prepare_generation_params(request)
         gen: ScheduledChatGenerator = self._generate_wrapper
-        return gen.count_prompt_tokens(
-            params["messages"], params["tools"], params["template_kwargs"]
-        )
+        tools = gen.offered_tools(params["tools"], params["tool_choice"])
+        return gen.count_prompt_tokens(params["messages"], tools, params["template_kwargs"])
 
     def _stop_reason(self, gen: ScheduledChatGenerator, calls: int) -> str:
         if calls:
             return "tool_use"
+        if gen.stop_sequence is not None:
+            return "stop_sequence"
         return "max_tokens" if gen.finish_reason == "length" else "end_turn"
+
+    def _stop_sequence(self, gen: ScheduledChatGenerator, calls: int) -> str | None:
+        return gen.stop_sequence if not calls else None
 
     def complete(self, request: MessagesRequest) -> dict[str, Any]:
         gen: ScheduledChatGenerator = self._generate_wrapper
@@ -438,7 +534,7 @@ class LocalAnthropicAdapter(AnthropicMessagesAdapter):  # type: ignore[misc]
             "model": request.model,
             "content": blocks,
             "stop_reason": self._stop_reason(gen, len(done.calls)),
-            "stop_sequence": None,
+            "stop_sequence": self._stop_sequence(gen, len(done.calls)),
             "usage": usage,
         }
 
@@ -515,7 +611,10 @@ class LocalAnthropicAdapter(AnthropicMessagesAdapter):  # type: ignore[misc]
         yield from close_open()
         yield {
             "type": "message_delta",
-            "delta": {"stop_reason": self._stop_reason(gen, calls), "stop_sequence": None},
+            "delta": {
+                "stop_reason": self._stop_reason(gen, calls),
+                "stop_sequence": self._stop_sequence(gen, calls),
+            },
             "usage": {
                 "input_tokens": input_tokens,
                 "output_tokens": gen.completion_tokens,

@@ -72,6 +72,7 @@ class TokenEvent:
     prompt_tps: float
     generation_tps: float
     peak_memory: float
+    stop_sequence: str | None = None  # the stop string that ended the generation
 
 
 _END = object()
@@ -129,14 +130,15 @@ class Job:
         stop = self.kwargs.get("stop") or []
         return [stop] if isinstance(stop, str) else [s for s in stop if s]
 
-    def take_text(self, segment: str, *, final: bool) -> tuple[str, bool]:
-        """(text to send now, a stop string was reached); holds back a possible stop start."""
+    def take_text(self, segment: str, *, final: bool) -> tuple[str, str | None]:
+        """(text to send now, the stop string reached or None); holds back a possible stop start."""
         self.held += segment
         stops = self.stops
-        hits = [i for i in (self.held.find(s) for s in stops) if i >= 0]
+        hits = [(i, s) for s in stops if (i := self.held.find(s)) >= 0]
         if hits:
-            out, self.held = self.held[: min(hits)], ""
-            return out, True
+            at, stop = min(hits, key=lambda hit: hit[0])
+            out, self.held = self.held[:at], ""
+            return out, stop
         hold = 0
         if not final:
             for stop in stops:
@@ -146,7 +148,7 @@ class Job:
                         break
         cut = len(self.held) - hold
         out, self.held = self.held[:cut], self.held[cut:]
-        return out, False
+        return out, None
 
 
 def _make_sampler(params: dict[str, Any], seed: int | None) -> Callable[[Any], Any] | None:
@@ -578,7 +580,7 @@ class Scheduler:
         if finish is not None:
             job.detokenizer.finalize()
         text, stopped = job.take_text(job.detokenizer.last_segment, final=finish is not None)
-        if stopped:
+        if stopped is not None:
             finish = "stop"
         processed = len(job.prompt) - job.cached_tokens
         prefill_s = max(job.first_token_at - job.started, 1e-9)
@@ -593,6 +595,7 @@ class Scheduler:
                 prompt_tps=processed / prefill_s,
                 generation_tps=job.generated / max(now - job.first_token_at, 1e-9),
                 peak_memory=mx.get_peak_memory() / 1e9,
+                stop_sequence=stopped,
             )
         )
         if finish is None:

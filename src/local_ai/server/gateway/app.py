@@ -49,6 +49,7 @@ from local_ai.server.compat import (
     request_problem,
 )
 from local_ai.server.config import ServerConfig
+from local_ai.server.engine import diskcache
 from local_ai.server.gateway import responses
 from local_ai.server.gateway.metrics import (
     Exchange,
@@ -686,6 +687,7 @@ class Gateway:
                 "idle_ttl_s": engine_status.get("idle_ttl_s"),
                 "active_memory_bytes": engine_status.get("active_memory_bytes"),
                 "peak_memory_bytes": engine_status.get("peak_memory_bytes"),
+                "prompt_cache_disk": diskcache.usage(settings.paths().prompt_cache),
             },
             "models": models,
             **({"logs": {"engine": str(self.supervisor.log_path)}} if detail else {}),
@@ -797,6 +799,13 @@ class Gateway:
         )
         self.engine_settings = engine.model_dump(mode="json")
 
+    async def _clear_prompt_cache(self) -> dict[str, int]:
+        """Through a ready engine (between its steps); otherwise here, as no engine reads it."""
+        if self.supervisor.ready:
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                return dict(await self.supervisor.post("/prompt-cache/clear"))
+        return diskcache.clear(settings.paths().prompt_cache)
+
     async def _admin(self, scope: Scope, receive: Receive, send: Send, path: str) -> None:
         if not self._admin_ok(scope):
             await self._error(scope, send, 401, "the admin API needs the instance token")
@@ -822,5 +831,7 @@ class Gateway:
                 return
             self._background = asyncio.ensure_future(self.supervisor.restart())
             await send_json(send, 202, {"restarting": True})
+        elif path == "/api/admin/clear-prompt-cache":
+            await send_json(send, 200, await self._clear_prompt_cache())
         else:
             await self._error(scope, send, 404, f"no admin route {path}")

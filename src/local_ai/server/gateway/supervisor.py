@@ -156,6 +156,11 @@ class EngineSupervisor:
         response.raise_for_status()
         return response.json()
 
+    async def post(self, path: str, seconds: float = 30.0) -> Any:
+        response = await self.client.post(path, timeout=seconds)
+        response.raise_for_status()
+        return response.json()
+
     def snapshot(self) -> dict[str, Any]:
         standby = self._standby if self.standby_ready else None
         return {
