@@ -14,6 +14,7 @@ from local_ai.manifest.load import parse_manifest
 from local_ai.manifest.models import Manifest
 from local_ai.reconcile.cluster import pipeline_layers
 from local_ai.reconcile.model import (
+    CopyParams,
     LockedFile,
     LockedModel,
     Observed,
@@ -185,7 +186,7 @@ def test_placement_shares_memory_and_copies_to_the_host_that_lacks_it() -> None:
     )
     copy = p.action("copy-to-host:big@mini")
     assert copy.depends_on == ("install:big",)
-    assert copy.params == {"host": "mini", "digest": "ac39315fb70a5639", "bytes": 200 * GIB}
+    assert copy.params == CopyParams("mini", "ac39315fb70a5639", 200 * GIB)
 
 
 def test_host_that_has_the_entry_gets_no_copy() -> None:

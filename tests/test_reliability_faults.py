@@ -167,7 +167,7 @@ def test_disk_full_during_fetch_and_conversion_keeps_the_served_generation(
 
         # 2. The disk fills while the weights download (another writer takes the space).
         small_disk.free_up()
-        tiny_hub.inject("slow", repo_id=BIG, bytes_per_second=1024 * 1024, max_seconds=30)
+        tiny_hub.inject("slow", repo_id=BIG, bytes_per_second=256 * 1024, max_seconds=60)
         proc = project.popen("apply", "--yes")
         blobs = hub_cache / f"models--{BIG.replace('/', '--')}" / "blobs"
 

@@ -50,7 +50,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         models={"tiny": build_chat_model(root / "tiny"), "tool": build_tool_model(root / "tool")},
         context=2048,
         server_extra='api_key_env = "LOCAL_AI_TEST_KEY"\npreload = ["tiny"]',
-        engine_extra="max_queued_requests = 0",
+        engine_extra="max_queued_requests = 0\nmax_batch_size = 4",  # max_active follows the batch
     )
     d = Daemon(
         home=root / "home", manifest=manifest, port=port, extra_env={"LOCAL_AI_TEST_KEY": API_KEY}

@@ -681,7 +681,7 @@ class Gateway:
             "engine": {
                 **self.supervisor.snapshot(),
                 "active_generations": engine_status.get("active_generations"),
-                "batch": engine_status.get("batch"),
+                "batch": _batch_status(engine_status.get("batch"), detail=detail),
                 # What the running engine enforces (after restart-engine: the new values).
                 "max_loaded_models": engine_status.get("max_loaded_models"),
                 "idle_ttl_s": engine_status.get("idle_ttl_s"),
@@ -835,3 +835,11 @@ class Gateway:
             await send_json(send, 200, await self._clear_prompt_cache())
         else:
             await self._error(scope, send, 404, f"no admin route {path}")
+
+
+def _batch_status(batch: Any, *, detail: bool) -> Any:
+    """The engine's batch counters; the disk cache's directory (a local path) only with `detail`."""
+    if detail or not isinstance(batch, dict) or not isinstance(batch.get("disk_cache"), dict):
+        return batch
+    disk = {k: v for k, v in batch["disk_cache"].items() if k != "dir"}
+    return {**batch, "disk_cache": disk}
