@@ -80,6 +80,8 @@ def test_gate_keeps_a_build_that_fails_a_client_out_of_service(
     gated = project.cli("apply", "--yes")
     assert gated.returncode == 1, gated.stdout + gated.stderr
     assert "✗ conform:coder: coder fails Zed: tool call (coder): no tool call" in gated.stderr
+    for other in ("Claude Code", "Goose", "Codex"):  # each client's failing request is named
+        assert f"{other}: tool call (coder): no " in gated.stderr.replace("\n    ", " ")
     assert "stays on generation 1 (benchmark.gate): conform:coder: coder fails Zed" in (
         gated.stdout.replace("\n", " ")
     )

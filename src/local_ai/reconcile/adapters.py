@@ -401,14 +401,15 @@ class Adapters:
         alias, params = _alias(action), _params(action, GateParams)
         _running()
         checks = conformance(self.manifest, alias, params.clients)
-        failed = [(c, p) for c in checks for p in c.probes if not p.ok]
         sent = sum(len(c.probes) for c in checks)
-        verdict = None
-        if failed:
-            check, probe = failed[0]
-            verdict = f"{check.title}: {probe.name}: {probe.detail}"
-            if len(failed) > 1:
-                verdict += f" (and {len(failed) - 1} more)"
+        # Per client, the first request that failed (the later ones depend on it).
+        failed = [
+            f"{c.title}: {p.name}: {p.detail}"
+            for c in checks
+            for p in [next((p for p in c.probes if not p.ok), None)]
+            if p is not None
+        ]
+        verdict = "; ".join(failed) or None
         self._judge(alias, verdict if params.gate else None)
         if verdict is None:
             return f"{sent} requests of {', '.join(c.title for c in checks)} answered"
