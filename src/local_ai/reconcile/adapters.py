@@ -416,8 +416,8 @@ class Adapters:
         if params.gate:
             raise ConformanceError(
                 f"{alias} fails {verdict}",
-                hint="`local-ai clients check` sends the same requests; pick a model whose chat "
-                "template supports tool calls, or turn benchmark.gate off to serve it anyway",
+                hint="pick a model whose chat template and tool-call format the engine parses, "
+                "or turn benchmark.gate off to serve it anyway (docs/integrations.md)",
             )
         return f"warning: {alias} fails {verdict}"
 
