@@ -110,6 +110,20 @@ class Project:
             preexec_fn=_ignore_sigint if sigint_ignored else None,
         )
 
+    def live(self) -> dict[str, tuple[str, str | None, str | None]]:
+        """The running server's own account of each alias, alias → (path, digest,
+        quantization): the admin view carries the path."""
+        token = (self.home / "run" / "admin-token").read_text().strip()
+        response = httpx.get(
+            f"http://127.0.0.1:{self.port}/api/status",
+            headers={"authorization": f"Bearer {token}"},
+            timeout=30,
+            trust_env=False,
+        )
+        response.raise_for_status()
+        models = response.json()["models"]
+        return {m["alias"]: (m["path"], m["digest"], m["quantization"]) for m in models}
+
     def chat(self, alias: str) -> httpx.Response:
         return httpx.post(
             f"http://127.0.0.1:{self.port}/v1/chat/completions",

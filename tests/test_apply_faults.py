@@ -100,6 +100,12 @@ SERVER_STEPS: tuple[tuple[dict[str, str], bool, str, set[str]], ...] = (
     ({"engine": "max_loaded_models = 1"}, False, "restart-engine", set()),
     ({"models": CHAT}, True, "remove:three", set()),
     ({"models": CHAT + CHAT.replace("chat", "four", 1)}, False, "benchmark:four", set()),
+    (
+        {"models": CHAT + CHAT.replace("chat", "five", 1) + "[clients.zed]\n"},
+        True,
+        "conform:five",
+        set(),
+    ),
 )
 
 

@@ -493,6 +493,52 @@ def test_benchmarks_follow_install_and_server() -> None:
     )
 
 
+def test_conform_follows_the_benchmark_with_the_gate_the_plan_decided() -> None:
+    from local_ai.reconcile.model import ClientView, GateParams
+
+    m = manifest(BASE.replace("on_apply = false", "on_apply = true\ngate = true"))
+    clients = (
+        ClientView("client.zed", True, "not written yet"),
+        ClientView("client.codex", False, "matches the manifest"),
+        ClientView("client.goose", True, "removed from the manifest", delete=True),
+    )
+    p = plan(m, replace(empty(m), clients=clients))
+    conform = p.action("conform:coder")
+    assert conform.kind is Kind.CONFORM
+    assert conform.depends_on == ("install:coder", "start-server", "benchmark:coder")
+    assert conform.params == GateParams(True, clients=("zed", "codex"))
+    assert p.action("benchmark:coder").params == GateParams(True, floor=None)
+    assert "conform        requests and a tool-call round trip of zed, codex" in render_text(p)
+    # No configured client, no conform; --skip-benchmark leaves both out.
+    assert "conform:coder" not in {a.id for a in plan(m, empty(m)).actions}
+    skipped = plan(m, replace(empty(m), clients=clients), Options(benchmark=False))
+    assert not any(a.kind in (Kind.BENCHMARK, Kind.CONFORM) for a in skipped.actions)
+
+
+def test_a_rejected_build_serves_only_when_measured_again_or_ungated() -> None:
+    from local_ai.reconcile.model import ServeParams
+
+    def observed(m: Manifest) -> Observed:
+        base = converged(m)
+        view = replace(base.installed["coder"], rejected="Zed: tool call (coder): no tool call")
+        # The server serves the previous generation: not the map the manifest asks for.
+        server = replace(base.server, aliases_hash="previous")
+        return replace(base, installed={**base.installed, "coder": view}, server=server)
+
+    gated = manifest(BASE.replace("on_apply = false", "on_apply = true\ngate = true"))
+    p = plan(gated, observed(gated))
+    assert p.action("reload-aliases").params == ServeParams(admit=("coder",))
+    assert p.action("benchmark:coder").cause.startswith("kept out of service by benchmark.gate")
+    # Not measured: the reload keeps it out of service.
+    unmeasured = plan(gated, observed(gated), Options(benchmark=False))
+    assert unmeasured.action("reload-aliases").params == ServeParams(admit=())
+    # Without the gate the rejection no longer holds.
+    open_gate = manifest(BASE.replace("on_apply = false", "on_apply = true"))
+    ungated = plan(open_gate, observed(open_gate))
+    assert ungated.action("reload-aliases").params == ServeParams(admit=("coder",))
+    assert "benchmark:coder" not in {a.id for a in ungated.actions}
+
+
 def test_plan_json_is_complete_and_stable() -> None:
     m = manifest()
     a, b = plan(m, empty(m)), plan(m, empty(m))

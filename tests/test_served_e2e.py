@@ -23,17 +23,7 @@ Served = dict[str, tuple[str, str | None, str | None]]  # alias -> (path, digest
 
 
 def live(project: Project) -> Served:
-    """The running server's own account of each alias (the admin view carries the path)."""
-    token = (project.home / "run" / "admin-token").read_text().strip()
-    response = httpx.get(
-        f"http://127.0.0.1:{project.port}/api/status",
-        headers={"authorization": f"Bearer {token}"},
-        timeout=30,
-        trust_env=False,
-    )
-    response.raise_for_status()
-    models = response.json()["models"]
-    return {m["alias"]: (m["path"], m["digest"], m["quantization"]) for m in models}
+    return project.live()
 
 
 def assert_serves(project: Project, expected: Served, when: str) -> None:

@@ -237,11 +237,14 @@ def _print_summary(result: ApplyResult) -> None:
     line += f": {done} done, {failed} failed, {skipped} skipped."
     if result.generation is not None:
         line += f" Generation {result.generation.number}."
-    if result.gated_back_to is not None:
-        line += (
-            f" A model is below benchmark.min_tokens_per_second, so the server stays on "
-            f"generation {result.gated_back_to} (benchmark.gate)."
+    if result.gated_by:
+        where = (
+            f"stays on generation {result.gated_back_to}"
+            if result.gated_back_to is not None
+            else "serves no rejected build"
         )
+        why = "; ".join(f"{o.action.id}: {o.message}" for o in result.gated_by)
+        line += f" The server {where} (benchmark.gate): {why}."
     if not report.ok:
         line += " Run `local-ai apply` again to continue from here."
     console().print(line, markup=False)
@@ -257,6 +260,7 @@ def _result_json(the_plan: Plan, result: ApplyResult) -> dict[str, Any]:
         "interrupted": result.report.interrupted,
         "generation": result.generation.number if result.generation else None,
         "gated_back_to": result.gated_back_to,
+        "gated_by": [o.action.id for o in result.gated_by],
         "not_served": str(result.not_served) if result.not_served else None,
         "outcomes": [
             {

@@ -17,13 +17,17 @@ from urllib.parse import urlsplit
 
 from local_ai.clients import claude_code, codex, goose, jsonc, tomlkeys, yamlkeys, zed
 from local_ai.clients.plan import CLIENTS, ClientsObserved, observe_clients
+from local_ai.clients.spec import server_url
 from local_ai.manifest.api_key import resolve_api_key
-from local_ai.manifest.models import CodexClient, Manifest, ZedClient
+from local_ai.manifest.models import CodexClient, GooseClient, Manifest, ZedClient
 
 if TYPE_CHECKING:
     import httpx
 
 MAX_TOKENS = 8
+# A tool call of a real model takes a few dozen tokens; room for a short thought before it.
+ROUND_TRIP_TOKENS = 256
+TOOL_OUTPUT = "README.md\nsrc/\ntests/"
 TOOL = {
     "name": "read_file",
     "description": "Read a file of the project",
@@ -235,10 +239,15 @@ def _check_zed(
     agent = _dig(settings, "agent", "default_model")
     ours = isinstance(agent, dict) and agent.get("provider") == cfg.provider_name
     model = str(agent.get("model") or names[0]) if ours else names[0]
+    _zed_requests(prober, api_url, model, names, key)
+    return api_url
+
+
+def _zed_requests(prober: _Prober, api_url: str, model: str, names: list[str], key: str) -> None:
     auth = {"authorization": f"Bearer {key}"}
     prober.run("models listed", "GET", f"{api_url}/models", headers=auth, judge=_lists(names))
     if not prober.down:
-        body = _chat_body(model, "You are a helpful assistant in Zed.")
+        body = _chat_body(model, _ZED_SYSTEM)
         body |= {"parallel_tool_calls": False, "prompt_cache_key": "local-ai-check"}
         prober.run(
             f"tool-calling chat stream ({model})",
@@ -248,7 +257,9 @@ def _check_zed(
             json=body,
             judge=_openai_stream,
         )
-    return api_url
+
+
+_ZED_SYSTEM = "You are a helpful assistant in Zed."
 
 
 def _check_claude(
@@ -264,38 +275,33 @@ def _check_claude(
     tiers = [env.get(var) for var, _ in claude_code.TIERS]
     tiers.append(env.get("CLAUDE_CODE_SUBAGENT_MODEL"))
     models = list(dict.fromkeys(str(m) for m in [model, *tiers] if m))
-    token = str(env.get(claude_code.TOKEN) or key)
-    headers = {
+    _claude_requests(prober, base, model, models, str(env.get(claude_code.TOKEN) or key))
+    return base
+
+
+def _claude_headers(token: str) -> dict[str, str]:
+    return {
         "authorization": f"Bearer {token}",
         "anthropic-version": "2023-06-01",
         "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
         "user-agent": "claude-cli (local-ai clients check)",
     }
+
+
+def _claude_requests(prober: _Prober, base: str, model: str, models: list[str], token: str) -> None:
+    headers = _claude_headers(token)
     prober.run(
         "HEAD /", "HEAD", _origin(base) + "/", headers={"authorization": headers["authorization"]}
     )
     if prober.down:
-        return base
+        return
     prober.run("models listed", "GET", f"{base}/v1/models", headers=headers, judge=_lists(models))
     body = {
         "model": model,
         "max_tokens": MAX_TOKENS,
         "stream": True,
-        "system": [
-            {"type": "text", "text": "x-anthropic-billing-header: cc_version=check"},
-            {
-                "type": "text",
-                "text": "You are Claude Code.",
-                "cache_control": {"type": "ephemeral"},
-            },
-        ],
-        "tools": [
-            {
-                "name": TOOL["name"],
-                "description": TOOL["description"],
-                "input_schema": TOOL["parameters"],
-            }
-        ],
+        "system": _CLAUDE_SYSTEM,
+        "tools": [_ANTHROPIC_TOOL],
         "messages": [{"role": "user", "content": [{"type": "text", "text": "Which files?"}]}],
         "metadata": {"user_id": "local-ai-check"},
     }
@@ -307,7 +313,17 @@ def _check_claude(
         json=body,
         judge=_anthropic_stream,
     )
-    return base
+
+
+_CLAUDE_SYSTEM = [
+    {"type": "text", "text": "x-anthropic-billing-header: cc_version=check"},
+    {"type": "text", "text": "You are Claude Code.", "cache_control": {"type": "ephemeral"}},
+]
+_ANTHROPIC_TOOL = {
+    "name": TOOL["name"],
+    "description": TOOL["description"],
+    "input_schema": TOOL["parameters"],
+}
 
 
 def _check_goose(
@@ -327,10 +343,17 @@ def _check_goose(
     url = str(provider["base_url"])
     # Goose lists models at its chat path with chat/completions replaced by models.
     models_url = url.replace("chat/completions", "models") if "chat/completions" in url else url
+    _goose_requests(prober, url, models_url, model, names, key)
+    return _origin(url)
+
+
+def _goose_requests(
+    prober: _Prober, url: str, models_url: str, model: str, names: list[str], key: str
+) -> None:
     auth = {"authorization": f"Bearer {key}"}
     prober.run("models listed", "GET", models_url, headers=auth, judge=_lists(names))
     if not prober.down:
-        body = _chat_body(model, "You are a general-purpose AI agent called goose.")
+        body = _chat_body(model, _GOOSE_SYSTEM)
         prober.run(
             f"chat stream with tools ({model})",
             "POST",
@@ -339,7 +362,9 @@ def _check_goose(
             json=body,
             judge=_openai_stream,
         )
-    return _origin(url)
+
+
+_GOOSE_SYSTEM = "You are a general-purpose AI agent called goose."
 
 
 def _check_codex(
@@ -360,28 +385,15 @@ def _check_codex(
     if not model:
         raise _NotConfigured(f"{path} selects no local-ai model and there are no profiles")
     base = str(entry["base_url"]).rstrip("/")
+    _codex_requests(prober, base, model, names, key)
+    return _origin(base)
+
+
+def _codex_requests(prober: _Prober, base: str, model: str, names: list[str], key: str) -> None:
     auth = {"authorization": f"Bearer {key}"}
     prober.run("models listed", "GET", f"{base}/models", headers=auth, judge=_lists(names))
     if not prober.down:
-        # As Codex sends it: instructions, input items, function tools, no server-side storage.
-        body = {
-            "model": model,
-            "instructions": "You are Codex, a coding agent.",
-            "input": [
-                {
-                    "type": "message",
-                    "role": "user",
-                    "content": [{"type": "input_text", "text": "Which files are here?"}],
-                }
-            ],
-            "tools": [{"type": "function", "strict": False, **TOOL}],
-            "tool_choice": "auto",
-            "parallel_tool_calls": False,
-            "store": False,
-            "stream": True,
-            "include": [],
-            "max_output_tokens": MAX_TOKENS,
-        }
+        body = _responses_body(model) | {"stream": True, "max_output_tokens": MAX_TOKENS}
         prober.run(
             f"responses stream with tools ({model})",
             "POST",
@@ -390,7 +402,183 @@ def _check_codex(
             json=body,
             judge=_responses_stream,
         )
-    return _origin(base)
+
+
+def _responses_body(model: str) -> dict[str, Any]:
+    """As Codex sends it: instructions, input items, function tools, no server-side storage."""
+    return {
+        "model": model,
+        "instructions": "You are Codex, a coding agent.",
+        "input": [_CODEX_ASK],
+        "tools": [{"type": "function", "strict": False, **TOOL}],
+        "tool_choice": "auto",
+        "parallel_tool_calls": False,
+        "store": False,
+        "include": [],
+    }
+
+
+_CODEX_ASK = {
+    "type": "message",
+    "role": "user",
+    "content": [{"type": "input_text", "text": "Which files are here?"}],
+}
+
+
+# ---------------------------------------------------------------------- tool-call round trips
+
+
+Found = tuple[list[Any], str]  # the tool calls of an answer, and what to say when there are none
+
+
+def _round_trip(
+    prober: _Prober,
+    url: str,
+    model: str,
+    headers: dict[str, str],
+    body: dict[str, Any],
+    found: Callable[[dict[str, Any]], Found],
+    follow_up: Callable[[Any], dict[str, Any]],
+    answered: Callable[[dict[str, Any]], str | None],
+) -> None:
+    """Ask for a tool call, then send its result back as the client would (`follow_up`)."""
+    calls: list[Any] = []
+
+    def called(response: httpx.Response) -> str | None:
+        got, missing = found(_object(response))
+        calls.extend(got)
+        return None if calls else missing
+
+    if prober.run(f"tool call ({model})", "POST", url, headers=headers, json=body, judge=called):
+        prober.run(
+            f"tool result answered ({model})",
+            "POST",
+            url,
+            headers=headers,
+            json=follow_up(calls[0]),
+            judge=lambda r: answered(_object(r)),
+        )
+
+
+def _typed(item: Any, kind: str) -> bool:
+    return isinstance(item, dict) and item.get("type") == kind
+
+
+def _object(response: httpx.Response) -> dict[str, Any]:
+    """The JSON object of a non-streaming answer; anything else reads as an empty one."""
+    try:
+        data = response.json()
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _openai_round_trip(prober: _Prober, url: str, model: str, key: str, system: str) -> None:
+    body = _chat_body(model, system) | {"stream": False, "max_completion_tokens": ROUND_TRIP_TOKENS}
+    del body["stream_options"]
+
+    def found(data: dict[str, Any]) -> Found:
+        choice = (data.get("choices") or [{}])[0]
+        calls = choice.get("message", {}).get("tool_calls") or []
+        return calls, f"no tool call (finish_reason {choice.get('finish_reason')})"
+
+    def follow_up(call: Any) -> dict[str, Any]:
+        result = {"role": "tool", "tool_call_id": call.get("id"), "content": TOOL_OUTPUT}
+        called = {"role": "assistant", "content": None, "tool_calls": [call]}
+        return body | {"messages": [*body["messages"], called, result]}
+
+    auth = {"authorization": f"Bearer {key}"}
+    _round_trip(
+        prober, url, model, auth, body, found, follow_up,
+        lambda d: None if d.get("choices") else "no choices in the answer",
+    )  # fmt: skip
+
+
+def _anthropic_round_trip(prober: _Prober, base: str, model: str, key: str) -> None:
+    ask = {"role": "user", "content": [{"type": "text", "text": "Which files?"}]}
+    body: dict[str, Any] = {
+        "model": model,
+        "max_tokens": ROUND_TRIP_TOKENS,
+        "system": _CLAUDE_SYSTEM,
+        "tools": [_ANTHROPIC_TOOL],
+        "messages": [ask],
+    }
+
+    def found(data: dict[str, Any]) -> Found:
+        uses = [b for b in data.get("content") or [] if _typed(b, "tool_use")]
+        return uses, f"no tool_use block (stop_reason {data.get('stop_reason')})"
+
+    def follow_up(use: Any) -> dict[str, Any]:
+        result = {"type": "tool_result", "tool_use_id": use.get("id"), "content": TOOL_OUTPUT}
+        called = {"role": "assistant", "content": [use]}
+        return body | {"messages": [ask, called, {"role": "user", "content": [result]}]}
+
+    _round_trip(
+        prober, f"{base}/v1/messages?beta=true", model, _claude_headers(key), body, found,
+        follow_up, lambda d: None if d.get("type") == "message" else "not a message",
+    )  # fmt: skip
+
+
+def _responses_round_trip(prober: _Prober, base: str, model: str, key: str) -> None:
+    body = _responses_body(model) | {"max_output_tokens": ROUND_TRIP_TOKENS}
+
+    def found(data: dict[str, Any]) -> Found:
+        calls = [i for i in data.get("output") or [] if _typed(i, "function_call")]
+        return calls, f"no function_call item (status {data.get('status')})"
+
+    def follow_up(call: Any) -> dict[str, Any]:
+        output = {"type": "function_call_output", "call_id": call.get("call_id")}
+        return body | {"input": [_CODEX_ASK, call, output | {"output": TOOL_OUTPUT}]}
+
+    auth = {"authorization": f"Bearer {key}"}
+    _round_trip(
+        prober, f"{base}/responses", model, auth, body, found, follow_up,
+        lambda d: None if d.get("object") == "response" else "not a response",
+    )  # fmt: skip
+
+
+def conformance(
+    manifest: Manifest, alias: str, clients: tuple[str, ...], *, timeout: float = 120.0
+) -> list[ClientCheck]:
+    """apply's gate: each client's requests (`clients check`'s, sent to `alias` at the URL
+    local-ai writes into that client's config) and a tool-call round trip in its API shape."""
+    import httpx
+
+    url = server_url(manifest)
+    key = server_key(manifest)
+    results: list[ClientCheck] = []
+    with httpx.Client(timeout=timeout, trust_env=False) as http:
+        for client, (_, _, title) in CLIENTS.items():
+            if client not in clients:
+                continue
+            prober = _Prober(http)
+            if client == zed.NAME:
+                cfg = manifest.clients.zed or ZedClient()
+                base = str(zed.provider_entry(manifest, url, cfg)["api_url"])
+                _zed_requests(prober, base, alias, [alias], key)
+                if not prober.down:
+                    chat = f"{base}/chat/completions"
+                    _openai_round_trip(prober, chat, alias, key, _ZED_SYSTEM)
+            elif client == claude_code.NAME:
+                base = claude_code.variables(manifest, url)["ANTHROPIC_BASE_URL"]
+                _claude_requests(prober, base, alias, [alias], key)
+                if not prober.down:
+                    _anthropic_round_trip(prober, base, alias, key)
+            elif client == goose.NAME:
+                doc = goose.provider_document(
+                    manifest, url, manifest.clients.goose or GooseClient()
+                )
+                base = str(doc["base_url"])
+                _goose_requests(prober, base, f"{url}/v1/models", alias, [alias], key)
+                if not prober.down:
+                    _openai_round_trip(prober, base, alias, key, _GOOSE_SYSTEM)
+            else:
+                base = str(codex.provider_entry(manifest, url)["base_url"])
+                _codex_requests(prober, base, alias, [alias], key)
+                if not prober.down:
+                    _responses_round_trip(prober, base, alias, key)
+            results.append(ClientCheck(client, title, tuple(prober.probes), None, url))
+    return results
 
 
 _CHECKS = {

@@ -327,8 +327,9 @@ class BenchmarkSettings(_Strict):
     )
     gate: bool = Field(
         default=False,
-        description="With min_tokens_per_second: do not switch the server to a generation whose "
-        "models are too slow.",
+        description="Do not switch the server to a generation whose new models are slower than "
+        "min_tokens_per_second or fail a configured client's requests (tool-call round trip "
+        "included); without it, those are reported only.",
     )
 
 

@@ -14,12 +14,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from local_ai import settings
 from local_ai.errors import LocalAIError, ServerError
 from local_ai.manifest.models import ModelSpec
+from local_ai.reconcile.generations import Generations
 from local_ai.reconcile.model import (
     Action,
     ConvertParams,
     CopyParams,
+    GateParams,
     InstallParams,
     Kind,
+    ServeParams,
     engine_settings,
     install_fields,
     install_key,
@@ -51,7 +54,7 @@ def _alias(action: Action) -> str:
     return action.resource.split(".", 1)[1]
 
 
-_P = TypeVar("_P", ConvertParams, InstallParams, CopyParams)
+_P = TypeVar("_P", ConvertParams, InstallParams, CopyParams, ServeParams, GateParams)
 
 
 def _params(action: Action, kind: type[_P]) -> _P:
@@ -108,6 +111,7 @@ class Adapters:
             Kind.RESTART_ENGINE: self.restart_engine,
             Kind.RELOAD_ALIASES: self.reload_aliases,
             Kind.BENCHMARK: self.benchmark,
+            Kind.CONFORM: self.conform,
             Kind.WRITE_CLIENT: self.write_client,
             Kind.COPY_TO_HOST: self.copy_to_host,
         }
@@ -300,16 +304,18 @@ class Adapters:
 
     # ---- server ----------------------------------------------------------------------------
 
-    def build_alias_map(self) -> AliasMap:
+    def build_alias_map(self, admit: tuple[str, ...] = ()) -> AliasMap:
         from local_ai.reconcile.serving import alias_map_of
 
         commits = {a: s.commit for a, s in self.snap.sources.items()}
-        return alias_map_of(self.manifest, self.state, commits)
+        current = Generations(settings.paths().generations).current()
+        in_service = current.alias_map() if current is not None else None
+        return alias_map_of(self.manifest, self.state, commits, admit=admit, in_service=in_service)
 
-    def write_alias_map(self) -> AliasMap:
+    def write_alias_map(self, action: Action) -> AliasMap:
         from local_ai.server.aliases import put_in_service
 
-        alias_map = self.build_alias_map()
+        alias_map = self.build_alias_map(_params(action, ServeParams).admit)
         put_in_service(alias_map)
         self.alias_map_written = alias_map
         return alias_map
@@ -317,13 +323,13 @@ class Adapters:
     def start_server(self, action: Action) -> str:
         from local_ai.server import daemon
 
-        alias_map = self.build_alias_map()
+        alias_map = self.build_alias_map(_params(action, ServeParams).admit)
         result = daemon.start(self.snap.loaded, alias_map)
         self.alias_map_written = alias_map
         if result.already_running:
             # Started meanwhile by someone else (a killed apply, `server start`), perhaps from
             # an older alias map: make it take this one.
-            self.write_alias_map()
+            self.write_alias_map(action)
             served = daemon.reload_aliases()
             return f"serving {', '.join(served) or 'no models yet'} at {result.url}"
         return f"serving {', '.join(result.aliases) or 'no models yet'} at {result.url}"
@@ -343,7 +349,7 @@ class Adapters:
     def reload_aliases(self, action: Action) -> str:
         from local_ai.server import daemon
 
-        self.write_alias_map()
+        self.write_alias_map(action)
         failpoint("aliases.written")  # the new map on disk, the server still on the old one
         served = daemon.reload_aliases()
         return f"serving {', '.join(served) or 'no models'}"
@@ -376,18 +382,11 @@ class Adapters:
             "levels": [level.to_json()],
         }
         decode = level.decode_tps_per_stream.median
-        floor = self._spec(alias).min_tokens_per_second or bench.min_tokens_per_second
+        params = _params(action, GateParams)
+        floor = params.floor
         too_slow = floor is not None and decode < floor
-        models = dict(self.state.models)
-        if alias in models:
-            verdict = f"{decode:.1f} tok/s < {floor:g}" if too_slow and bench.gate else None
-            models[alias] = models[alias].model_copy(update={"rejected": verdict})
-        self.state = save_state(
-            settings.paths().state_file,
-            self.state.model_copy(
-                update={"benchmarks": [*self.state.benchmarks[-199:], record], "models": models}
-            ),
-        )
+        verdict = f"{decode:.1f} tok/s < {floor:g}" if too_slow else None
+        self._judge(alias, verdict if params.gate else None, benchmark=record)
         if too_slow:
             raise BenchmarkFloorError(
                 f"{alias} decodes at {decode:.1f} tok/s, below the {floor:g} tok/s asked for",
@@ -396,8 +395,54 @@ class Adapters:
             )
         return f"{decode:.1f} tok/s decode, first token {level.ttft_s.median * 1000:.0f} ms"
 
+    def conform(self, action: Action) -> str:
+        from local_ai.clients.check import conformance
 
-class BenchmarkFloorError(LocalAIError):
+        alias, params = _alias(action), _params(action, GateParams)
+        _running()
+        checks = conformance(self.manifest, alias, params.clients)
+        sent = sum(len(c.probes) for c in checks)
+        # Per client, the first request that failed (the later ones depend on it).
+        failed = [
+            f"{c.title}: {p.name}: {p.detail}"
+            for c in checks
+            for p in [next((p for p in c.probes if not p.ok), None)]
+            if p is not None
+        ]
+        verdict = "; ".join(failed) or None
+        self._judge(alias, verdict if params.gate else None)
+        if verdict is None:
+            return f"{sent} requests of {', '.join(c.title for c in checks)} answered"
+        if params.gate:
+            raise ConformanceError(
+                f"{alias} fails {verdict}",
+                hint="pick a model whose chat template and tool-call format the engine parses, "
+                "or turn benchmark.gate off to serve it anyway (docs/integrations.md)",
+            )
+        return f"warning: {alias} fails {verdict}"
+
+    def _judge(
+        self, alias: str, rejected: str | None, *, benchmark: dict[str, Any] | None = None
+    ) -> None:
+        """Record the gate's verdict on the installed build (None: it may serve)."""
+        models = dict(self.state.models)
+        if alias in models:
+            models[alias] = models[alias].model_copy(update={"rejected": rejected})
+        update: dict[str, Any] = {"models": models}
+        if benchmark is not None:
+            update["benchmarks"] = [*self.state.benchmarks[-199:], benchmark]
+        self.state = save_state(settings.paths().state_file, self.state.model_copy(update=update))
+
+
+class GateError(LocalAIError):
+    """A new build failed a measurement apply makes before serving it (benchmark.gate)."""
+
+
+class ConformanceError(GateError):
+    """A configured client's requests fail against a new build."""
+
+
+class BenchmarkFloorError(GateError):
     """A model is slower than the manifest's min_tokens_per_second."""
 
 

@@ -77,7 +77,7 @@ class InstalledView:
     size_bytes: int
     present: bool  # the location and its recorded files exist with the recorded sizes
     drift: str | None = None  # what changed on disk, when not present/intact
-    rejected: str | None = None  # benchmark.gate kept this build out of service, and why
+    rejected: str | None = None  # the gate (benchmark.gate) kept this build out of service, and why
 
 
 @dataclass(frozen=True)
@@ -139,6 +139,7 @@ class Kind(StrEnum):
     INSTALL = "install"  # record an alias in state (link an HF snapshot, store entry or path)
     VERIFY = "verify"
     BENCHMARK = "benchmark"
+    CONFORM = "conform"  # each configured client's requests, tool round trip included
     WRITE_CLIENT = "write-client"
     RELOAD_ALIASES = "reload-aliases"
     RESTART_ENGINE = "restart-engine"
@@ -171,6 +172,23 @@ class InstallParams:
 
 
 @dataclass(frozen=True)
+class ServeParams:
+    """Start, restart or reload: the aliases whose gate-rejected builds go in service (to be
+    measured again, or because the gate is off); any other rejected build stays out."""
+
+    admit: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GateParams:
+    """Benchmark or conform: a failure with `gate` keeps the previous generation serving."""
+
+    gate: bool
+    floor: float | None = None  # benchmark: min_tokens_per_second
+    clients: tuple[str, ...] = ()  # conform: the clients whose requests are sent
+
+
+@dataclass(frozen=True)
 class CopyParams:
     host: str  # the [cluster.hosts] name
     digest: str  # the store entry copied
@@ -189,9 +207,8 @@ class Action:
     disk_bytes: int | None = None
     peak_memory_bytes: int | None = None
     detail: str = ""
-    params: ConvertParams | InstallParams | CopyParams | None = (
-        None  # what the plan decided, per kind
-    )
+    # What the plan decided, per kind.
+    params: ConvertParams | InstallParams | CopyParams | ServeParams | GateParams | None = None
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ from local_ai.reconcile.model import (
     Change,
     ConvertParams,
     CopyParams,
+    GateParams,
     HostPlan,
     InstallParams,
     Kind,
@@ -21,6 +22,7 @@ from local_ai.reconcile.model import (
     Observed,
     Plan,
     ResourceChange,
+    ServeParams,
     alias_map_hash,
     convert_digest,
     engine_settings,
@@ -331,8 +333,11 @@ class _Builder:
 
     # ------------------------------------------------------------------------------ server
 
-    def plan_server(self, installs: list[str]) -> None:
+    def plan_server(self, installs: list[str], admit: tuple[str, ...], remeasure: bool) -> None:
+        """`admit`: the aliases whose gate-rejected builds are served; `remeasure`: some of them
+        are put back in service to be measured again."""
         server = self.observed.server
+        serve = ServeParams(admit)
         manifest = self.manifest
         # The server runs with whatever did install: a failed model must not keep the others
         # offline, so installs only order these actions.
@@ -355,6 +360,7 @@ class _Builder:
                         cause="server not running",
                         after=after,
                         detail=f"http://{manifest.server.host}:{manifest.server.port}",
+                        params=serve,
                     )
                 )
             else:
@@ -375,6 +381,7 @@ class _Builder:
                     resource="server",
                     cause=cause,
                     after=after,
+                    params=serve,
                 )
             )
             return
@@ -392,7 +399,7 @@ class _Builder:
                     after=after,
                 )
             )
-        if server.aliases_hash != want_aliases or installs:
+        if server.aliases_hash != want_aliases or installs or remeasure:
             cause = _alias_change(server.aliases, tuple(manifest.models))
             if server.rolled_back_to is not None:
                 cause += f" (serving generation {server.rolled_back_to} since a rollback)"
@@ -404,6 +411,7 @@ class _Builder:
                     resource="server",
                     cause=cause,
                     after=after + (("restart-engine",) if server.engine != engine else ()),
+                    params=serve,
                 )
             )
         if causes:
@@ -442,40 +450,66 @@ class _Builder:
                 )
             )
 
-    def plan_benchmarks(self, rebuilt: dict[str, str]) -> None:
-        if not (self.manifest.benchmark.on_apply and self.options.benchmark):
+    def rejected(self) -> dict[str, str]:
+        """Aliases of this plan whose installed build the gate kept out of service, and why."""
+        targets = self.options.targets
+        return {
+            alias: view.rejected
+            for alias, view in self.observed.installed.items()
+            if view.rejected and alias in self.manifest.models and (not targets or alias in targets)
+        }
+
+    @property
+    def measuring(self) -> bool:
+        return self.manifest.benchmark.on_apply and self.options.benchmark
+
+    def plan_measurements(self, rebuilt: dict[str, str], remeasure: dict[str, str]) -> None:
+        """Benchmark, then each configured client's requests, for every new or rebuilt model and
+        every rejected build measured again; with benchmark.gate a failure of either keeps the
+        previous generation serving (one gate: run.py `_gate_closed`)."""
+        if not self.measuring:
             return
-        server_ready = [
+        server_ready = tuple(
             a.id
             for a in self.actions
             if a.kind in (Kind.START_SERVER, Kind.RESTART_SERVER, Kind.RELOAD_ALIASES)
-        ]
+        )
         wanted: dict[str, tuple[str, tuple[str, ...]]] = {
             alias: ("new or rebuilt model", (install_id,)) for alias, install_id in rebuilt.items()
         }
-        if self.manifest.benchmark.gate:
-            # A build the gate kept out of service is measured again, not served unmeasured.
-            targets = self.options.targets
-            for alias, view in self.observed.installed.items():
-                if (
-                    view.rejected
-                    and alias in self.manifest.models
-                    and alias not in wanted
-                    and (not targets or alias in targets)
-                ):
-                    wanted[alias] = (f"kept out of service by benchmark.gate ({view.rejected})", ())
+        for alias, why in remeasure.items():
+            wanted[alias] = (f"kept out of service by benchmark.gate ({why})", ())
+        bench = self.manifest.benchmark
+        clients = tuple(
+            c.resource.split(".", 1)[1]
+            for c in self.observed.clients
+            if c.resource.startswith("client.") and not c.delete and c.error is None
+        )
         for alias, (cause, installed_by) in wanted.items():
-            self.add(
+            floor = self.manifest.models[alias].min_tokens_per_second or bench.min_tokens_per_second
+            measured = self.add(
                 Action(
                     id=f"benchmark:{alias}",
                     kind=Kind.BENCHMARK,
                     resource=f"model.{alias}",
                     cause=cause,
                     depends_on=(*installed_by, *server_ready),
-                    detail=f"{self.manifest.benchmark.prompt_tokens} prompt / "
-                    f"{self.manifest.benchmark.gen_tokens} generated tokens",
+                    detail=f"{bench.prompt_tokens} prompt / {bench.gen_tokens} generated tokens",
+                    params=GateParams(bench.gate, floor=floor),
                 )
             )
+            if clients:
+                self.add(
+                    Action(
+                        id=f"conform:{alias}",
+                        kind=Kind.CONFORM,
+                        resource=f"model.{alias}",
+                        cause=cause,
+                        depends_on=(*installed_by, *server_ready, measured),
+                        detail=f"requests and a tool-call round trip of {', '.join(clients)}",
+                        params=GateParams(bench.gate, clients=clients),
+                    )
+                )
 
     # ------------------------------------------------------------------------------ cluster
 
@@ -628,8 +662,13 @@ def plan(manifest: Manifest, observed: Observed, options: Options | None = None)
     builder.plan_removals()
     rank0_peak = builder.plan_cluster(rebuilt)
     removal_ids = [a.id for a in builder.actions if a.kind is Kind.REMOVE]
-    builder.plan_server(installs + removal_ids)
-    builder.plan_benchmarks(rebuilt)
+    rejected = {a: why for a, why in builder.rejected().items() if a not in rebuilt}
+    gate = manifest.benchmark.gate
+    remeasure = rejected if gate and builder.measuring else {}
+    # Without the gate a rejection no longer holds; with it, only a build measured again serves.
+    admit = tuple(rejected if not gate else remeasure)
+    builder.plan_server(installs + removal_ids, admit, bool(remeasure))
+    builder.plan_measurements(rebuilt, remeasure)
     if not options.targets:
         builder.plan_clients()
     peak = max(builder.check_memory(), rank0_peak)

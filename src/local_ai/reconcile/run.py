@@ -12,10 +12,17 @@ from local_ai import settings
 from local_ai.errors import ConfigError, LocalAIError, NotYetError
 from local_ai.manifest.load import LoadedManifest
 from local_ai.manifest.models import Manifest
-from local_ai.reconcile.adapters import Adapters, BenchmarkFloorError
+from local_ai.reconcile.adapters import Adapters, GateError
 from local_ai.reconcile.executor import Outcome, Report, execute
 from local_ai.reconcile.generations import Generation, Generations
-from local_ai.reconcile.model import Action, Kind, Plan, engine_settings, gateway_settings
+from local_ai.reconcile.model import (
+    Action,
+    GateParams,
+    Kind,
+    Plan,
+    engine_settings,
+    gateway_settings,
+)
 from local_ai.reconcile.observe import Snapshot, observe
 from local_ai.reconcile.planner import Options, plan
 from local_ai.util.failpoints import failpoint
@@ -162,6 +169,7 @@ class ApplyResult:
     report: Report
     generation: Generation | None
     gated_back_to: int | None = None  # benchmark.gate switched the server back to this one
+    gated_by: tuple[Outcome, ...] = ()  # the gated measurements that failed
     not_served: NotYetError | None = None  # sharded models: copied and staged, not served yet
 
 
@@ -184,13 +192,14 @@ def apply_plan(
     generation = None
     gated = None
     manifest = snapshot.loaded.manifest
-    if _too_slow(report) and manifest.benchmark.gate:
-        gated = _serve_current_generation()
+    closed = _gate_closed(report)
+    if closed:
+        gated = _serve_current_generation(adapters)
     if report.ok and not report.interrupted and the_plan.has_changes:
         failpoint("generation.before-record")  # every action done, no generation yet
         generation = record_generation(snapshot, adapters)
     staged = None if report.interrupted else stage_cluster(manifest, options.targets, report)
-    return ApplyResult(report, generation, gated, staged)
+    return ApplyResult(report, generation, gated, closed, staged)
 
 
 def _clean_killed_run(snapshot: Snapshot) -> None:
@@ -235,18 +244,33 @@ def settle(snapshot: Snapshot) -> Generation | None:
     return None
 
 
-def _too_slow(report: Report) -> bool:
-    return any(isinstance(o.error, BenchmarkFloorError) for o in report.outcomes)
+def _gate_closed(report: Report) -> tuple[Outcome, ...]:
+    """The measurements the plan gated (benchmark, client conformance) that failed."""
+    return tuple(
+        o
+        for o in report.outcomes
+        if isinstance(o.error, GateError)
+        and isinstance(o.action.params, GateParams)
+        and o.action.params.gate
+    )
 
 
-def _serve_current_generation() -> int | None:
-    """benchmark.gate: a model below min_tokens_per_second does not go into service; the
-    server goes back to the generation it served before this apply."""
+def _serve_current_generation(adapters: Adapters) -> int | None:
+    """benchmark.gate: a model too slow or failing a client's requests does not go into
+    service; the server goes back to the generation it served before this apply (before the
+    first one: to what is installed, rejected builds left out)."""
     current = Generations(settings.paths().generations).current_number()
-    if current is None:
-        return None
-    rollback(current)
-    return current
+    if current is not None:
+        rollback(current)
+        return current
+    from local_ai.server.aliases import put_in_service
+    from local_ai.server.daemon import reload_aliases, running_server
+
+    put_in_service(adapters.build_alias_map())
+    info, alive = running_server()
+    if info is not None and alive:
+        reload_aliases()
+    return None
 
 
 def record_generation(snapshot: Snapshot, adapters: Adapters) -> Generation:

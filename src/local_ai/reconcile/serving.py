@@ -19,14 +19,28 @@ SHARDED = "sharded across [cluster] hosts, which this version cannot serve yet"
 
 
 def alias_map_of(
-    manifest: Manifest, state: State, commits: dict[str, str | None] | None
+    manifest: Manifest,
+    state: State,
+    commits: dict[str, str | None] | None,
+    *,
+    admit: tuple[str, ...] = (),
+    in_service: AliasMap | None = None,
 ) -> AliasMap:
     """Each manifest alias served from the build state.json records for it. `commits` (alias →
-    source commit) names the map with `alias_map_hash`; None: a map apply did not make."""
+    source commit) names the map with `alias_map_hash`; None: a map apply did not make.
+    A build the gate rejected is served only when `admit` names its alias (the plan measures it
+    again, or the gate is off); otherwise the alias keeps what `in_service` serves, if anything."""
     entries: dict[str, AliasEntry] = {}
+    held_back = False
     for alias, spec in manifest.models.items():
         model = state.models.get(alias)
         if model is None or spec.hosts:  # a sharded model is never served from one Mac
+            continue
+        if model.rejected is not None and alias not in admit:
+            held_back = True
+            kept = in_service.models.get(alias) if in_service is not None else None
+            if kept is not None:
+                entries[alias] = kept
             continue
         entries[alias] = AliasEntry(
             path=model.location,
@@ -38,9 +52,9 @@ def alias_map_of(
             quantization=model.quantization,
             digest=model.store_digest,
         )
-    # Only a map serving every alias is the one the manifest asks for.
+    # Only a map serving every alias as built is the one the manifest asks for.
     servable = {a for a, spec in manifest.models.items() if not spec.hosts}
-    complete = commits is not None and set(entries) == servable
+    complete = commits is not None and set(entries) == servable and not held_back
     hash_ = alias_map_hash(manifest, commits or {}) if complete else None
     return _assemble(manifest, entries, hash_)
 
