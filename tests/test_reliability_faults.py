@@ -9,7 +9,6 @@ otherwise."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import subprocess
@@ -58,11 +57,19 @@ class SmallDisk:
 
     def fill(self, leave: int) -> None:
         """Grow the filler until `leave` bytes (or less) are free."""
-        have = self.filler.stat().st_size if self.filler.exists() else 0
-        want = max(0, have + self.free - leave)
-        # ENOSPC for the last pages: the disk is then as full as it gets.
-        with self.filler.open("ab") as f, contextlib.suppress(OSError):
-            os.posix_fallocate(f.fileno(), 0, want)
+        # tmpfs undoes a whole fallocate that meets ENOSPC, and a download may take space between
+        # reading `free` and allocating: retry with smaller steps until nothing more fits.
+        with self.filler.open("ab") as f:
+            size = f.seek(0, os.SEEK_END)
+            step = max(0, self.free - leave)
+            while step >= 4096:
+                try:
+                    os.posix_fallocate(f.fileno(), size, step)
+                except OSError:
+                    step //= 2
+                    continue
+                size += step
+                step = max(0, self.free - leave)
 
     def free_up(self) -> None:
         self.filler.unlink(missing_ok=True)
