@@ -78,7 +78,7 @@ def apply_command(
         config = saved.manifest
     path = settings.manifest_path(config)
     if watch:
-        from local_ai.reconcile.watch import watch_manifest
+        from local_ai.cli.watch import watch_manifest
 
         code = watch_manifest(
             path, options, yes=yes, json=json, lock_timeout=lock_timeout, once=_apply_once
