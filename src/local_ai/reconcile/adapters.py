@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from local_ai import settings
 from local_ai.errors import LocalAIError, ServerError
 from local_ai.manifest.models import ModelSpec
+from local_ai.manifest.serving import engine_settings
 from local_ai.reconcile.model import (
     Action,
     ConvertParams,
     CopyParams,
     InstallParams,
     Kind,
-    engine_settings,
     install_fields,
     install_key,
 )

@@ -12,10 +12,11 @@ from local_ai import settings
 from local_ai.errors import ConfigError, LocalAIError, NotYetError
 from local_ai.manifest.load import LoadedManifest
 from local_ai.manifest.models import Manifest
+from local_ai.manifest.serving import running_settings
 from local_ai.reconcile.adapters import Adapters, BenchmarkFloorError
 from local_ai.reconcile.executor import Outcome, Report, execute
 from local_ai.reconcile.generations import Generation, Generations
-from local_ai.reconcile.model import Action, Kind, Plan, engine_settings, gateway_settings
+from local_ai.reconcile.model import Action, Kind, Plan
 from local_ai.reconcile.observe import Snapshot, observe
 from local_ai.reconcile.planner import Options, plan
 from local_ai.util.failpoints import failpoint
@@ -222,9 +223,7 @@ def settle(snapshot: Snapshot) -> Generation | None:
     if not wanted.models or wanted.hash is None:
         return None
     manifest = snapshot.loaded.manifest
-    server = json.loads(
-        json.dumps({"gateway": gateway_settings(manifest), "engine": engine_settings(manifest)})
-    )
+    server = json.loads(json.dumps(running_settings(manifest)))
     generations = Generations(settings.paths().generations)
     numbers = generations.numbers()
     latest = generations.load(numbers[-1]) if numbers else None
@@ -262,7 +261,7 @@ def record_generation(snapshot: Snapshot, adapters: Adapters) -> Generation:
         preload=tuple(alias_map.preload),
         aliases_hash=alias_map.hash or "",
         lock=lock,
-        server={"gateway": gateway_settings(manifest), "engine": engine_settings(manifest)},
+        server=running_settings(manifest),
     )
 
 
