@@ -150,8 +150,8 @@ def verify_command(
 
 
 def _verify_one(model: Any, entry: Any) -> dict[str, Any]:
-    from local_ai.hub.source import SourceFile
     from local_ai.hub.verify import verify_tree
+    from local_ai.manifest.source import SourceFile
 
     root = Path(model.location)
     against = "recorded hashes"

@@ -40,7 +40,7 @@ if TYPE_CHECKING:
     from local_ai.convert.recipe import Recipe
     from local_ai.hub.fetch import FetchResult
     from local_ai.hub.progress import FetchProgress
-    from local_ai.hub.source import ResolvedSource
+    from local_ai.manifest.source import ResolvedSource
     from local_ai.server.aliases import AliasMap
 
 Handler = Callable[[Action], str | None]
@@ -149,7 +149,10 @@ class Adapters:
         if self.frozen:
             return
         spec = self.manifest.models[alias]
-        entry = entry_from_resolved(self._source(alias), spec, fetched=self.fetched.get(alias))
+        fetched = self.fetched.get(alias)
+        entry = entry_from_resolved(
+            self._source(alias), spec, sha256s=fetched.sha256s() if fetched else None
+        )
         if spec.quantize == "auto" and alias in self.auto_levels:
             chosen = self.auto_levels[alias]
             entry = entry.model_copy(

@@ -16,9 +16,9 @@ from local_ai.errors import LocalAIError
 from local_ai.hardware import detect
 from local_ai.hub.fetch import is_cached
 from local_ai.hub.resolve import repo_cache_dir, resolve
-from local_ai.hub.source import ResolvedSource, SourceFile
 from local_ai.manifest.load import LoadedManifest
 from local_ai.manifest.models import ModelSpec
+from local_ai.manifest.source import ResolvedSource, SourceFile
 from local_ai.reconcile.generations import Generations
 from local_ai.reconcile.model import (
     ClientView,
