@@ -182,7 +182,7 @@ def _apply_once(
 def _adapters(snapshot: Snapshot, options: RunOptions, *, json: bool) -> Adapters:
     """Handlers with progress bars for people at a terminal (none for scripts)."""
     from local_ai.cli.output import err_console
-    from local_ai.hub.progress import RichProgress
+    from local_ai.cli.progress import RichProgress
     from local_ai.reconcile.adapters import Adapters
 
     bars = not json and err_console().is_terminal
@@ -196,7 +196,7 @@ def _adapters(snapshot: Snapshot, options: RunOptions, *, json: bool) -> Adapter
 
 
 def _convert_bar(*, enabled: bool) -> Any:
-    from local_ai.cli.models_convert import ConvertBar
+    from local_ai.cli.progress import ConvertBar
 
     return ConvertBar(enabled=enabled)
 
