@@ -12,6 +12,21 @@ if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
 
+def _bytes_bar(text: str, *, console: Console, transient: bool) -> Progress:
+    """A bar of bytes: `text`, the bar, bytes done/total, speed and time left."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    columns = (BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    return Progress(TextColumn(text), *columns, console=console, transient=transient)
+
+
 class RichProgress:
     """Per-file bars for files in flight and one total bar: bytes, speed, ETA. On stderr."""
 
@@ -24,29 +39,13 @@ class RichProgress:
         self._sizes: dict[str, int] = {}
 
     def begin(self, label: str, files: Sequence[tuple[str, int]]) -> None:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
         if not files:
             return
         from rich.console import Console
 
         self._sizes = dict(files)
-        self._progress = Progress(
-            TextColumn("{task.description}", justify="left"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=self._console or Console(stderr=True),
-            transient=False,
-        )
+        console = self._console or Console(stderr=True)
+        self._progress = _bytes_bar("{task.description}", console=console, transient=False)
         self._progress.start()
         total = sum(self._sizes.values())
         self._total = self._progress.add_task(f"{label} ({len(files)} files)", total=total)
@@ -91,26 +90,9 @@ class ConvertBar:
     def __enter__(self) -> Any:
         if not self.enabled:
             return None
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
         from local_ai.cli.output import err_console
 
-        self.bar = Progress(
-            TextColumn("converting"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=err_console(),
-            transient=True,
-        )
+        self.bar = _bytes_bar("converting", console=err_console(), transient=True)
         self.bar.start()
         self.task = self.bar.add_task("convert", total=None)
         return self.on_event
