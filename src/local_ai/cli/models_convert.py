@@ -11,9 +11,10 @@ import typer
 
 from local_ai import hardware, sizing
 from local_ai.cli.options import JsonOption
+from local_ai.cli.output import console, err_console, print_json
 from local_ai.cli.progress import ConvertBar
 from local_ai.convert.archs import GGUF_ARCHITECTURES, PLANNED_GGUF_ARCHITECTURES
-from local_ai.convert.recipe import LEVELS
+from local_ai.convert.recipe import LEVELS, make_recipe
 from local_ai.discovery.names import config_quant, gguf_quant
 from local_ai.errors import LocalAIError, NotFoundError, NotYetError
 
@@ -100,9 +101,7 @@ def convert_command(
     ] = 32768,
     json: JsonOption = False,
 ) -> None:
-    from local_ai.cli.output import console, err_console, print_json
     from local_ai.convert import api
-    from local_ai.convert.recipe import make_recipe
     from local_ai.convert.runner import parse_size
 
     # A bad level fails before anything is read; "auto" is decided once the source is known.

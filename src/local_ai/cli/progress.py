@@ -7,6 +7,8 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from local_ai.cli.output import err_console
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.progress import Progress, TaskID
@@ -90,8 +92,6 @@ class ConvertBar:
     def __enter__(self) -> Any:
         if not self.enabled:
             return None
-        from local_ai.cli.output import err_console
-
         self.bar = _bytes_bar("converting", console=err_console(), transient=True)
         self.bar.start()
         self.task = self.bar.add_task("convert", total=None)

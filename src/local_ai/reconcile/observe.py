@@ -11,6 +11,7 @@ from typing import Any
 
 from local_ai import settings, sizing
 from local_ai.clients import plan as clients
+from local_ai.cluster.observe import observe_hosts
 from local_ai.discovery import names
 from local_ai.errors import LocalAIError
 from local_ai.hardware import detect
@@ -104,8 +105,6 @@ def observe(
     hosts = {}
     placed = [a for a, s in manifest.models.items() if s.hosts and (not targets or a in targets)]
     if manifest.cluster is not None and placed:
-        from local_ai.cluster.observe import observe_hosts
-
         hosts = observe_hosts(manifest.cluster)
     observed = Observed(
         state_serial=state.serial,

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from local_ai import settings
-from local_ai.errors import ConfigError, LocalAIError, NotYetError
+from local_ai.cluster.launch import write_hostfile
+from local_ai.convert.api import CONVERTER_VERSION
+from local_ai.errors import ConfigError, LocalAIError, NotFoundError, NotYetError
 from local_ai.manifest.load import LoadedManifest
 from local_ai.manifest.models import Manifest
 from local_ai.manifest.serving import running_settings
@@ -19,6 +21,11 @@ from local_ai.reconcile.generations import Generation, Generations
 from local_ai.reconcile.model import Action, Kind, Plan
 from local_ai.reconcile.observe import Snapshot, observe
 from local_ai.reconcile.planner import Options, plan
+from local_ai.reconcile.render import to_json
+from local_ai.server.aliases import put_in_service
+from local_ai.server.daemon import reload_aliases, running_server
+from local_ai.store.layout import Store
+from local_ai.util.atomic import atomic_write_text, clean_stale_temps
 from local_ai.util.failpoints import failpoint
 
 PLAN_FILE_VERSION = 1
@@ -33,8 +40,6 @@ class RunOptions:
     benchmark: bool = True
 
     def planner(self) -> Options:
-        from local_ai.convert.api import CONVERTER_VERSION
-
         return Options(
             prune=self.prune,
             frozen=self.frozen,
@@ -55,9 +60,6 @@ def make_plan(loaded: LoadedManifest, options: RunOptions) -> tuple[Snapshot, Pl
 
 
 def save_plan(path: Path, loaded: LoadedManifest, options: RunOptions, the_plan: Plan) -> None:
-    from local_ai.reconcile.render import to_json
-    from local_ai.util.atomic import atomic_write_text
-
     doc = {
         "local_ai_plan": PLAN_FILE_VERSION,
         "manifest": str(loaded.path),
@@ -132,8 +134,6 @@ def stage_cluster(
 ) -> NotYetError | None:
     """After the plan ran: the mlx.launch hostfile of each sharded model whose copies all
     completed, and the error saying what this version still lacks to serve them."""
-    from local_ai.cluster.launch import write_hostfile
-
     aliases = sharded_targets(manifest, targets)
     if not aliases or manifest.cluster is None:
         return None
@@ -196,9 +196,6 @@ def apply_plan(
 
 def _clean_killed_run(snapshot: Snapshot) -> None:
     """What a killed apply leaves: staging dirs and temp files of writes never renamed."""
-    from local_ai.store.layout import Store
-    from local_ai.util.atomic import clean_stale_temps
-
     paths = settings.paths()
     Store(paths).clean_leftovers()
     for directory in (
@@ -267,10 +264,6 @@ def record_generation(snapshot: Snapshot, adapters: Adapters) -> Generation:
 
 def rollback(number: int | None) -> Generation:
     """Serve generation `number` (default: the one before the current) again."""
-    from local_ai.errors import NotFoundError
-    from local_ai.server.aliases import put_in_service
-    from local_ai.server.daemon import reload_aliases, running_server
-
     generations = Generations(settings.paths().generations)
     numbers = generations.numbers()
     current = generations.current_number()

@@ -20,6 +20,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from local_ai import __version__, settings
 from local_ai.errors import ConfigError, NotFoundError
+from local_ai.manifest.load import decode_utf8, parse_toml
+from local_ai.manifest.locate import index_keys
 from local_ai.manifest.models import (
     ALIAS_PATTERN,
     REPO_PATTERN,
@@ -313,8 +315,6 @@ def _show(value: object) -> str:
 
 def load_lock(path: Path, *, missing_ok: bool = True) -> LockFile:
     """The lock file at `path`; an empty one when absent (unless `missing_ok` is False)."""
-    from local_ai.manifest.load import decode_utf8
-
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -334,8 +334,6 @@ def load_lock(path: Path, *, missing_ok: bool = True) -> LockFile:
 
 
 def parse_lock(text: str, path: Path | None = None) -> LockFile:
-    from local_ai.manifest.load import parse_toml
-
     data = parse_toml(text, path, json_hint=_REWRITE_HINT)
     version = data.get("version")
     if isinstance(version, int) and version != LOCK_VERSION:
@@ -353,8 +351,6 @@ def parse_lock(text: str, path: Path | None = None) -> LockFile:
 
 
 def _positioned(exc: ValidationError, text: str, path: Path | None) -> ConfigError:
-    from local_ai.manifest.locate import index_keys
-
     index = index_keys(text)
     errors = exc.errors()
     first = errors[0]
