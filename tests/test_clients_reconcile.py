@@ -27,7 +27,7 @@ from local_ai.clients.plan import (
 )
 from local_ai.errors import ClientFileChangedError, LocalAIError
 from local_ai.manifest.models import Manifest
-from local_ai.reconcile.model import Change
+from local_ai.util.change import Change
 
 DATA = Path(__file__).parent / "data" / "clients"
 URL = "http://127.0.0.1:8080"

@@ -15,8 +15,8 @@ from local_ai.errors import IntegrityError, LocalAIError, UnavailableError, Unsa
 from local_ai.hub import client
 from local_ai.hub.fetch import fetch
 from local_ai.hub.resolve import repo_cache_dir, resolve
-from local_ai.hub.source import ResolvedSource, SourceFile
 from local_ai.manifest.models import ModelSpec
+from local_ai.manifest.source import ResolvedSource, SourceFile
 from tests.harness.fakehub import FakeHub
 from tests.hub_repos import MIB, MLX_REPO, add_mlx_repo, model_files, safetensors_bytes
 

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
+from local_ai.cli.progress import RichProgress
 from local_ai.errors import DiskSpaceError, IntegrityError, OfflineError
 from local_ai.hub import client
 from local_ai.hub import fetch as fetch_module
 from local_ai.hub.fetch import fetch, incomplete_leftovers, is_cached, missing_from_cache
-from local_ai.hub.progress import RecordingProgress, RichProgress
+from local_ai.hub.progress import RecordingProgress
 from local_ai.hub.resolve import resolve
-from local_ai.hub.source import ResolvedSource
 from local_ai.manifest.models import ModelSpec
+from local_ai.manifest.source import ResolvedSource
 from tests.harness.fakehub import FakeHub
 from tests.hub_repos import FETCHED, MLX_REPO, add_mlx_repo, model_files
 

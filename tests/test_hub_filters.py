@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from local_ai.errors import UnsafeInputError
-from local_ai.hub.filters import check_names, name_problem, select_files
+from local_ai.hub.filters import check_names, select_files
+from local_ai.util.names import name_problem
 
 REPO_FILES = [
     "config.json",

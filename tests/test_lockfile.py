@@ -82,7 +82,9 @@ def test_fetch_fills_in_sha256_for_git_files_and_lock_pins_them(fake_hub: FakeHu
     add_mlx_repo(fake_hub)
     spec = ModelSpec(repo=MLX_REPO)
     resolved = resolve("coder", spec)
-    entry = entry_from_resolved(resolved, spec, fetched=fetch(resolved), versions=VERSIONS)
+    entry = entry_from_resolved(
+        resolved, spec, sha256s=fetch(resolved).sha256s(), versions=VERSIONS
+    )
 
     assert all(f.sha256 for f in entry.files)
     again = resolved_from_entry("coder", entry)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 CODE = """
-from local_ai.reconcile.model import stable_hash
+from local_ai.util.hashing import stable_hash
 print(stable_hash({"digests": frozenset({"a1", "b2", "c3", "d4", "e5", "f6"}), "n": 1}))
 """
 

@@ -8,6 +8,7 @@ from textwrap import dedent
 
 from local_ai.manifest.load import parse_manifest
 from local_ai.manifest.models import Manifest
+from local_ai.manifest.serving import engine_settings, gateway_settings
 from local_ai.reconcile.model import (
     InstalledView,
     Kind,
@@ -17,8 +18,6 @@ from local_ai.reconcile.model import (
     ServerView,
     alias_map_hash,
     convert_digest,
-    engine_settings,
-    gateway_settings,
     install_fields,
     install_key,
 )

@@ -15,8 +15,8 @@ from local_ai.convert import api as convert_api
 from local_ai.discovery import names
 from local_ai.discovery.ranking import Variant, assess
 from local_ai.hardware import GIB, simulated
-from local_ai.hub.source import ResolvedSource, SourceFile
 from local_ai.manifest.models import QUANTIZE_LEVELS, ModelSpec
+from local_ai.manifest.source import ResolvedSource, SourceFile
 from local_ai.reconcile import observe, planner
 
 # ---- bits per weight ------------------------------------------------------------------------

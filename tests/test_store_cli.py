@@ -69,7 +69,7 @@ def installed(fake_hub: FakeHub, tmp_path: Path) -> dict[str, InstalledModel]:
     manifest.write_text(f'[models.coder]\nrepo = "{MLX_REPO}"\n')
     save_lock(
         manifest.with_name("local-ai.lock"),
-        LockFile(models={"coder": entry_from_resolved(resolved, spec, fetched=result)}),
+        LockFile(models={"coder": entry_from_resolved(resolved, spec, sha256s=result.sha256s())}),
     )
     models = {
         "coder": installed_record(resolved, spec, fetched=result),

@@ -9,6 +9,7 @@ import sys
 import time
 from typing import Any
 
+from local_ai.bench.measure import prompt_of
 from local_ai.errors import LocalAIError
 
 
@@ -39,8 +40,6 @@ def run_raw(
 def _main(argv: list[str]) -> int:
     from mlx_lm import load, stream_generate
     from mlx_lm.sample_utils import make_sampler
-
-    from local_ai.bench.measure import prompt_of
 
     model_path, prompt_tokens, gen_tokens = argv[0], int(argv[1]), int(argv[2])
     loaded = load(model_path)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from local_ai import settings
+from local_ai.store.locks import apply_lock
 
 KEEP = 200
 
@@ -36,7 +37,6 @@ def context_of(alias: str) -> dict[str, Any]:
 
 def record(results: list[dict[str, Any]], *, lock_timeout: float = 60.0) -> None:
     """Append results to state.json under the apply lock (a running apply finishes first)."""
-    from local_ai.store.locks import apply_lock
     from local_ai.store.state import load_state, save_state
 
     paths = settings.paths()

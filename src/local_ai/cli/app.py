@@ -26,6 +26,7 @@ from local_ai.cli import (
     server,
     validate,
 )
+from local_ai.cli.errors import report
 from local_ai.errors import ExitCode
 
 app = typer.Typer(
@@ -105,8 +106,6 @@ def _honour_ctrl_c() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point. Returns (and exits with) a documented exit code."""
-    from local_ai.cli.errors import report
-
     _honour_ctrl_c()
     try:
         result = _command().main(args=argv, prog_name="local-ai", standalone_mode=False)

@@ -9,6 +9,7 @@ import typer
 
 from local_ai import settings
 from local_ai.cli.options import ConfigOption, JsonOption, YesOption
+from local_ai.cli.output import console, err_console, interactive, print_json
 from local_ai.cli.plan import (
     FrozenOption,
     OfflineOption,
@@ -16,6 +17,7 @@ from local_ai.cli.plan import (
     SkipBenchmarkOption,
     TargetOption,
 )
+from local_ai.cli.progress import ConvertBar, RichProgress
 from local_ai.errors import ExitCode, LocalAIError, UsageError
 
 if TYPE_CHECKING:
@@ -78,7 +80,7 @@ def apply_command(
         config = saved.manifest
     path = settings.manifest_path(config)
     if watch:
-        from local_ai.reconcile.watch import watch_manifest
+        from local_ai.cli.watch import watch_manifest
 
         code = watch_manifest(
             path, options, yes=yes, json=json, lock_timeout=lock_timeout, once=_apply_once
@@ -108,7 +110,6 @@ def _apply_once(
     lock_timeout: float = 0.0,
     saved: Any = None,
 ) -> int:
-    from local_ai.cli.output import console, interactive, print_json
     from local_ai.reconcile.render import render_text, to_json
     from local_ai.reconcile.run import (
         apply_plan,
@@ -181,8 +182,6 @@ def _apply_once(
 
 def _adapters(snapshot: Snapshot, options: RunOptions, *, json: bool) -> Adapters:
     """Handlers with progress bars for people at a terminal (none for scripts)."""
-    from local_ai.cli.output import err_console
-    from local_ai.hub.progress import RichProgress
     from local_ai.reconcile.adapters import Adapters
 
     bars = not json and err_console().is_terminal
@@ -196,23 +195,17 @@ def _adapters(snapshot: Snapshot, options: RunOptions, *, json: bool) -> Adapter
 
 
 def _convert_bar(*, enabled: bool) -> Any:
-    from local_ai.cli.models_convert import ConvertBar
-
     return ConvertBar(enabled=enabled)
 
 
 def _announce(action: Action) -> None:
     from rich.markup import escape
 
-    from local_ai.cli.output import err_console
-
     err_console().print(f"[bold]→[/] {escape(action.id)} [dim]{escape(action.cause)}[/]")
 
 
 def _finished(outcome: Outcome) -> None:
     from rich.markup import escape
-
-    from local_ai.cli.output import err_console
 
     out = err_console()
     if outcome.status == "done":
@@ -229,8 +222,6 @@ def _finished(outcome: Outcome) -> None:
 
 
 def _print_summary(result: ApplyResult) -> None:
-    from local_ai.cli.output import console
-
     report = result.report
     done, failed, skipped = (len(report.by_status(s)) for s in ("done", "failed", "skipped"))
     line = f"Apply {'interrupted' if report.interrupted else 'complete' if report.ok else 'failed'}"

@@ -10,6 +10,7 @@ import typer
 
 from local_ai import settings
 from local_ai.cli.options import ConfigOption, JsonOption
+from local_ai.cli.output import console, err_console, print_json
 from local_ai.errors import ServerError, UsageError
 
 
@@ -50,8 +51,6 @@ def bench_command(
     Results are kept (with the model, its quantization, versions and machine) and shown by
     `local-ai models list` and `bench --history`.
     """
-    from local_ai.cli.output import print_json
-
     if history:
         _print_history(aliases, json=json)
         return
@@ -122,7 +121,6 @@ def _bench_one(
 
     from local_ai.bench.measure import run_level, stream_once
     from local_ai.bench.results import context_of
-    from local_ai.cli.output import err_console
     from local_ai.server.daemon import admin_request
 
     result: dict[str, Any] = {
@@ -208,7 +206,6 @@ def _steps(before: tuple[int, int] | None, after: tuple[int, int] | None) -> dic
 def _print_result(result: dict[str, Any]) -> None:
     from rich.table import Table
 
-    from local_ai.cli.output import console
     from local_ai.util.units import human_bytes
 
     table = Table(title=f"{result['alias']} ({result.get('quantization') or 'mlx'})", box=None)
@@ -258,7 +255,6 @@ def _print_history(aliases: list[str] | None, *, json: bool) -> None:
     from rich.table import Table
 
     from local_ai.bench.results import headline, history
-    from local_ai.cli.output import console, print_json
 
     items = [r for r in history() if not aliases or r.get("alias") in aliases]
     if json:

@@ -8,7 +8,10 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from local_ai import settings
+from local_ai.cli.errors import detailed_exitcode as terraform_codes
 from local_ai.cli.options import ConfigOption, JsonOption, YesOption
+from local_ai.cli.output import console, interactive, print_json
+from local_ai.errors import ConfigError, ExitCode, LocalAIError, UsageError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -43,8 +46,6 @@ UnifiedOption = Annotated[
 
 
 def _selected(names: list[str] | None) -> list[str] | None:
-    from local_ai.errors import UsageError
-
     for name in names or ():
         if name not in CLIENT_NAMES:
             raise UsageError(
@@ -72,7 +73,6 @@ def _plan(config: Path | None, names: list[str] | None) -> list[ClientChange]:
 def _print_changes(changes: list[ClientChange], *, unified: bool = False) -> None:
     from rich.markup import escape
 
-    from local_ai.cli.output import console
     from local_ai.clients.plan import CLIENTS, unified_diff
 
     out = console()
@@ -109,10 +109,6 @@ def diff_command(
     json: JsonOption = False,
 ) -> None:
     """Show how each client's settings differ from what the manifest asks for. Writes nothing."""
-    from local_ai.cli.errors import detailed_exitcode as terraform_codes
-    from local_ai.cli.output import print_json
-    from local_ai.errors import ExitCode
-
     with terraform_codes(detailed_exitcode):
         changes = _plan(config, clients)
         if json:
@@ -135,9 +131,7 @@ def write_command(
     """Write the clients' settings now (what `apply` does for them): atomically, after a
     timestamped backup next to each file. A client removed from the manifest gets back what
     local-ai replaced."""
-    from local_ai.cli.output import console, interactive, print_json
     from local_ai.clients.plan import apply_client_change
-    from local_ai.errors import ConfigError, LocalAIError
     from local_ai.store.locks import apply_lock
 
     changes = _plan(config, clients)
@@ -189,7 +183,6 @@ def env_command(
     eval "$(local-ai clients env claude-code)"."""
     from local_ai.clients.claude_code import shell_exports
     from local_ai.clients.spec import server_url
-    from local_ai.errors import UsageError
 
     if client != "claude-code":
         raise UsageError(
@@ -211,9 +204,7 @@ def check_command(
     models its settings name, to the running server; report pass or fail per client."""
     from rich.markup import escape
 
-    from local_ai.cli.output import console, print_json
     from local_ai.clients.check import check_clients
-    from local_ai.errors import ExitCode
 
     manifest, base_dir = _load(config)
     results = check_clients(manifest, base_dir=base_dir, only=_selected(clients), timeout=timeout)

@@ -14,6 +14,8 @@ import typer
 
 from local_ai import settings
 from local_ai.cli.options import ConfigOption, JsonOption
+from local_ai.cli.output import console, print_json
+from local_ai.errors import LocalAIError, ManifestError, NotFoundError
 
 if TYPE_CHECKING:
     from local_ai.cluster.observe import HostReport
@@ -46,8 +48,6 @@ def doctor_command(
     config: ConfigOption = None, json: JsonOption = False, cluster: ClusterOption = False
 ) -> None:
     """Check this machine for local-ai: platform, memory, disk, port, HF cache, network, MLX."""
-    from local_ai.cli.output import console, print_json
-
     manifest_file = settings.manifest_path(config)
     checks = run_cluster_checks(manifest_file) if cluster else run_checks(manifest_file)
     failed = any(c.status == "fail" for c in checks)
@@ -170,7 +170,6 @@ def _state_home() -> Check:
 
 
 def _manifest(path: Path) -> Check:
-    from local_ai.errors import LocalAIError, ManifestError, NotFoundError
     from local_ai.manifest.load import load_manifest
 
     try:
@@ -191,7 +190,6 @@ def _manifest(path: Path) -> Check:
 
 
 def _port(manifest_file: Path) -> Check:
-    from local_ai.errors import LocalAIError
     from local_ai.manifest.load import load_manifest
     from local_ai.util.ports import port_free, port_holder
 
@@ -269,7 +267,6 @@ def run_cluster_checks(manifest_file: Path) -> list[Check]:
     """The [cluster] hosts: reachable over ssh, same versions as rank 0, an all-reduce across
     them with mlx.launch, and Thunderbolt/RDMA readiness on the Macs."""
     from local_ai.cluster.observe import observe_hosts, rank_order
-    from local_ai.errors import LocalAIError
     from local_ai.manifest.load import load_manifest
 
     try:

@@ -10,14 +10,13 @@ from collections.abc import Iterator
 import typer
 
 from local_ai import settings
+from local_ai.cli.output import err_console
 from local_ai.errors import ExitCode, LocalAIError, ManifestError, disk_full_error, is_disk_full
 
 
 def report(exc: BaseException) -> int:
     """Print `exc` for a person and return the exit code."""
     from rich.markup import escape
-
-    from local_ai.cli.output import err_console
 
     out = err_console()
     if settings.debug():
@@ -65,8 +64,6 @@ def detailed_exitcode(enabled: bool) -> Iterator[None]:
 
 def _print_one(exc: LocalAIError, *, bullet: bool) -> None:
     from rich.markup import escape
-
-    from local_ai.cli.output import err_console
 
     out = err_console()
     prefix = "  [red]✗[/] " if bullet else "[red bold]error:[/] "

@@ -12,6 +12,7 @@ import typer
 
 from local_ai import settings
 from local_ai.cli.options import JsonOption
+from local_ai.cli.output import console, print_json
 
 LockTimeoutOption = Annotated[
     float,
@@ -41,8 +42,6 @@ def gc_command(
             garbage = find_garbage(store, incomplete_leftovers())  # again, now that we own it
             freed = collect_garbage(store, garbage)
     if json:
-        from local_ai.cli.output import print_json
-
         print_json(_as_json(garbage, deleted=yes, freed=freed))
         return
     _print(garbage, deleted=yes, freed=freed)
@@ -62,7 +61,6 @@ def _as_json(garbage: Any, *, deleted: bool, freed: int) -> dict[str, Any]:
 def _print(garbage: Any, *, deleted: bool, freed: int) -> None:
     from rich.markup import escape
 
-    from local_ai.cli.output import console
     from local_ai.util.units import human_bytes
 
     out = console()

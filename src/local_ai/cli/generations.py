@@ -8,11 +8,11 @@ import typer
 
 from local_ai import settings
 from local_ai.cli.options import JsonOption
+from local_ai.cli.output import console, print_json
 
 
 def generations_command(json: JsonOption = False) -> None:
     """List the generations apply recorded (newest last); `*` marks the one being served."""
-    from local_ai.cli.output import console, print_json
     from local_ai.reconcile.generations import Generations
 
     store = Generations(settings.paths().generations)
@@ -67,7 +67,6 @@ def rollback_command(
 
     The manifest is not changed: `local-ai plan` shows the difference, `apply` returns to it.
     """
-    from local_ai.cli.output import console, print_json
     from local_ai.reconcile.run import rollback
     from local_ai.store.locks import apply_lock
 

@@ -9,6 +9,8 @@ import typer
 
 from local_ai import settings
 from local_ai.cli.options import ConfigOption
+from local_ai.cli.output import console
+from local_ai.errors import LocalAIError
 
 
 def init_command(
@@ -19,8 +21,6 @@ def init_command(
     ] = False,
 ) -> None:
     """Write a commented local-ai.toml with models sized for this machine's memory."""
-    from local_ai.cli.output import console
-    from local_ai.errors import LocalAIError
     from local_ai.hardware import detect
     from local_ai.manifest.load import parse_manifest
     from local_ai.manifest.template import render_manifest

@@ -9,6 +9,7 @@ import typer
 
 from local_ai import settings
 from local_ai.cli.options import ConfigOption, JsonOption
+from local_ai.cli.output import console, print_json
 
 AliasesArgument = Annotated[
     list[str] | None,
@@ -61,8 +62,6 @@ def lock_command(
     )
     written = save_lock(path, lock)
     if json:
-        from local_ai.cli.output import print_json
-
         print_json({"path": str(path), "written": written, "models": _as_json(changes)})
         return
     _print_changes(changes, path, written)
@@ -85,8 +84,6 @@ def _as_json(changes: list[Any]) -> dict[str, Any]:
 def _print_changes(changes: list[Any], path: Any, written: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
-
-    from local_ai.cli.output import console
 
     out = console()
     if not changes:

@@ -10,7 +10,10 @@ from typing import Annotated, Any
 import typer
 
 from local_ai import settings
+from local_ai.cli.apply import _apply_once
+from local_ai.cli.models_search import resolve_name
 from local_ai.cli.options import ConfigOption, JsonOption, YesOption
+from local_ai.cli.output import err_console
 from local_ai.errors import ConfigError, UsageError
 
 _REPO_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*$")
@@ -78,8 +81,6 @@ def add_command(
     json: JsonOption = False,
 ) -> None:
     """Add a model to local-ai.toml and apply it (asks first, like `local-ai apply`)."""
-    from local_ai.cli.apply import _apply_once
-    from local_ai.cli.output import err_console
     from local_ai.manifest.edit import set_model
     from local_ai.manifest.load import load_manifest
     from local_ai.reconcile.run import RunOptions
@@ -99,9 +100,7 @@ def add_command(
     except UsageError:
         if file is not None or ":" in reference or "/" in reference:
             raise
-        from local_ai.cli.models_search import resolve_name  # a name: pick a variant
-
-        fields = resolve_name(reference, context, config)
+        fields = resolve_name(reference, context, config)  # a name: pick a variant
     if quantize is not None:
         fields["quantize"] = quantize
     if context is not None:

@@ -11,8 +11,10 @@ import typer
 
 from local_ai import hardware, sizing
 from local_ai.cli.options import JsonOption
+from local_ai.cli.output import console, err_console, print_json
+from local_ai.cli.progress import ConvertBar
 from local_ai.convert.archs import GGUF_ARCHITECTURES, PLANNED_GGUF_ARCHITECTURES
-from local_ai.convert.recipe import LEVELS
+from local_ai.convert.recipe import LEVELS, make_recipe
 from local_ai.discovery.names import config_quant, gguf_quant
 from local_ai.errors import LocalAIError, NotFoundError, NotYetError
 
@@ -99,9 +101,7 @@ def convert_command(
     ] = 32768,
     json: JsonOption = False,
 ) -> None:
-    from local_ai.cli.output import console, err_console, print_json
     from local_ai.convert import api
-    from local_ai.convert.recipe import make_recipe
     from local_ai.convert.runner import parse_size
 
     # A bad level fails before anything is read; "auto" is decided once the source is known.
@@ -206,52 +206,6 @@ def _check_supported(src: ConvertSource, facts: dict[str, Any]) -> None:
             hint=f"supported: {', '.join(GGUF_ARCHITECTURES)}; convert the original "
             "safetensors repo instead if it exists",
         )
-
-
-class ConvertBar:
-    """A byte progress bar fed by the worker's events (nothing when not a terminal)."""
-
-    def __init__(self, *, enabled: bool) -> None:
-        self.enabled = enabled
-        self.bar: Any = None
-        self.task: Any = None
-
-    def __enter__(self) -> Any:
-        if not self.enabled:
-            return None
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        from local_ai.cli.output import err_console
-
-        self.bar = Progress(
-            TextColumn("converting"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=err_console(),
-            transient=True,
-        )
-        self.bar.start()
-        self.task = self.bar.add_task("convert", total=None)
-        return self.on_event
-
-    def on_event(self, event: dict[str, Any]) -> None:
-        if event.get("event") in ("start", "progress") and event.get("total_bytes"):
-            self.bar.update(
-                self.task, total=event["total_bytes"], completed=event.get("done_bytes", 0)
-            )
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
 
 
 def _auto_level(src: ConvertSource, group_size: int | None, context: int) -> tuple[str, str]:

@@ -10,6 +10,10 @@ import typer
 
 from local_ai import settings
 from local_ai.cli.options import ConfigOption, JsonOption
+from local_ai.cli.output import console, err_console, print_json
+from local_ai.discovery.names import format_params
+from local_ai.errors import LocalAIError, NotFoundError, UsageError
+from local_ai.hardware import format_gib
 
 if TYPE_CHECKING:
     from local_ai.discovery.ranking import Assessment
@@ -74,7 +78,6 @@ def search_command(
     HuggingFace cache and local-ai's store.
     """
     from local_ai.discovery import search as discovery
-    from local_ai.errors import UsageError
 
     text = " ".join(query).strip()
     if not text:
@@ -88,8 +91,6 @@ def search_command(
     per_group = None if all_ else VARIANTS_PER_GROUP
     shown_groups = None if all_ else limit
     if json:
-        from local_ai.cli.output import print_json
-
         data = result.to_dict(shown_groups, per_group)
         data["ranking"] = RULES
         print_json(data)
@@ -102,9 +103,7 @@ def resolve_name(name: str, context: int | None, config: Any) -> dict[str, Any]:
     variant for this machine (printed with the runners-up), or an error saying why none fits."""
     from rich.markup import escape
 
-    from local_ai.cli.output import err_console
     from local_ai.discovery import search as discovery
-    from local_ai.errors import NotFoundError, UsageError
 
     hardware = _hardware(None)
     try:
@@ -136,7 +135,6 @@ def _hardware(memory: int | None) -> Hardware:
 
 def _manifest_context(config: Any) -> int:
     """The largest context the manifest declares (what its models will be served with)."""
-    from local_ai.errors import LocalAIError
     from local_ai.manifest.models import ModelSpec
 
     default = int(ModelSpec.model_fields["context"].default)
@@ -153,8 +151,6 @@ def _manifest_context(config: Any) -> int:
 
 
 def _gib(n: int) -> str:
-    from local_ai.hardware import format_gib
-
     return format_gib(n)
 
 
@@ -168,9 +164,6 @@ def _where(a: Assessment) -> str:
 def _print(result: SearchResult, limit: int | None, per_group: int | None) -> None:
     from rich.markup import escape
     from rich.table import Table
-
-    from local_ai.cli.output import console
-    from local_ai.discovery.names import format_params
 
     out = console()
     hw = result.hardware

@@ -11,6 +11,8 @@ import typer
 from local_ai import settings
 from local_ai.cli.gc import LockTimeoutOption
 from local_ai.cli.options import ConfigOption, JsonOption, YesOption
+from local_ai.cli.output import console, interactive, print_json
+from local_ai.errors import ConfigError, IntegrityError, LocalAIError, NotFoundError
 
 
 def register(app: typer.Typer) -> None:
@@ -21,7 +23,6 @@ def register(app: typer.Typer) -> None:
 
 def _lock_entries(config: Path | None) -> dict[str, Any]:
     """Lock entries next to the manifest, or none when there is no (valid) lock file."""
-    from local_ai.errors import ConfigError
     from local_ai.store.lockfile import load_lock, lock_path_for
 
     try:
@@ -70,8 +71,6 @@ def list_command(config: ConfigOption = None, json: JsonOption = False) -> None:
             }
         )
     if json:
-        from local_ai.cli.output import print_json
-
         print_json({"models": rows, "state_serial": state.serial})
         return
     _print_list(rows)
@@ -81,7 +80,6 @@ def _print_list(rows: list[dict[str, Any]]) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from local_ai.cli.output import console
     from local_ai.util.units import human_bytes
 
     out = console()
@@ -119,7 +117,6 @@ def verify_command(
     aliases: AliasesArgument = None, config: ConfigOption = None, json: JsonOption = False
 ) -> None:
     """Re-hash installed models against local-ai.lock (or the hashes recorded at install)."""
-    from local_ai.errors import IntegrityError, NotFoundError
     from local_ai.store.state import load_state
 
     state = load_state(settings.paths().state_file)
@@ -134,8 +131,6 @@ def verify_command(
     results = {alias: _verify_one(state.models[alias], locked.get(alias)) for alias in chosen}
     failed = {alias: r["problems"] for alias, r in results.items() if r["problems"]}
     if json:
-        from local_ai.cli.output import print_json
-
         print_json({"ok": not failed, "models": results})
         if failed:
             raise typer.Exit(IntegrityError.exit_code)
@@ -150,8 +145,8 @@ def verify_command(
 
 
 def _verify_one(model: Any, entry: Any) -> dict[str, Any]:
-    from local_ai.hub.source import SourceFile
     from local_ai.hub.verify import verify_tree
+    from local_ai.manifest.source import SourceFile
 
     root = Path(model.location)
     against = "recorded hashes"
@@ -174,8 +169,6 @@ def _verify_one(model: Any, entry: Any) -> dict[str, Any]:
 def _print_verify(results: dict[str, dict[str, Any]]) -> None:
     from rich.markup import escape
 
-    from local_ai.cli.output import console
-
     out = console()
     for alias, result in results.items():
         if result["problems"]:
@@ -197,8 +190,6 @@ ForceOption = Annotated[
 
 
 def _served_error(alias: str) -> Exception:
-    from local_ai.errors import LocalAIError
-
     return LocalAIError(
         f"{alias} is in the server's alias map (run/aliases.json); removing it would break "
         "requests for it",
@@ -219,8 +210,6 @@ def rm_command(
 
     The HuggingFace cache, shared with other tools, is left alone.
     """
-    from local_ai.cli.output import interactive
-    from local_ai.errors import LocalAIError, NotFoundError
     from local_ai.store.layout import Store, StoreEntry, find_references, served_paths
     from local_ai.store.locks import apply_lock
     from local_ai.store.state import load_state, save_state
@@ -269,13 +258,9 @@ def rm_command(
     if _declared(config, alias):
         notes.append(f"{alias} is still declared in local-ai.toml: the next apply installs it")
     if json:
-        from local_ai.cli.output import print_json
-
         print_json({"removed": alias, "notes": notes})
         return
     from rich.markup import escape
-
-    from local_ai.cli.output import console
 
     console().print(f"[green]✓[/] removed {escape(alias)}")
     for note in notes:
@@ -283,7 +268,6 @@ def rm_command(
 
 
 def _declared(config: Path | None, alias: str) -> bool:
-    from local_ai.errors import LocalAIError
     from local_ai.manifest.load import load_manifest
 
     try:

@@ -8,7 +8,9 @@ from typing import Annotated
 import typer
 
 from local_ai import settings
+from local_ai.cli.errors import detailed_exitcode as terraform_codes
 from local_ai.cli.options import ConfigOption, JsonOption
+from local_ai.cli.output import console, print_json
 from local_ai.errors import ExitCode
 
 TargetOption = Annotated[
@@ -52,8 +54,6 @@ def plan_command(
 ) -> None:
     """Show what `local-ai apply` would do: each change with its cause, bytes to download,
     disk to use and peak memory; every unchanged resource with the reason."""
-    from local_ai.cli.errors import detailed_exitcode as terraform_codes
-    from local_ai.cli.output import console, print_json
     from local_ai.manifest.load import load_manifest
     from local_ai.reconcile.render import render_text, to_json
     from local_ai.reconcile.run import RunOptions, make_plan, save_plan

@@ -10,6 +10,7 @@ import typer
 from local_ai import settings
 from local_ai.cli.gc import LockTimeoutOption
 from local_ai.cli.options import ConfigOption, JsonOption
+from local_ai.cli.output import console, err_console, print_json
 
 server_app = typer.Typer(
     name="server",
@@ -30,8 +31,6 @@ TimeoutOption = Annotated[
 
 def _print_skipped(skipped: dict[str, str]) -> None:
     from rich.markup import escape
-
-    from local_ai.cli.output import err_console
 
     for alias, reason in skipped.items():
         err_console().print(f"[yellow]![/] {escape(alias)}: not served, {escape(reason)}")
@@ -55,7 +54,6 @@ def start_command(
 
     It serves the generation in service: what the last `apply` (or `rollback`) put there.
     """
-    from local_ai.cli.output import console, print_json
     from local_ai.manifest.load import load_manifest
     from local_ai.reconcile.serving import map_to_serve
     from local_ai.server import daemon
@@ -94,7 +92,6 @@ def start_command(
 @server_app.command("stop")
 def stop_command(timeout: TimeoutOption = None, json: JsonOption = False) -> None:
     """Stop the server: open streams get a bounded time, then it is killed."""
-    from local_ai.cli.output import console, print_json
     from local_ai.server import daemon
 
     result = daemon.stop(timeout=timeout)
@@ -152,7 +149,6 @@ def status_command(config: ConfigOption = None, json: JsonOption = False) -> Non
     from rich.table import Table
 
     from local_ai.bench.results import headline, latest_by_alias
-    from local_ai.cli.output import console, print_json
     from local_ai.server import daemon
 
     info = daemon.status(config)
@@ -289,7 +285,6 @@ def enable_command(
     """Start the server at login (macOS launchd LaunchAgent)."""
     import sys
 
-    from local_ai.cli.output import console
     from local_ai.manifest.load import load_manifest
     from local_ai.server import launchd
 
@@ -307,7 +302,6 @@ def enable_command(
 @server_app.command("disable")
 def disable_command() -> None:
     """Stop starting the server at login (removes the LaunchAgent)."""
-    from local_ai.cli.output import console
     from local_ai.server import launchd
 
     removed = launchd.disable()

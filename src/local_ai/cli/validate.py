@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from local_ai import settings
 from local_ai.cli.options import ConfigOption, JsonOption
+from local_ai.cli.output import console, print_json
 
 
 def validate_command(config: ConfigOption = None, json: JsonOption = False) -> None:
     """Check local-ai.toml: syntax, keys, values and references between them."""
-    from local_ai.cli.output import console, print_json
     from local_ai.manifest.load import load_manifest
 
     loaded = load_manifest(settings.manifest_path(config))

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from local_ai.clients import jsonc, tomlkeys, yamlkeys
-from local_ai.reconcile.model import Change
+from local_ai.util.change import Change
 
 Slot = tuple[str, ...]
 FormatName = Literal["jsonc", "json-file", "yaml-keys", "toml-keys", "toml-file"]

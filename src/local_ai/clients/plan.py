@@ -31,7 +31,7 @@ from local_ai.clients.base import (
 from local_ai.clients.spec import Desired
 from local_ai.errors import ClientFileChangedError, ConfigError, LocalAIError
 from local_ai.manifest.models import Manifest
-from local_ai.reconcile.model import Change
+from local_ai.util.change import Change
 
 # client name -> (manifest attribute under [clients], desired-state function, display name)
 CLIENTS: dict[str, tuple[str, Callable[[Manifest, str], Desired], str]] = {

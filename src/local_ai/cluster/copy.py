@@ -32,7 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from local_ai import settings
 from local_ai.errors import IntegrityError, LocalAIError, UnavailableError
+from local_ai.store.layout import PROVENANCE_FILE, safe_name
+from local_ai.util.atomic import atomic_write_text, fsync_dir
 from local_ai.util.failpoints import failpoint
 
 if TYPE_CHECKING:
@@ -97,9 +100,7 @@ def _size(n: int) -> str:
 def local_entry(model: InstalledModel, digest: str) -> LocalEntry:
     """The files an installed alias serves, with sha256s: as recorded at install where it was
     (HF and path sources), else hashed now (cached by size, mtime and inode)."""
-    from local_ai import settings
     from local_ai.hub.fetch import VerifiedHashes
-    from local_ai.store.layout import PROVENANCE_FILE, safe_name
 
     location = Path(model.location)
     base = location.parent if location.is_file() else location
@@ -316,10 +317,6 @@ def _failed(
 def receive(digest: str, name: str, stdin: IO[bytes], stdout: IO[str]) -> int:
     """The receiving end, run on the host by `copy_entry` (stdin: the sender's stream)."""
     import fcntl
-
-    from local_ai import settings
-    from local_ai.store.layout import PROVENANCE_FILE, safe_name
-    from local_ai.util.atomic import atomic_write_text, fsync_dir
 
     if not _DIGEST_RE.match(digest) or name != safe_name(name):
         print(json.dumps({"ok": False, "error": f"bad entry name {digest}-{name}"}), file=stdout)

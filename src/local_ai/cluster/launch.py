@@ -22,8 +22,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from local_ai import settings
 from local_ai.cluster.observe import host_python, rank_order, shell_path
-from local_ai.manifest.models import ClusterSettings
+from local_ai.manifest.models import ClusterSettings, is_loopback
+from local_ai.util.atomic import atomic_write_text
+from local_ai.util.ports import port_free
 
 LOCAL_SSH = "127.0.0.1"  # mlx.launch runs this host's rank without ssh
 DEFAULT_PORT = 32323  # mlx.launch's --starting-port: what a firewall between Macs lets through
@@ -121,9 +124,6 @@ def parse_smoke(stdout: str, ranks: int) -> tuple[bool, str]:
 def starting_port(cluster: ClusterSettings) -> int:
     """mlx.launch's default between real hosts; when every rank is on this machine (tests, one
     Mac), free ports here, so parallel runs do not collide."""
-    from local_ai.manifest.models import is_loopback
-    from local_ai.util.ports import port_free
-
     if not all(h.address and is_loopback(h.address) for h in cluster.hosts.values()):
         return DEFAULT_PORT
     ranks = len(cluster.hosts)
@@ -186,16 +186,12 @@ def _stop_group(proc: subprocess.Popen[str]) -> None:
 
 
 def hostfile_path(alias: str) -> Path:
-    from local_ai import settings
-
     return settings.paths().run / "cluster" / f"{alias}.hostfile.json"
 
 
 def write_hostfile(cluster: ClusterSettings, alias: str, names: list[str]) -> Path:
     """The hostfile mlx.launch will start `alias` with (its hosts, rank 0 first), written
     atomically; left alone when it already says this."""
-    from local_ai.util.atomic import atomic_write_text
-
     path = hostfile_path(alias)
     text = json.dumps(hostfile(cluster, names), indent=2) + "\n"
     if not (path.is_file() and path.read_text("utf-8") == text):

@@ -21,8 +21,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from local_ai import settings
 from local_ai.convert.archs import requantize_warning
 from local_ai.convert.recipe import Recipe
+from local_ai.convert.runner import default_memory_limit, run_worker
+from local_ai.convert.safetensors_to_mlx import read_config
 from local_ai.errors import LocalAIError, NotFoundError
 from local_ai.store.layout import PROVENANCE_FILE, Store, StoreEntry, entry_digest
 from local_ai.util.atomic import atomic_write_text, fsync_dir
@@ -216,14 +219,10 @@ def inspect_source(source: ConvertSource, *, memory_limit: int | None = None) ->
     """Facts for the plan and the command, read without converting. GGUF headers are parsed in
     the worker process (untrusted input)."""
     if source.kind == "gguf":
-        from local_ai.convert.runner import default_memory_limit, run_worker
-
         return run_worker(
             {"op": "inspect", "kind": "gguf", "source": str(source.path)},
             memory_limit=memory_limit or default_memory_limit(),
         )
-    from local_ai.convert.safetensors_to_mlx import read_config
-
     config = read_config(source.path)
     return {
         "model_type": config.get("model_type"),
@@ -255,8 +254,6 @@ def convert_into(
 ) -> dict[str, Any]:
     """Run the conversion in a worker process, writing into the existing empty ``out_dir``.
     Returns the worker's summary (architecture, dtype, bytes written, warnings …)."""
-    from local_ai.convert.runner import default_memory_limit, run_worker
-
     request = {
         "op": "convert",
         "kind": source.kind,
@@ -304,8 +301,6 @@ def convert_to_store(
     """Convert into the store (or return the entry already there). ``digest`` lets the
     reconciler use its own address (reconcile.model.convert_digest); default:
     :func:`conversion_digest`."""
-    from local_ai import settings
-
     store = store or Store(settings.paths())
     digest = digest or conversion_digest(source, recipe)
     name = name or default_name(source, recipe)

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from local_ai import errors
+from local_ai import errors, settings
 from local_ai.errors import ConversionError, LocalAIError, MalformedFileError
 
 EventHandler = Callable[[dict[str, Any]], None]
@@ -67,8 +67,6 @@ def rebuild_error(payload: dict[str, Any], memory_limit: int | None) -> LocalAIE
         return _memory_error(memory_limit, message)
     if kind == "internal":
         tb = payload.get("traceback", "")
-        from local_ai import settings
-
         detail = f"\n{tb}" if settings.debug() and tb else ""
         return ConversionError(
             f"the converter failed: {message}{detail}",

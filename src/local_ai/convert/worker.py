@@ -18,6 +18,9 @@ from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from local_ai.convert.recipe import Recipe
+from local_ai.convert.safetensors_to_mlx import convert_safetensors
+from local_ai.errors import LocalAIError, MalformedFileError
 from local_ai.util.failpoints import failpoint
 
 
@@ -69,8 +72,6 @@ def _disk_full(exc: BaseException, text: str, out_dir: Path | None) -> bool:
 
 def error_payload(exc: BaseException, out_dir: Path | None = None) -> dict[str, Any]:
     """A typed error as JSON; the parent rebuilds the same class (see runner.rebuild_error)."""
-    from local_ai.errors import LocalAIError, MalformedFileError
-
     if isinstance(exc, MalformedFileError):
         return {
             "type": "MalformedFileError",
@@ -117,8 +118,6 @@ def _jsonable(value: Any) -> Any:
 
 
 def handle(request: dict[str, Any], emit: Any) -> dict[str, Any]:
-    from local_ai.convert.recipe import Recipe
-
     op = request["op"]
     source = Path(request["source"])
     if op == "inspect" and request["kind"] == "gguf":
@@ -141,8 +140,6 @@ def handle(request: dict[str, Any], emit: Any) -> dict[str, Any]:
             shard_bytes=int(request.get("shard_bytes") or DEFAULT_SHARD_BYTES),
         )
     else:
-        from local_ai.convert.safetensors_to_mlx import convert_safetensors
-
         result = convert_safetensors(source, out_dir, recipe, on_event=emit)
     out: dict[str, Any] = _jsonable(result)
     return out

@@ -36,9 +36,10 @@ from local_ai.discovery.ranking import (
 from local_ai.errors import LocalAIError, NotFoundError, OfflineError, UnavailableError
 from local_ai.hardware import Hardware
 from local_ai.hub import client
-from local_ai.hub.filters import name_problem, select_files
+from local_ai.hub.filters import select_files
 from local_ai.sizing import ArchShape, shape_from_config
 from local_ai.store.state import load_state
+from local_ai.util.names import name_problem
 
 T = TypeVar("T")
 

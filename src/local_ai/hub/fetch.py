@@ -32,9 +32,9 @@ from local_ai.hub import client
 from local_ai.hub.filters import check_names
 from local_ai.hub.progress import FetchProgress, NullProgress, tqdm_bridge
 from local_ai.hub.resolve import repo_cache_dir
-from local_ai.hub.source import GIT_OID_RE, ResolvedSource, SourceFile
 from local_ai.hub.verify import Hashes, discard, hash_file, mismatch, needs_git_oid
 from local_ai.manifest.models import REPO_PATTERN
+from local_ai.manifest.source import GIT_OID_RE, ResolvedSource, SourceFile
 from local_ai.util.atomic import atomic_write_text
 from local_ai.util.failpoints import failpoint
 from local_ai.util.units import human_bytes

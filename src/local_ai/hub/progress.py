@@ -1,18 +1,14 @@
-"""Download progress: a small sink interface, a Rich display for people, and the bridge from
-huggingface_hub's tqdm hook (`tqdm_class=`) to the sink. Downloading itself stays in the client.
+"""Download progress: a small sink interface and the bridge from huggingface_hub's tqdm hook
+(`tqdm_class=`) to the sink. The Rich display for people is the CLI's (cli/progress.py).
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 from local_ai.util.failpoints import failpoint
-
-if TYPE_CHECKING:
-    from rich.console import Console
-    from rich.progress import Progress, TaskID
 
 
 class FetchProgress(Protocol):
@@ -71,74 +67,6 @@ class RecordingProgress:
 
     def end(self) -> None:
         self.ended = True
-
-
-class RichProgress:
-    """Per-file bars for files in flight and one total bar: bytes, speed, ETA. On stderr."""
-
-    def __init__(self, console: Console | None = None) -> None:
-        self._console = console
-        self._lock = threading.Lock()
-        self._progress: Progress | None = None
-        self._total: TaskID | None = None
-        self._tasks: dict[str, TaskID] = {}
-        self._sizes: dict[str, int] = {}
-
-    def begin(self, label: str, files: Sequence[tuple[str, int]]) -> None:
-        from rich.progress import (
-            BarColumn,
-            DownloadColumn,
-            Progress,
-            TextColumn,
-            TimeRemainingColumn,
-            TransferSpeedColumn,
-        )
-
-        if not files:
-            return
-        from rich.console import Console
-
-        self._sizes = dict(files)
-        self._progress = Progress(
-            TextColumn("{task.description}", justify="left"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=self._console or Console(stderr=True),
-            transient=False,
-        )
-        self._progress.start()
-        total = sum(self._sizes.values())
-        self._total = self._progress.add_task(f"{label} ({len(files)} files)", total=total)
-
-    def advance(self, name: str, nbytes: int) -> None:
-        progress = self._progress
-        if progress is None:
-            return
-        with self._lock:
-            task = self._tasks.get(name)
-            if task is None:
-                short = name if len(name) <= 40 else "…" + name[-39:]
-                task = progress.add_task(f"  {short}", total=self._sizes.get(name))
-                self._tasks[name] = task
-        progress.advance(task, nbytes)
-        if self._total is not None:
-            progress.advance(self._total, nbytes)
-
-    def file_done(self, name: str) -> None:
-        progress = self._progress
-        if progress is None:
-            return
-        with self._lock:
-            task = self._tasks.pop(name, None)
-        if task is not None:
-            progress.remove_task(task)  # keep the display to what is still moving
-
-    def end(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()
-            self._progress = None
 
 
 class _Counter:

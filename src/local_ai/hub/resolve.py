@@ -23,8 +23,10 @@ from local_ai.errors import (
     OfflineError,
 )
 from local_ai.hub import client
-from local_ai.hub.filters import check_names, name_problem, select_files
-from local_ai.hub.source import (
+from local_ai.hub.filters import check_names, select_files
+from local_ai.hub.verify import discard, hash_file, mismatch, needs_git_oid
+from local_ai.manifest.models import ModelSpec
+from local_ai.manifest.source import (
     DEFAULT_REVISION,
     GIT_OID_RE,
     SHA256_RE,
@@ -33,10 +35,9 @@ from local_ai.hub.source import (
     ResolvedSource,
     SourceFile,
 )
-from local_ai.hub.verify import discard, hash_file, mismatch, needs_git_oid
-from local_ai.manifest.models import ModelSpec
 from local_ai.util.atomic import atomic_write_text
 from local_ai.util.failpoints import failpoint
+from local_ai.util.names import name_problem
 
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 _MLX_ORGS = ("mlx-community/",)

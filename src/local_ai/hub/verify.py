@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from local_ai.hub.source import SourceFile
+from local_ai.manifest.source import SourceFile
 from local_ai.util.failpoints import failpoint
 
 _CHUNK = 4 * 1024 * 1024

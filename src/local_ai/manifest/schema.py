@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from local_ai.manifest.models import manifest_json_schema
+from local_ai.util.atomic import atomic_write_text
 
 SCHEMA_RELPATH = Path("schemas/local-ai.schema.json")
 REFERENCE_RELPATH = Path("docs/manifest.md")
@@ -132,8 +133,6 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--check", action="store_true")
     args = parser.parse_args(argv)
     if args.write:
-        from local_ai.util.atomic import atomic_write_text
-
         for path, text in _targets(args.root).items():
             atomic_write_text(path, text)
             print(f"wrote {path}")

@@ -12,8 +12,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from local_ai import settings
+from local_ai.bench.measure import run_level, stream_once
+from local_ai.bench.results import context_of
+from local_ai.clients.plan import apply_client_change, describe_result
+from local_ai.cluster.copy import copy_entry, local_entry
+from local_ai.convert.api import CONVERTER_VERSION, convert_to_store, hub_source, local_source
+from local_ai.convert.recipe import AFFINE_BITS, MIXED_RECIPES, make_recipe
+from local_ai.convert.safetensors_header import check_safetensors
 from local_ai.errors import LocalAIError, ServerError
+from local_ai.hub.fetch import fetch
+from local_ai.manifest.api_key import resolve_api_key
 from local_ai.manifest.models import ModelSpec
+from local_ai.manifest.serving import engine_settings
 from local_ai.reconcile.generations import Generations
 from local_ai.reconcile.model import (
     Action,
@@ -23,11 +33,16 @@ from local_ai.reconcile.model import (
     InstallParams,
     Kind,
     ServeParams,
-    engine_settings,
+    convert_digest,
     install_fields,
     install_key,
 )
 from local_ai.reconcile.observe import Snapshot
+from local_ai.reconcile.serving import alias_map_of
+from local_ai.server import daemon
+from local_ai.server.aliases import put_in_service
+from local_ai.server.daemon import running_server
+from local_ai.store.layout import PROVENANCE_FILE, Store, safe_name
 from local_ai.store.lockfile import (
     LockEntry,
     LockFile,
@@ -43,7 +58,7 @@ if TYPE_CHECKING:
     from local_ai.convert.recipe import Recipe
     from local_ai.hub.fetch import FetchResult
     from local_ai.hub.progress import FetchProgress
-    from local_ai.hub.source import ResolvedSource
+    from local_ai.manifest.source import ResolvedSource
     from local_ai.server.aliases import AliasMap
 
 Handler = Callable[[Action], str | None]
@@ -65,8 +80,6 @@ def _params(action: Action, kind: type[_P]) -> _P:
 
 def recipe_for(spec: ModelSpec) -> Recipe:
     """The conversion recipe of a spec; no `quantize` on a non-MLX source keeps 16-bit floats."""
-    from local_ai.convert.recipe import AFFINE_BITS, MIXED_RECIPES, make_recipe
-
     level = spec.quantize or "fp16"
     grouped = level in AFFINE_BITS or level in MIXED_RECIPES
     return make_recipe(level, spec.group_size if grouped else None)
@@ -117,8 +130,6 @@ class Adapters:
         }
 
     def copy_to_host(self, action: Action) -> str:
-        from local_ai.cluster.copy import copy_entry, local_entry
-
         alias, params = _alias(action), _params(action, CopyParams)
         host = params.host
         cluster = self.manifest.cluster
@@ -128,8 +139,6 @@ class Adapters:
         return copy_entry(host, cluster.hosts[host], entry, progress=progress).describe()
 
     def write_client(self, action: Action) -> str:
-        from local_ai.clients.plan import apply_client_change, describe_result
-
         change = self.snap.client_changes[action.resource]
         return describe_result(change, apply_client_change(change))
 
@@ -153,7 +162,10 @@ class Adapters:
         if self.frozen:
             return
         spec = self.manifest.models[alias]
-        entry = entry_from_resolved(self._source(alias), spec, fetched=self.fetched.get(alias))
+        fetched = self.fetched.get(alias)
+        entry = entry_from_resolved(
+            self._source(alias), spec, sha256s=fetched.sha256s() if fetched else None
+        )
         if spec.quantize == "auto" and alias in self.auto_levels:
             chosen = self.auto_levels[alias]
             entry = entry.model_copy(
@@ -177,8 +189,6 @@ class Adapters:
         return f"locked {source.label}"
 
     def fetch(self, action: Action) -> str:
-        from local_ai.hub.fetch import fetch
-
         alias = _alias(action)
         progress = self.fetch_progress() if self.fetch_progress else None
         result = fetch(self._source(alias), progress=progress, offline=self.offline)
@@ -186,8 +196,6 @@ class Adapters:
         return f"{_mb(result.downloaded_bytes)} downloaded, {_mb(result.reused_bytes)} already here"
 
     def verify(self, action: Action) -> str:
-        from local_ai.hub.fetch import fetch
-
         alias = _alias(action)
         # Every file is present now; fetch checks each against its sha256 (by stat when the
         # same bytes were hashed before) and transfers nothing.
@@ -197,14 +205,10 @@ class Adapters:
 
     def _fetched(self, alias: str) -> FetchResult:
         if alias not in self.fetched:
-            from local_ai.hub.fetch import fetch
-
             self.fetched[alias] = fetch(self._source(alias), offline=True)
         return self.fetched[alias]
 
     def _convert_source(self, alias: str) -> ConvertSource:
-        from local_ai.convert.api import hub_source, local_source
-
         source = self._source(alias)
         if source.kind == "path":
             return local_source(source.path or "")
@@ -223,9 +227,6 @@ class Adapters:
         )
 
     def convert(self, action: Action) -> str:
-        from local_ai.convert.api import convert_to_store
-        from local_ai.store.layout import safe_name
-
         alias = _alias(action)
         spec = self._spec(alias, action)
         recipe = recipe_for(spec)
@@ -255,8 +256,6 @@ class Adapters:
         if converted is not None:
             record = installed_record(source, spec, converted=converted)
         else:
-            from local_ai.convert.safetensors_header import check_safetensors
-
             fetched = self._fetched(alias)
             base = fetched.path.parent if fetched.path.is_file() else fetched.path
             for item in fetched.files:
@@ -273,16 +272,9 @@ class Adapters:
 
     def _reuse_conversion(self, alias: str, spec: ModelSpec) -> ConversionResult:
         """The store already holds this conversion (the planner planned no convert)."""
-        from local_ai.convert.api import convert_to_store
-        from local_ai.reconcile.model import convert_digest
-
         locked = self.snap.observed.lock.get(alias) or self.snap.observed.resolved[alias]
-        from local_ai.convert.api import CONVERTER_VERSION
-
         digest = convert_digest(locked, spec, CONVERTER_VERSION)
         # convert_to_store returns the existing entry without converting.
-        from local_ai.store.layout import Store
-
         store = Store(settings.paths())
         entry = next((e for e in store.entries() if e.digest == digest), None)
         if entry is None:
@@ -305,24 +297,18 @@ class Adapters:
     # ---- server ----------------------------------------------------------------------------
 
     def build_alias_map(self, admit: tuple[str, ...] = ()) -> AliasMap:
-        from local_ai.reconcile.serving import alias_map_of
-
         commits = {a: s.commit for a, s in self.snap.sources.items()}
         current = Generations(settings.paths().generations).current()
         in_service = current.alias_map() if current is not None else None
         return alias_map_of(self.manifest, self.state, commits, admit=admit, in_service=in_service)
 
     def write_alias_map(self, action: Action) -> AliasMap:
-        from local_ai.server.aliases import put_in_service
-
         alias_map = self.build_alias_map(_params(action, ServeParams).admit)
         put_in_service(alias_map)
         self.alias_map_written = alias_map
         return alias_map
 
     def start_server(self, action: Action) -> str:
-        from local_ai.server import daemon
-
         alias_map = self.build_alias_map(_params(action, ServeParams).admit)
         result = daemon.start(self.snap.loaded, alias_map)
         self.alias_map_written = alias_map
@@ -335,29 +321,20 @@ class Adapters:
         return f"serving {', '.join(result.aliases) or 'no models yet'} at {result.url}"
 
     def restart_server(self, action: Action) -> str:
-        from local_ai.server import daemon
-
         daemon.stop()
         return self.start_server(action)
 
     def restart_engine(self, action: Action) -> str:
-        from local_ai.server import daemon
-
         pid = daemon.restart_engine(engine_settings(self.manifest), timeout=ENGINE_READY_TIMEOUT)
         return f"engine restarted (pid {pid})"
 
     def reload_aliases(self, action: Action) -> str:
-        from local_ai.server import daemon
-
         self.write_alias_map(action)
         failpoint("aliases.written")  # the new map on disk, the server still on the old one
         served = daemon.reload_aliases()
         return f"serving {', '.join(served) or 'no models'}"
 
     def benchmark(self, action: Action) -> str:
-        from local_ai.bench.measure import run_level, stream_once
-        from local_ai.bench.results import context_of
-
         alias = _alias(action)
         info = _running()
         bench = self.manifest.benchmark
@@ -472,8 +449,6 @@ def installed_record(
     )
     files: dict[str, FileRecord] = {}
     if converted is not None:
-        from local_ai.store.layout import PROVENANCE_FILE
-
         for path in sorted(converted.path.rglob("*")):
             if path.is_file() and path.name != PROVENANCE_FILE:
                 stat = path.stat()
@@ -506,14 +481,10 @@ def _mb(n: int) -> str:
 
 
 def _api_key(snapshot: Snapshot) -> str | None:
-    from local_ai.manifest.api_key import resolve_api_key
-
     return resolve_api_key(snapshot.loaded.manifest, snapshot.loaded.path)
 
 
 def _running() -> Any:
-    from local_ai.server.daemon import running_server
-
     info, alive = running_server()
     if info is None or not alive:
         raise ServerError("the server is not running", hint="run `local-ai server start`")

@@ -5,28 +5,16 @@ Pure data only (no I/O here or in the planner), so planner tests are data cases.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
 from local_ai.manifest.models import Manifest, ModelSpec
+from local_ai.util.change import Change
+from local_ai.util.hashing import stable_hash
 
 if TYPE_CHECKING:
     from local_ai.cluster.observe import HostReport
-
-
-def _canonical(value: Any) -> Any:
-    # A set's iteration order follows string hashes, which differ per process.
-    if isinstance(value, set | frozenset):
-        return sorted(value, key=str)
-    return str(value)
-
-
-def stable_hash(data: Any) -> str:
-    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), default=_canonical)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 # ---------------------------------------------------------------------------- observed state
@@ -148,15 +136,6 @@ class Kind(StrEnum):
     STOP_SERVER = "stop-server"
     REMOVE = "remove"
     COPY_TO_HOST = "copy-to-host"  # a store entry to a cluster host that lacks it
-
-
-class Change(StrEnum):
-    CREATE = "+"
-    UPDATE = "~"
-    REPLACE = "-/+"
-    DELETE = "-"
-    NOOP = "="
-    BLOCKED = "!"  # cannot be planned now (a host is unreachable); the rest is planned
 
 
 @dataclass(frozen=True)
@@ -327,26 +306,6 @@ def lock_disagreement(spec: ModelSpec, locked: LockedModel) -> str | None:
         if not same:  # (no revision means main)
             return f"{name} {have or 'unset'} → {want or 'unset'}"
     return None
-
-
-def gateway_settings(manifest: Manifest) -> dict[str, Any]:
-    """Settings the gateway process is started with; a change restarts the server."""
-    server = manifest.server
-    key = server.api_key
-    return {
-        "host": server.host,
-        "port": server.port,
-        # The key itself never leaves the manifest; its hash tells whether it changed.
-        "api_key": stable_hash(key)[:12] if key else None,
-        "api_key_env": server.api_key_env,
-        "cors_origins": sorted(server.cors_origins),
-        "max_body_mb": server.max_body_mb,
-    }
-
-
-def engine_settings(manifest: Manifest) -> dict[str, Any]:
-    """Settings the engine worker is started with; a change restarts the engine only."""
-    return manifest.server.engine.model_dump(mode="json")
 
 
 def alias_map_hash(manifest: Manifest, commits: dict[str, str | None]) -> str:

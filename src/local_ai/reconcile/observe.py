@@ -11,14 +11,15 @@ from typing import Any
 
 from local_ai import settings, sizing
 from local_ai.clients import plan as clients
+from local_ai.cluster.observe import observe_hosts
 from local_ai.discovery import names
 from local_ai.errors import LocalAIError
 from local_ai.hardware import detect
 from local_ai.hub.fetch import is_cached
 from local_ai.hub.resolve import repo_cache_dir, resolve
-from local_ai.hub.source import ResolvedSource, SourceFile
 from local_ai.manifest.load import LoadedManifest
 from local_ai.manifest.models import ModelSpec
+from local_ai.manifest.source import ResolvedSource, SourceFile
 from local_ai.reconcile.generations import Generations
 from local_ai.reconcile.model import (
     ClientView,
@@ -104,8 +105,6 @@ def observe(
     hosts = {}
     placed = [a for a, s in manifest.models.items() if s.hosts and (not targets or a in targets)]
     if manifest.cluster is not None and placed:
-        from local_ai.cluster.observe import observe_hosts
-
         hosts = observe_hosts(manifest.cluster)
     observed = Observed(
         state_serial=state.serial,

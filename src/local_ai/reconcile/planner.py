@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 from local_ai import sizing
 from local_ai.manifest.models import Manifest, ModelSpec
+from local_ai.manifest.serving import engine_settings, gateway_settings
 from local_ai.reconcile import cluster
 from local_ai.reconcile.model import (
     Action,
-    Change,
     ConvertParams,
     CopyParams,
     GateParams,
@@ -25,14 +25,13 @@ from local_ai.reconcile.model import (
     ServeParams,
     alias_map_hash,
     convert_digest,
-    engine_settings,
-    gateway_settings,
     install_fields,
     install_key,
     lock_disagreement,
     needs_conversion,
     served_digest,
 )
+from local_ai.util.change import Change
 from local_ai.util.units import human_bytes
 
 _gb = sizing.format_gb

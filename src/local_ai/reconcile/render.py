@@ -5,7 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from local_ai.reconcile.model import Change, CopyParams, HostPlan, Plan
+from local_ai.reconcile.model import CopyParams, HostPlan, Plan
+from local_ai.util.change import Change
 
 GIB = 1024**3
 

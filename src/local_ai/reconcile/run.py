@@ -9,22 +9,23 @@ from pathlib import Path
 from typing import Any
 
 from local_ai import settings
-from local_ai.errors import ConfigError, LocalAIError, NotYetError
+from local_ai.cluster.launch import write_hostfile
+from local_ai.convert.api import CONVERTER_VERSION
+from local_ai.errors import ConfigError, LocalAIError, NotFoundError, NotYetError
 from local_ai.manifest.load import LoadedManifest
 from local_ai.manifest.models import Manifest
+from local_ai.manifest.serving import running_settings
 from local_ai.reconcile.adapters import Adapters, GateError
 from local_ai.reconcile.executor import Outcome, Report, execute
 from local_ai.reconcile.generations import Generation, Generations
-from local_ai.reconcile.model import (
-    Action,
-    GateParams,
-    Kind,
-    Plan,
-    engine_settings,
-    gateway_settings,
-)
+from local_ai.reconcile.model import Action, GateParams, Kind, Plan
 from local_ai.reconcile.observe import Snapshot, observe
 from local_ai.reconcile.planner import Options, plan
+from local_ai.reconcile.render import to_json
+from local_ai.server.aliases import put_in_service
+from local_ai.server.daemon import reload_aliases, running_server
+from local_ai.store.layout import Store
+from local_ai.util.atomic import atomic_write_text, clean_stale_temps
 from local_ai.util.failpoints import failpoint
 
 PLAN_FILE_VERSION = 1
@@ -39,8 +40,6 @@ class RunOptions:
     benchmark: bool = True
 
     def planner(self) -> Options:
-        from local_ai.convert.api import CONVERTER_VERSION
-
         return Options(
             prune=self.prune,
             frozen=self.frozen,
@@ -61,9 +60,6 @@ def make_plan(loaded: LoadedManifest, options: RunOptions) -> tuple[Snapshot, Pl
 
 
 def save_plan(path: Path, loaded: LoadedManifest, options: RunOptions, the_plan: Plan) -> None:
-    from local_ai.reconcile.render import to_json
-    from local_ai.util.atomic import atomic_write_text
-
     doc = {
         "local_ai_plan": PLAN_FILE_VERSION,
         "manifest": str(loaded.path),
@@ -138,8 +134,6 @@ def stage_cluster(
 ) -> NotYetError | None:
     """After the plan ran: the mlx.launch hostfile of each sharded model whose copies all
     completed, and the error saying what this version still lacks to serve them."""
-    from local_ai.cluster.launch import write_hostfile
-
     aliases = sharded_targets(manifest, targets)
     if not aliases or manifest.cluster is None:
         return None
@@ -204,9 +198,6 @@ def apply_plan(
 
 def _clean_killed_run(snapshot: Snapshot) -> None:
     """What a killed apply leaves: staging dirs and temp files of writes never renamed."""
-    from local_ai.store.layout import Store
-    from local_ai.util.atomic import clean_stale_temps
-
     paths = settings.paths()
     Store(paths).clean_leftovers()
     for directory in (
@@ -231,9 +222,7 @@ def settle(snapshot: Snapshot) -> Generation | None:
     if not wanted.models or wanted.hash is None:
         return None
     manifest = snapshot.loaded.manifest
-    server = json.loads(
-        json.dumps({"gateway": gateway_settings(manifest), "engine": engine_settings(manifest)})
-    )
+    server = json.loads(json.dumps(running_settings(manifest)))
     generations = Generations(settings.paths().generations)
     numbers = generations.numbers()
     latest = generations.load(numbers[-1]) if numbers else None
@@ -286,16 +275,12 @@ def record_generation(snapshot: Snapshot, adapters: Adapters) -> Generation:
         preload=tuple(alias_map.preload),
         aliases_hash=alias_map.hash or "",
         lock=lock,
-        server={"gateway": gateway_settings(manifest), "engine": engine_settings(manifest)},
+        server=running_settings(manifest),
     )
 
 
 def rollback(number: int | None) -> Generation:
     """Serve generation `number` (default: the one before the current) again."""
-    from local_ai.errors import NotFoundError
-    from local_ai.server.aliases import put_in_service
-    from local_ai.server.daemon import reload_aliases, running_server
-
     generations = Generations(settings.paths().generations)
     numbers = generations.numbers()
     current = generations.current_number()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from local_ai import settings
 from local_ai.errors import LocalAIError
+from local_ai.hub.resolve import resolve_path
 from local_ai.manifest.load import LoadedManifest
 from local_ai.manifest.models import Manifest
 from local_ai.reconcile.generations import Generations
@@ -89,8 +90,6 @@ def map_to_serve(loaded: LoadedManifest) -> tuple[AliasMap, dict[str, str]]:
 def _before_first_apply(loaded: LoadedManifest) -> tuple[AliasMap, dict[str, str]]:
     """No generation yet: what is installed, and `path` directories that need no conversion as
     they are, so a model directory can be tried before any apply."""
-    from local_ai.hub.resolve import resolve_path
-
     manifest = loaded.manifest
     installed = alias_map_of(manifest, load_state(settings.paths().state_file), None)
     entries = dict(installed.models)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,6 +9,8 @@ from typing import Any
 from local_ai.errors import ConfigError
 from local_ai.manifest.api_key import resolve_api_key
 from local_ai.manifest.models import EngineSettings, Manifest, is_loopback
+from local_ai.manifest.serving import running_settings
+from local_ai.util.hashing import stable_hash
 
 # Seconds open streams get when the server stops before they are cut.
 DEFAULT_GRACEFUL_TIMEOUT = 10.0
@@ -23,8 +23,7 @@ def config_hash(manifest: Manifest) -> str:
         "server": manifest.server.model_dump(mode="json"),
         "models": {k: v.model_dump(mode="json") for k, v in manifest.models.items()},
     }
-    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+    return stable_hash(doc)[:16]
 
 
 def url_host(host: str) -> str:
@@ -47,7 +46,7 @@ class ServerConfig:
     manifest_path: str | None = None
     graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT
     extra_hosts: tuple[str, ...] = field(default_factory=tuple)
-    # reconcile.model.gateway_settings/engine_settings of the manifest it started from
+    # manifest.serving.running_settings of the manifest it started from
     settings: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -124,11 +123,3 @@ def server_config(
         extra_hosts=_machine_addresses() if bind in WILDCARD_HOSTS else (),
         settings=running_settings(manifest),
     )
-
-
-def running_settings(manifest: Manifest) -> dict[str, Any]:
-    """What `plan` compares with the manifest: a gateway change restarts the server, an engine
-    change only the engine."""
-    from local_ai.reconcile.model import engine_settings, gateway_settings
-
-    return {"gateway": gateway_settings(manifest), "engine": engine_settings(manifest)}

@@ -27,6 +27,7 @@ from local_ai.server.config import (
 )
 from local_ai.server.pidfile import PidInfo, is_same_process, read_pidfile, remove_pidfile
 from local_ai.util.failpoints import disarmed_env, failpoint
+from local_ai.util.ports import port_free, port_holder
 
 DEFAULT_START_TIMEOUT = 90.0
 STOP_MARGIN_S = 5.0  # on top of the graceful timeout, for the engine to exit
@@ -197,8 +198,6 @@ def start(
 ) -> StartResult:
     """Start the server in the background serving `alias_map`; returns once /health says
     ready. A server already running keeps the map it serves."""
-    from local_ai.util.ports import port_free, port_holder
-
     info, alive = running_server()
     if info is not None and alive:
         other = _other_server(timeout)  # it may still be starting

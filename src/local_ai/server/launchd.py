@@ -15,6 +15,7 @@ from typing import Any
 from local_ai import settings
 from local_ai.errors import LocalAIError, NotYetError
 from local_ai.server.daemon import server_command
+from local_ai.util.atomic import atomic_write_bytes
 
 LABEL = "dev.local-ai.server"
 # Variables the server (or huggingface_hub inside it) reads, passed through when set.
@@ -97,8 +98,6 @@ def enable(plist: dict[str, Any], *, target: Path | None = None) -> Path:
     _require_macos()
     path = target or plist_path()
     path.parent.mkdir(parents=True, exist_ok=True)
-    from local_ai.util.atomic import atomic_write_bytes
-
     atomic_write_bytes(path, render_plist(plist), mode=0o600)
     Path(plist["StandardOutPath"]).parent.mkdir(parents=True, exist_ok=True)
     domain = f"gui/{os.getuid()}"

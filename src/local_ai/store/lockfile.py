@@ -14,20 +14,14 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from local_ai import __version__, settings
 from local_ai.errors import ConfigError, NotFoundError
-from local_ai.hub.filters import name_problem
-from local_ai.hub.source import (
-    DEFAULT_REVISION,
-    Format,
-    Quantization,
-    ResolvedSource,
-    SourceFile,
-)
+from local_ai.manifest.load import decode_utf8, parse_toml
+from local_ai.manifest.locate import index_keys
 from local_ai.manifest.models import (
     ALIAS_PATTERN,
     REPO_PATTERN,
@@ -35,10 +29,15 @@ from local_ai.manifest.models import (
     ModelSpec,
     QuantizeLevel,
 )
+from local_ai.manifest.source import (
+    DEFAULT_REVISION,
+    Format,
+    Quantization,
+    ResolvedSource,
+    SourceFile,
+)
 from local_ai.util.atomic import atomic_write_text
-
-if TYPE_CHECKING:
-    from local_ai.hub.fetch import FetchResult
+from local_ai.util.names import name_problem
 
 LOCK_VERSION: Literal[1] = 1
 MAX_LOCK_BYTES = 16 * 1024 * 1024
@@ -162,12 +161,12 @@ def entry_from_resolved(
     resolved: ResolvedSource,
     spec: ModelSpec,
     *,
-    fetched: FetchResult | None = None,
+    sha256s: Mapping[str, str] | None = None,
     versions: Versions | None = None,
 ) -> LockEntry:
-    """The lock entry for `resolved`. With `fetched`, files known only by git blob id get the
-    sha256 of the bytes that were verified against it."""
-    hashes = fetched.sha256s() if fetched is not None else {}
+    """The lock entry for `resolved`. With the `sha256s` a fetch verified (by file name), files
+    known only by git blob id get the sha256 of their bytes."""
+    hashes = sha256s or {}
     quant = resolved.quantization
     return LockEntry(
         kind=resolved.kind,
@@ -316,8 +315,6 @@ def _show(value: object) -> str:
 
 def load_lock(path: Path, *, missing_ok: bool = True) -> LockFile:
     """The lock file at `path`; an empty one when absent (unless `missing_ok` is False)."""
-    from local_ai.manifest.load import decode_utf8
-
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
@@ -337,8 +334,6 @@ def load_lock(path: Path, *, missing_ok: bool = True) -> LockFile:
 
 
 def parse_lock(text: str, path: Path | None = None) -> LockFile:
-    from local_ai.manifest.load import parse_toml
-
     data = parse_toml(text, path, json_hint=_REWRITE_HINT)
     version = data.get("version")
     if isinstance(version, int) and version != LOCK_VERSION:
@@ -356,8 +351,6 @@ def parse_lock(text: str, path: Path | None = None) -> LockFile:
 
 
 def _positioned(exc: ValidationError, text: str, path: Path | None) -> ConfigError:
-    from local_ai.manifest.locate import index_keys
-
     index = index_keys(text)
     errors = exc.errors()
     first = errors[0]

@@ -26,6 +26,7 @@ from typing import Any
 import httpx
 
 from local_ai import __version__, settings
+from local_ai.manifest.models import EngineSettings
 from local_ai.server import web
 from local_ai.server.aliases import AliasEntry, AliasMap, load_alias_map
 from local_ai.server.asgi import (
@@ -785,8 +786,6 @@ class Gateway:
     def _reconfigure_engine(self, settings: dict[str, Any]) -> None:
         """New engine settings from apply, used by the engine started next."""
         from dataclasses import replace
-
-        from local_ai.manifest.models import EngineSettings
 
         engine = EngineSettings.model_validate(settings)
         self.config = replace(self.config, engine=engine)

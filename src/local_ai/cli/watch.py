@@ -13,7 +13,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from local_ai.errors import ExitCode, LocalAIError, LockHeldError
+from local_ai.cli.output import err_console, interactive
+from local_ai.errors import ExitCode, LocalAIError, LockHeldError, UsageError
+from local_ai.settings import lock_path
 
 if TYPE_CHECKING:
     from local_ai.manifest.load import LoadedManifest
@@ -49,10 +51,7 @@ def watch_manifest(
     from watchfiles import watch
 
     from local_ai.cli.errors import report
-    from local_ai.cli.output import err_console, interactive
-    from local_ai.errors import UsageError
     from local_ai.manifest.load import load_manifest
-    from local_ai.settings import lock_path
 
     if not yes and not interactive():
         raise UsageError(
