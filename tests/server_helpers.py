@@ -327,6 +327,19 @@ class Daemon:
                     os.kill(int(pid), signal.SIGKILL)
 
 
+def raw_status(port: int, request: bytes) -> int:
+    """Status code of a hand-written HTTP request (for Host headers httpx will not send)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n" not in data:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    return int(data.split(b" ", 2)[1])
+
+
 def wait_for(predicate: Any, timeout: float, interval: float = 0.05) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import ast
 import json
 import shutil
-import socket
 import struct
 import time
 from collections.abc import Callable, Iterator
@@ -36,7 +35,7 @@ from tests.clirunner import run_cli
 from tests.harness import tinymodels as tm
 from tests.harness.fakehub import FakeHub
 from tests.hub_repos import MLX_REPO, add_mlx_repo, run_inprocess
-from tests.server_helpers import Daemon, build_chat_model, free_port, write_manifest
+from tests.server_helpers import Daemon, build_chat_model, free_port, raw_status, write_manifest
 from tests.test_manifest import BAD_MANIFESTS
 
 SHA = "a" * 40
@@ -510,13 +509,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         f'cors_origins = ["{ALLOWED}"]\npreload = ["tiny"]',
     )
     d = Daemon(root / "home", manifest, port, extra_env={"LOCAL_AI_PROBE_KEY": API_KEY})
-    result = d.start()
-    assert result.returncode == 0, result.stderr + d.log()
-    try:
+    with d.running():
         yield d
-    finally:
-        d.cli("server", "stop", "--timeout", "5")
-        d.kill()
 
 
 @pytest.fixture(scope="module")
@@ -526,17 +520,8 @@ def http(daemon: Daemon) -> Iterator[httpx.Client]:
         yield c
 
 
-def raw_status(port: int, host_line: str, path: str = "/health") -> int:
-    request = f"GET {path} HTTP/1.1\r\n{host_line}Connection: close\r\n\r\n".encode()
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(request)
-        data = b""
-        while b"\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    return int(data.split(b" ", 2)[1])
+def host_status(port: int, host_line: str, path: str = "/health") -> int:
+    return raw_status(port, f"GET {path} HTTP/1.1\r\n{host_line}Connection: close\r\n\r\n".encode())
 
 
 def test_dns_rebinding_host_values(daemon: Daemon) -> None:
@@ -545,7 +530,7 @@ def test_dns_rebinding_host_values(daemon: Daemon) -> None:
     port = daemon.port
     allowed = [f"LOCALHOST:{port}", f"[::1]:{port}", "[::1]", "127.0.0.1", f"LocalHost:{port}"]
     for host in allowed:
-        assert raw_status(port, f"Host: {host}\r\n") == 200, host
+        assert host_status(port, f"Host: {host}\r\n") == 200, host
     refused = [
         f"[::ffff:127.0.0.1]:{port}",
         f"[0:0:0:0:0:0:0:1]:{port}",
@@ -559,8 +544,8 @@ def test_dns_rebinding_host_values(daemon: Daemon) -> None:
         f"EVIL.EXAMPLE:{port}",
     ]
     for host in refused:
-        assert raw_status(port, f"Host: {host}\r\n") == 403, host
-        assert raw_status(port, f"Host: {host}\r\n", "/v1/models") == 403, host
+        assert host_status(port, f"Host: {host}\r\n") == 403, host
+        assert host_status(port, f"Host: {host}\r\n", "/v1/models") == 403, host
 
 
 FOREIGN = ["http://evil.example", "null", "http://127.0.0.1:1", "https://allowed.example:3000"]

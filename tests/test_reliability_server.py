@@ -70,13 +70,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         )
     )
     daemon = Daemon(home=root / "home", manifest=manifest, port=port)
-    result = daemon.start()
-    assert result.returncode == 0, result.stderr + daemon.log()
-    try:
+    with daemon.running():
         yield Served(daemon, model)
-    finally:
-        daemon.cli("server", "stop", "--timeout", "5")
-        daemon.kill()
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,7 @@ from tests.server_helpers import (
     build_tool_model,
     claude_code_body,
     free_port,
+    raw_status,
     wait_for,
     write_manifest,
 )
@@ -81,19 +81,6 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
 def client(daemon: Daemon) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=daemon.url, headers=AUTH, timeout=60, trust_env=False) as c:
         yield c
-
-
-def raw_status(port: int, request: bytes) -> int:
-    """Status code of a hand-written HTTP request (for Host headers httpx will not send)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(request)
-        data = b""
-        while b"\r\n" not in data:
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    return int(data.split(b" ", 2)[1])
 
 
 def chat(model: str = "tiny", **extra: Any) -> dict[str, Any]:

@@ -155,13 +155,8 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
         port=port,
         extra_env={"LOCAL_AI_WEB_TEST_KEY": API_KEY},
     )
-    result = d.start()
-    assert result.returncode == 0, result.stderr + d.log()
-    try:
+    with d.running():
         yield d
-    finally:
-        d.cli("server", "stop", "--timeout", "5")
-        d.kill()
 
 
 @pytest.fixture(scope="module")
