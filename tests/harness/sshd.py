@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -202,12 +203,15 @@ def _privsep_dir() -> None:
             raise SshdUnavailable(f"cannot create /run/sshd for sshd: {exc}") from exc
 
 
-def _die_with_parent() -> None:
-    # A crashed test process must not leave its sshd listening.
-    if sys.platform == "linux":
-        import ctypes
+def _die_with_parent() -> Callable[[], None] | None:
+    """For the child: a crashed test process must not leave its sshd listening. Looked up
+    before the fork, so the child only makes the call."""
+    if sys.platform != "linux":
+        return None
+    import ctypes
 
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    prctl = ctypes.CDLL(None).prctl
+    return lambda: prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def _start() -> Sshd:
@@ -259,7 +263,7 @@ SetEnv HOME={far_home}
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent(),
             )
         if _listening(port, process):
             break
