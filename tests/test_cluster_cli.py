@@ -1,6 +1,6 @@
 """`local-ai plan` and `apply` on a manifest with a [cluster], through the real CLI; the hosts
-are this machine reached through a fake `ssh` (tests/harness/fakessh.py), each with its own
-local-ai home."""
+are this machine reached through a real sshd on 127.0.0.1 (tests/harness/sshd.py), each with its
+own local-ai home."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.clirunner import run_cli
-from tests.harness.fakessh import install_fake_ssh, path_with, sharded_tiny
+from tests.harness.sshd import HOST_B, install_ssh, path_with, server, sharded_tiny
 from tests.harness.tinymodels import build_model
 
 
@@ -22,7 +22,7 @@ def cluster_project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     manifest = tmp_path / "local-ai.toml"
     manifest.write_text(sharded_tiny(model, host_b))
     bin_dir = tmp_path / "bin"
-    install_fake_ssh(bin_dir)
+    install_ssh(bin_dir)
     return manifest, {"PATH": path_with(bin_dir)}
 
 
@@ -34,7 +34,7 @@ def test_plan_shows_each_host_share_and_copy(cluster_project: tuple[Path, dict[s
     assert "cluster (ring backend, rank 0 = a)" in out
     assert "tiny  rank 0 of 2, layers 2-3:" in out
     assert "tiny  rank 1 of 2, layers 0-1:" in out
-    assert "copy-to-host   to b (me@b.local), copy " in out
+    assert f"copy-to-host   to b ({HOST_B}), copy " in out
     assert "writes the hostfile, but does not serve it yet" in out
     done = run_cli("plan", "--config", str(manifest), "--json", env=env)
     data = json.loads(done.stdout)
@@ -47,12 +47,11 @@ def test_unreachable_host_is_reported_for_its_model(
     cluster_project: tuple[Path, dict[str, str]],
 ) -> None:
     manifest, env = cluster_project
-    manifest.write_text(manifest.read_text().replace("me@b.local", "b.unreachable"))
+    manifest.write_text(manifest.read_text().replace(HOST_B, "b.unreachable"))
     done = run_cli("plan", "--config", str(manifest), env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert (
-        "! model.tiny  (not planned: b is unreachable (ssh failed: ssh: connect to host "
-        "b.unreachable port 22: Connection refused))"
+        f"! model.tiny  (not planned: b is unreachable (ssh failed: {server().refused()}))"
     ) in done.stdout
     assert "1 not planned (!)" in done.stdout
 
@@ -61,8 +60,7 @@ def test_apply_copies_the_weights_then_refuses_to_serve_and_a_rerun_copies_nothi
     cluster_project: tuple[Path, dict[str, str]], isolated_home: Path, tmp_path: Path
 ) -> None:
     manifest, env = cluster_project
-    log = tmp_path / "ssh.log"
-    env = {**env, "FAKE_SSH_LOG": str(log)}
+    log = tmp_path / "bin" / "ssh.log"
     done = run_cli("apply", "--yes", "--config", str(manifest), env=env)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "copy-to-host:tiny@b" in done.stderr and "verified by sha256 there" in done.stderr

@@ -1,6 +1,6 @@
-"""apply's copy-to-host: a store entry reaches a [cluster] host over (fake) ssh, resumes after an
+"""apply's copy-to-host: a store entry reaches a [cluster] host over ssh, resumes after an
 interruption, is verified by sha256 there and renamed into that host's store. Host "b" is this
-machine with its own local-ai home, reached through tests/harness/fakessh.py."""
+machine with its own local-ai home, reached through a real sshd (tests/harness/sshd.py)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from local_ai.manifest.load import load_manifest
 from local_ai.reconcile.adapters import Adapters
 from local_ai.reconcile.model import Kind
 from local_ai.reconcile.run import ApplyResult, RunOptions, apply_plan, make_plan
-from tests.harness.fakessh import install_fake_ssh, path_with, sharded_tiny
+from tests.harness.sshd import HOST_B, USER, install_ssh, path_with, sharded_tiny
 from tests.harness.tinymodels import build_model
 
 COPY = "copy-to-host:tiny@b"
@@ -37,9 +37,8 @@ def project(
     solo = f'[models.solo]\npath = "{model}"\n'
     manifest.write_text(sharded_tiny(model, tmp_path / "host-b", solo))
     bin_dir = tmp_path / "bin"
-    log = install_fake_ssh(bin_dir)
+    install_ssh(bin_dir)
     monkeypatch.setenv("PATH", path_with(bin_dir))
-    monkeypatch.setenv("FAKE_SSH_LOG", str(log))
     return manifest
 
 
@@ -121,7 +120,7 @@ def test_apply_copies_the_entry_writes_the_hostfile_and_a_second_apply_copies_no
     assert isinstance(result.not_served, NotYetError)
     assert "mlx.launch" in str(result.not_served)
     hostfile = json.loads((isolated_home / "run" / "cluster" / "tiny.hostfile.json").read_text())
-    assert [h["ssh"] for h in hostfile["hosts"]] == ["127.0.0.1", "me@b.local"]
+    assert [h["ssh"] for h in hostfile["hosts"]] == ["127.0.0.1", HOST_B]
 
     # The host reports the entry now: nothing left to copy.
     _, again = make_plan(load_manifest(project), RunOptions())
@@ -238,7 +237,9 @@ def test_a_second_copy_of_the_same_entry_to_a_host_waits_its_turn(
     from local_ai.manifest.models import ClusterHost
 
     home = tmp_path / "host-c"
-    host = ClusterHost(ssh="me@c.local", address="127.0.0.1", python=sys.executable, home=str(home))
+    host = ClusterHost(
+        ssh=f"{USER}@c.local", address="127.0.0.1", python=sys.executable, home=str(home)
+    )
     entry = _one_file_entry(tmp_path)
     (home / "incoming").mkdir(parents=True)
     with (home / "incoming" / "0123456789abcdef-w.lock").open("a") as held:

@@ -1,6 +1,6 @@
 """`local-ai doctor --cluster`: the mlx.launch hostfile and smoke command it generates (read
 back by mlx's own parser), Thunderbolt/RDMA readiness parsed from captured macOS output, and a
-real 2-rank ring all-reduce on 127.0.0.1 with rank 1 reached through a fake `ssh`."""
+real 2-rank ring all-reduce on 127.0.0.1 with rank 1 reached through a real sshd."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from local_ai.cluster.thunderbolt import (
 from local_ai.manifest.load import parse_manifest
 from local_ai.manifest.models import ClusterSettings
 from tests.clirunner import run_cli
-from tests.harness.fakessh import install_fake_ssh, path_with, two_hosts
+from tests.harness.sshd import HOST_B, install_ssh, path_with, two_hosts
 
 DATA = Path(__file__).parent / "data" / "cluster"
 UUID_STUDIO = "AAAA0001-0000-0000-0000-000000000001"
@@ -186,9 +186,9 @@ def test_unreachable_readiness() -> None:
 
 
 def test_doctor_cluster_runs_a_real_ring_all_reduce(tmp_path: Path) -> None:
-    """Two ranks on 127.0.0.1 over the ring backend; rank 1 is a host reached by (fake) ssh."""
+    """Two ranks on 127.0.0.1 over the ring backend; rank 1 is a host reached through the sshd."""
     bin_dir = tmp_path / "bin"
-    install_fake_ssh(bin_dir)
+    install_ssh(bin_dir)
     manifest = tmp_path / "local-ai.toml"
     manifest.write_text(two_hosts(tmp_path / "host-b"))
     env = {"PATH": path_with(bin_dir)}
@@ -202,7 +202,7 @@ def test_doctor_cluster_runs_a_real_ring_all_reduce(tmp_path: Path) -> None:
     assert checks["ring all-reduce"]["detail"].startswith("all-reduce across 2 ranks agreed in ")
     assert checks["thunderbolt b"]["status"] == "info"
 
-    manifest.write_text(manifest.read_text().replace("me@b.local", "b.unreachable"))
+    manifest.write_text(manifest.read_text().replace(HOST_B, "b.unreachable"))
     done = run_cli("doctor", "--cluster", "--json", "--config", str(manifest), env=env)
     assert done.returncode == 1
     checks = {c["name"]: c for c in json.loads(done.stdout)["checks"]}

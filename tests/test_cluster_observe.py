@@ -1,5 +1,5 @@
 """Observing cluster hosts: the command each host runs, parsing what hosts print (captured
-macOS and Linux samples), and a real run through a fake `ssh` that executes on this machine."""
+macOS and Linux samples), and a real run through ssh to a real sshd on this machine."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from local_ai.hardware import (
     parse_sysctl,
 )
 from local_ai.manifest.load import parse_manifest
-from tests.harness.fakessh import install_fake_ssh, path_with, two_hosts
+from tests.harness.sshd import HOST_B, install_ssh, path_with, server, two_hosts
 
 DATA = Path(__file__).parent / "data" / "hardware"
 ANSWER = {
@@ -159,12 +159,11 @@ def test_cut_short_report_says_so() -> None:
     assert "cut short (Connection to mini closed by remote host.)" in report.error
 
 
-def test_real_hosts_through_fake_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rank 0 runs here; host b over the fake ssh with its own store; host c cannot be reached."""
+def test_real_hosts_through_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rank 0 runs here; host b over ssh with its own store; host c cannot be reached."""
     bin_dir = tmp_path / "bin"
-    log = install_fake_ssh(bin_dir)
+    log = install_ssh(bin_dir)
     monkeypatch.setenv("PATH", path_with(bin_dir))
-    monkeypatch.setenv("FAKE_SSH_LOG", str(log))
     home_b = tmp_path / "host-b"
     entry = home_b / "store" / "feedfacecafebeef-tiny"
     entry.mkdir(parents=True)
@@ -192,10 +191,10 @@ def test_real_hosts_through_fake_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert b.digests == ("feedfacecafebeef",)
     assert a.digests == ()  # this test's own (empty) LOCAL_AI_HOME
     assert not c.reachable
-    assert c.error == "ssh failed: ssh: connect to host c.unreachable port 22: Connection refused"
+    assert c.error == f"ssh failed: {server().refused()}"
     calls = log.read_text().splitlines()
     options = "-o BatchMode=yes -o ConnectTimeout=5 -o ServerAliveInterval=15"
     assert sorted(calls) == [
         f"{options} -- c.unreachable /bin/sh -s",
-        f"{options} -- me@b.local /bin/sh -s",
+        f"{options} -- {HOST_B} /bin/sh -s",
     ]
