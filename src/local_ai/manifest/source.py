@@ -27,9 +27,10 @@ class SourceFile:
     blob_id: str | None = None
 
     @property
-    def identity(self) -> str:
-        """What the content is checked against: sha256 when known, else the git blob id."""
-        return self.sha256 or self.blob_id or ""
+    def identity(self) -> str | None:
+        """A content identity that does not change once a fetch learns a git file's sha256:
+        the git blob id when the hub gave one, else the sha256 (local files)."""
+        return f"git-{self.blob_id}" if self.blob_id else self.sha256
 
 
 @dataclass(frozen=True)

@@ -272,8 +272,7 @@ class Adapters:
 
     def _reuse_conversion(self, alias: str, spec: ModelSpec) -> ConversionResult:
         """The store already holds this conversion (the planner planned no convert)."""
-        locked = self.snap.observed.lock.get(alias) or self.snap.observed.resolved[alias]
-        digest = convert_digest(locked, spec, CONVERTER_VERSION)
+        digest = convert_digest(self._source(alias), spec, CONVERTER_VERSION)
         # convert_to_store returns the existing entry without converting.
         store = Store(settings.paths())
         entry = next((e for e in store.entries() if e.digest == digest), None)
