@@ -11,7 +11,6 @@ import pytest
 
 from local_ai import hardware, sizing
 from local_ai.cli import models_convert
-from local_ai.convert import api as convert_api
 from local_ai.discovery import names
 from local_ai.discovery.ranking import Variant, assess
 from local_ai.hardware import GIB, simulated
@@ -268,10 +267,10 @@ def _convert_level(
     from local_ai.errors import LocalAIError
 
     monkeypatch.setattr(hardware, "detect", lambda: hw)
-    files = tuple(convert_api.SourceFile(n, s) for n, s in _files(weights))
-    src = convert_api.ConvertSource("safetensors", directory, files)
+    files = tuple(SourceFile(n, s) for n, s in _files(weights))
+    src = ResolvedSource("m", "path", "safetensors", files, path=str(directory))
     try:
-        level, _ = models_convert._auto_level(src, None, context)
+        level, _ = models_convert._auto_level(src, directory, None, context)
     except LocalAIError:
         return None
     return level

@@ -6,7 +6,8 @@ Plain data, shared by resolution, fetching, the lock file and the store (no I/O 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 Format = Literal["mlx", "safetensors", "gguf"]
@@ -79,6 +80,15 @@ class ResolvedSource:
         if self.file:
             label += f":{self.file}"
         return label + f"@{(self.commit or '')[:12]}"
+
+    def with_sha256s(self, sha256s: Mapping[str, str]) -> ResolvedSource:
+        """This source with the sha256s a fetch verified (by file name) filled in for files the
+        hub knows by git blob id only."""
+        files = tuple(
+            f if f.sha256 or f.name not in sha256s else replace(f, sha256=sha256s[f.name])
+            for f in self.files
+        )
+        return replace(self, files=files)
 
     def by_name(self) -> dict[str, SourceFile]:
         return {f.name: f for f in self.files}
