@@ -349,6 +349,20 @@ def test_revision_change_in_manifest_resolves_again() -> None:
     assert "-/+ model.coder  (revision unset → v2)" in render_text(p)
 
 
+def test_extra_files_change_resolves_again_and_frozen_refuses_it() -> None:
+    # The lock pins the file list: asking for more files is a new source, as `lock` says too.
+    m = manifest()
+    more = manifest(BASE.replace('quantize = "q4"', 'quantize = "q4"\nextra_files = ["*.py"]'))
+    observed = replace(converged(m), resolved={"general": locked("general", more, commit=C1)})
+    p = plan(more, observed)
+    assert p.action("resolve:general").cause == "extra_files unset → *.py"
+    frozen = plan(more, converged(m), Options(frozen=True))
+    assert frozen.errors == (
+        "models.general: manifest and local-ai.lock disagree (extra_files unset → *.py); "
+        "run `local-ai lock` to update the lock, or apply without --frozen",
+    )
+
+
 def test_frozen_refuses_a_disagreeing_lock() -> None:
     m = manifest()
     changed = manifest(BASE.replace("Qwen/Qwen3-8B", "Qwen/Qwen3-14B"))

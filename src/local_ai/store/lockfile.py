@@ -166,7 +166,7 @@ def entry_from_resolved(
 ) -> LockEntry:
     """The lock entry for `resolved`. With the `sha256s` a fetch verified (by file name), files
     known only by git blob id get the sha256 of their bytes."""
-    hashes = sha256s or {}
+    resolved = resolved.with_sha256s(sha256s or {})
     quant = resolved.quantization
     return LockEntry(
         kind=resolved.kind,
@@ -186,9 +186,7 @@ def entry_from_resolved(
         recipe=recipe_of(spec),
         versions=versions or current_versions(),
         files=[
-            LockedFile(
-                name=f.name, size=f.size, sha256=f.sha256 or hashes.get(f.name), blob_id=f.blob_id
-            )
+            LockedFile(name=f.name, size=f.size, sha256=f.sha256, blob_id=f.blob_id)
             for f in sorted(resolved.files, key=lambda f: f.name)
         ],
     )
