@@ -47,7 +47,6 @@ from local_ai.store.lockfile import (
     LockEntry,
     LockFile,
     entry_from_resolved,
-    keep_learned_hashes,
     save_lock,
 )
 from local_ai.store.state import FileRecord, InstalledModel, save_state
@@ -163,18 +162,13 @@ class Adapters:
             return
         spec = self.manifest.models[alias]
         fetched = self.fetched.get(alias)
-        entry = entry_from_resolved(
-            self._source(alias), spec, sha256s=fetched.sha256s() if fetched else None
+        self.lock_models[alias] = entry_from_resolved(
+            self._source(alias),
+            spec,
+            sha256s=fetched.sha256s() if fetched else None,
+            before=self.lock_models.get(alias),
+            chosen=self.auto_levels.get(alias) if spec.quantize == "auto" else None,
         )
-        if spec.quantize == "auto" and alias in self.auto_levels:
-            chosen = self.auto_levels[alias]
-            entry = entry.model_copy(
-                update={"recipe": entry.recipe.model_copy(update={"chosen": chosen})}
-            )
-        before = self.lock_models.get(alias)
-        if before is not None:
-            entry = keep_learned_hashes(entry, before)
-        self.lock_models[alias] = entry
         self._write_lock()
 
     def _write_lock(self) -> None:
