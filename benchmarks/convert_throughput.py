@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
 
         out = work / "mlx"
         started = time.perf_counter()
-        result = api.convert_to_dir(src, recipe, out)
+        result = api.convert_to_dir(src, recipe, out, at=api.weights_at(src))
         convert_s = time.perf_counter() - started
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024  # KiB on Linux
         if sys.platform == "darwin":

@@ -12,17 +12,18 @@ from local_ai.cluster.observe import HostReport
 from local_ai.hardware import simulated
 from local_ai.manifest.load import parse_manifest
 from local_ai.manifest.models import Manifest
+from local_ai.manifest.source import ResolvedSource, SourceFile
 from local_ai.reconcile.cluster import pipeline_layers
 from local_ai.reconcile.model import (
     CopyParams,
-    LockedFile,
-    LockedModel,
     Observed,
     ServerView,
+    SourceView,
     served_digest,
 )
 from local_ai.reconcile.planner import Options, plan
 from local_ai.reconcile.render import render_text
+from local_ai.store.lockfile import Versions, entry_from_resolved
 
 GIB = 1024**3
 C1 = "a" * 40
@@ -59,19 +60,13 @@ def manifest(text: str = CLUSTER) -> Manifest:
     return parse_manifest(dedent(text))
 
 
-def source(
-    alias: str, m: Manifest, *, gib: int, layers: int = 60, kv_heads: int = 8
-) -> LockedModel:
+def source(alias: str, m: Manifest, *, gib: int, layers: int = 60, kv_heads: int = 8) -> SourceView:
     spec = m.models[alias]
-    return LockedModel(
-        alias=alias,
-        repo=spec.repo,
-        file=None,
-        path=None,
-        revision=None,
-        commit=C1,
-        format="mlx",
-        files=(LockedFile("model.safetensors", gib * GIB, "d" * 64),),
+    files = (SourceFile("model.safetensors", gib * GIB, "d" * 64),)
+    pinned = ResolvedSource(alias, "repo", "mlx", files, repo=spec.repo, revision="main", commit=C1)
+    return SourceView(
+        pinned,
+        entry_from_resolved(pinned, spec, versions=Versions(converter="0")),
         source_bits=4.5,
         num_layers=layers,
         num_kv_heads=kv_heads,
@@ -192,7 +187,7 @@ def test_placement_shares_memory_and_copies_to_the_host_that_lacks_it() -> None:
 def test_host_that_has_the_entry_gets_no_copy() -> None:
     m = manifest()
     o = observed(m, two_macs())
-    digest = served_digest(o.resolved["big"], m.models["big"], "0")
+    digest = served_digest(o.resolved["big"].source, m.models["big"], "0")
     p = plan(m, replace(o, hosts=two_macs(digests=(digest,))))
     assert not [a for a in p.actions if a.kind.value == "copy-to-host"]
     assert "      peak 100.9 GB of 136.8 GB usable · copy 0 B" in render_text(p).splitlines()

@@ -9,13 +9,13 @@ from textwrap import dedent
 from local_ai.manifest.load import parse_manifest
 from local_ai.manifest.models import Manifest
 from local_ai.manifest.serving import engine_settings, gateway_settings
+from local_ai.manifest.source import ResolvedSource, SourceFile
 from local_ai.reconcile.model import (
     InstalledView,
     Kind,
-    LockedFile,
-    LockedModel,
     Observed,
     ServerView,
+    SourceView,
     alias_map_hash,
     convert_digest,
     install_fields,
@@ -23,6 +23,7 @@ from local_ai.reconcile.model import (
 )
 from local_ai.reconcile.planner import Options, plan
 from local_ai.reconcile.render import render_text, to_json
+from local_ai.store.lockfile import Versions, entry_from_resolved
 
 GIB = 1024**3
 C1 = "a" * 40
@@ -51,29 +52,33 @@ def manifest(text: str = BASE) -> Manifest:
     return parse_manifest(dedent(text))
 
 
-def locked(alias: str, m: Manifest, commit: str = C1, **kw: object) -> LockedModel:
+def locked(alias: str, m: Manifest, commit: str = C1, **kw: object) -> SourceView:
     spec = m.models[alias]
     fmt = "mlx" if "4bit" in (spec.repo or "") else "gguf" if spec.file else "safetensors"
-    bits = 4.5 if fmt == "mlx" else 16.0
-    values: dict[str, object] = {
-        "alias": alias,
-        "repo": spec.repo,
-        "file": spec.file,
-        "path": spec.path,
-        "revision": spec.revision,
-        "commit": commit if spec.repo else None,
-        "format": fmt,
-        "files": (
-            LockedFile("config.json", 1000, "c" * 64),
-            LockedFile("model.safetensors", 2 * GIB, "d" * 64),
+    source = ResolvedSource(
+        alias=alias,
+        kind="path" if spec.path else "repo",
+        format=fmt,
+        files=(
+            SourceFile("config.json", 1000, "c" * 64),
+            SourceFile("model.safetensors", 2 * GIB, "d" * 64),
         ),
-        "source_bits": bits,
+        repo=spec.repo,
+        revision=(spec.revision or "main") if spec.repo else None,
+        commit=commit if spec.repo else None,
+        file=spec.file,
+        path=spec.path,
+        base_model=kw.pop("base_model", None),  # type: ignore[arg-type]
+    )
+    facts: dict[str, object] = {
+        "source_bits": 4.5 if fmt == "mlx" else 16.0,
         "num_layers": 24,
         "num_kv_heads": 4,
         "head_dim": 128,
     }
-    values.update(kw)
-    return LockedModel(**values)  # type: ignore[arg-type]
+    facts.update(kw)
+    entry = entry_from_resolved(source, spec, versions=Versions(converter="0"))
+    return SourceView(source, entry, **facts)  # type: ignore[arg-type]
 
 
 def installed(alias: str, m: Manifest, commit: str = C1, present: bool = True) -> InstalledView:
@@ -106,7 +111,7 @@ def running(m: Manifest, commits: dict[str, str | None] | None = None) -> Server
 def converged(m: Manifest) -> Observed:
     """Everything in the manifest is locked, installed, converted and served."""
     lock = {a: locked(a, m) for a in m.models}
-    digests = frozenset(convert_digest(lock[a], m.models[a], "0") for a in m.models)
+    digests = frozenset(convert_digest(lock[a].source, m.models[a], "0") for a in m.models)
     return Observed(
         state_serial=3,
         installed={a: installed(a, m) for a in m.models},
@@ -267,7 +272,7 @@ def test_quantize_change_rebuilds_exactly_one_model() -> None:
 def test_model_deleted_out_of_band_is_repaired() -> None:
     m = manifest()
     observed = converged(m)
-    digest = convert_digest(observed.lock["general"], m.models["general"], "0")
+    digest = convert_digest(observed.lock["general"].source, m.models["general"], "0")
     observed = replace(
         observed,
         installed={**observed.installed, "general": installed("general", m, present=False)},
@@ -342,6 +347,20 @@ def test_revision_change_in_manifest_resolves_again() -> None:
     p = plan(pinned, observed)
     assert p.action("resolve:coder").cause == "revision unset → v2"
     assert "-/+ model.coder  (revision unset → v2)" in render_text(p)
+
+
+def test_extra_files_change_resolves_again_and_frozen_refuses_it() -> None:
+    # The lock pins the file list: asking for more files is a new source, as `lock` says too.
+    m = manifest()
+    more = manifest(BASE.replace('quantize = "q4"', 'quantize = "q4"\nextra_files = ["*.py"]'))
+    observed = replace(converged(m), resolved={"general": locked("general", more, commit=C1)})
+    p = plan(more, observed)
+    assert p.action("resolve:general").cause == "extra_files unset → *.py"
+    frozen = plan(more, converged(m), Options(frozen=True))
+    assert frozen.errors == (
+        "models.general: manifest and local-ai.lock disagree (extra_files unset → *.py); "
+        "run `local-ai lock` to update the lock, or apply without --frozen",
+    )
 
 
 def test_frozen_refuses_a_disagreeing_lock() -> None:
@@ -458,15 +477,10 @@ def test_client_configs_are_written_after_the_server_and_errors_stop_the_plan() 
 
 def test_local_path_model_installs_without_fetch() -> None:
     m = manifest('[models.mine]\npath = "/models/mine"\n[benchmark]\non_apply = false\n')
-    src = LockedModel(
-        alias="mine",
-        repo=None,
-        file=None,
-        path="/models/mine",
-        revision=None,
-        commit=None,
-        format="mlx",
-        files=(LockedFile("model.safetensors", 100),),
+    src = SourceView(
+        ResolvedSource(
+            "mine", "path", "mlx", (SourceFile("model.safetensors", 100),), path="/models/mine"
+        )
     )
     p = plan(m, replace(empty(m), resolved={"mine": src}))
     assert [a.id for a in p.actions] == ["resolve:mine", "install:mine", "start-server"]

@@ -11,7 +11,6 @@ import pytest
 
 from local_ai import hardware, sizing
 from local_ai.cli import models_convert
-from local_ai.convert import api as convert_api
 from local_ai.discovery import names
 from local_ai.discovery.ranking import Variant, assess
 from local_ai.hardware import GIB, simulated
@@ -238,7 +237,7 @@ def _plan_level(directory: Path, weights: int, context: int, usable: int) -> str
     files = tuple(SourceFile(n, s, sha256="0" * 64) for n, s in _files(weights))
     source = ResolvedSource("m", "path", "safetensors", files, path=str(directory))
     spec = ModelSpec(path=str(directory), quantize="auto", context=context)
-    locked = observe._view_of("m", spec, source, directory.parent)
+    locked = observe._view_of(source)
     chosen = planner.auto_level(spec, locked, usable)
     return chosen.level if chosen.fits else None
 
@@ -268,10 +267,10 @@ def _convert_level(
     from local_ai.errors import LocalAIError
 
     monkeypatch.setattr(hardware, "detect", lambda: hw)
-    files = tuple(convert_api.SourceFile(n, s) for n, s in _files(weights))
-    src = convert_api.ConvertSource("safetensors", directory, files)
+    files = tuple(SourceFile(n, s) for n, s in _files(weights))
+    src = ResolvedSource("m", "path", "safetensors", files, path=str(directory))
     try:
-        level, _ = models_convert._auto_level(src, None, context)
+        level, _ = models_convert._auto_level(src, directory, None, context)
     except LocalAIError:
         return None
     return level
@@ -345,7 +344,7 @@ def test_auto_level_for_qwen3_coder_bf16(
 )
 def test_init_suggestions_fit_as_plan_sizes_them(total_gb: int, repos: list[str]) -> None:
     from local_ai.manifest.template import suggest_models
-    from local_ai.reconcile.model import LockedFile, LockedModel
+    from local_ai.reconcile.model import SourceView
 
     usable = simulated(total_gb).usable_memory_bytes
     picks = suggest_models(usable)
@@ -354,15 +353,9 @@ def test_init_suggestions_fit_as_plan_sizes_them(total_gb: int, repos: list[str]
     for pick in picks:
         shape = pick.shape
         weights = int(pick.approx_gb * 1000**3)
-        source = LockedModel(
-            alias=pick.alias,
-            repo=pick.repo,
-            file=None,
-            path=None,
-            revision=None,
-            commit="c" * 40,
-            format="mlx",
-            files=(LockedFile("model.safetensors", weights), LockedFile("tokenizer.json", 10**7)),
+        files = (SourceFile("model.safetensors", weights), SourceFile("tokenizer.json", 10**7))
+        source = SourceView(
+            ResolvedSource(pick.alias, "repo", "mlx", files, repo=pick.repo, commit="c" * 40),
             source_bits=4.5,
             num_layers=shape.num_layers,
             num_kv_heads=shape.num_kv_heads,

@@ -8,8 +8,9 @@ import pytest
 from local_ai import sizing
 from local_ai.hardware import GIB, simulated
 from local_ai.manifest.models import ModelSpec
+from local_ai.manifest.source import ResolvedSource, SourceFile
 from local_ai.reconcile import planner
-from local_ai.reconcile.model import LockedFile, LockedModel
+from local_ai.reconcile.model import SourceView
 
 # Qwen3-Coder-30B-A3B in bf16: 30.5B parameters, 48 layers, 4 KV heads of 128.
 CODER_BYTES = 30_532_122_624 * 2
@@ -17,16 +18,17 @@ CODER_BYTES = 30_532_122_624 * 2
 
 def coder(
     fmt: str = "safetensors", bits: float | None = 16.0, total: int = CODER_BYTES
-) -> LockedModel:
-    return LockedModel(
-        alias="coder",
+) -> SourceView:
+    source = ResolvedSource(
+        "coder",
+        "repo",
+        fmt,  # type: ignore[arg-type]
+        (SourceFile("model.safetensors", total, "0" * 64),),
         repo="Qwen/Qwen3-Coder-30B-A3B-Instruct",
-        file=None,
-        path=None,
-        revision=None,
         commit="a" * 40,
-        format=fmt,  # type: ignore[arg-type]
-        files=(LockedFile("model.safetensors", total, "0" * 64),),
+    )
+    return SourceView(
+        source,
         source_bits=bits,
         num_layers=48,
         num_kv_heads=4,

@@ -19,7 +19,7 @@ from local_ai.discovery.names import config_quant, gguf_quant
 from local_ai.errors import LocalAIError, NotFoundError, NotYetError
 
 if TYPE_CHECKING:
-    from local_ai.convert.api import ConvertSource, SourceKind
+    from local_ai.manifest.source import ResolvedSource
 
 _NEXT = f" (next: {', '.join(PLANNED_GGUF_ARCHITECTURES)})" if PLANNED_GGUF_ARCHITECTURES else ""
 HELP = f"""Convert a model to MLX at a quantization level.
@@ -109,11 +109,11 @@ def convert_command(
     limit = parse_size(memory_limit) if memory_limit else None
     err = err_console()
     with err.status("reading the source…", spinner="dots") if not json else nullcontext():
-        src = _resolve_source(source)
-        facts = api.inspect_source(src, memory_limit=limit)
-    _check_supported(src, facts)
+        src, at = _resolve_source(source)
+        facts = api.inspect_source(src, at, memory_limit=limit)
+    _check_supported(src, at, facts)
     if quantize == "auto":
-        quantize, reason = _auto_level(src, group_size, context)
+        quantize, reason = _auto_level(src, at, group_size, context)
         if not json:
             err.print(reason)
         recipe = make_recipe(quantize, group_size, dtype)
@@ -125,10 +125,12 @@ def convert_command(
 
     with ConvertBar(enabled=not json and err.is_terminal) as on_event:
         if out is not None:
-            result = api.convert_to_dir(src, recipe, out, on_event=on_event, memory_limit=limit)
+            result = api.convert_to_dir(
+                src, recipe, out, at=at, on_event=on_event, memory_limit=limit
+            )
         else:
             result = api.convert_to_store(
-                src, recipe, name=name, on_event=on_event, memory_limit=limit
+                src, recipe, at=at, name=name, on_event=on_event, memory_limit=limit
             )
     seen = set(warnings)
     more = [w for w in result.warnings if w not in seen]
@@ -159,12 +161,14 @@ def convert_command(
     console().print(escape(str(result.path)))
 
 
-def _resolve_source(text: str) -> ConvertSource:
+def _resolve_source(text: str) -> tuple[ResolvedSource, Path]:
+    """The source named on the command line and where its weights are on disk."""
     from local_ai.convert import api
 
     path = Path(text).expanduser()
     if path.exists():
-        return api.local_source(path)
+        local = api.local_source(path)
+        return local, api.weights_at(local)
     match = _HUB_RE.match(text)
     if match and not text.startswith((".", "/", "~")):
         return _hub_source(match.group(1), match.group(2), match.group(3))
@@ -174,7 +178,7 @@ def _resolve_source(text: str) -> ConvertSource:
     )
 
 
-def _hub_source(repo: str, file: str | None, revision: str | None) -> ConvertSource:
+def _hub_source(repo: str, file: str | None, revision: str | None) -> tuple[ResolvedSource, Path]:
     """Resolve and fetch through local_ai.hub (verified sha256s feed the conversion digest)."""
     from local_ai.convert import api
 
@@ -190,41 +194,40 @@ def _hub_source(repo: str, file: str | None, revision: str | None) -> ConvertSou
     spec = ModelSpec(repo=repo, file=file, revision=revision, quantize="q4")
     resolved = resolve("convert", spec)
     fetched = fetch(resolved)
-    kind: SourceKind = "gguf" if file else "safetensors"
-    files = [(f.name, f.size, f.sha256) for f in fetched.files]
-    path = fetched.path / file if file else fetched.path
-    return api.hub_source(
-        kind=kind, path=path, repo=repo, commit=str(resolved.commit), files=files, file=file
-    )
+    hashed = resolved.with_sha256s(fetched.sha256s())
+    return hashed, api.weights_at(hashed, fetched.path)
 
 
-def _check_supported(src: ConvertSource, facts: dict[str, Any]) -> None:
-    if src.kind == "gguf" and not facts.get("supported", True):
+def _check_supported(src: ResolvedSource, at: Path, facts: dict[str, Any]) -> None:
+    if src.format == "gguf" and not facts.get("supported", True):
         arch = facts.get("architecture")
         raise NotYetError(
-            f"{src.path}: GGUF architecture {arch!r} is not supported yet",
+            f"{at}: GGUF architecture {arch!r} is not supported yet",
             hint=f"supported: {', '.join(GGUF_ARCHITECTURES)}; convert the original "
             "safetensors repo instead if it exists",
         )
 
 
-def _auto_level(src: ConvertSource, group_size: int | None, context: int) -> tuple[str, str]:
+def _auto_level(
+    src: ResolvedSource, at: Path, group_size: int | None, context: int
+) -> tuple[str, str]:
     """`--quantize auto`: the level `quantize = "auto"` chooses in the manifest, for this source
     on this machine at `context` tokens."""
     import json as jsonlib
 
     config: dict[str, Any] = {}
-    if src.kind == "safetensors":
+    gguf = src.format == "gguf"
+    if not gguf:
         try:
-            config = jsonlib.loads((Path(src.path) / "config.json").read_text("utf-8"))
+            config = jsonlib.loads((at / "config.json").read_text("utf-8"))
         except (OSError, ValueError):
             config = {}
-    label = gguf_quant(Path(src.path).name) if src.kind == "gguf" else config_quant(config)
+    label = gguf_quant(at.name) if gguf else config_quant(config)
     bits = label.bits if label is not None else sizing.DEFAULT_SOURCE_BITS
     shape = sizing.shape_from_config(config)
     kv = shape.kv_bytes(context) if shape is not None else 0
     files = [(f.name, f.size) for f in src.files]
-    size = sizing.weight_bytes(files) or src.total_bytes or Path(src.path).stat().st_size
+    size = sizing.weight_bytes(files) or src.total_size or at.stat().st_size
     chosen = sizing.choose_level(
         size,
         bits,

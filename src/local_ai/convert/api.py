@@ -16,8 +16,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ from local_ai.convert.recipe import Recipe
 from local_ai.convert.runner import default_memory_limit, run_worker
 from local_ai.convert.safetensors_to_mlx import read_config
 from local_ai.errors import LocalAIError, NotFoundError
+from local_ai.manifest.source import ResolvedSource, SourceFile
 from local_ai.store.layout import PROVENANCE_FILE, Store, StoreEntry, entry_digest
 from local_ai.util.atomic import atomic_write_text, fsync_dir
 from local_ai.util.failpoints import failpoint
@@ -55,51 +56,10 @@ _SAFETENSORS_FILES = (
 )
 
 
-@dataclass(frozen=True)
-class SourceFile:
-    name: str
-    size: int
-    sha256: str | None = None
-
-
-@dataclass(frozen=True)
-class ConvertSource:
-    """Where the weights are: a ``.gguf`` file or a safetensors model directory on disk, and,
-    for hub sources, the repo and commit they came from."""
-
-    kind: SourceKind
-    path: Path
-    files: tuple[SourceFile, ...] = ()
-    repo: str | None = None
-    commit: str | None = None
-    file: str | None = None  # the GGUF file inside the repo
-
-    @property
-    def label(self) -> str:
-        if self.repo is None:
-            return str(self.path)
-        label = self.repo + (f":{self.file}" if self.file else "")
-        return label + (f"@{self.commit[:12]}" if self.commit else "")
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "path": str(self.path),
-            "repo": self.repo,
-            "commit": self.commit,
-            "file": self.file,
-            "files": [asdict(f) for f in self.files],
-        }
-
-
 @dataclass
 class ConversionResult:
     path: Path
-    source: ConvertSource
+    source: ResolvedSource
     recipe: Recipe
     digest: str
     details: dict[str, Any]
@@ -119,7 +79,7 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
     return digest.hexdigest()
 
 
-def local_source(path: str | Path, *, hash_files: bool = True) -> ConvertSource:
+def local_source(path: str | Path, *, hash_files: bool = True) -> ResolvedSource:
     """A local ``.gguf`` file or safetensors directory (files hashed so the digest follows the
     content, not the path)."""
     p = Path(path).expanduser().resolve()
@@ -134,7 +94,7 @@ def local_source(path: str | Path, *, hash_files: bool = True) -> ConvertSource:
                 hint="pass a .gguf file or a directory with config.json and *.safetensors",
             )
         one = SourceFile(p.name, p.stat().st_size, sha256_file(p) if hash_files else None)
-        return ConvertSource("gguf", p, (one,))
+        return ResolvedSource(p.name, "path", "gguf", (one,), path=str(p))
     if not (p / "config.json").is_file():
         ggufs = sorted(p.glob("*.gguf"))
         hint = (
@@ -147,27 +107,40 @@ def local_source(path: str | Path, *, hash_files: bool = True) -> ConvertSource:
     files = tuple(
         SourceFile(q.name, q.stat().st_size, sha256_file(q) if hash_files else None) for q in names
     )
-    return ConvertSource("safetensors", p, files)
+    return ResolvedSource(p.name, "path", "safetensors", files, path=str(p))
 
 
-def hub_source(
-    *,
-    kind: SourceKind,
-    path: Path,
-    repo: str,
-    commit: str,
-    files: Sequence[tuple[str, int, str | None]],
-    file: str | None = None,
-) -> ConvertSource:
-    """A source fetched from the hub (``path``: the snapshot directory, or the GGUF in it)."""
-    return ConvertSource(
-        kind,
-        Path(path),
-        tuple(SourceFile(n, s, h) for n, s, h in sorted(files)),
-        repo=repo,
-        commit=commit,
-        file=file,
-    )
+def weights_at(source: ResolvedSource, fetched: Path | None = None) -> Path:
+    """Where the weights are on disk: the local path, or in ``fetched`` (the snapshot a fetch
+    made) the GGUF file or the directory."""
+    if source.kind == "path":
+        return Path(source.path or "")
+    if fetched is None:
+        raise LocalAIError(f"{source.label} is not fetched yet", hint="fetch it first")
+    return fetched / source.file if source.file else fetched
+
+
+def _kind(source: ResolvedSource) -> SourceKind:
+    """The converter's reader: GGUF, or a HuggingFace directory (MLX ones included)."""
+    return "gguf" if source.format == "gguf" else "safetensors"
+
+
+def _files(source: ResolvedSource) -> list[dict[str, Any]]:
+    # name, size, sha256: what the conversion digest has always hashed (no git blob ids)
+    files = sorted(source.files, key=lambda f: f.name)
+    return [{"name": f.name, "size": f.size, "sha256": f.sha256} for f in files]
+
+
+def source_record(source: ResolvedSource, at: Path) -> dict[str, Any]:
+    """The source as a store entry's provenance records it."""
+    return {
+        "kind": _kind(source),
+        "path": str(at),
+        "repo": source.repo,
+        "commit": source.commit,
+        "file": source.file,
+        "files": _files(source),
+    }
 
 
 # -------------------------------------------------------------------------------- identity
@@ -185,10 +158,10 @@ def engine_versions() -> dict[str, str]:
     return out
 
 
-def conversion_inputs(source: ConvertSource, recipe: Recipe) -> dict[str, Any]:
+def conversion_inputs(source: ResolvedSource, recipe: Recipe) -> dict[str, Any]:
     """Everything that determines the output bytes, and nothing else (not the local path of
     a hub snapshot, not the time)."""
-    ident: dict[str, Any] = {"kind": source.kind, "files": [asdict(f) for f in source.files]}
+    ident: dict[str, Any] = {"kind": _kind(source), "files": _files(source)}
     if source.repo is not None:
         ident |= {"repo": source.repo, "commit": source.commit, "file": source.file}
     versions = engine_versions()
@@ -200,13 +173,14 @@ def conversion_inputs(source: ConvertSource, recipe: Recipe) -> dict[str, Any]:
     }
 
 
-def conversion_digest(source: ConvertSource, recipe: Recipe) -> str:
+def conversion_digest(source: ResolvedSource, recipe: Recipe) -> str:
     return entry_digest(conversion_inputs(source, recipe))
 
 
-def default_name(source: ConvertSource, recipe: Recipe) -> str:
-    stem = Path(source.file or source.path.name).stem if source.kind == "gguf" else None
-    base = stem or (source.repo or source.path.name).rsplit("/", 1)[-1]
+def default_name(source: ResolvedSource, recipe: Recipe) -> str:
+    local = Path(source.path or "").name
+    stem = Path(source.file or local).stem if source.format == "gguf" else None
+    base = stem or (source.repo or local).rsplit("/", 1)[-1]
     return f"{base}-{recipe.level}" + (
         f"-g{recipe.group_size}" if recipe.group_size not in (None, 64, 32) else ""
     )
@@ -215,15 +189,17 @@ def default_name(source: ConvertSource, recipe: Recipe) -> str:
 # ------------------------------------------------------------------------------- inspection
 
 
-def inspect_source(source: ConvertSource, *, memory_limit: int | None = None) -> dict[str, Any]:
-    """Facts for the plan and the command, read without converting. GGUF headers are parsed in
-    the worker process (untrusted input)."""
-    if source.kind == "gguf":
+def inspect_source(
+    source: ResolvedSource, at: Path, *, memory_limit: int | None = None
+) -> dict[str, Any]:
+    """Facts for the plan and the command, read without converting (``at``: :func:`weights_at`).
+    GGUF headers are parsed in the worker process (untrusted input)."""
+    if source.format == "gguf":
         return run_worker(
-            {"op": "inspect", "kind": "gguf", "source": str(source.path)},
+            {"op": "inspect", "kind": "gguf", "source": str(at)},
             memory_limit=memory_limit or default_memory_limit(),
         )
-    config = read_config(source.path)
+    config = read_config(at)
     return {
         "model_type": config.get("model_type"),
         "dtype": config.get("torch_dtype") or config.get("dtype"),
@@ -244,7 +220,8 @@ def plan_warnings(facts: Mapping[str, Any], recipe: Recipe) -> list[str]:
 
 
 def convert_into(
-    source: ConvertSource,
+    source: ResolvedSource,
+    at: Path,
     recipe: Recipe,
     out_dir: Path,
     *,
@@ -256,8 +233,8 @@ def convert_into(
     Returns the worker's summary (architecture, dtype, bytes written, warnings …)."""
     request = {
         "op": "convert",
-        "kind": source.kind,
-        "source": str(source.path),
+        "kind": _kind(source),
+        "source": str(at),
         "out_dir": str(out_dir),
         "recipe": recipe.to_json(),
         "shard_bytes": shard_bytes,
@@ -268,13 +245,13 @@ def convert_into(
 
 
 def _provenance(
-    source: ConvertSource, recipe: Recipe, details: Mapping[str, Any]
+    source: ResolvedSource, at: Path, recipe: Recipe, details: Mapping[str, Any]
 ) -> dict[str, Any]:
     from local_ai import __version__
 
     return {
         "kind": "conversion",
-        "source": source.to_json(),
+        "source": source_record(source, at),
         "recipe": recipe.to_json(),
         "inputs": conversion_inputs(source, recipe),
         "converter": {
@@ -288,9 +265,10 @@ def _provenance(
 
 
 def convert_to_store(
-    source: ConvertSource,
+    source: ResolvedSource,
     recipe: Recipe,
     *,
+    at: Path,
     store: Store | None = None,
     name: str | None = None,
     digest: str | None = None,
@@ -298,7 +276,8 @@ def convert_to_store(
     memory_limit: int | None = None,
     shard_bytes: int | None = None,
 ) -> ConversionResult:
-    """Convert into the store (or return the entry already there). ``digest`` lets the
+    """Convert the weights ``at`` (:func:`weights_at`) into the store (or return the entry
+    already there). ``digest`` lets the
     reconciler use its own address (reconcile.model.convert_digest); default:
     :func:`conversion_digest`."""
     store = store or Store(settings.paths())
@@ -319,13 +298,14 @@ def convert_to_store(
     with store.build(digest, name, provenance) as staging:
         details = convert_into(
             source,
+            at,
             recipe,
             staging,
             on_event=on_event,
             memory_limit=memory_limit,
             shard_bytes=shard_bytes,
         )
-        provenance.update(_provenance(source, recipe, details))
+        provenance.update(_provenance(source, at, recipe, details))
     entry = store.get(digest, name)
     assert isinstance(entry, StoreEntry)
     return ConversionResult(
@@ -334,10 +314,11 @@ def convert_to_store(
 
 
 def convert_to_dir(
-    source: ConvertSource,
+    source: ResolvedSource,
     recipe: Recipe,
     out: Path,
     *,
+    at: Path,
     on_event: EventHandler | None = None,
     memory_limit: int | None = None,
     shard_bytes: int | None = None,
@@ -355,6 +336,7 @@ def convert_to_dir(
     try:
         details = convert_into(
             source,
+            at,
             recipe,
             staging,
             on_event=on_event,
@@ -362,7 +344,8 @@ def convert_to_dir(
             shard_bytes=shard_bytes,
         )
         digest = conversion_digest(source, recipe)
-        record = {**_provenance(source, recipe, details), "digest": digest, "built_at": time.time()}
+        provenance = _provenance(source, at, recipe, details)
+        record = {**provenance, "digest": digest, "built_at": time.time()}
         atomic_write_text(staging / PROVENANCE_FILE, json.dumps(record, indent=2, default=str))
         staging.rename(out)
         fsync_dir(out.parent)

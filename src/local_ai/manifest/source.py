@@ -6,7 +6,8 @@ Plain data, shared by resolution, fetching, the lock file and the store (no I/O 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 Format = Literal["mlx", "safetensors", "gguf"]
@@ -27,9 +28,10 @@ class SourceFile:
     blob_id: str | None = None
 
     @property
-    def identity(self) -> str:
-        """What the content is checked against: sha256 when known, else the git blob id."""
-        return self.sha256 or self.blob_id or ""
+    def identity(self) -> str | None:
+        """A content identity that does not change once a fetch learns a git file's sha256:
+        the git blob id when the hub gave one, else the sha256 (local files)."""
+        return f"git-{self.blob_id}" if self.blob_id else self.sha256
 
 
 @dataclass(frozen=True)
@@ -78,6 +80,15 @@ class ResolvedSource:
         if self.file:
             label += f":{self.file}"
         return label + f"@{(self.commit or '')[:12]}"
+
+    def with_sha256s(self, sha256s: Mapping[str, str]) -> ResolvedSource:
+        """This source with the sha256s a fetch verified (by file name) filled in for files the
+        hub knows by git blob id only."""
+        files = tuple(
+            f if f.sha256 or f.name not in sha256s else replace(f, sha256=sha256s[f.name])
+            for f in self.files
+        )
+        return replace(self, files=files)
 
     def by_name(self) -> dict[str, SourceFile]:
         return {f.name: f for f in self.files}

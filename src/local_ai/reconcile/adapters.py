@@ -16,7 +16,7 @@ from local_ai.bench.measure import run_level, stream_once
 from local_ai.bench.results import context_of
 from local_ai.clients.plan import apply_client_change, describe_result
 from local_ai.cluster.copy import copy_entry, local_entry
-from local_ai.convert.api import CONVERTER_VERSION, convert_to_store, hub_source, local_source
+from local_ai.convert.api import CONVERTER_VERSION, convert_to_store, weights_at
 from local_ai.convert.recipe import AFFINE_BITS, MIXED_RECIPES, make_recipe
 from local_ai.convert.safetensors_header import check_safetensors
 from local_ai.errors import LocalAIError, ServerError
@@ -47,14 +47,13 @@ from local_ai.store.lockfile import (
     LockEntry,
     LockFile,
     entry_from_resolved,
-    keep_learned_hashes,
     save_lock,
 )
 from local_ai.store.state import FileRecord, InstalledModel, save_state
 from local_ai.util.failpoints import failpoint
 
 if TYPE_CHECKING:
-    from local_ai.convert.api import ConversionResult, ConvertSource, SourceKind
+    from local_ai.convert.api import ConversionResult
     from local_ai.convert.recipe import Recipe
     from local_ai.hub.fetch import FetchResult
     from local_ai.hub.progress import FetchProgress
@@ -163,18 +162,13 @@ class Adapters:
             return
         spec = self.manifest.models[alias]
         fetched = self.fetched.get(alias)
-        entry = entry_from_resolved(
-            self._source(alias), spec, sha256s=fetched.sha256s() if fetched else None
+        self.lock_models[alias] = entry_from_resolved(
+            self._source(alias),
+            spec,
+            sha256s=fetched.sha256s() if fetched else None,
+            before=self.lock_models.get(alias),
+            chosen=self.auto_levels.get(alias) if spec.quantize == "auto" else None,
         )
-        if spec.quantize == "auto" and alias in self.auto_levels:
-            chosen = self.auto_levels[alias]
-            entry = entry.model_copy(
-                update={"recipe": entry.recipe.model_copy(update={"chosen": chosen})}
-            )
-        before = self.lock_models.get(alias)
-        if before is not None:
-            entry = keep_learned_hashes(entry, before)
-        self.lock_models[alias] = entry
         self._write_lock()
 
     def _write_lock(self) -> None:
@@ -208,30 +202,18 @@ class Adapters:
             self.fetched[alias] = fetch(self._source(alias), offline=True)
         return self.fetched[alias]
 
-    def _convert_source(self, alias: str) -> ConvertSource:
-        source = self._source(alias)
-        if source.kind == "path":
-            return local_source(source.path or "")
-        result = self._fetched(alias)
-        assert source.repo is not None and source.commit is not None
-        kind: SourceKind = "gguf" if source.format == "gguf" else "safetensors"
-        path = result.path / source.file if source.file else result.path
-        hashes = result.sha256s()
-        return hub_source(
-            kind=kind,
-            path=path,
-            repo=source.repo,
-            commit=source.commit,
-            files=[(f.name, f.size, f.sha256 or hashes.get(f.name)) for f in source.files],
-            file=source.file,
-        )
+    def _convert_source(self, alias: str) -> tuple[ResolvedSource, Path]:
+        """The source with the sha256s fetch verified, and where its weights are on disk."""
+        fetched = self._fetched(alias)
+        source = self._source(alias).with_sha256s(fetched.sha256s())
+        return source, weights_at(source, fetched.path)
 
     def convert(self, action: Action) -> str:
         alias = _alias(action)
         spec = self._spec(alias, action)
         recipe = recipe_for(spec)
-        source = self._convert_source(alias)
-        base = (self._source(alias).repo or Path(source.path).stem).split("/")[-1]
+        source, at = self._convert_source(alias)
+        base = (source.repo or at.stem).split("/")[-1]
         from contextlib import nullcontext
 
         progress = self.convert_progress() if self.convert_progress else nullcontext()
@@ -239,6 +221,7 @@ class Adapters:
             result = convert_to_store(
                 source,
                 recipe,
+                at=at,
                 digest=_params(action, ConvertParams).digest,
                 name=safe_name(f"{base}-{recipe.level}"),
                 on_event=on_event,
@@ -272,16 +255,14 @@ class Adapters:
 
     def _reuse_conversion(self, alias: str, spec: ModelSpec) -> ConversionResult:
         """The store already holds this conversion (the planner planned no convert)."""
-        locked = self.snap.observed.lock.get(alias) or self.snap.observed.resolved[alias]
-        digest = convert_digest(locked, spec, CONVERTER_VERSION)
+        digest = convert_digest(self._source(alias), spec, CONVERTER_VERSION)
         # convert_to_store returns the existing entry without converting.
         store = Store(settings.paths())
         entry = next((e for e in store.entries() if e.digest == digest), None)
         if entry is None:
             raise LocalAIError(f"the store entry {digest} for {alias} disappeared during apply")
-        return convert_to_store(
-            self._convert_source(alias), recipe_for(spec), digest=digest, name=entry.name
-        )
+        source, at = self._convert_source(alias)
+        return convert_to_store(source, recipe_for(spec), at=at, digest=digest, name=entry.name)
 
     def remove(self, action: Action) -> str:
         alias = _alias(action)

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from local_ai.cluster.observe import rank_order
 from local_ai.manifest.models import ClusterSettings, ModelSpec
-from local_ai.reconcile.model import HostPlan, LockedModel, Share
+from local_ai.reconcile.model import HostPlan, Share, SourceView
 
 if TYPE_CHECKING:
     from local_ai.cluster.observe import HostReport
@@ -75,7 +75,7 @@ def unusable(spec: ModelSpec, hosts: Mapping[str, HostReport]) -> list[str]:
 
 
 def shares(
-    alias: str, spec: ModelSpec, source: LockedModel, weights: int, kv_cache: int
+    alias: str, spec: ModelSpec, source: SourceView, weights: int, kv_cache: int
 ) -> tuple[list[Share], str | None]:
     """Each rank's share of weights and KV cache, or why the placement cannot work."""
     hosts = spec.hosts or []
@@ -126,7 +126,7 @@ def shares(
     ], None
 
 
-def _unsupported(alias: str, spec: ModelSpec, source: LockedModel) -> str | None:
+def _unsupported(alias: str, spec: ModelSpec, source: SourceView) -> str | None:
     """Why mlx-lm cannot split this model type the way the manifest asks, or None."""
     if source.model_type is None:
         return None  # config.json not seen yet: checked once it is

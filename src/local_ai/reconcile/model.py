@@ -10,6 +10,8 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
 from local_ai.manifest.models import Manifest, ModelSpec
+from local_ai.manifest.source import ResolvedSource
+from local_ai.store.lockfile import LockEntry
 from local_ai.util.change import Change
 from local_ai.util.hashing import stable_hash
 
@@ -21,35 +23,18 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
-class LockedFile:
-    name: str
-    size: int
-    sha256: str | None = None
+class SourceView:
+    """A source as the planner reads it: the source itself, the lock entry that pins it (None
+    when it was resolved just now) and what its config.json says, for sizing."""
 
-
-@dataclass(frozen=True)
-class LockedModel:
-    """What local-ai.lock pins for one alias (repo sources) or records (local paths)."""
-
-    alias: str
-    repo: str | None
-    file: str | None
-    path: str | None
-    revision: str | None  # as asked in the manifest when locked
-    commit: str | None
-    format: Literal["mlx", "safetensors", "gguf"]
-    files: tuple[LockedFile, ...] = ()
+    source: ResolvedSource
+    entry: LockEntry | None = None
     source_quantization: str | None = None  # e.g. "4bit" for an MLX repo, "Q4_K_M" for a GGUF
     source_bits: float | None = None  # bits per weight of the source, for size estimates
     num_layers: int | None = None
     num_kv_heads: int | None = None
     head_dim: int | None = None
-    base_model: str | None = None
     model_type: str | None = None  # config.json's model_type, when config.json was seen
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(f.size for f in self.files)
 
 
 @dataclass(frozen=True)
@@ -99,8 +84,8 @@ class Observed:
 
     state_serial: int
     installed: dict[str, InstalledView]
-    lock: dict[str, LockedModel]
-    resolved: dict[str, LockedModel]  # fresh resolutions for aliases the lock does not cover
+    lock: dict[str, SourceView]  # what local-ai.lock pins, entry included
+    resolved: dict[str, SourceView]  # fresh resolutions for aliases the lock does not cover
     unresolved: dict[str, str]  # alias -> why it could not be resolved (offline, not found)
     cached: frozenset[str]  # aliases whose locked files are complete in the HF cache
     store_digests: frozenset[str]  # finished store entries
@@ -112,6 +97,8 @@ class Observed:
 
     def fingerprint(self) -> str:
         data = asdict(self)
+        for view in (*data["lock"].values(), *data["resolved"].values()):
+            view["source"].pop("from_cache")  # how it was resolved, not what
         for host in data["hosts"].values():
             host.pop("free_disk", None)  # moves with every write there; a plan would never match
         return stable_hash(data)
@@ -264,14 +251,21 @@ def install_key(spec: ModelSpec) -> str:
     return stable_hash(install_fields(spec))[:16]
 
 
-def convert_digest(source: LockedModel, spec: ModelSpec, converter_version: str) -> str:
+def _source_identity(source: ResolvedSource, spec: ModelSpec) -> dict[str, Any]:
+    # A local path enters as the manifest writes it, so a moved project keeps its addresses.
+    return {
+        "repo": source.repo,
+        "path": spec.path if source.kind == "path" else None,
+        "commit": source.commit,
+        "files": sorted((f.name, f.size, f.identity) for f in source.files),
+    }
+
+
+def convert_digest(source: ResolvedSource, spec: ModelSpec, converter_version: str) -> str:
     """Store address of a conversion: source commit + files + recipe + converter version."""
     return stable_hash(
         {
-            "repo": source.repo,
-            "path": source.path,
-            "commit": source.commit,
-            "files": sorted((f.name, f.size, f.sha256) for f in source.files),
+            **_source_identity(source, spec),
             "quantize": spec.quantize,
             "group_size": spec.group_size if spec.quantize else None,
             "converter": converter_version,
@@ -279,33 +273,16 @@ def convert_digest(source: LockedModel, spec: ModelSpec, converter_version: str)
     )[:16]
 
 
-def needs_conversion(spec: ModelSpec, source: LockedModel) -> bool:
+def needs_conversion(spec: ModelSpec, source: ResolvedSource) -> bool:
     return source.format != "mlx" or spec.quantize is not None
 
 
-def served_digest(source: LockedModel, spec: ModelSpec, converter_version: str) -> str:
+def served_digest(source: ResolvedSource, spec: ModelSpec, converter_version: str) -> str:
     """Identity of the files an alias serves, the name of its store entry on cluster hosts:
     the conversion's digest, or for a source served as is, its commit and files."""
     if needs_conversion(spec, source):
         return convert_digest(source, spec, converter_version)
-    return stable_hash(
-        {
-            "repo": source.repo,
-            "path": source.path,
-            "commit": source.commit,
-            "files": sorted((f.name, f.size, f.sha256) for f in source.files),
-        }
-    )[:16]
-
-
-def lock_disagreement(spec: ModelSpec, locked: LockedModel) -> str | None:
-    """Why the lock entry no longer describes the manifest's source, or None when it does."""
-    for name in ("repo", "file", "path", "revision"):
-        want, have = getattr(spec, name), getattr(locked, name)
-        same = (want or "main") == (have or "main") if name == "revision" else want == have
-        if not same:  # (no revision means main)
-            return f"{name} {have or 'unset'} → {want or 'unset'}"
-    return None
+    return stable_hash(_source_identity(source, spec))[:16]
 
 
 def alias_map_hash(manifest: Manifest, commits: dict[str, str | None]) -> str:

@@ -5,7 +5,7 @@ server and this machine. All of `plan`'s I/O happens here; the planner then deci
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +19,14 @@ from local_ai.hub.fetch import is_cached
 from local_ai.hub.resolve import repo_cache_dir, resolve
 from local_ai.manifest.load import LoadedManifest
 from local_ai.manifest.models import ModelSpec
-from local_ai.manifest.source import ResolvedSource, SourceFile
+from local_ai.manifest.source import ResolvedSource
 from local_ai.reconcile.generations import Generations
 from local_ai.reconcile.model import (
     ClientView,
     InstalledView,
-    LockedFile,
-    LockedModel,
     Observed,
     ServerView,
+    SourceView,
     install_fields,
 )
 from local_ai.server.daemon import admin_request, running_server
@@ -71,8 +70,8 @@ def observe(
     lock = load_lock(lock_path)
     base_dir = loaded.path.parent
 
-    locked: dict[str, LockedModel] = {}
-    resolved: dict[str, LockedModel] = {}
+    locked: dict[str, SourceView] = {}
+    resolved: dict[str, SourceView] = {}
     unresolved: dict[str, str] = {}
     sources: dict[str, ResolvedSource] = {}
     fresh: dict[str, ResolvedSource] = {}
@@ -81,9 +80,10 @@ def observe(
             continue
         entry = lock.models.get(alias)
         if entry is not None:
-            locked[alias] = _locked_view(alias, spec, entry, base_dir)
-            if _source_matches(spec, entry):
-                sources[alias] = resolved_from_entry(alias, entry, base_dir=base_dir)
+            pinned = resolved_from_entry(alias, entry, base_dir=base_dir)
+            locked[alias] = _view_of(pinned, entry)
+            if not lock_matches(spec, entry).source_moved:
+                sources[alias] = pinned  # a new recipe rebuilds from the same source
                 continue
         if frozen:
             continue  # the planner reports the disagreement
@@ -93,7 +93,7 @@ def observe(
             unresolved[alias] = str(exc) + (f" ({exc.hint})" if exc.hint else "")
             continue
         sources[alias] = fresh[alias] = source
-        resolved[alias] = _view_of(alias, spec, source, base_dir)
+        resolved[alias] = _view_of(source)
 
     cached = frozenset(alias for alias, source in sources.items() if _complete_in_cache(source))
     store = Store(paths)
@@ -154,60 +154,23 @@ def _resolve(alias: str, spec: ModelSpec, *, offline: bool, base_dir: Path) -> R
     return resolve(alias, spec, offline=offline, base_dir=base_dir)
 
 
-def _source_matches(spec: ModelSpec, entry: LockEntry) -> bool:
-    """The lock pins the source the manifest names (the recipe may differ: that rebuilds from
-    the same source, it needs no new resolution)."""
-    return not lock_matches(spec, entry).source_moved
-
-
 # ---- sources as the planner sees them -------------------------------------------------------
 
 
-def _locked_view(alias: str, spec: ModelSpec, entry: LockEntry, base_dir: Path) -> LockedModel:
-    view = _view_of(alias, spec, resolved_from_entry(alias, entry, base_dir=base_dir), base_dir)
-    if _source_matches(spec, entry):
-        return view
-    # Show the lock's own source so the planner names what moved.
-    return replace(
-        view,
-        repo=entry.repo,
-        file=entry.file,
-        path=entry.path,
-        revision=_revision(entry.revision),
-    )
-
-
-def _revision(revision: str | None) -> str | None:
-    return None if revision in (None, "main") else revision
-
-
-def _view_of(alias: str, spec: ModelSpec, source: ResolvedSource, base_dir: Path) -> LockedModel:
+def _view_of(source: ResolvedSource, entry: LockEntry | None = None) -> SourceView:
     config = _config_of(source)
     shape = sizing.shape_from_config(config)
     label, bits = _source_precision(source, config)
-    return LockedModel(
-        alias=alias,
-        repo=source.repo,
-        file=source.file,
-        path=spec.path if source.kind == "path" else None,
-        revision=_revision(source.revision) if source.kind == "repo" else None,
-        commit=source.commit,
-        format=source.format,
-        files=tuple(LockedFile(f.name, f.size, _identity(f)) for f in source.files),
+    return SourceView(
+        source=source,
+        entry=entry,
         source_quantization=label,
         source_bits=bits,
         num_layers=shape.num_layers if shape else None,
         num_kv_heads=shape.num_kv_heads if shape else None,
         head_dim=shape.head_dim if shape else None,
-        base_model=source.base_model,
         model_type=config["model_type"] if isinstance(config.get("model_type"), str) else None,
     )
-
-
-def _identity(file: SourceFile) -> str | None:
-    """A content identity that does not change once a fetch learns a git file's sha256: the
-    git blob id when the hub gave one, else the sha256 (local files)."""
-    return f"git-{file.blob_id}" if file.blob_id else file.sha256
 
 
 def _source_precision(

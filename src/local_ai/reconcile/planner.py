@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from local_ai import sizing
 from local_ai.manifest.models import Manifest, ModelSpec
 from local_ai.manifest.serving import engine_settings, gateway_settings
+from local_ai.manifest.source import DEFAULT_REVISION
 from local_ai.reconcile import cluster
 from local_ai.reconcile.model import (
     Action,
@@ -18,19 +19,19 @@ from local_ai.reconcile.model import (
     HostPlan,
     InstallParams,
     Kind,
-    LockedModel,
     Observed,
     Plan,
     ResourceChange,
     ServeParams,
+    SourceView,
     alias_map_hash,
     convert_digest,
     install_fields,
     install_key,
-    lock_disagreement,
     needs_conversion,
     served_digest,
 )
+from local_ai.store.lockfile import LockMatch, lock_matches
 from local_ai.util.change import Change
 from local_ai.util.units import human_bytes
 
@@ -53,60 +54,78 @@ def target_bits(spec: ModelSpec) -> float | None:
     return sizing.level_bits(spec.quantize, spec.group_size)
 
 
-def source_weights(source: LockedModel) -> int:
+def source_weights(view: SourceView) -> int:
     """Bytes of the source's weight files (all its files when none is recognized)."""
-    return sizing.weight_bytes((f.name, f.size) for f in source.files) or source.total_bytes
-
-
-def source_bits(source: LockedModel) -> float:
-    """Bits per weight of the source as stored (16 when nothing says otherwise)."""
-    return source.source_bits or sizing.DEFAULT_SOURCE_BITS
-
-
-def estimated_weights(spec: ModelSpec, source: LockedModel) -> int:
-    """Bytes of weights once installed: the source as is, or rescaled to the target bits."""
-    return sizing.weights_at(source_weights(source), source_bits(source), target_bits(spec))
-
-
-def kv_bytes(spec: ModelSpec, source: LockedModel) -> int:
-    """KV cache at the spec's context; 0 when the source's shape is unknown (no config.json)."""
-    if not (source.num_layers and source.num_kv_heads and source.head_dim):
-        return 0
-    shape = sizing.ArchShape(source.num_layers, source.num_kv_heads, source.head_dim)
-    return shape.kv_bytes(spec.context)
-
-
-def auto_level(spec: ModelSpec, source: LockedModel, usable_memory: int) -> sizing.AutoLevel:
-    """What `quantize = "auto"` resolves to for this source on a machine with
-    ``usable_memory`` bytes: the one choice search and `models convert` make too."""
-    return sizing.choose_level(
-        source_weights(source),
-        source_bits(source),
-        kv_bytes(spec, source),
-        usable_memory,
-        context=spec.context,
-        group_size=spec.group_size,
-        source_is_mlx=source.format == "mlx",
-        source_level=source.source_quantization,
+    return (
+        sizing.weight_bytes((f.name, f.size) for f in view.source.files) or view.source.total_size
     )
 
 
-def footprint(spec: ModelSpec, source: LockedModel) -> tuple[int, int]:
+def source_bits(view: SourceView) -> float:
+    """Bits per weight of the source as stored (16 when nothing says otherwise)."""
+    return view.source_bits or sizing.DEFAULT_SOURCE_BITS
+
+
+def estimated_weights(spec: ModelSpec, view: SourceView) -> int:
+    """Bytes of weights once installed: the source as is, or rescaled to the target bits."""
+    return sizing.weights_at(source_weights(view), source_bits(view), target_bits(spec))
+
+
+def kv_bytes(spec: ModelSpec, view: SourceView) -> int:
+    """KV cache at the spec's context; 0 when the source's shape is unknown (no config.json)."""
+    if not (view.num_layers and view.num_kv_heads and view.head_dim):
+        return 0
+    shape = sizing.ArchShape(view.num_layers, view.num_kv_heads, view.head_dim)
+    return shape.kv_bytes(spec.context)
+
+
+def auto_level(spec: ModelSpec, view: SourceView, usable_memory: int) -> sizing.AutoLevel:
+    """What `quantize = "auto"` resolves to for this source on a machine with
+    ``usable_memory`` bytes: the one choice search and `models convert` make too."""
+    return sizing.choose_level(
+        source_weights(view),
+        source_bits(view),
+        kv_bytes(spec, view),
+        usable_memory,
+        context=spec.context,
+        group_size=spec.group_size,
+        source_is_mlx=view.source.format == "mlx",
+        source_level=view.source_quantization,
+    )
+
+
+def footprint(spec: ModelSpec, view: SourceView) -> tuple[int, int]:
     """(weights, KV cache at the model's context) in bytes: every memory decision asks here."""
-    return estimated_weights(spec, source), kv_bytes(spec, source)
+    return estimated_weights(spec, view), kv_bytes(spec, view)
 
 
 def _short(commit: str | None) -> str:
     return commit[:7] if commit else "none"
 
 
-def _pinned(source: LockedModel) -> str:
+def _pinned(view: SourceView) -> str:
     """What the lock holds a source to, in words a user can check: the commit of a repo, the
     files of a local path (it has no commit)."""
-    if source.repo is not None:
-        return _short(source.commit)
-    count = len(source.files)
-    return f"{count} file{'s' if count != 1 else ''}, {human_bytes(source.total_bytes)}"
+    if view.source.repo is not None:
+        return _short(view.source.commit)
+    count = len(view.source.files)
+    return f"{count} file{'s' if count != 1 else ''}, {human_bytes(view.source.total_size)}"
+
+
+def _disagreement(match: LockMatch) -> str:
+    """The first way the lock no longer pins the manifest's source, in plan wording."""
+    moved = next(d for d in match.differences if not d.of_recipe)
+    if moved.field == "entry":
+        return "not in local-ai.lock"
+    locked, wanted = moved.locked, moved.wanted
+    if moved.field == "revision":  # no revision means main
+        locked, wanted = (None if v == DEFAULT_REVISION else v for v in (locked, wanted))
+    if isinstance(locked, list) or isinstance(wanted, list):
+        locked, wanted = (
+            ", ".join(map(str, v)) if isinstance(v, list) else v for v in (locked, wanted)
+        )
+    what = "source" if moved.field == "kind" else moved.field
+    return f"{what} {locked or 'unset'} → {wanted or 'unset'}"
 
 
 def _spec_change(old: dict[str, object], new: dict[str, object]) -> str:
@@ -128,7 +147,7 @@ class _Builder:
         self.errors: list[str] = []
         self.warnings: list[str] = []
         self.model_footprint: dict[str, int] = {}  # single-Mac models
-        self.placed: dict[str, LockedModel] = {}  # models sharded across cluster hosts
+        self.placed: dict[str, SourceView] = {}  # models sharded across cluster hosts
         self.host_plans: list[HostPlan] = []
         self.cluster_label = ""
         self.convert_peak = 0
@@ -139,12 +158,13 @@ class _Builder:
 
     # ------------------------------------------------------------------------------ models
 
-    def source_for(self, alias: str, spec: ModelSpec) -> tuple[LockedModel | None, str | None]:
+    def source_for(self, alias: str, spec: ModelSpec) -> tuple[SourceView | None, str | None]:
         """(source, why a resolve is planned). Errors are recorded for unresolvable aliases."""
         locked = self.observed.lock.get(alias)
-        disagreement = lock_disagreement(spec, locked) if locked else "not in local-ai.lock"
-        if locked is not None and disagreement is None:
+        match = lock_matches(spec, locked.entry if locked else None)
+        if locked is not None and not match.source_moved:
             return locked, None
+        disagreement = _disagreement(match)
         if self.options.frozen:
             self.errors.append(
                 f"models.{alias}: manifest and local-ai.lock disagree ({disagreement}); "
@@ -165,12 +185,12 @@ class _Builder:
             cause = f"not planned: {'; '.join(why)}"
             self.resources.append(ResourceChange(resource, Change.BLOCKED, cause))
             return []
-        source, resolve_cause = self.source_for(alias, spec)
-        if source is None:
+        view, resolve_cause = self.source_for(alias, spec)
+        if view is None:
             return []
         auto_reason = None
         if spec.quantize == "auto":
-            chosen = auto_level(spec, source, self.observed.usable_memory)
+            chosen = auto_level(spec, view, self.observed.usable_memory)
             if not chosen.fits:
                 self.errors.append(f"models.{alias}: {chosen.reason}")
                 return []
@@ -178,31 +198,35 @@ class _Builder:
             spec = spec.model_copy(update={"quantize": chosen.level})
             auto_reason = chosen.reason
         if spec.hosts:
-            self.placed[alias] = source
+            self.placed[alias] = view
         else:
-            self.model_footprint[alias] = sum(footprint(spec, source))
+            self.model_footprint[alias] = sum(footprint(spec, view))
         installed = self.observed.installed.get(alias)
         key = install_key(spec)
         if installed is None:
             change, cause = Change.CREATE, "new model"
         elif installed.spec_key != key:
             change, cause = Change.REPLACE, _spec_change(installed.spec, install_fields(spec))
-        elif installed.commit != source.commit:
+        elif installed.commit != view.source.commit:
             change = Change.REPLACE
-            cause = f"revision moved {_short(installed.commit)} → {_short(source.commit)}"
+            cause = f"revision moved {_short(installed.commit)} → {_short(view.source.commit)}"
         elif not installed.present:
             change, cause = Change.REPLACE, installed.drift or "store entry missing on disk"
         else:
             if resolve_cause is not None:  # up to date, but the lock must catch up
-                self.add(self._resolve(alias, spec, source, resolve_cause))
+                self.add(self._resolve(alias, spec, view, resolve_cause))
                 self.resources.append(ResourceChange(resource, Change.UPDATE, resolve_cause))
                 return []
-            quant = spec.quantize or source.source_quantization
+            quant = spec.quantize or view.source_quantization
             if quant is None:
-                quant = "source precision" if needs_conversion(spec, source) else source.format
+                quant = (
+                    "source precision"
+                    if needs_conversion(spec, view.source)
+                    else view.source.format
+                )
             if auto_reason:
                 quant = f"auto: {quant}"
-            where = _short(source.commit) if source.repo is not None else source.path
+            where = _short(view.source.commit) if view.source.repo is not None else spec.path
             self.resources.append(
                 ResourceChange(resource, Change.NOOP, f"up to date ({where}, {quant})")
             )
@@ -210,8 +234,8 @@ class _Builder:
         self.resources.append(ResourceChange(resource, change, cause))
         deps: list[str] = []
         if resolve_cause is not None:
-            deps.append(self.add(self._resolve(alias, spec, source, resolve_cause)))
-        if source.repo is not None:
+            deps.append(self.add(self._resolve(alias, spec, view, resolve_cause)))
+        if view.source.repo is not None:
             if alias not in self.observed.cached:
                 deps.append(
                     self.add(
@@ -221,10 +245,10 @@ class _Builder:
                             resource=resource,
                             cause=cause,
                             depends_on=tuple(deps),
-                            download_bytes=source.total_bytes,
-                            disk_bytes=source.total_bytes,
-                            detail=f"{len(source.files)} files from "
-                            f"{source.repo}@{_short(source.commit)}",
+                            download_bytes=view.source.total_size,
+                            disk_bytes=view.source.total_size,
+                            detail=f"{len(view.source.files)} files from "
+                            f"{view.source.repo}@{_short(view.source.commit)}",
                         )
                     )
                 )
@@ -236,15 +260,15 @@ class _Builder:
                         resource=resource,
                         cause="check sha256 against local-ai.lock",
                         depends_on=tuple(deps),
-                        detail=f"{len(source.files)} files",
+                        detail=f"{len(view.source.files)} files",
                     )
                 )
             )
-        if needs_conversion(spec, source):
-            digest = convert_digest(source, spec, self.options.converter_version)
+        if needs_conversion(spec, view.source):
+            digest = convert_digest(view.source, spec, self.options.converter_version)
             if digest not in self.observed.store_digests:
-                size = estimated_weights(spec, source)
-                largest = max((f.size for f in source.files), default=0)
+                size = estimated_weights(spec, view)
+                largest = max((f.size for f in view.source.files), default=0)
                 peak = sizing.convert_peak_bytes(largest, size)
                 self.convert_peak = max(self.convert_peak, peak)
                 recipe = spec.quantize or "source precision"
@@ -259,12 +283,12 @@ class _Builder:
                             depends_on=tuple(deps),
                             disk_bytes=size,
                             peak_memory_bytes=peak,
-                            detail=f"{source.format} → mlx {recipe}" + group,
+                            detail=f"{view.source.format} → mlx {recipe}" + group,
                             params=ConvertParams(digest, spec.quantize),
                         )
                     )
                 )
-            self._warn_requantize(alias, spec, source)
+            self._warn_requantize(alias, spec, view)
         install = self.add(
             Action(
                 id=f"install:{alias}",
@@ -272,38 +296,43 @@ class _Builder:
                 resource=resource,
                 cause=cause,
                 depends_on=tuple(deps),
-                detail=self._install_detail(spec, source)
+                detail=self._install_detail(spec, view)
                 + (f" ({auto_reason})" if auto_reason else ""),
-                params=InstallParams(spec.quantize, needs_conversion(spec, source)),
+                params=InstallParams(spec.quantize, needs_conversion(spec, view.source)),
             )
         )
         return [install]
 
-    def _resolve(self, alias: str, spec: ModelSpec, source: LockedModel, cause: str) -> Action:
+    def _resolve(self, alias: str, spec: ModelSpec, view: SourceView, cause: str) -> Action:
         return Action(
             id=f"resolve:{alias}",
             kind=Kind.RESOLVE,
             resource=f"model.{alias}",
             cause=cause,
-            detail=f"{spec.source_label} → {_pinned(source)} in local-ai.lock",
+            detail=f"{spec.source_label} → {_pinned(view)} in local-ai.lock",
         )
 
-    def _install_detail(self, spec: ModelSpec, source: LockedModel) -> str:
-        if needs_conversion(spec, source):
+    def _install_detail(self, spec: ModelSpec, view: SourceView) -> str:
+        if needs_conversion(spec, view.source):
             return "serve the converted model from the store"
-        if source.repo is not None:
+        if view.source.repo is not None:
             return "serve the HF cache snapshot as is"
-        return f"serve {source.path}"
+        return f"serve {spec.path}"
 
-    def _warn_requantize(self, alias: str, spec: ModelSpec, source: LockedModel) -> None:
-        if source.format != "gguf" or not source.source_bits or source.source_bits >= 8:
+    def _warn_requantize(self, alias: str, spec: ModelSpec, view: SourceView) -> None:
+        if view.source.format != "gguf" or not view.source_bits or view.source_bits >= 8:
             return
         bits = target_bits(spec)
         if spec.quantize is None or (bits is not None and bits >= 16):
             return
-        hint = f"; the original weights are in {source.base_model}" if source.base_model else ""
+        hint = (
+            f"; the original weights are in {view.source.base_model}"
+            if view.source.base_model
+            else ""
+        )
         self.warnings.append(
-            f"models.{alias}: {source.file} is already {source.source_quantization or 'low-bit'}; "
+            f"models.{alias}: {view.source.file} is already "
+            f"{view.source_quantization or 'low-bit'}; "
             f"requantizing it to {spec.quantize} compounds the error{hint}"
         )
 
@@ -341,10 +370,9 @@ class _Builder:
         # The server runs with whatever did install: a failed model must not keep the others
         # offline, so installs only order these actions.
         after = tuple(installs)
+        views = {**self.observed.resolved, **self.observed.lock}
         commits = {
-            alias: (
-                self.observed.lock.get(alias) or self.observed.resolved.get(alias) or _NONE
-            ).commit
+            alias: views[alias].source.commit if alias in views else None
             for alias in manifest.models
         }
         want_aliases = alias_map_hash(manifest, commits)
@@ -524,18 +552,18 @@ class _Builder:
         host_of: dict[tuple[str, int], str] = {}
         copies: dict[str, int] = {}
         used: list[str] = []
-        for alias, source in self.placed.items():
+        for alias, view in self.placed.items():
             spec = self.manifest.models[alias]
             names = spec.hosts or []
-            weights, kv = footprint(spec, source)
-            got, problem = cluster.shares(alias, spec, source, weights, kv)
+            weights, kv = footprint(spec, view)
+            got, problem = cluster.shares(alias, spec, view, weights, kv)
             if problem is not None:
                 self.errors.append(problem)
                 continue
             host_of.update({(alias, s.rank): names[s.rank] for s in got})
             all_shares += got
             used += [n for n in names if n not in used]
-            digest = served_digest(source, spec, self.options.converter_version)
+            digest = served_digest(view.source, spec, self.options.converter_version)
             lacking = [n for n in names[1:] if digest not in hosts[n].digests]
             for name in lacking:
                 copies[name] = copies.get(name, 0) + weights
@@ -607,13 +635,6 @@ class _Builder:
                 "(lower server.engine.max_loaded_models to make that explicit)"
             )
         return max(resident if resident <= usable else max(sizes.values()), self.convert_peak)
-
-
-class _NoSource:
-    commit: str | None = None
-
-
-_NONE = _NoSource()
 
 
 def _settings_change(prefix: str, old: dict[str, object], new: dict[str, object]) -> str:

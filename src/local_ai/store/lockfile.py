@@ -163,12 +163,18 @@ def entry_from_resolved(
     *,
     sha256s: Mapping[str, str] | None = None,
     versions: Versions | None = None,
+    before: LockEntry | None = None,
+    chosen: str | None = None,
 ) -> LockEntry:
-    """The lock entry for `resolved`. With the `sha256s` a fetch verified (by file name), files
-    known only by git blob id get the sha256 of their bytes."""
-    hashes = sha256s or {}
+    """The lock entry for `resolved`. Files known only by git blob id get the sha256 of their
+    bytes from the `sha256s` a fetch verified (by file name), or from the entry `before` when
+    it pinned the same file. `chosen`: the level `quantize = "auto"` chose here."""
+    resolved = resolved.with_sha256s(sha256s or {})
     quant = resolved.quantization
-    return LockEntry(
+    recipe = recipe_of(spec)
+    if chosen is not None:
+        recipe = recipe.model_copy(update={"chosen": chosen})
+    entry = LockEntry(
         kind=resolved.kind,
         format=resolved.format,
         repo=resolved.repo,
@@ -183,15 +189,14 @@ def entry_from_resolved(
             if quant is not None and quant != Quantization()
             else None
         ),
-        recipe=recipe_of(spec),
+        recipe=recipe,
         versions=versions or current_versions(),
         files=[
-            LockedFile(
-                name=f.name, size=f.size, sha256=f.sha256 or hashes.get(f.name), blob_id=f.blob_id
-            )
+            LockedFile(name=f.name, size=f.size, sha256=f.sha256, blob_id=f.blob_id)
             for f in sorted(resolved.files, key=lambda f: f.name)
         ],
     )
+    return entry if before is None else _keep_learned_hashes(entry, before)
 
 
 def resolved_from_entry(
@@ -527,9 +532,7 @@ def refresh_lock(
             changes.append(LockChange(alias, "kept", before, before))
             continue
         resolved = resolver(alias, spec, offline=offline)
-        after = entry_from_resolved(resolved, spec, versions=versions)
-        if before is not None:
-            after = keep_learned_hashes(after, before)
+        after = entry_from_resolved(resolved, spec, versions=versions, before=before)
         action: Literal["added", "updated", "upgraded", "kept"]
         reasons: tuple[str, ...] = ()
         if before is not None and match.ok:
@@ -546,7 +549,7 @@ def refresh_lock(
     return LockFile(models=models), changes
 
 
-def keep_learned_hashes(after: LockEntry, before: LockEntry) -> LockEntry:
+def _keep_learned_hashes(after: LockEntry, before: LockEntry) -> LockEntry:
     """Carry over sha256s that a fetch learned for files the hub knows by git blob id only,
     when the file is the same one (same name, size and blob id)."""
     known = {(f.name, f.size, f.blob_id): f.sha256 for f in before.files if f.sha256}
