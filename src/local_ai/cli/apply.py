@@ -117,6 +117,7 @@ def _apply_once(
         settle,
         stage_cluster,
         stale_reason,
+        with_saved_edits,
     )
     from local_ai.store.locks import apply_lock
 
@@ -133,6 +134,7 @@ def _apply_once(
                 raise LocalAIError(
                     f"stale plan: {why}", hint="run `local-ai plan --out FILE` again"
                 )
+            the_plan = with_saved_edits(saved, the_plan)
         if not json:
             out.print(render_text(the_plan), end="", markup=False, highlight=False)
         if the_plan.errors:

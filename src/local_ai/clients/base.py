@@ -541,6 +541,39 @@ class ClientChange:
             "error": self.error,
         }
 
+    def to_saved(self) -> dict[str, Any]:
+        """Everything apply needs to make exactly these edits (a saved plan; file contents
+        included, so plan files are written 0600)."""
+        return self.to_json() | {
+            "edits": [
+                {"path": str(e.path), "before": e.before, "after": e.after, "backup": e.backup}
+                for e in self.edits
+            ],
+            "ledger": self.ledger.to_json() if self.ledger else None,
+            "ledger_changed": self.ledger_changed,
+            "secrets": list(self.secrets),
+        }
+
+    @classmethod
+    def from_saved(cls, data: Mapping[str, Any]) -> ClientChange:
+        ledger = data["ledger"]
+        return cls(
+            client=str(data["client"]),
+            resource=str(data["resource"]),
+            change=Change(data["change"]),
+            cause=str(data["cause"]),
+            drift=tuple(str(line) for line in data["drift"]),
+            edits=tuple(
+                FileEdit(Path(e["path"]), e["before"], e["after"], bool(e["backup"]))
+                for e in data["edits"]
+            ),
+            ledger=Ledger.from_json(ledger) if ledger is not None else None,
+            ledger_changed=bool(data["ledger_changed"]),
+            notes=tuple(str(n) for n in data["notes"]),
+            secrets=tuple(str(s) for s in data["secrets"]),
+            error=None if data["error"] is None else str(data["error"]),
+        )
+
     def masked(self, text: str) -> str:
         """`text` with this change's secret values replaced."""
         for secret in self.secrets:

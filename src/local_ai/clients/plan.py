@@ -340,20 +340,3 @@ def describe_result(change: ClientChange, backups: list[Path]) -> str:
     if backups:
         text += f" (backup: {', '.join(str(b) for b in backups)})"
     return text
-
-
-def write_client(
-    manifest: Manifest,
-    client: str,
-    *,
-    server_url: str | None = None,
-    base_dir: Path | None = None,
-    now: datetime | None = None,
-) -> str:
-    """Observe, plan and apply one client in a single call (for a WRITE_CLIENT action run from
-    a saved plan). Raises LocalAIError when the client's file cannot be edited."""
-    observed = observe_clients(manifest, base_dir=base_dir)
-    for change in plan_clients(manifest, server_url, observed):
-        if change.client == client:
-            return describe_result(change, apply_client_change(change, now=now))
-    return f"{CLIENTS[client][2]}: nothing to do"
