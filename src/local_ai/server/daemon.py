@@ -376,7 +376,7 @@ def reload_aliases() -> list[str]:
 
 def restart_engine(engine: dict[str, Any] | None = None, *, timeout: float = 120.0) -> int:
     """Replace the running server's engine, with new `[server.engine]` settings when given
-    (`manifest.server.engine.model_dump(mode="json")`); the gateway stays up. Returns the new
+    (`manifest.serving.engine_settings`); the gateway stays up. Returns the new
     engine's pid once it is ready."""
     info = _running_or_fail()
     before = _admin(info, "GET", "/api/status")["engine"].get("pid")
