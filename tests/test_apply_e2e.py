@@ -118,22 +118,46 @@ def test_apply_asks_and_refuses_without_a_terminal(tiny_hub: FakeHub, project: P
     assert not (project.dir / "local-ai.lock").exists()
 
 
-def test_saved_plan_applies_and_a_stale_one_is_refused(tiny_hub: FakeHub, project: Project) -> None:
-    project.write(MODELS, server="autostart = false")
+def claude_settings(tmp_path: Path) -> Path:
+    """The user's Claude Code settings (HOME is tmp_path/user-home), with a setting of theirs."""
+    claude = tmp_path / "user-home" / ".claude" / "settings.json"
+    claude.parent.mkdir(parents=True)
+    claude.write_text('{\n  "theme": "dark"\n}\n')
+    return claude
+
+
+def test_saved_plan_applies_and_a_stale_one_is_refused(
+    tiny_hub: FakeHub, project: Project, tmp_path: Path
+) -> None:
+    claude = claude_settings(tmp_path)
+    with_client = MODELS + '[clients.claude_code]\nmodel = "chat"\n'
+    project.write(with_client, server="autostart = false")
     saved = project.dir / "plan.json"
     made = project.cli("plan", "--out", str(saved))
     assert made.returncode == 0, made.stderr
+    assert saved.stat().st_mode & 0o777 == 0o600  # it holds the settings files' text
     # The manifest changes after the plan was made: refused, nothing done.
-    project.write(MODELS.replace('"fp16"', '"q8"'), server="autostart = false")
+    project.write(with_client.replace('"fp16"', '"q8"'), server="autostart = false")
     stale = project.cli("apply", str(saved))
     assert stale.returncode == 1
     assert "stale plan" in stale.stderr and "local-ai plan" in stale.stderr
     assert not (project.home / "state.json").exists()
-    # A fresh plan applies as saved.
+    # A client's settings file changes after the plan was made: refused too.
+    project.write(with_client, server="autostart = false")
     assert project.cli("plan", "--out", str(saved)).returncode == 0
+    claude.write_text('{\n  "theme": "light"\n}\n')
+    edited = project.cli("apply", str(saved))
+    assert edited.returncode == 1 and "client's settings" in edited.stderr
+    assert claude.read_text() == '{\n  "theme": "light"\n}\n'
+    # A fresh plan applies as saved: the client file gets exactly the text the plan holds.
+    assert project.cli("plan", "--out", str(saved)).returncode == 0
+    (edit,) = json.loads(saved.read_text())["client_changes"]["client.claude-code"]["edits"]
     applied = project.cli("apply", str(saved))
     assert applied.returncode == 0, applied.stdout + applied.stderr
     assert set(json.loads((project.home / "state.json").read_text())["models"]) == {"chat", "conv"}
+    assert edit["before"] == '{\n  "theme": "light"\n}\n'
+    assert claude.read_text() == edit["after"]
+    assert json.loads(claude.read_text())["env"]["ANTHROPIC_MODEL"] == "chat"
 
 
 def test_frozen_uses_only_the_lock(tiny_hub: FakeHub, project: Project) -> None:
@@ -311,9 +335,7 @@ def test_models_add_edits_the_manifest_keeping_comments_and_applies(
 def test_apply_writes_client_configs_and_repairs_their_drift(
     tiny_hub: FakeHub, project: Project, tmp_path: Path
 ) -> None:
-    claude = tmp_path / "user-home" / ".claude" / "settings.json"
-    claude.parent.mkdir(parents=True)
-    claude.write_text('{\n  "theme": "dark"\n}\n')
+    claude = claude_settings(tmp_path)
     with_clients = MODELS + '[clients.claude_code]\nmodel = "chat"\nhaiku = "conv"\n'
     project.write(with_clients, server="autostart = false")
     plan = project.cli("plan")

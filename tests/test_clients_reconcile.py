@@ -20,10 +20,10 @@ from local_ai.clients.files import backups_of, ledger_path
 from local_ai.clients.plan import (
     apply_client_change,
     default_locations,
+    describe_result,
     observe_clients,
     plan_clients,
     unified_diff,
-    write_client,
 )
 from local_ai.errors import ClientFileChangedError, LocalAIError
 from local_ai.manifest.models import Manifest
@@ -498,29 +498,47 @@ def test_relative_paths_in_the_manifest_are_relative_to_its_directory(tmp_path: 
     assert jsonc.lookup((tmp_path / "dots/editor/zed.json").read_text(), ("agent",))[0]
 
 
-def test_write_client_in_one_call_for_a_saved_plan() -> None:
-    where = locations()["zed"]
-    before = place("zed_fresh.jsonc", where)
-    m = manifest({"zed": {}, "goose": {}})
-    message = write_client(m, "zed", now=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+def saved(change: ClientChange) -> ClientChange:
+    """The change as `apply PLAN` reads it back from a plan file."""
+    return ClientChange.from_saved(json.loads(json.dumps(change.to_saved())))
+
+
+def test_a_saved_change_makes_exactly_the_planned_edits() -> None:
+    where = locations()["claude"]
+    before = place("claude_settings.json", where)
+    m = manifest({"claude_code": {"haiku": "fast"}, "goose": {}}, api_key="sk-local-123")
+    first = plan(m)["claude-code"]
+    assert saved(first) == first  # file texts, ledger (replaced values included) and secrets
+    message = describe_result(
+        first, apply_client_change(saved(first), now=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC))
+    )
     backup = where.with_name("settings.json.local-ai-backup-20260102T030405")
-    assert message == f"Zed: update {where} (backup: {backup})"
+    assert message == f"Claude Code: update {where} (backup: {backup})"
     assert backup.read_text() == before
+    (edit,) = first.edits
+    assert where.read_text() == edit.after
     assert not locations()["goose_config"].exists()  # only the client named
-    assert write_client(m, "zed") == "Zed: matches the manifest"
-    assert plan(m)["zed"].to_json() == {
-        "client": "zed",
-        "resource": "client.zed",
+    assert plan(m)["claude-code"].to_json() == {
+        "client": "claude-code",
+        "resource": "client.claude-code",
         "change": "=",
         "cause": "matches the manifest",
         "drift": [],
         "files": [{"path": str(where), "action": "unchanged", "backup": False}],
-        "notes": list(plan(m)["zed"].notes),
+        "notes": list(first.notes),
         "error": None,
     }
-    removed = write_client(manifest(), "zed")
-    assert removed.startswith(f"Zed: update {where} (backup: {where}.local-ai-backup-")
+    # Removal from a saved change gives the user's values back, byte for byte.
+    removal = saved(plan(manifest())["claude-code"])
+    assert removal.ledger is None and removal.change is Change.DELETE
+    apply_client_change(removal)
     assert where.read_text() == before
+    # A saved change whose file moved on since is refused, the file left alone.
+    stale = saved(plan(m)["claude-code"])
+    where.write_text(before + "\n")
+    with pytest.raises(ClientFileChangedError):
+        apply_client_change(stale)
+    assert where.read_text() == before + "\n"
 
 
 def test_moving_a_client_file_restores_the_old_one_and_writes_the_new(tmp_path: Path) -> None:

@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from textwrap import dedent
 
+from local_ai.clients.base import ClientChange
+from local_ai.clients.plan import ClientsObserved, plan_clients, resolve_targets
 from local_ai.manifest.load import parse_manifest
 from local_ai.manifest.models import Manifest
 from local_ai.manifest.serving import engine_settings, gateway_settings
@@ -24,6 +27,7 @@ from local_ai.reconcile.model import (
 from local_ai.reconcile.planner import Options, plan
 from local_ai.reconcile.render import render_text, to_json
 from local_ai.store.lockfile import Versions, entry_from_resolved
+from local_ai.util.change import Change
 
 GIB = 1024**3
 C1 = "a" * 40
@@ -452,27 +456,61 @@ def test_server_stopped_without_autostart_is_a_reasoned_no_op() -> None:
     assert "= server  (server stopped (server.autostart = false))" in render_text(p)
 
 
-def test_client_configs_are_written_after_the_server_and_errors_stop_the_plan() -> None:
-    from local_ai.reconcile.model import ClientView
+CLIENT_DIRS = {
+    "zed.settings": Path("/cfg/zed/settings.json"),
+    "claude-code.settings": Path("/cfg/claude/settings.json"),
+    "goose.dir": Path("/cfg/goose"),
+    "codex.dir": Path("/cfg/codex"),
+}
 
-    m = manifest()
-    clients = (
-        ClientView("client.zed", True, "settings differ: language_models.openai_compatible"),
-        ClientView("client.goose", False, "up to date"),
-        ClientView("client.claude-code", True, "removed from the manifest", delete=True),
-    )
-    p = plan(m, replace(converged(m), server=ServerView(running=False), clients=clients))
+
+def client_files(m: Manifest, written: Manifest | None = None) -> ClientsObserved:
+    """The client files of `m` as read: what local-ai wrote for `written` (a converged machine
+    when it is `m`), nothing when `written` is None."""
+    targets = resolve_targets(m, CLIENT_DIRS)
+    paths = {p: None for roles in targets.values() for p in roles.values()}
+    if written is None:
+        return ClientsObserved(targets, paths)
+    changes = plan_clients(written, None, client_files(written))
+    files = paths | {e.path: e.after for c in changes for e in c.edits}
+    ledgers = {c.client: c.ledger for c in changes if c.ledger is not None}
+    return ClientsObserved(targets, files, ledgers)
+
+
+def test_client_configs_are_written_after_the_server_and_errors_stop_the_plan() -> None:
+    before = manifest(BASE + '[clients.goose]\n[clients.claude_code]\nmodel = "coder"\n')
+    m = manifest(BASE + "[clients.zed]\n[clients.goose]\n")
+    # Goose as local-ai wrote it, Zed not written yet, Claude Code dropped from the manifest.
+    seen = client_files(m, written=before)
+    p = plan(m, replace(converged(m), server=ServerView(running=False), clients=seen))
     text = render_text(p)
-    assert "  ~ client.zed  (settings differ: language_models.openai_compatible)" in text
-    assert "  = client.goose  (up to date)" in text
-    assert "  - client.claude-code  (removed from the manifest)" in text
-    assert p.action("write-client:zed").after == ("start-server",)
+    assert "  ~ client.zed  (configure Zed for local-ai)" in text
+    assert "  = client.goose  (matches the manifest)" in text
+    assert (
+        "  - client.claude-code  (removed from the manifest: restore what local-ai changed in "
+        "Claude Code's settings)" in text
+    )
+    write = p.action("write-client:zed")
+    assert write.after == ("start-server",)
+    # The action carries the exact edit it makes, and the JSON form never the file's text.
+    assert isinstance(write.params, ClientChange)
+    (edit,) = write.params.edits
+    assert (edit.path, edit.before) == (CLIENT_DIRS["zed.settings"], None)
+    assert '"openai_compatible"' in (edit.after or "")
+    shown = next(a for a in to_json(p)["actions"] if a["id"] == "write-client:zed")
+    assert shown["params"]["files"] == [
+        {"path": "/cfg/zed/settings.json", "action": "create", "backup": False}
+    ]
     assert "write-client:goose" not in {a.id for a in p.actions}
 
-    broken = (ClientView("client.zed", False, "", error="settings.json:3:1: not JSON"),)
+    broken = client_files(m)
+    broken = replace(broken, files={**broken.files, CLIENT_DIRS["zed.settings"]: '{"a": '})
     failed = plan(m, replace(converged(m), clients=broken))
     assert not failed.actions
-    assert failed.errors == ("client.zed: settings.json:3:1: not JSON",)
+    (error,) = failed.errors
+    assert error.startswith("client.zed: /cfg/zed/settings.json:1:")
+    unread = plan(m, replace(converged(m), clients_error="clients/zed.json: not a record"))
+    assert unread.errors == ("clients: clients/zed.json: not a record",)
 
 
 def test_local_path_model_installs_without_fetch() -> None:
@@ -507,14 +545,12 @@ def test_benchmarks_follow_install_and_server() -> None:
 
 
 def test_conform_follows_the_benchmark_with_the_gate_the_plan_decided() -> None:
-    from local_ai.reconcile.model import ClientView, GateParams
+    from local_ai.reconcile.model import GateParams
 
-    m = manifest(BASE.replace("on_apply = false", "on_apply = true\ngate = true"))
-    clients = (
-        ClientView("client.zed", True, "not written yet"),
-        ClientView("client.codex", False, "matches the manifest"),
-        ClientView("client.goose", True, "removed from the manifest", delete=True),
-    )
+    gated = BASE.replace("on_apply = false", "on_apply = true\ngate = true")
+    m = manifest(gated + "[clients.zed]\n[clients.codex]\n")
+    # Zed not written yet, Codex as written, Goose dropped from the manifest.
+    clients = client_files(m, written=manifest(gated + "[clients.codex]\n[clients.goose]\n"))
     p = plan(m, replace(empty(m), clients=clients))
     conform = p.action("conform:coder")
     assert conform.kind is Kind.CONFORM
@@ -524,6 +560,7 @@ def test_conform_follows_the_benchmark_with_the_gate_the_plan_decided() -> None:
     assert "conform        requests and a tool-call round trip of zed, codex" in render_text(p)
     # No configured client, no conform; --skip-benchmark leaves both out.
     assert "conform:coder" not in {a.id for a in plan(m, empty(m)).actions}
+    assert p.action("write-client:goose").params.change is Change.DELETE  # type: ignore[union-attr]
     skipped = plan(m, replace(empty(m), clients=clients), Options(benchmark=False))
     assert not any(a.kind in (Kind.BENCHMARK, Kind.CONFORM) for a in skipped.actions)
 

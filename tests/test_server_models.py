@@ -150,6 +150,8 @@ def test_cache_size_and_idle_ttl_follow_the_manifest_through_apply(
         assert daemon.pidfile()["pid"] == gateway_pid  # the gateway stayed up
         assert engine["pid"] == standby
         assert (engine["max_loaded_models"], engine["idle_ttl_s"]) == (2, 2)
+        # It reports the settings the manifest means (one form of them): nothing left to plan.
+        assert daemon.cli("plan", "--detailed-exitcode").returncode == 0
         assert chat(client, "a").status_code == 200
         assert chat(client, "b").status_code == 200
         assert loaded(client) == {"a", "b"}  # two fit now

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import plistlib
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from local_ai.errors import ConfigError, NotYetError
+from local_ai.errors import ConfigError, NotYetError, PortInUseError
 from local_ai.manifest.models import Manifest
 from local_ai.server import compat, launchd
 from local_ai.server.aliases import AliasMap, load_alias_map, save_alias_map
@@ -114,6 +115,23 @@ def test_alias_map_file_round_trips_privately(tmp_path: Path) -> None:
     target.write_text("{not json")
     with pytest.raises(ConfigError):
         load_alias_map(target)
+
+
+def test_the_gateway_names_who_holds_its_port() -> None:
+    from local_ai.server.gateway.main import _bind
+
+    port = free_port()
+    config = server_config(Manifest.model_validate({"server": {"port": port}}), None)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        with pytest.raises(PortInUseError) as caught:
+            _bind(config).close()
+    assert str(caught.value) == f"port {port} is already in use by " + (
+        f"{caught.value.holder} (127.0.0.1:{port})"
+    )
+    assert f"pid {os.getpid()}" in (caught.value.holder or "")
+    assert caught.value.hint == "stop that process or set server.port in the manifest"
 
 
 def test_server_config_hosts_origins_and_keys(monkeypatch: pytest.MonkeyPatch) -> None:

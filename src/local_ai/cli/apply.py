@@ -16,6 +16,7 @@ from local_ai.cli.plan import (
     PruneOption,
     SkipBenchmarkOption,
     TargetOption,
+    run_options,
 )
 from local_ai.cli.progress import ConvertBar, RichProgress
 from local_ai.errors import ExitCode, LocalAIError, UsageError
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from local_ai.reconcile.executor import Outcome
     from local_ai.reconcile.model import Action, Plan
     from local_ai.reconcile.observe import Snapshot
-    from local_ai.reconcile.run import ApplyResult, RunOptions
+    from local_ai.reconcile.run import ApplyResult, RunOptions, SavedPlan
 
 LockTimeoutOption = Annotated[
     float,
@@ -62,15 +63,9 @@ def apply_command(
     continues from where it stopped.
     """
     from local_ai.manifest.load import load_manifest
-    from local_ai.reconcile.run import RunOptions, load_plan
+    from local_ai.reconcile.run import load_plan
 
-    options = RunOptions(
-        prune=prune,
-        frozen=frozen,
-        targets=tuple(target or ()),
-        offline=offline,
-        benchmark=not skip_benchmark,
-    )
+    options = run_options(target, prune, frozen, offline, skip_benchmark)
     saved = None
     if plan_file is not None:
         if watch:
@@ -108,7 +103,7 @@ def _apply_once(
     json: bool,
     dry_run: bool = False,
     lock_timeout: float = 0.0,
-    saved: Any = None,
+    saved: SavedPlan | None = None,
 ) -> int:
     from local_ai.reconcile.render import render_text, to_json
     from local_ai.reconcile.run import (
@@ -117,6 +112,7 @@ def _apply_once(
         settle,
         stage_cluster,
         stale_reason,
+        with_saved_edits,
     )
     from local_ai.store.locks import apply_lock
 
@@ -133,6 +129,7 @@ def _apply_once(
                 raise LocalAIError(
                     f"stale plan: {why}", hint="run `local-ai plan --out FILE` again"
                 )
+            the_plan = with_saved_edits(saved, the_plan)
         if not json:
             out.print(render_text(the_plan), end="", markup=False, highlight=False)
         if the_plan.errors:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -12,6 +12,9 @@ from local_ai.cli.errors import detailed_exitcode as terraform_codes
 from local_ai.cli.options import ConfigOption, JsonOption
 from local_ai.cli.output import console, print_json
 from local_ai.errors import ExitCode
+
+if TYPE_CHECKING:
+    from local_ai.reconcile.run import RunOptions
 
 TargetOption = Annotated[
     list[str] | None,
@@ -30,6 +33,21 @@ OfflineOption = Annotated[
 SkipBenchmarkOption = Annotated[
     bool, typer.Option("--skip-benchmark", help="Do not benchmark new or rebuilt models.")
 ]
+
+
+def run_options(
+    target: list[str] | None, prune: bool, frozen: bool, offline: bool, skip_benchmark: bool
+) -> RunOptions:
+    """The flags plan and apply share, as the options both run with."""
+    from local_ai.reconcile.run import RunOptions
+
+    return RunOptions(
+        prune=prune,
+        frozen=frozen,
+        targets=tuple(target or ()),
+        offline=offline,
+        benchmark=not skip_benchmark,
+    )
 
 
 def plan_command(
@@ -56,17 +74,11 @@ def plan_command(
     disk to use and peak memory; every unchanged resource with the reason."""
     from local_ai.manifest.load import load_manifest
     from local_ai.reconcile.render import render_text, to_json
-    from local_ai.reconcile.run import RunOptions, make_plan, save_plan
+    from local_ai.reconcile.run import make_plan, save_plan
 
     with terraform_codes(detailed_exitcode):
         loaded = load_manifest(settings.manifest_path(config))
-        options = RunOptions(
-            prune=prune,
-            frozen=frozen,
-            targets=tuple(target or ()),
-            offline=offline,
-            benchmark=not skip_benchmark,
-        )
+        options = run_options(target, prune, frozen, offline, skip_benchmark)
         _, the_plan = make_plan(loaded, options)
         if json:
             print_json(to_json(the_plan))

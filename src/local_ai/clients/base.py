@@ -90,10 +90,8 @@ class JsoncFormat:
 
     @staticmethod
     def _checked(text: str) -> str:
-        try:
+        with _document_errors():
             jsonc.parse(text)
-        except jsonc.JsoncError as exc:
-            raise DocumentError(exc.problem, exc.line, exc.column) from None
         return text
 
     def get(self, text: str | None, slot: Slot) -> Any:
@@ -103,11 +101,8 @@ class JsoncFormat:
         return value if found else ABSENT
 
     def set(self, text: str | None, slot: Slot, value: Any) -> tuple[str, list[Slot]]:
-        try:
-            new, created = jsonc.set_value(self._checked(text or ""), slot, value)
-        except jsonc.JsoncEditError as exc:
-            raise DocumentError(str(exc)) from None
-        return new, created
+        with _document_errors():
+            return jsonc.set_value(self._checked(text or ""), slot, value)
 
     def delete(self, text: str | None, slot: Slot) -> str | None:
         return None if text is None else jsonc.delete(self._checked(text), slot)
@@ -121,10 +116,8 @@ class JsoncFormat:
         return None if text is None else jsonc.raw_value(self._checked(text), slot)
 
     def set_raw(self, text: str | None, slot: Slot, raw: str) -> str:
-        try:
+        with _document_errors():
             return jsonc.replace_raw(self._checked(text or ""), slot, raw)
-        except jsonc.JsoncEditError as exc:
-            raise DocumentError(str(exc)) from None
 
 
 class JsonFileFormat:
@@ -135,10 +128,8 @@ class JsonFileFormat:
     def get(self, text: str | None, slot: Slot) -> Any:
         if text is None:
             return ABSENT
-        try:
+        with _document_errors():
             return jsonc.loads(text)
-        except jsonc.JsoncError as exc:
-            raise DocumentError(exc.problem, exc.line, exc.column) from None
 
     def set(self, text: str | None, slot: Slot, value: Any) -> tuple[str, list[Slot]]:
         return json.dumps(value, indent=2, ensure_ascii=False) + "\n", []
@@ -168,10 +159,8 @@ class YamlKeysFormat:
         return value if found else ABSENT
 
     def set(self, text: str | None, slot: Slot, value: Any) -> tuple[str, list[Slot]]:
-        try:
+        with _document_errors():
             return yamlkeys.set_key(text or "", slot[0], str(value)), []
-        except yamlkeys.YamlKeysError as exc:
-            raise DocumentError(str(exc)) from None
 
     def delete(self, text: str | None, slot: Slot) -> str | None:
         return None if text is None else yamlkeys.delete_key(text, slot[0])
@@ -183,10 +172,8 @@ class YamlKeysFormat:
         return None if text is None else yamlkeys.raw_value(text, slot[0])
 
     def set_raw(self, text: str | None, slot: Slot, raw: str) -> str:
-        try:
+        with _document_errors():
             return yamlkeys.set_key(text or "", slot[0], raw, raw=True)
-        except yamlkeys.YamlKeysError as exc:
-            raise DocumentError(str(exc)) from None
 
 
 class TomlKeysFormat:
@@ -197,18 +184,18 @@ class TomlKeysFormat:
     def get(self, text: str | None, slot: Slot) -> Any:
         if text is None:
             return ABSENT
-        with _toml_errors():
+        with _document_errors():
             found, value = tomlkeys.lookup(text, slot)
         return value if found else ABSENT
 
     def set(self, text: str | None, slot: Slot, value: Any) -> tuple[str, list[Slot]]:
-        with _toml_errors():
+        with _document_errors():
             return tomlkeys.set_value(text or "", slot, value), []
 
     def delete(self, text: str | None, slot: Slot) -> str | None:
         if text is None:
             return None
-        with _toml_errors():
+        with _document_errors():
             return tomlkeys.delete(text, slot)
 
     def prune(self, text: str | None, container: Slot) -> str | None:
@@ -217,11 +204,11 @@ class TomlKeysFormat:
     def raw(self, text: str | None, slot: Slot) -> str | None:
         if text is None:
             return None
-        with _toml_errors():
+        with _document_errors():
             return tomlkeys.raw(text, slot)
 
     def set_raw(self, text: str | None, slot: Slot, raw: str) -> str:
-        with _toml_errors():
+        with _document_errors():
             return tomlkeys.set_raw(text or "", slot, raw)
 
 
@@ -233,21 +220,26 @@ class TomlFileFormat(JsonFileFormat):
     def get(self, text: str | None, slot: Slot) -> Any:
         if text is None:
             return ABSENT
-        with _toml_errors():
+        with _document_errors():
             return tomlkeys.parse(text)
 
     def set(self, text: str | None, slot: Slot, value: Any) -> tuple[str, list[Slot]]:
-        with _toml_errors():
+        with _document_errors():
             lines = [f"{tomlkeys.key(k)} = {tomlkeys.scalar(v)}\n" for k, v in value.items()]
         return "".join(lines), []
 
 
 @contextlib.contextmanager
-def _toml_errors() -> Iterator[None]:
+def _document_errors() -> Iterator[None]:
+    """Each file library's error as a DocumentError, with the line and column when known."""
     try:
         yield
+    except jsonc.JsoncError as exc:
+        raise DocumentError(exc.problem, exc.line, exc.column) from None
     except tomlkeys.TomlKeysError as exc:
         raise DocumentError(str(exc), exc.line, exc.column) from None
+    except (jsonc.JsoncEditError, yamlkeys.YamlKeysError) as exc:
+        raise DocumentError(str(exc)) from None
 
 
 FORMATS: dict[FormatName, Format] = {
@@ -540,6 +532,39 @@ class ClientChange:
             "notes": list(self.notes),
             "error": self.error,
         }
+
+    def to_saved(self) -> dict[str, Any]:
+        """Everything apply needs to make exactly these edits (a saved plan; file contents
+        included, so plan files are written 0600)."""
+        return self.to_json() | {
+            "edits": [
+                {"path": str(e.path), "before": e.before, "after": e.after, "backup": e.backup}
+                for e in self.edits
+            ],
+            "ledger": self.ledger.to_json() if self.ledger else None,
+            "ledger_changed": self.ledger_changed,
+            "secrets": list(self.secrets),
+        }
+
+    @classmethod
+    def from_saved(cls, data: Mapping[str, Any]) -> ClientChange:
+        ledger = data["ledger"]
+        return cls(
+            client=str(data["client"]),
+            resource=str(data["resource"]),
+            change=Change(data["change"]),
+            cause=str(data["cause"]),
+            drift=tuple(str(line) for line in data["drift"]),
+            edits=tuple(
+                FileEdit(Path(e["path"]), e["before"], e["after"], bool(e["backup"]))
+                for e in data["edits"]
+            ),
+            ledger=Ledger.from_json(ledger) if ledger is not None else None,
+            ledger_changed=bool(data["ledger_changed"]),
+            notes=tuple(str(n) for n in data["notes"]),
+            secrets=tuple(str(s) for s in data["secrets"]),
+            error=None if data["error"] is None else str(data["error"]),
+        )
 
     def masked(self, text: str) -> str:
         """`text` with this change's secret values replaced."""

@@ -243,20 +243,27 @@ def _check_zed(
     return api_url
 
 
-def _zed_requests(prober: _Prober, api_url: str, model: str, names: list[str], key: str) -> None:
+def _list_then_stream(
+    prober: _Prober,
+    key: str,
+    models_url: str,
+    names: list[str],
+    turn: tuple[str, str, dict[str, Any], Callable[[httpx.Response], str | None]],
+) -> None:
+    """What an OpenAI-style client sends first: its model list, then `turn` (label, URL, body,
+    judge), a streamed request with tools, when the server answered."""
     auth = {"authorization": f"Bearer {key}"}
-    prober.run("models listed", "GET", f"{api_url}/models", headers=auth, judge=_lists(names))
+    prober.run("models listed", "GET", models_url, headers=auth, judge=_lists(names))
     if not prober.down:
-        body = _chat_body(model, _ZED_SYSTEM)
-        body |= {"parallel_tool_calls": False, "prompt_cache_key": "local-ai-check"}
-        prober.run(
-            f"tool-calling chat stream ({model})",
-            "POST",
-            f"{api_url}/chat/completions",
-            headers=auth,
-            json=body,
-            judge=_openai_stream,
-        )
+        label, url, body, judge = turn
+        prober.run(label, "POST", url, headers=auth, json=body, judge=judge)
+
+
+def _zed_requests(prober: _Prober, api_url: str, model: str, names: list[str], key: str) -> None:
+    body = _chat_body(model, _ZED_SYSTEM)
+    body |= {"parallel_tool_calls": False, "prompt_cache_key": "local-ai-check"}
+    turn = (f"tool-calling chat stream ({model})", f"{api_url}/chat/completions", body)
+    _list_then_stream(prober, key, f"{api_url}/models", names, (*turn, _openai_stream))
 
 
 _ZED_SYSTEM = "You are a helpful assistant in Zed."
@@ -350,18 +357,8 @@ def _check_goose(
 def _goose_requests(
     prober: _Prober, url: str, models_url: str, model: str, names: list[str], key: str
 ) -> None:
-    auth = {"authorization": f"Bearer {key}"}
-    prober.run("models listed", "GET", models_url, headers=auth, judge=_lists(names))
-    if not prober.down:
-        body = _chat_body(model, _GOOSE_SYSTEM)
-        prober.run(
-            f"chat stream with tools ({model})",
-            "POST",
-            url,
-            headers=auth,
-            json=body,
-            judge=_openai_stream,
-        )
+    turn = (f"chat stream with tools ({model})", url, _chat_body(model, _GOOSE_SYSTEM))
+    _list_then_stream(prober, key, models_url, names, (*turn, _openai_stream))
 
 
 _GOOSE_SYSTEM = "You are a general-purpose AI agent called goose."
@@ -390,18 +387,9 @@ def _check_codex(
 
 
 def _codex_requests(prober: _Prober, base: str, model: str, names: list[str], key: str) -> None:
-    auth = {"authorization": f"Bearer {key}"}
-    prober.run("models listed", "GET", f"{base}/models", headers=auth, judge=_lists(names))
-    if not prober.down:
-        body = _responses_body(model) | {"stream": True, "max_output_tokens": MAX_TOKENS}
-        prober.run(
-            f"responses stream with tools ({model})",
-            "POST",
-            f"{base}/responses",
-            headers=auth,
-            json=body,
-            judge=_responses_stream,
-        )
+    body = _responses_body(model) | {"stream": True, "max_output_tokens": MAX_TOKENS}
+    turn = (f"responses stream with tools ({model})", f"{base}/responses", body)
+    _list_then_stream(prober, key, f"{base}/models", names, (*turn, _responses_stream))
 
 
 def _responses_body(model: str) -> dict[str, Any]:

@@ -22,13 +22,11 @@ from local_ai.clients.base import (
     DocumentError,
     FileEdit,
     FileRecord,
-    FormatName,
     Ledger,
-    Slot,
     drift,
     merge,
 )
-from local_ai.clients.spec import Desired
+from local_ai.clients.spec import Desired, FileSpec
 from local_ai.errors import ClientFileChangedError, ConfigError, LocalAIError
 from local_ai.manifest.models import Manifest
 from local_ai.util.change import Change
@@ -161,26 +159,15 @@ def observe_clients(manifest: Manifest, *, base_dir: Path | None = None) -> Clie
 # ---------------------------------------------------------------------------------- plan
 
 
-@dataclass(frozen=True)
-class _FilePlan:
-    path: Path
-    format: FormatName
-    desired: dict[Slot, object]
-    secret: frozenset[Slot]
-
-
 def _file_plans(
     desired: Desired | None, targets: Mapping[str, Path], ledger: Ledger | None
-) -> list[_FilePlan]:
-    plans: list[_FilePlan] = []
-    if desired is not None:
-        for spec in desired.files:
-            plans.append(_FilePlan(targets[spec.role], spec.format, spec.desired, spec.secret))
-    wanted = {str(p.path) for p in plans}
+) -> list[tuple[Path, FileSpec]]:
+    plans = [(targets[spec.role], spec) for spec in desired.files] if desired else []
+    wanted = {str(path) for path, _ in plans}
     # Files recorded earlier but no longer wanted (client disabled or moved): restore them.
     for record in ledger.files if ledger else ():
         if record.path not in wanted:
-            plans.append(_FilePlan(Path(record.path), record.format, {}, frozenset()))
+            plans.append((Path(record.path), FileSpec("restore", record.format, {})))
     return plans
 
 
@@ -204,21 +191,21 @@ def _plan_one(
     edits: list[FileEdit] = []
     records: list[FileRecord] = []
     lines: list[str] = []
-    for fp in plans:
-        if fp.path in observed.unreadable:
-            return _failed(client, f"{fp.path}: {observed.unreadable[fp.path]}")
-        before = observed.files.get(fp.path)
-        record = ledger.file(str(fp.path)) if ledger else None
-        fmt = FORMATS[fp.format]
+    for path, spec in plans:
+        if path in observed.unreadable:
+            return _failed(client, f"{path}: {observed.unreadable[path]}")
+        before = observed.files.get(path)
+        record = ledger.file(str(path)) if ledger else None
+        fmt = FORMATS[spec.format]
         try:
-            after, new_record = merge(fmt, str(fp.path), before, fp.desired, record)
-            prefix = fp.path.name if len(plans) > 1 else ""
-            lines += drift(fmt, before, fp.desired, record, fp.secret, prefix)
+            after, new_record = merge(fmt, str(path), before, spec.desired, record)
+            prefix = path.name if len(plans) > 1 else ""
+            lines += drift(fmt, before, spec.desired, record, spec.secret, prefix)
         except DocumentError as exc:
             where = f":{exc.line}:{exc.column}" if exc.line is not None else ""
-            return _failed(client, f"{fp.path}{where}: {exc}", title)
+            return _failed(client, f"{path}{where}: {exc}", title)
         ours = after is None and record is not None and record.created_file
-        edits.append(FileEdit(fp.path, before, after, backup=not ours))
+        edits.append(FileEdit(path, before, after, backup=not ours))
         if new_record is not None:
             records.append(new_record)
     new_ledger = Ledger(client, tuple(records)) if records else None
@@ -340,20 +327,3 @@ def describe_result(change: ClientChange, backups: list[Path]) -> str:
     if backups:
         text += f" (backup: {', '.join(str(b) for b in backups)})"
     return text
-
-
-def write_client(
-    manifest: Manifest,
-    client: str,
-    *,
-    server_url: str | None = None,
-    base_dir: Path | None = None,
-    now: datetime | None = None,
-) -> str:
-    """Observe, plan and apply one client in a single call (for a WRITE_CLIENT action run from
-    a saved plan). Raises LocalAIError when the client's file cannot be edited."""
-    observed = observe_clients(manifest, base_dir=base_dir)
-    for change in plan_clients(manifest, server_url, observed):
-        if change.client == client:
-            return describe_result(change, apply_client_change(change, now=now))
-    return f"{CLIENTS[client][2]}: nothing to do"

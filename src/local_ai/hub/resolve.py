@@ -87,18 +87,35 @@ def _resolve_online(alias: str, spec: ModelSpec) -> ResolvedSource:
     names = _selected(alias, spec, siblings, commit)
     files = tuple(_source_file(repo, siblings[name]) for name in names)
     fmt, quant = _detect_format(alias, spec, files, siblings, info, commit)
+    base_model = _base_model(getattr(info, "card_data", None))
+    return _repo_source(alias, spec, commit, files, fmt, quant, base_model=base_model)
+
+
+def _repo_source(
+    alias: str,
+    spec: ModelSpec,
+    commit: str,
+    files: tuple[SourceFile, ...],
+    fmt: Format,
+    quant: Quantization | None,
+    *,
+    base_model: str | None = None,
+    from_cache: bool = False,
+) -> ResolvedSource:
+    assert spec.repo is not None
     return ResolvedSource(
         alias=alias,
         kind="repo",
         format=fmt,
         files=files,
-        repo=repo,
-        revision=revision,
+        repo=spec.repo,
+        revision=spec.revision or DEFAULT_REVISION,
         commit=commit,
         file=spec.file,
         quantization=quant,
-        base_model=_base_model(getattr(info, "card_data", None)),
+        base_model=base_model,
         extra_files=tuple(spec.extra_files),
+        from_cache=from_cache,
     )
 
 
@@ -175,14 +192,15 @@ def _detect_format(
     config = _read_config(spec, files, commit) if "config.json" in names else {}
     quant = _mlx_quantization(config)
     tags = {str(t).lower() for t in getattr(info, "tags", None) or []}
-    library = str(getattr(info, "library_name", None) or "").lower()
-    is_mlx = (
-        quant is not None
-        or library == "mlx"
-        or "mlx" in tags
-        or str(spec.repo).startswith(_MLX_ORGS)
-    )
-    return ("mlx" if is_mlx else "safetensors"), quant
+    tagged = str(getattr(info, "library_name", None) or "").lower() == "mlx" or "mlx" in tags
+    return _weights_format(str(spec.repo), quant, mlx_tagged=tagged), quant
+
+
+def _weights_format(repo: str, quant: Quantization | None, *, mlx_tagged: bool) -> Format:
+    """MLX when config.json quantizes for MLX, the hub tags it so (online only) or an MLX
+    organisation publishes it; other safetensors weights are converted."""
+    is_mlx = quant is not None or mlx_tagged or repo.startswith(_MLX_ORGS)
+    return "mlx" if is_mlx else "safetensors"
 
 
 def _read_config(spec: ModelSpec, files: tuple[SourceFile, ...], commit: str) -> dict[str, Any]:
@@ -279,21 +297,8 @@ def _resolve_cached(alias: str, spec: ModelSpec) -> ResolvedSource:
                 hint="unset HF_HUB_OFFLINE and run `local-ai lock` to resolve it online",
             )
         quant = _mlx_quantization(_parse_config(snapshot / "config.json"))
-        is_mlx = quant is not None or repo.startswith(_MLX_ORGS)
-        fmt = "mlx" if is_mlx else "safetensors"
-    return ResolvedSource(
-        alias=alias,
-        kind="repo",
-        format=fmt,
-        files=files,
-        repo=repo,
-        revision=revision,
-        commit=commit,
-        file=spec.file,
-        quantization=quant,
-        extra_files=tuple(spec.extra_files),
-        from_cache=True,
-    )
+        fmt = _weights_format(repo, quant, mlx_tagged=False)
+    return _repo_source(alias, spec, commit, files, fmt, quant, from_cache=True)
 
 
 def _cached_ref(storage: Path, revision: str) -> str | None:

@@ -15,7 +15,7 @@ from typing import Any, Union, get_args, get_origin
 from pydantic import BaseModel, ValidationError
 
 from local_ai.errors import ConfigError, ManifestError, NotFoundError
-from local_ai.manifest.locate import KeyIndex, index_keys
+from local_ai.manifest.locate import KeyIndex, index_keys, key_error
 from local_ai.manifest.models import MANIFEST_VERSION, Manifest, ReferenceProblem
 
 MAX_MANIFEST_BYTES = 1024 * 1024
@@ -159,27 +159,11 @@ def _problem(err: Any, data: dict[str, Any], index: KeyIndex, path: Path | None)
             f"{noun} {alias!r} may use letters, digits, '.', '_' and '-' only (no '/'), "
             "up to 64 characters"
         )
-        pos = index.find(loc)
-        return ConfigError(
-            message,
-            path=path,
-            line=pos.line if pos else None,
-            column=pos.column if pos else None,
-            key=_format_key(loc),
-            hint=f"rename the table, e.g. {example}",
-        )
+        return key_error(message, index, loc, path=path, hint=f"rename the table, e.g. {example}")
     # Pydantic appends the matched branch of a union (e.g. "int") or validator names: drop them.
     loc = tuple(part for part in loc if not (isinstance(part, str) and part in _UNION_TAGS))
     message, hint = _describe(kind, err, loc)
-    pos = index.find(loc)
-    return ConfigError(
-        message,
-        path=path,
-        line=pos.line if pos else None,
-        column=pos.column if pos else None,
-        key=_format_key(loc) or None,
-        hint=hint,
-    )
+    return key_error(message, index, loc, path=path, hint=hint)
 
 
 _UNION_TAGS = {
@@ -253,17 +237,6 @@ def _toml_type(value: object) -> str:
         if type(value) is py_type:
             return name
     return type(value).__name__
-
-
-def _format_key(loc: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            bare = re.fullmatch(r"[A-Za-z0-9_-]+", part)
-            out += ("." if out else "") + (part if bare else repr(part))
-    return out
 
 
 def _parse_key_path(key: str) -> tuple[str | int, ...]:

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
+
+from local_ai.errors import ConfigError
 
 _BARE = r"[A-Za-z0-9_-]+"
 _BASIC = r'"(?:[^"\\]|\\.)*"'
@@ -88,3 +91,29 @@ def index_keys(text: str) -> KeyIndex:
                     in_multiline = quote
                     break
     return index
+
+
+def format_key(loc: Path_) -> str:
+    """`models.coder.files[0]`, quoting parts that are not bare keys."""
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + (part if re.fullmatch(_BARE, part) else repr(part))
+    return out
+
+
+def key_error(
+    message: str, index: KeyIndex, loc: Path_, *, path: Path | None, hint: str | None
+) -> ConfigError:
+    """An error naming the key `loc` and the line it is written on (or its closest ancestor's)."""
+    pos = index.find(loc)
+    return ConfigError(
+        message,
+        path=path,
+        line=pos.line if pos else None,
+        column=pos.column if pos else None,
+        key=format_key(loc) or None,
+        hint=hint,
+    )

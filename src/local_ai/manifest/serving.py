@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from local_ai.manifest.models import Manifest
+from local_ai.manifest.models import EngineSettings, Manifest
 from local_ai.util.hashing import stable_hash
 
 
@@ -26,7 +26,12 @@ def gateway_settings(manifest: Manifest) -> dict[str, Any]:
 
 def engine_settings(manifest: Manifest) -> dict[str, Any]:
     """Settings the engine worker is started with; a change restarts the engine only."""
-    return manifest.server.engine.model_dump(mode="json")
+    return engine_record(manifest.server.engine)
+
+
+def engine_record(engine: EngineSettings) -> dict[str, Any]:
+    """`[server.engine]` as apply sends it, the gateway reports it and a plan compares it."""
+    return engine.model_dump(mode="json")
 
 
 def running_settings(manifest: Manifest) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from local_ai import settings
 from local_ai.bench.measure import run_level, stream_once
 from local_ai.bench.results import context_of
+from local_ai.clients.base import ClientChange
 from local_ai.clients.plan import apply_client_change, describe_result
 from local_ai.cluster.copy import copy_entry, local_entry
 from local_ai.convert.api import CONVERTER_VERSION, convert_to_store, weights_at
@@ -68,7 +69,7 @@ def _alias(action: Action) -> str:
     return action.resource.split(".", 1)[1]
 
 
-_P = TypeVar("_P", ConvertParams, InstallParams, CopyParams, ServeParams, GateParams)
+_P = TypeVar("_P", ConvertParams, InstallParams, CopyParams, ServeParams, GateParams, ClientChange)
 
 
 def _params(action: Action, kind: type[_P]) -> _P:
@@ -138,7 +139,7 @@ class Adapters:
         return copy_entry(host, cluster.hosts[host], entry, progress=progress).describe()
 
     def write_client(self, action: Action) -> str:
-        change = self.snap.client_changes[action.resource]
+        change = _params(action, ClientChange)
         return describe_result(change, apply_client_change(change))
 
     # ---- models ----------------------------------------------------------------------------

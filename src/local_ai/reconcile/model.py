@@ -9,6 +9,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Literal
 
+from local_ai.clients.base import ClientChange
+from local_ai.clients.plan import ClientsObserved
 from local_ai.manifest.models import Manifest, ModelSpec
 from local_ai.manifest.source import ResolvedSource
 from local_ai.store.lockfile import LockEntry
@@ -67,18 +69,6 @@ class ServerView:
 
 
 @dataclass(frozen=True)
-class ClientView:
-    """A client config as observed and planned by local_ai.clients (pure over the files read)."""
-
-    resource: str  # "client.zed"
-    changes: bool  # its files differ from what the manifest asks for
-    cause: str  # why (or, with no changes, why nothing is done)
-    delete: bool = False  # the manifest dropped the client: local-ai's entries are taken out
-    error: str | None = None  # a file cannot be parsed: nothing is written
-    files_fingerprint: str = ""
-
-
-@dataclass(frozen=True)
 class Observed:
     """One snapshot of what is."""
 
@@ -92,13 +82,15 @@ class Observed:
     server: ServerView
     usable_memory: int  # bytes the machine can give to models
     machine: str
-    clients: tuple[ClientView, ...] = ()
+    clients: ClientsObserved | None = None  # the client files as read (None: not observed)
+    clients_error: str | None = None  # why they could not be read (a broken ledger)
     hosts: dict[str, HostReport] = field(default_factory=dict)  # [cluster] hosts, by name
 
     def fingerprint(self) -> str:
         data = asdict(self)
         for view in (*data["lock"].values(), *data["resolved"].values()):
             view["source"].pop("from_cache")  # how it was resolved, not what
+        data["clients"] = self.clients.fingerprint() if self.clients else None
         for host in data["hosts"].values():
             host.pop("free_disk", None)  # moves with every write there; a plan would never match
         return stable_hash(data)
@@ -174,7 +166,9 @@ class Action:
     peak_memory_bytes: int | None = None
     detail: str = ""
     # What the plan decided, per kind.
-    params: ConvertParams | InstallParams | CopyParams | ServeParams | GateParams | None = None
+    params: (
+        ConvertParams | InstallParams | CopyParams | ServeParams | GateParams | ClientChange | None
+    ) = None  # write-client: the exact edits, checked against the files before writing
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from typing import Any
 
 from local_ai import settings, sizing
 from local_ai.clients import plan as clients
+from local_ai.clients.plan import ClientsObserved
 from local_ai.cluster.observe import observe_hosts
 from local_ai.discovery import names
 from local_ai.errors import LocalAIError
@@ -22,7 +23,6 @@ from local_ai.manifest.models import ModelSpec
 from local_ai.manifest.source import ResolvedSource
 from local_ai.reconcile.generations import Generations
 from local_ai.reconcile.model import (
-    ClientView,
     InstalledView,
     Observed,
     ServerView,
@@ -53,7 +53,6 @@ class Snapshot:
     state: State
     sources: dict[str, ResolvedSource] = field(default_factory=dict)  # alias -> source to use
     fresh: dict[str, ResolvedSource] = field(default_factory=dict)  # resolved now, not locked
-    client_changes: dict[str, Any] = field(default_factory=dict)  # resource -> ClientChange
 
 
 def observe(
@@ -101,7 +100,7 @@ def observe(
     installed = {alias: _installed_view(model) for alias, model in state.models.items()}
 
     hardware = detect()
-    client_changes, client_views = observe_clients(loaded) if not targets else ({}, ())
+    seen_clients, clients_error = observe_clients(loaded) if not targets else (None, None)
     hosts = {}
     placed = [a for a, s in manifest.models.items() if s.hosts and (not targets or a in targets)]
     if manifest.cluster is not None and placed:
@@ -117,37 +116,19 @@ def observe(
         server=observe_server(),
         usable_memory=hardware.usable_memory_bytes,
         machine=hardware.describe(),
-        clients=client_views,
+        clients=seen_clients,
+        clients_error=clients_error,
         hosts=hosts,
     )
-    return Snapshot(loaded, observed, lock, lock_path, state, sources, fresh, client_changes)
+    return Snapshot(loaded, observed, lock, lock_path, state, sources, fresh)
 
 
-def observe_clients(loaded: LoadedManifest) -> tuple[dict[str, Any], tuple[ClientView, ...]]:
-    """Read the client config files and plan their edits (pure over what was read)."""
-    manifest = loaded.manifest
-    base_dir = loaded.path.parent
+def observe_clients(loaded: LoadedManifest) -> tuple[ClientsObserved | None, str | None]:
+    """The client config files and ownership records as read, or why they cannot be read."""
     try:
-        seen = clients.observe_clients(manifest, base_dir=base_dir)
+        return clients.observe_clients(loaded.manifest, base_dir=loaded.path.parent), None
     except LocalAIError as exc:
-        view = ClientView(
-            "clients", False, "", error=str(exc) + (f" ({exc.hint})" if exc.hint else "")
-        )
-        return {}, (view,)
-    changes = clients.plan_clients(manifest, None, seen)
-    fingerprint = seen.fingerprint()
-    views = tuple(
-        ClientView(
-            resource=c.resource,
-            changes=c.has_changes,
-            cause=c.cause,
-            delete=c.change.value == "-",
-            error=c.error,
-            files_fingerprint=fingerprint,
-        )
-        for c in changes
-    )
-    return {c.resource: c for c in changes}, views
+        return None, str(exc) + (f" ({exc.hint})" if exc.hint else "")
 
 
 def _resolve(alias: str, spec: ModelSpec, *, offline: bool, base_dir: Path) -> ResolvedSource:

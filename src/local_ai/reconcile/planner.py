@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from local_ai import sizing
+from local_ai.clients.plan import plan_clients
 from local_ai.manifest.models import Manifest, ModelSpec
 from local_ai.manifest.serving import engine_settings, gateway_settings
 from local_ai.manifest.source import DEFAULT_REVISION
@@ -151,6 +152,9 @@ class _Builder:
         self.host_plans: list[HostPlan] = []
         self.cluster_label = ""
         self.convert_peak = 0
+        seen = observed.clients
+        # The edits of each client's files, decided from the files as observed.
+        self.client_changes = plan_clients(manifest, None, seen) if seen is not None else []
 
     def add(self, action: Action) -> str:
         self.actions.append(action)
@@ -454,26 +458,26 @@ class _Builder:
             for a in self.actions
             if a.kind in (Kind.START_SERVER, Kind.RESTART_SERVER, Kind.RELOAD_ALIASES)
         )
-        for client in self.observed.clients:
+        if self.observed.clients_error is not None:
+            self.errors.append(f"clients: {self.observed.clients_error}")
+        for client in self.client_changes:
             if client.error is not None:
                 self.errors.append(f"{client.resource}: {client.error}")
                 continue
-            if not client.changes:
+            if not client.has_changes:
                 self.resources.append(ResourceChange(client.resource, Change.NOOP, client.cause))
                 continue
-            self.resources.append(
-                ResourceChange(
-                    client.resource, Change.DELETE if client.delete else Change.UPDATE, client.cause
-                )
-            )
+            change = Change.DELETE if client.change is Change.DELETE else Change.UPDATE
+            self.resources.append(ResourceChange(client.resource, change, client.cause))
             self.add(
                 Action(
-                    id=f"write-client:{client.resource.split('.', 1)[1]}",
+                    id=f"write-client:{client.client}",
                     kind=Kind.WRITE_CLIENT,
                     resource=client.resource,
                     cause=client.cause,
                     # Point editors at the server once it serves the new aliases.
                     after=server_ids,
+                    params=client,
                 )
             )
 
@@ -508,9 +512,9 @@ class _Builder:
             wanted[alias] = (f"kept out of service by benchmark.gate ({why})", ())
         bench = self.manifest.benchmark
         clients = tuple(
-            c.resource.split(".", 1)[1]
-            for c in self.observed.clients
-            if c.resource.startswith("client.") and not c.delete and c.error is None
+            c.client
+            for c in self.client_changes
+            if c.change is not Change.DELETE and c.error is None
         )
         for alias, (cause, installed_by) in wanted.items():
             floor = self.manifest.models[alias].min_tokens_per_second or bench.min_tokens_per_second

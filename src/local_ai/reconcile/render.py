@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from local_ai.clients.base import ClientChange
 from local_ai.reconcile.model import CopyParams, HostPlan, Plan
 from local_ai.util.change import Change
 
@@ -117,6 +118,9 @@ def _host_lines(host: HostPlan) -> list[str]:
 
 def to_json(plan: Plan) -> dict[str, Any]:
     data = asdict(plan)
+    for action, shown in zip(plan.actions, data["actions"], strict=True):
+        if isinstance(action.params, ClientChange):  # what changes, never contents or secrets
+            shown["params"] = action.params.to_json()
     data["format_version"] = 1
     data["has_changes"] = plan.has_changes
     data["summary"] = summary_counts(plan)

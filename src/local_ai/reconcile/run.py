@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from local_ai import settings
+from local_ai.clients.base import ClientChange
 from local_ai.cluster.launch import write_hostfile
 from local_ai.convert.api import CONVERTER_VERSION
 from local_ai.errors import ConfigError, LocalAIError, NotFoundError, NotYetError
@@ -71,8 +72,14 @@ def save_plan(path: Path, loaded: LoadedManifest, options: RunOptions, the_plan:
             "benchmark": options.benchmark,
         },
         "plan": to_json(the_plan),
+        # The exact client edits shown; they hold the settings files' text, hence 0600.
+        "client_changes": {
+            a.resource: a.params.to_saved()
+            for a in the_plan.actions
+            if isinstance(a.params, ClientChange)
+        },
     }
-    atomic_write_text(path, json.dumps(doc, indent=2, default=str) + "\n")
+    atomic_write_text(path, json.dumps(doc, indent=2, default=str) + "\n", mode=0o600)
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,7 @@ class SavedPlan:
     options: RunOptions
     manifest_hash: str
     observed_fingerprint: str
+    client_changes: dict[str, ClientChange]  # resource -> the edits the plan showed
 
 
 def load_plan(path: Path) -> SavedPlan:
@@ -98,10 +106,14 @@ def load_plan(path: Path) -> SavedPlan:
             ),
             manifest_hash=str(doc["plan"]["manifest_hash"]),
             observed_fingerprint=str(doc["plan"]["observed_fingerprint"]),
+            client_changes={
+                str(resource): ClientChange.from_saved(change)
+                for resource, change in doc["client_changes"].items()
+            },
         )
     except FileNotFoundError:
         raise ConfigError("no such plan file", path=path) from None
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(
             f"is not a plan written by `local-ai plan --out` ({exc})",
             path=path,
@@ -113,8 +125,26 @@ def stale_reason(saved: SavedPlan, fresh: Plan) -> str | None:
     if saved.manifest_hash != fresh.manifest_hash:
         return f"{saved.manifest} changed since the plan was made"
     if saved.observed_fingerprint != fresh.observed_fingerprint:
-        return "the store, the lock file or the server changed since the plan was made"
+        return (
+            "the store, the lock file, the server or a client's settings changed since the plan "
+            "was made"
+        )
+    writes = {a.resource for a in fresh.actions if isinstance(a.params, ClientChange)}
+    if writes != set(saved.client_changes):
+        return "the client edits to make differ from the saved plan's"
     return None
+
+
+def with_saved_edits(saved: SavedPlan, fresh: Plan) -> Plan:
+    """`fresh` (not stale) carrying the client edits exactly as the saved plan showed them;
+    writing refuses a file whose text is no longer what those edits start from."""
+    actions = tuple(
+        replace(a, params=saved.client_changes[a.resource])
+        if isinstance(a.params, ClientChange)
+        else a
+        for a in fresh.actions
+    )
+    return replace(fresh, actions=actions)
 
 
 # ---- apply ----------------------------------------------------------------------------------

@@ -6,11 +6,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from local_ai.errors import ConfigError
+from local_ai.errors import ConfigError, PortInUseError
 from local_ai.manifest.api_key import resolve_api_key
 from local_ai.manifest.models import EngineSettings, Manifest, is_loopback
 from local_ai.manifest.serving import running_settings
 from local_ai.util.hashing import stable_hash
+from local_ai.util.ports import port_holder
 
 # Seconds open streams get when the server stops before they are cut.
 DEFAULT_GRACEFUL_TIMEOUT = 10.0
@@ -68,6 +69,16 @@ class ServerConfig:
         out = set(names)
         out.update(f"{name}:{self.port}" for name in names)
         return frozenset(h.lower() for h in out)
+
+    def port_taken(self) -> PortInUseError:
+        """The error when another process holds our port, naming it when the OS shows it."""
+        holder = port_holder(self.port)
+        return PortInUseError(
+            self.host,
+            self.port,
+            holder.describe() if holder else None,
+            hint="stop that process or set server.port in the manifest",
+        )
 
     def allowed_origins(self) -> frozenset[str]:
         """Origins allowed on state-changing requests: our own page plus configured ones."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from local_ai import settings
-from local_ai.errors import PortInUseError, ServerError
+from local_ai.errors import ServerError
 from local_ai.manifest.load import LoadedManifest, load_manifest
 from local_ai.server.aliases import AliasMap, load_alias_map, put_in_service
 from local_ai.server.config import (
@@ -27,7 +27,7 @@ from local_ai.server.config import (
 )
 from local_ai.server.pidfile import PidInfo, is_same_process, read_pidfile, remove_pidfile
 from local_ai.util.failpoints import disarmed_env, failpoint
-from local_ai.util.ports import port_free, port_holder
+from local_ai.util.ports import port_free
 
 DEFAULT_START_TIMEOUT = 90.0
 STOP_MARGIN_S = 5.0  # on top of the graceful timeout, for the engine to exit
@@ -213,13 +213,7 @@ def start(
     ):
         return other  # a server of ours that had bound the port but not yet said so
     if not port_free(config.host, config.port):
-        holder = port_holder(config.port)
-        raise PortInUseError(
-            config.host,
-            config.port,
-            holder.describe() if holder else None,
-            hint="stop that process or set server.port in the manifest",
-        )
+        raise config.port_taken()
     paths.logs.mkdir(parents=True, exist_ok=True)
     _rotate(paths.server_log)
     _rotate(paths.engine_log)
@@ -376,7 +370,7 @@ def reload_aliases() -> list[str]:
 
 def restart_engine(engine: dict[str, Any] | None = None, *, timeout: float = 120.0) -> int:
     """Replace the running server's engine, with new `[server.engine]` settings when given
-    (`manifest.server.engine.model_dump(mode="json")`); the gateway stays up. Returns the new
+    (`manifest.serving.engine_settings`); the gateway stays up. Returns the new
     engine's pid once it is ready."""
     info = _running_or_fail()
     before = _admin(info, "GET", "/api/status")["engine"].get("pid")

@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from local_ai import __version__, settings
 from local_ai.errors import ConfigError, NotFoundError
 from local_ai.manifest.load import decode_utf8, parse_toml
-from local_ai.manifest.locate import index_keys
+from local_ai.manifest.locate import index_keys, key_error
 from local_ai.manifest.models import (
     ALIAS_PATTERN,
     REPO_PATTERN,
@@ -362,18 +362,10 @@ def _positioned(exc: ValidationError, text: str, path: Path | None) -> ConfigErr
     loc: tuple[str | int, ...] = tuple(
         p for p in first["loc"] if not (isinstance(p, str) and p.startswith(("function-", "[")))
     )
-    pos = index.find(loc)
     message = _describe(first)
     if len(errors) > 1:
         message += f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
-    return ConfigError(
-        message,
-        path=path,
-        line=pos.line if pos else None,
-        column=pos.column if pos else None,
-        key=_format_key(loc) or None,
-        hint=_REWRITE_HINT,
-    )
+    return key_error(message, index, loc, path=path, hint=_REWRITE_HINT)
 
 
 def _describe(err: Mapping[str, Any]) -> str:
@@ -388,16 +380,6 @@ def _describe(err: Mapping[str, Any]) -> str:
     if kind == "value_error":
         return str(err.get("ctx", {}).get("error", err["msg"]))
     return f"{err['msg']} (got {value!r})"
-
-
-def _format_key(loc: tuple[str | int, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + (part if _BARE_KEY.fullmatch(part) else repr(part))
-    return out
 
 
 # ---- writing --------------------------------------------------------------------------------

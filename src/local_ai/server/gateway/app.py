@@ -27,6 +27,7 @@ import httpx
 
 from local_ai import __version__, settings
 from local_ai.manifest.models import EngineSettings
+from local_ai.manifest.serving import engine_record
 from local_ai.server import web
 from local_ai.server.aliases import AliasEntry, AliasMap, load_alias_map
 from local_ai.server.asgi import (
@@ -796,7 +797,7 @@ class Gateway:
             max_batch_size=engine.max_batch_size,
             prompt_cache_disk_mb=engine.prompt_cache_disk_mb,
         )
-        self.engine_settings = engine.model_dump(mode="json")
+        self.engine_settings = engine_record(engine)
 
     async def _clear_prompt_cache(self) -> dict[str, int]:
         """Through a ready engine (between its steps); otherwise here, as no engine reads it."""

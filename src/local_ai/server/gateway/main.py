@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from local_ai import __version__, settings
-from local_ai.errors import PortInUseError, ServerError
+from local_ai.errors import ServerError
 from local_ai.server.aliases import load_alias_map
 from local_ai.server.config import ServerConfig
 from local_ai.server.pidfile import (
@@ -29,7 +29,7 @@ from local_ai.server.pidfile import (
     write_pidfile,
 )
 from local_ai.util.atomic import atomic_write_text
-from local_ai.util.ports import port_free, port_holder
+from local_ai.util.ports import port_free
 
 log = logging.getLogger("local_ai.gateway")
 # Unix socket paths are limited to ~104 bytes on macOS.
@@ -58,13 +58,7 @@ def _bind(config: ServerConfig) -> socket.socket:
     except OSError as exc:
         sock.close()
         if exc.errno in (errno.EADDRINUSE, errno.EACCES):
-            holder = port_holder(config.port)
-            raise PortInUseError(
-                config.host,
-                config.port,
-                holder.describe() if holder else None,
-                hint="stop that process or set server.port in the manifest",
-            ) from exc
+            raise config.port_taken() from exc
         raise
     sock.listen(2048)
     sock.set_inheritable(False)
@@ -100,13 +94,7 @@ def serve(config: ServerConfig) -> int:
     if current is not None and alive and current.pid != os.getpid():
         raise ServerError(f"the server is already running (pid {current.pid}) at {current.url}")
     if not port_free(config.host, config.port):
-        holder = port_holder(config.port)
-        raise PortInUseError(
-            config.host,
-            config.port,
-            holder.describe() if holder else None,
-            hint="stop that process or set server.port in the manifest",
-        )
+        raise config.port_taken()
     sock = _bind(config)
 
     token = secrets.token_urlsafe(32)
