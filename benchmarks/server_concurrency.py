@@ -201,9 +201,10 @@ class RawDecoder:
 def paired_overhead(
     raw: RawDecoder, url: str, model: str, tokens: int, rounds: int, server_pids: list[int]
 ) -> dict[str, Any]:
-    """Raw and server decode rates measured back to back, `rounds` times: each pair sees the
-    same machine load. Also CPU seconds per generated token, raw against the server's processes
-    (gateway + engine): a measure of the server path's cost that other load does not skew."""
+    """Raw and server decode rates measured back to back, `rounds` times, alternating which goes
+    first (A/B, B/A, ...) so a drift in machine load favours neither; the median ratio of the
+    pairs and its spread. Also CPU seconds per generated token, raw against the server's
+    processes (gateway + engine): a measure of the server path's cost that other load skews less."""
     import psutil
 
     procs = [psutil.Process(pid) for pid in server_pids]
@@ -211,22 +212,37 @@ def paired_overhead(
     def server_cpu() -> float:
         return sum(sum(p.cpu_times()[:2]) for p in procs)
 
+    def measure_raw() -> tuple[float, float]:
+        started = time.process_time()
+        rate = raw.rate(tokens)
+        return rate, (time.process_time() - started) / tokens
+
+    def measure_served(i: int) -> tuple[float, float]:
+        before = server_cpu()
+        rate = stream_chat(url, model, LONG_PROMPT.format(i=f"p{i}"), tokens).decode_rate
+        return rate, (server_cpu() - before) / tokens  # every stream runs to `tokens`
+
     pairs = []
     cpu_raw, cpu_server = [], []
     for i in range(rounds):
-        started = time.process_time()
-        raw_rate = raw.rate(tokens)
-        cpu_raw.append((time.process_time() - started) / tokens)
-        before = server_cpu()
-        served = stream_chat(url, model, LONG_PROMPT.format(i=f"p{i}"), tokens).decode_rate
-        cpu_server.append((server_cpu() - before) / tokens)  # every stream runs to `tokens`
+        if i % 2 == 0:
+            (raw_rate, raw_cpu), (served, served_cpu) = measure_raw(), measure_served(i)
+        else:
+            (served, served_cpu), (raw_rate, raw_cpu) = measure_served(i), measure_raw()
+        cpu_raw.append(raw_cpu)
+        cpu_server.append(served_cpu)
         pairs.append((raw_rate, served))
+        print(f"pair {i + 1}: raw {raw_rate:.1f}, server {served:.1f} tok/s", file=sys.stderr)
     overheads = [1000 * (1 / served - 1 / raw_rate) for raw_rate, served in pairs]
+    ratios = sorted(s / r for r, s in pairs)
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
     return {
         "raw_decode_tok_s": statistics.median(r for r, _ in pairs),
         "server_decode_tok_s": statistics.median(s for _, s in pairs),
         "per_token_overhead_ms": statistics.median(overheads),
-        "server_over_raw": statistics.median(s / r for r, s in pairs),
+        "server_over_raw": statistics.median(ratios),
+        "server_over_raw_quartiles": [quartiles[0], quartiles[2]],
+        "server_over_raw_range": [ratios[0], ratios[-1]],
         "pairs_tok_s": pairs,
         "raw_cpu_ms_per_token": 1000 * statistics.median(cpu_raw),
         "server_cpu_ms_per_token": 1000 * statistics.median(cpu_server),
