@@ -13,9 +13,10 @@ token) and, for local-ai, the engine's decode steps per generated token read fro
 advanced together. On this CPU batching gains little throughput (see docs/performance.md); steps
 per token is the hardware-independent proof.
 
-One stream through the server against raw `mlx_lm.stream_generate` in this process is measured
-in --pairs back-to-back pairs, alternating which runs first, while nothing else runs on the
-server: the median ratio and its spread (a shared machine's load drifts within a run).
+One stream through the server against raw `mlx_lm.stream_generate` (in a process of its own,
+see RawDecoder) is measured in --pairs back-to-back pairs, alternating which runs first, while
+nothing else runs on the server: the median ratio and its spread (a shared machine's load
+drifts within a run).
 """
 
 from __future__ import annotations
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         daemon = Daemon(home=work / "state", manifest=manifest, port=port)
         started = daemon.start()
         if started.returncode != 0:
+            raw.close()
             print(started.stderr, file=sys.stderr)
             return 1
         try:
@@ -161,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
             ours = None if args.single_only else measure_local_ai(daemon.url, args.tokens)
         finally:
             daemon.cli("server", "stop")
+            raw.close()
         skip_peer = args.no_peer or args.single_only
         peer = None if skip_peer else measure_peer(model_dir, args.tokens, work)
 

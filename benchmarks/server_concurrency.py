@@ -6,7 +6,7 @@
 Uses the ~25.7M-parameter fp32 qwen3 from the test harness (end tokens suppressed so every stream
 runs to max_tokens, greedy decoding) so per-token costs are visible on a CPU. Measures:
 
-1. raw `mlx_lm.stream_generate` decode rate in this process;
+1. raw `mlx_lm.stream_generate` decode rate (in a process of its own session);
 2. the same model through `local-ai server start` (gateway → engine over a Unix socket, SSE):
    decode rate of one stream and the per-token overhead against raw (raw and served streams
    measured back to back in pairs, so both see the same machine load);
@@ -174,28 +174,63 @@ def measure_server(
 
 
 class RawDecoder:
-    """`mlx_lm.stream_generate` on the same model in this process: the rate to beat."""
+    """`mlx_lm.stream_generate` on the same model: the rate to beat.
+
+    It runs in a process of its own session, as the server's engine does: Linux's autogroup
+    scheduler shares the CPU between sessions, so under other load a decoder in the
+    benchmark's session would get a smaller share than the server and lose by up to 2x."""
 
     def __init__(self, model_dir: Path) -> None:
-        from mlx_lm import load
-        from mlx_lm.sample_utils import make_sampler
-
-        self.model, self.tokenizer = load(str(model_dir))[:2]
-        self.prompt = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": LONG_PROMPT.format(i="raw")}], add_generation_prompt=True
+        self.cpu_s = 0.0  # CPU seconds the decoder process spent in the last `rate` call
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.server_concurrency", "--raw-worker", str(model_dir)],
+            cwd=Path(__file__).resolve().parents[1],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
-        self.sampler = make_sampler(temp=0.0)
-        self.rate(16)  # warm up
+        self.rate(16)  # loads the model and warms up
 
     def rate(self, tokens: int) -> float:
-        from mlx_lm.generate import stream_generate
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{tokens}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the raw decoder process exited ({self.proc.wait()})")
+        rate, self.cpu_s = (float(x) for x in line.split())
+        return rate
 
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _raw_worker(model_dir: str) -> int:
+    """The RawDecoder process: for each line (a token count) on stdin, one stream_generate
+    run; prints its decode rate and the CPU seconds it took."""
+    from mlx_lm import load
+    from mlx_lm.generate import stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    model, tokenizer = load(model_dir)[:2]
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": LONG_PROMPT.format(i="raw")}], add_generation_prompt=True
+    )
+    sampler = make_sampler(temp=0.0)
+    for line in sys.stdin:
+        started = time.process_time()
         times = []
-        for _ in stream_generate(
-            self.model, self.tokenizer, self.prompt, max_tokens=tokens, sampler=self.sampler
-        ):
+        for _ in stream_generate(model, tokenizer, prompt, max_tokens=int(line), sampler=sampler):
             times.append(time.perf_counter())
-        return (len(times) - 1) / (times[-1] - times[0])
+        rate = (len(times) - 1) / (times[-1] - times[0])
+        print(rate, time.process_time() - started, flush=True)
+    return 0
 
 
 def paired_overhead(
@@ -213,9 +248,8 @@ def paired_overhead(
         return sum(sum(p.cpu_times()[:2]) for p in procs)
 
     def measure_raw() -> tuple[float, float]:
-        started = time.process_time()
         rate = raw.rate(tokens)
-        return rate, (time.process_time() - started) / tokens
+        return rate, raw.cpu_s / tokens
 
     def measure_served(i: int) -> tuple[float, float]:
         before = server_cpu()
@@ -339,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         finally:
             daemon.cli("server", "stop")
+            decoder.close()
         raw = {"raw_decode_tok_s": paired["raw_decode_tok_s"], "pairs_tok_s": paired["pairs_tok_s"]}
         local = ours.summary()
         local["per_token_overhead_ms"] = paired["per_token_overhead_ms"]
@@ -425,4 +460,6 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--raw-worker"]:
+        sys.exit(_raw_worker(sys.argv[2]))
     sys.exit(main())
