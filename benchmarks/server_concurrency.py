@@ -6,7 +6,7 @@
 Uses the ~25.7M-parameter fp32 qwen3 from the test harness (end tokens suppressed so every stream
 runs to max_tokens, greedy decoding) so per-token costs are visible on a CPU. Measures:
 
-1. raw `mlx_lm.stream_generate` decode rate in this process;
+1. raw `mlx_lm.stream_generate` decode rate (in a process of its own session);
 2. the same model through `local-ai server start` (gateway → engine over a Unix socket, SSE):
    decode rate of one stream and the per-token overhead against raw (raw and served streams
    measured back to back in pairs, so both see the same machine load);
@@ -174,36 +174,72 @@ def measure_server(
 
 
 class RawDecoder:
-    """`mlx_lm.stream_generate` on the same model in this process: the rate to beat."""
+    """`mlx_lm.stream_generate` on the same model: the rate to beat.
+
+    It runs in a process of its own session, as the server's engine does: Linux's autogroup
+    scheduler shares the CPU between sessions, so under other load a decoder in the
+    benchmark's session would get a smaller share than the server and lose by up to 2x."""
 
     def __init__(self, model_dir: Path) -> None:
-        from mlx_lm import load
-        from mlx_lm.sample_utils import make_sampler
-
-        self.model, self.tokenizer = load(str(model_dir))[:2]
-        self.prompt = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": LONG_PROMPT.format(i="raw")}], add_generation_prompt=True
+        self.cpu_s = 0.0  # CPU seconds the decoder process spent in the last `rate` call
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.server_concurrency", "--raw-worker", str(model_dir)],
+            cwd=Path(__file__).resolve().parents[1],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
         )
-        self.sampler = make_sampler(temp=0.0)
-        self.rate(16)  # warm up
+        self.rate(16)  # loads the model and warms up
 
     def rate(self, tokens: int) -> float:
-        from mlx_lm.generate import stream_generate
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{tokens}\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the raw decoder process exited ({self.proc.wait()})")
+        rate, self.cpu_s = (float(x) for x in line.split())
+        return rate
 
+    def close(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+def _raw_worker(model_dir: str) -> int:
+    """The RawDecoder process: for each line (a token count) on stdin, one stream_generate
+    run; prints its decode rate and the CPU seconds it took."""
+    from mlx_lm import load
+    from mlx_lm.generate import stream_generate
+    from mlx_lm.sample_utils import make_sampler
+
+    model, tokenizer = load(model_dir)[:2]
+    prompt = tokenizer.apply_chat_template(
+        [{"role": "user", "content": LONG_PROMPT.format(i="raw")}], add_generation_prompt=True
+    )
+    sampler = make_sampler(temp=0.0)
+    for line in sys.stdin:
+        started = time.process_time()
         times = []
-        for _ in stream_generate(
-            self.model, self.tokenizer, self.prompt, max_tokens=tokens, sampler=self.sampler
-        ):
+        for _ in stream_generate(model, tokenizer, prompt, max_tokens=int(line), sampler=sampler):
             times.append(time.perf_counter())
-        return (len(times) - 1) / (times[-1] - times[0])
+        rate = (len(times) - 1) / (times[-1] - times[0])
+        print(rate, time.process_time() - started, flush=True)
+    return 0
 
 
 def paired_overhead(
     raw: RawDecoder, url: str, model: str, tokens: int, rounds: int, server_pids: list[int]
 ) -> dict[str, Any]:
-    """Raw and server decode rates measured back to back, `rounds` times: each pair sees the
-    same machine load. Also CPU seconds per generated token, raw against the server's processes
-    (gateway + engine): a measure of the server path's cost that other load does not skew."""
+    """Raw and server decode rates measured back to back, `rounds` times, alternating which goes
+    first (A/B, B/A, ...) so a drift in machine load favours neither; the median ratio of the
+    pairs and its spread. Also CPU seconds per generated token, raw against the server's
+    processes (gateway + engine): a measure of the server path's cost that other load skews less."""
     import psutil
 
     procs = [psutil.Process(pid) for pid in server_pids]
@@ -211,22 +247,36 @@ def paired_overhead(
     def server_cpu() -> float:
         return sum(sum(p.cpu_times()[:2]) for p in procs)
 
+    def measure_raw() -> tuple[float, float]:
+        rate = raw.rate(tokens)
+        return rate, raw.cpu_s / tokens
+
+    def measure_served(i: int) -> tuple[float, float]:
+        before = server_cpu()
+        rate = stream_chat(url, model, LONG_PROMPT.format(i=f"p{i}"), tokens).decode_rate
+        return rate, (server_cpu() - before) / tokens  # every stream runs to `tokens`
+
     pairs = []
     cpu_raw, cpu_server = [], []
     for i in range(rounds):
-        started = time.process_time()
-        raw_rate = raw.rate(tokens)
-        cpu_raw.append((time.process_time() - started) / tokens)
-        before = server_cpu()
-        served = stream_chat(url, model, LONG_PROMPT.format(i=f"p{i}"), tokens).decode_rate
-        cpu_server.append((server_cpu() - before) / tokens)  # every stream runs to `tokens`
+        if i % 2 == 0:
+            (raw_rate, raw_cpu), (served, served_cpu) = measure_raw(), measure_served(i)
+        else:
+            (served, served_cpu), (raw_rate, raw_cpu) = measure_served(i), measure_raw()
+        cpu_raw.append(raw_cpu)
+        cpu_server.append(served_cpu)
         pairs.append((raw_rate, served))
+        print(f"pair {i + 1}: raw {raw_rate:.1f}, server {served:.1f} tok/s", file=sys.stderr)
     overheads = [1000 * (1 / served - 1 / raw_rate) for raw_rate, served in pairs]
+    ratios = sorted(s / r for r, s in pairs)
+    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
     return {
         "raw_decode_tok_s": statistics.median(r for r, _ in pairs),
         "server_decode_tok_s": statistics.median(s for _, s in pairs),
         "per_token_overhead_ms": statistics.median(overheads),
-        "server_over_raw": statistics.median(s / r for r, s in pairs),
+        "server_over_raw": statistics.median(ratios),
+        "server_over_raw_quartiles": [quartiles[0], quartiles[2]],
+        "server_over_raw_range": [ratios[0], ratios[-1]],
         "pairs_tok_s": pairs,
         "raw_cpu_ms_per_token": 1000 * statistics.median(cpu_raw),
         "server_cpu_ms_per_token": 1000 * statistics.median(cpu_server),
@@ -323,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         finally:
             daemon.cli("server", "stop")
+            decoder.close()
         raw = {"raw_decode_tok_s": paired["raw_decode_tok_s"], "pairs_tok_s": paired["pairs_tok_s"]}
         local = ours.summary()
         local["per_token_overhead_ms"] = paired["per_token_overhead_ms"]
@@ -409,4 +460,6 @@ def print_table(report: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--raw-worker"]:
+        sys.exit(_raw_worker(sys.argv[2]))
     sys.exit(main())

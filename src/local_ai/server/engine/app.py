@@ -65,6 +65,7 @@ log = logging.getLogger("local_ai.engine")
 MAX_BODY = 1024 * 1024 * 1024
 _END = object()
 _ADMITTED = object()
+_GONE = object()
 
 
 @dataclass
@@ -409,37 +410,44 @@ class EngineApp:
                 push(_END)
 
         producer = loop.run_in_executor(self.pool, produce)
-        watcher = asyncio.ensure_future(wait_disconnect(receive))
+
+        async def watch() -> None:
+            try:
+                await wait_disconnect(receive)
+            finally:
+                items.put_nowait(_GONE)  # also when reading failed; harmless once done
+
+        # One watcher for the whole stream, not a task per token: the loop's work per token is
+        # on the cores MLX decodes with.
+        watcher = asyncio.ensure_future(watch())
         started = False
         try:
             while True:
-                getter = asyncio.ensure_future(items.get())
-                done, _ = await asyncio.wait({getter, watcher}, return_when=asyncio.FIRST_COMPLETED)
-                if getter not in done:
-                    getter.cancel()
-                    cancel.set()  # the client went away: stop generating
-                    return
-                item = getter.result()
-                if item is _END:
-                    return
-                if item is _ADMITTED:
-                    await start_stream(send, 200)
-                    started = True
-                elif isinstance(item, BaseException):
-                    if not started:
-                        await self._send_error(send, api, item)
+                # Chunks that queued up while the loop was busy go out in one write.
+                ready = [await items.get()]
+                while not items.empty():
+                    ready.append(items.get_nowait())
+                for item in _coalesce(ready):
+                    if item is _GONE:
+                        cancel.set()  # the client went away: stop generating
                         return
-                    if not isinstance(item, GenerationCancelled):
-                        log.error("stream failed: %s", item)
-                        await send(
-                            {
-                                "type": "http.response.body",
-                                "body": _stream_error(api, item),
-                                "more_body": True,
-                            }
-                        )
-                else:
-                    await send({"type": "http.response.body", "body": item, "more_body": True})
+                    if item is _END:
+                        return
+                    if item is _ADMITTED:
+                        await start_stream(send, 200)
+                        started = True
+                    elif isinstance(item, BaseException):
+                        if not started:
+                            await self._send_error(send, api, item)
+                            return
+                        if not isinstance(item, GenerationCancelled):
+                            log.error("stream failed: %s", item)
+                            body = _stream_error(api, item)
+                            await send(
+                                {"type": "http.response.body", "body": body, "more_body": True}
+                            )
+                    else:
+                        await send({"type": "http.response.body", "body": item, "more_body": True})
         finally:
             watcher.cancel()
             cancel.set()
@@ -448,6 +456,17 @@ class EngineApp:
                     await send({"type": "http.response.body", "body": b"", "more_body": False})
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(asyncio.shield(producer), timeout=0.1)
+
+
+def _coalesce(items: list[Any]) -> list[Any]:
+    """`items` with each run of consecutive byte chunks joined into one."""
+    out: list[Any] = []
+    for item in items:
+        if isinstance(item, bytes) and out and isinstance(out[-1], bytes):
+            out[-1] += item
+        else:
+            out.append(item)
+    return out
 
 
 def _disk_cache(config: EngineConfig) -> DiskPromptCache | None:
