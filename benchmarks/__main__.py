@@ -15,6 +15,7 @@ BENCHMARKS = {
     "fetch": "benchmarks.fetch",
     "convert": "benchmarks.convert_throughput",
     "recovery": "benchmarks.engine_recovery",
+    "cluster": "benchmarks.cluster",
 }
 
 
