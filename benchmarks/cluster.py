@@ -68,10 +68,11 @@ MODELS: dict[str, tuple[str, dict[str, Any]]] = {
     ),
 }
 
-# Published configs (config.json of each repo) for the per-token link figures of real models.
+# Published configs (config.json of each repo) of models mlx-lm 0.31 shards both ways, for the
+# per-token link figures of real models (qwen3_moe, e.g. Qwen3-235B, has no shard() there).
 REAL_MODELS: dict[str, tuple[int, int]] = {  # name → (hidden_size, num_hidden_layers)
     "DeepSeek V3 / Kimi K2": (7168, 61),
-    "Qwen3-235B-A22B": (4096, 94),
+    "GLM-4.6": (5120, 92),
 }
 
 
