@@ -93,8 +93,11 @@ def link_traffic(mode: str, hidden: int, layers: int, ranks: int, itemsize: int)
 # ---- the worker: one rank, run by mlx.launch (or alone for 1 rank) --------------------------
 
 
-def _tcp_bytes() -> int:
-    """Bytes sent + received on this process's TCP sockets (the ring backend's links)."""
+def _tcp_bytes() -> int | None:
+    """Bytes sent + received on this process's TCP sockets (the ring backend's links); None
+    where the kernel does not say (no /proc, as on macOS)."""
+    if not Path("/proc/self/fd").is_dir() or not hasattr(socket, "TCP_INFO"):
+        return None
     total = 0
     for fd in os.listdir("/proc/self/fd"):
         try:
@@ -143,7 +146,8 @@ def worker(mode: str, model_dir: str, tokens: int, repeats: int, rounds: int, go
         for _ in range(repeats):
             out: list[int] = []
             t0 = time.perf_counter()
-            first = wire0 = 0.0
+            first = 0.0
+            wire0: int | None = None
             for i, response in enumerate(
                 stream_generate(model, tokenizer, prompt, max_tokens=tokens)
             ):
@@ -151,12 +155,13 @@ def worker(mode: str, model_dir: str, tokens: int, repeats: int, rounds: int, go
                     first, wire0 = time.perf_counter(), _tcp_bytes()
                 out.append(int(response.token))
             last, wire1 = time.perf_counter(), _tcp_bytes()
+            wire = None if wire0 is None or wire1 is None else (wire1 - wire0) / (tokens - 1)
             samples.append(
                 {
                     "ttft_s": first - t0,
                     "decode_tok_s": (tokens - 1) / (last - first),
                     # Between the first and the last token: tokens - 1 forward passes.
-                    "wire_bytes_per_token": (wire1 - wire0) / (tokens - 1),
+                    "wire_bytes_per_token": wire,
                     "tokens": out,
                 }
             )
@@ -267,6 +272,10 @@ class Group:
         self.proc.wait()
 
 
+def _counted(samples: list[dict[str, Any]]) -> list[float]:
+    return [s["wire_bytes_per_token"] for s in samples if s["wire_bytes_per_token"] is not None]
+
+
 def spread(values: list[float]) -> dict[str, float]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -285,7 +294,7 @@ def summarise(mode: str, runs: dict[int, list[dict[str, Any]]]) -> dict[str, Any
             "prompt_tokens": reports[0]["prompt_tokens"],
             "link_bytes_per_token": {
                 "computed": predicted["bytes"],
-                "measured": spread([s["wire_bytes_per_token"] for s in samples]),
+                "measured": spread(wires) if (wires := _counted(samples)) else None,
             },
             "collectives_per_token": predicted["collectives"],
         }
@@ -395,7 +404,7 @@ def print_table(report: dict[str, Any]) -> None:
                 f"{rate['median']:.1f} ({rate['min']:.1f}–{rate['max']:.1f})",
                 f"{ttft['median']:.3f} ({ttft['min']:.3f}–{ttft['max']:.3f})",
                 str(link["computed"]),
-                f"{link['measured']['median']:.0f}",
+                f"{link['measured']['median']:.0f}" if link["measured"] else "-",
             )
     Console().print(table)
     for mode, doc in report["modes"].items():
