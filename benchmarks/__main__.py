@@ -1,6 +1,7 @@
 """Run one benchmark by name (`uv run python -m benchmarks server [options]`), or all of them
 with their defaults (`uv run python -m benchmarks all`); each prints a table and writes JSON to
-benchmarks/results/. docs/performance.md records the latest figures."""
+benchmarks/results/ (`cluster`: docs/benchmarks/). docs/performance.md records the latest
+figures."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ BENCHMARKS = {
     "fetch": "benchmarks.fetch",
     "convert": "benchmarks.convert_throughput",
     "recovery": "benchmarks.engine_recovery",
+    "cluster": "benchmarks.cluster",
 }
 
 
