@@ -367,6 +367,16 @@ def test_extra_files_change_resolves_again_and_frozen_refuses_it() -> None:
     )
 
 
+def test_a_repo_turned_local_path_says_the_source_kind_moved() -> None:
+    m = manifest()
+    local = manifest(BASE.replace('repo = "Qwen/Qwen3-8B"', 'path = "/models/qwen"'))
+    p = plan(local, converged(m), Options(frozen=True))
+    assert p.errors == (
+        "models.general: manifest and local-ai.lock disagree (source repo → path); "
+        "run `local-ai lock` to update the lock, or apply without --frozen",
+    )
+
+
 def test_frozen_refuses_a_disagreeing_lock() -> None:
     m = manifest()
     changed = manifest(BASE.replace("Qwen/Qwen3-8B", "Qwen/Qwen3-14B"))

@@ -90,6 +90,7 @@ class Observed:
         data = asdict(self)
         for view in (*data["lock"].values(), *data["resolved"].values()):
             view["source"].pop("from_cache")  # how it was resolved, not what
+            view["entry"] = view["entry"].model_dump() if view["entry"] else None
         data["clients"] = self.clients.fingerprint() if self.clients else None
         for host in data["hosts"].values():
             host.pop("free_disk", None)  # moves with every write there; a plan would never match
