@@ -1,5 +1,6 @@
-"""The planner: manifest + one observed snapshot → a plan. Pure: no I/O, no clock, no imports of
-anything that does I/O, so every decision is testable as a data case.
+"""The planner: manifest + one observed snapshot → a plan. Pure: no I/O and no clock (client
+edits too: clients.plan_clients decides them from the files observe read), so every decision is
+testable as a data case.
 """
 
 from __future__ import annotations
