@@ -94,3 +94,26 @@ def test_a_sharded_alias_is_served_by_a_group_once_every_host_has_its_entry(
     # Copied by this apply: served although the snapshot did not see it there.
     copied = group_of("tiny", spec, cluster, model, "abc", lacking, copied={"b"})
     assert copied == group
+
+
+def test_the_group_learns_rank_pids_and_names_the_first_rank_mlx_launch_saw_end(
+    isolated_home: Path,
+) -> None:
+    from local_ai.server.aliases import GroupEntry
+    from local_ai.server.gateway.group import GroupSupervisor
+    from local_ai.server.gateway.supervisor import EngineSpec
+
+    group = GroupEntry(parallel="tensor", backend="ring", hosts=["a", "b"],
+                       model_paths=["/x", "/y"], pythons=["p", "p"],
+                       addresses=["127.0.0.1"] * 2, ssh=[None, ["ssh", "--", "b"]],
+                       hostfile="/h")  # fmt: skip
+    spec = EngineSpec(socket="/s", aliases_file="/a", max_loaded_models=1, idle_ttl_s=0,
+                      prompt_cache=False)  # fmt: skip
+    supervisor = GroupSupervisor("t", group, spec)
+    supervisor._note('local-ai-rank {"rank": 1, "host": "b", "pid": 77}\n')
+    assert supervisor.ranks[1]["pid"] == 77 and supervisor.ranks[1]["state"] == "loaded"
+    supervisor._note("\x1b[33m[WARN] Node with rank 1 exited with code 137 \x1b[0m\n")
+    supervisor._note("\x1b[33m[WARN] Node with rank 0 exited with code -15 \x1b[0m\n")
+    assert supervisor.lost == "rank 1 on host b: exited with code 137"
+    assert supervisor.ranks[1]["state"] == "dead"
+    assert supervisor.ranks[1]["last_error"] == "exited with code 137"

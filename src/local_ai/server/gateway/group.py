@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -32,6 +33,8 @@ RANK_MARK = "local-ai-rank"  # the one stdout line each rank prints once loaded 
 WATCH_S = 2.0  # how often each rank's pid is checked while the group serves
 SSH_CHECK_TIMEOUT_S = 15.0
 SSH_FAILED = 255  # ssh's own exit code: the host, not the pid, did not answer
+# mlx.launch's note when a rank's process ends (mlx/_distributed_utils/launch.py).
+_NODE_ENDED = re.compile(r"Node with rank (\d+) ((?:exited with code -?\d+)|(?:was killed))")
 
 
 def parse_rank_line(line: str) -> dict[str, Any] | None:
@@ -116,36 +119,55 @@ class GroupSupervisor(EngineSupervisor):
             task.cancel()
         self.ranks, self.lost = self._fresh_ranks(), None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with self.log_path.open("ab") as log_file:
-            proc = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "local_ai.cluster.launch",
-                "group",
-                str(self.launch_file),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE,  # the ranks' output: `local-ai-rank` lines, the rest logged
-                stderr=log_file,
-                cwd=self.launch_file.parent,  # no file named "sh" that mlx.launch could run
-                start_new_session=True,  # the launcher and its ranks, stopped together
-            )
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "local_ai.cluster.launch",
+            "group",
+            str(self.launch_file),
+            stdin=subprocess.DEVNULL,
+            # The ranks' output through mlx.launch: rank lines, its exit notes; all logged.
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=self.launch_file.parent,  # no file named "sh" that mlx.launch could run
+            start_new_session=True,  # the launcher and its ranks, stopped together
+        )
         self._proc = proc
         self.pid = proc.pid
-        self._tasks = [asyncio.create_task(self._read(proc), name=f"{self.name}-stdout")]
+        assert proc.stdout is not None and proc.stderr is not None
+        self._tasks = [
+            asyncio.create_task(self._read(stream), name=f"{self.name}-output")
+            for stream in (proc.stdout, proc.stderr)
+        ]
         return proc
 
-    async def _read(self, proc: asyncio.subprocess.Process) -> None:
-        assert proc.stdout is not None
+    async def _read(self, stream: asyncio.StreamReader) -> None:
         with self.log_path.open("ab") as log_file:
-            async for raw in proc.stdout:
-                line = raw.decode("utf-8", "replace")
-                rank = parse_rank_line(line)
-                if rank is not None and 0 <= rank["rank"] < len(self.ranks):
-                    self.ranks[rank["rank"]].update(pid=rank["pid"], state="loaded")
-                    log.info("%s: rank %s on %s is pid %s", self.name, rank["rank"],
-                             self.ranks[rank["rank"]]["host"], rank["pid"])  # fmt: skip
+            async for raw in stream:
+                self._note(raw.decode("utf-8", "replace"))
                 log_file.write(raw)
                 log_file.flush()
+
+    def _note(self, line: str) -> None:
+        """A rank's pid from its rank line; the first rank mlx.launch saw end, named by host."""
+        rank = parse_rank_line(line)
+        if rank is not None and 0 <= rank["rank"] < len(self.ranks):
+            self.ranks[rank["rank"]].update(pid=rank["pid"], state="loaded")
+            log.info("%s: rank %s on %s is pid %s", self.name, rank["rank"],
+                     self.ranks[rank["rank"]]["host"], rank["pid"])  # fmt: skip
+            return
+        ended = _NODE_ENDED.search(line)
+        if ended is None or self._stopping:
+            return
+        number = int(ended.group(1))
+        if not 0 <= number < len(self.ranks):
+            return
+        what = ended.group(2).strip()
+        rank_state = self.ranks[number]
+        if rank_state["state"] not in ("dead", "unreachable"):
+            rank_state.update(state="dead", last_error=what)
+        if self.lost is None:
+            self.lost = f"rank {number} on host {rank_state['host']}: {what}"
 
     async def _on_ready(self, proc: asyncio.subprocess.Process) -> None:
         for rank in self.ranks:
