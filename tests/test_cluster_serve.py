@@ -4,12 +4,20 @@ local-ai home, reached through tests/harness/fakessh.py."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
 
 from local_ai.cluster.launch import free_ports, group_command
 from local_ai.cluster.observe import HostReport
@@ -17,7 +25,16 @@ from local_ai.manifest.load import load_manifest
 from local_ai.reconcile.serving import group_of
 from local_ai.server.gateway.group import parse_rank_line
 from local_ai.store.state import InstalledModel
-from tests.harness.fakessh import sharded_tiny
+from tests.harness import tinymodels as tm
+from tests.harness.fakessh import install_fake_ssh, path_with, sharded_tiny, two_hosts
+from tests.server_helpers import (
+    TOOL_FUNCTION,
+    TOOL_NAME,
+    Daemon,
+    build_tool_model,
+    free_port,
+    wait_for,
+)
 
 
 def test_the_group_command_starts_rank_0_with_its_config_and_the_others_following(
@@ -94,6 +111,204 @@ def test_a_sharded_alias_is_served_by_a_group_once_every_host_has_its_entry(
     # Copied by this apply: served although the snapshot did not see it there.
     copied = group_of("tiny", spec, cluster, model, "abc", lacking, copied={"b"})
     assert copied == group
+
+
+# --- end to end: apply serves a 2-rank group behind the gateway ----------------------------------
+
+PROMPT = [{"role": "user", "content": "Say something"}]
+
+
+@dataclass
+class Cluster:
+    daemon: Daemon
+    first_apply: subprocess.CompletedProcess[str]
+
+    def status(self) -> dict[str, Any]:
+        response = httpx.get(
+            f"{self.daemon.url}/api/status",
+            headers={"authorization": f"Bearer {self.daemon.token()}"},
+            timeout=10,
+        )
+        return dict(response.json())
+
+    def group(self, alias: str) -> dict[str, Any]:
+        model = next(m for m in self.status()["models"] if m["alias"] == alias)
+        return dict(model["group"])
+
+
+def _dense_deepseek(out: Path) -> Path:
+    """A tiny deepseek_v2 (an architecture mlx-lm splits as a pipeline) with dense MLPs only:
+    MLX's CPU gather_mm (MoE experts) runs float32 only, and the store keeps float16."""
+    tm.build_model(out, "deepseek_v2", num_layers=4)
+    config = json.loads((out / "config.json").read_text())
+    config["first_k_dense_replace"] = config["num_hidden_layers"]
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    tm.save_safetensors(out / "model.safetensors", tm.make_weights(config))
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One gateway serving `tiny` (deepseek_v2, pipeline over hosts a and b) and `tools` (the
+    scripted tool-call qwen3, tensor over a and b), and the same two models on this Mac alone
+    as `solo` and `solo_tools`; host b has its own local-ai home behind the fake ssh."""
+    root = tmp_path_factory.mktemp("cluster")
+    model = _dense_deepseek(root / "tiny")
+    tools = build_tool_model(root / "tools")
+    bin_dir = root / "bin"
+    install_fake_ssh(bin_dir)
+    manifest = root / "local-ai.toml"
+    manifest.write_text(
+        two_hosts(root / "host-b")
+        + f"""
+[server]
+port = {free_port()}
+[benchmark]
+on_apply = false
+[models.solo]
+path = "{model}"
+[models.tiny]
+path = "{model}"
+hosts = ["a", "b"]
+parallel = "pipeline"
+[models.tools]
+path = "{tools}"
+hosts = ["a", "b"]
+parallel = "tensor"
+[models.solo_tools]
+path = "{tools}"
+"""
+    )
+    daemon = Daemon(root / "home", manifest, 0, extra_env={"PATH": path_with(bin_dir)})
+    daemon.port = int(manifest.read_text().split("port = ")[1].split()[0])
+    try:
+        applied = daemon.cli("apply", "--yes", timeout=600)
+        yield Cluster(daemon, applied)
+    finally:
+        daemon.cli("server", "stop", "--timeout", "10")
+        daemon.kill()
+
+
+def _ready(cluster: Cluster, alias: str, timeout: float = 300) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    def ready() -> bool:
+        nonlocal seen
+        with contextlib.suppress(httpx.HTTPError):
+            seen = cluster.group(alias)
+        return seen.get("state") == "ready"
+
+    assert wait_for(ready, timeout, interval=0.5), (seen, cluster.daemon.log())
+    return seen
+
+
+def test_apply_copies_and_starts_a_two_rank_group(cluster: Cluster) -> None:
+    done = cluster.first_apply
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "copy-to-host:tiny@b" in done.stderr and "copy-to-host:tools@b" in done.stderr
+    for alias, parallel in (("tiny", "pipeline"), ("tools", "tensor")):
+        group = _ready(cluster, alias)
+        assert group["parallel"] == parallel and group["hosts"] == ["a", "b"]
+        ranks = group["ranks"]
+        assert [(r["rank"], r["host"], r["state"]) for r in ranks] == [
+            (0, "a", "ready"), (1, "b", "ready")
+        ]  # fmt: skip
+        assert all(isinstance(r["pid"], int) for r in ranks)
+    out = cluster.daemon.cli("server", "status").stdout
+    assert "group tiny (pipeline over a, b, ring) ready" in out
+    assert "rank 1 on b pid" in out
+
+
+def test_the_sdks_get_the_unsharded_models_greedy_answers(cluster: Cluster) -> None:
+    import anthropic
+    import openai
+
+    _ready(cluster, "tiny")
+    _ready(cluster, "tools")
+    sdk = openai.OpenAI(base_url=f"{cluster.daemon.url}/v1", api_key="x", max_retries=0)
+
+    def chat(model: str, stream: bool) -> str:
+        ask: Any = {"model": model, "messages": PROMPT, "max_tokens": 12, "temperature": 0}
+        if stream:
+            chunks = sdk.chat.completions.create(**ask, stream=True)
+            return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return sdk.chat.completions.create(**ask).choices[0].message.content or ""
+
+    want = chat("solo", stream=False)
+    assert want
+    assert chat("tiny", stream=False) == want
+    assert chat("tiny", stream=True) == want
+    claude = anthropic.Anthropic(base_url=f"{cluster.daemon.url}/anthropic", api_key="x")
+
+    def message(model: str) -> str:
+        got = claude.messages.create(
+            model=model, max_tokens=12, messages=PROMPT, extra_body={"temperature": 0}
+        )
+        return "".join(b.text for b in got.content if b.type == "text")
+
+    assert message("tiny") == message("solo")
+
+    tools: Any = [{"type": "function", "function": TOOL_FUNCTION}]
+    for model in ("solo_tools", "tools"):
+        answer = sdk.chat.completions.create(
+            model=model, messages=PROMPT, tools=tools, max_tokens=40, temperature=0
+        )
+        calls = answer.choices[0].message.tool_calls or []
+        assert answer.choices[0].finish_reason == "tool_calls", answer
+        got = [(c.function.name, json.loads(c.function.arguments)) for c in calls]  # type: ignore[union-attr]
+        assert got == [(TOOL_NAME, {"city": "Paris"})]
+    used = claude.messages.create(
+        model="tools",
+        max_tokens=40,
+        messages=PROMPT,
+        tools=[
+            {
+                "name": TOOL_NAME,
+                "description": "Weather for a city",
+                "input_schema": TOOL_FUNCTION["parameters"],
+            }
+        ],
+    )
+    blocks = [b for b in used.content if b.type == "tool_use"]
+    assert used.stop_reason == "tool_use"
+    assert [(b.name, b.input) for b in blocks] == [(TOOL_NAME, {"city": "Paris"})]
+
+
+def test_a_killed_rank_names_its_host_and_the_group_recovers(cluster: Cluster) -> None:
+    import openai
+
+    before = _ready(cluster, "tiny")
+    sdk = openai.OpenAI(base_url=f"{cluster.daemon.url}/v1", api_key="x", max_retries=0)
+    ask: Any = {"model": "solo", "messages": PROMPT, "max_tokens": 8, "temperature": 0}
+    want = sdk.chat.completions.create(**ask).choices[0].message.content
+    os.kill(before["ranks"][1]["pid"], signal.SIGKILL)
+    seen: dict[str, Any] = {}
+
+    def named() -> bool:
+        nonlocal seen
+        seen = cluster.group("tiny")
+        return "rank 1 on host b" in str(seen.get("reason"))
+
+    assert wait_for(named, 60, interval=0.2), seen
+    assert seen["state"] in ("restarting", "starting", "error")
+    # Single-Mac aliases keep serving meanwhile.
+    assert sdk.chat.completions.create(**ask).choices[0].message.content == want
+    after = _ready(cluster, "tiny")
+    assert after["restarts"] == before["restarts"] + 1
+    assert after["ranks"][1]["pid"] != before["ranks"][1]["pid"]
+    again = sdk.chat.completions.create(**{**ask, "model": "tiny"})
+    assert again.choices[0].message.content == want
+
+
+def test_a_second_apply_changes_nothing_and_keeps_the_group(cluster: Cluster) -> None:
+    before = _ready(cluster, "tools")
+    done = cluster.daemon.cli("apply", "--yes", timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no changes" in done.stdout.lower(), done.stdout
+    after = cluster.group("tools")
+    assert (after["pid"], after["restarts"], after["state"]) == (
+        before["pid"], before["restarts"], "ready"
+    )  # fmt: skip
 
 
 def test_the_group_learns_rank_pids_and_names_the_first_rank_mlx_launch_saw_end(

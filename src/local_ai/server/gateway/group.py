@@ -152,7 +152,8 @@ class GroupSupervisor(EngineSupervisor):
         """A rank's pid from its rank line; the first rank mlx.launch saw end, named by host."""
         rank = parse_rank_line(line)
         if rank is not None and 0 <= rank["rank"] < len(self.ranks):
-            self.ranks[rank["rank"]].update(pid=rank["pid"], state="loaded")
+            state = "ready" if self.ready else "loaded"  # the line may come after /health
+            self.ranks[rank["rank"]].update(pid=rank["pid"], state=state)
             log.info("%s: rank %s on %s is pid %s", self.name, rank["rank"],
                      self.ranks[rank["rank"]]["host"], rank["pid"])  # fmt: skip
             return
