@@ -153,6 +153,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     scripted tool-call qwen3, tensor over a and b), and the same two models on this Mac alone
     as `solo` and `solo_tools`; host b has its own local-ai home behind the fake ssh."""
     root = tmp_path_factory.mktemp("cluster")
+    port = free_port()
     model = _dense_deepseek(root / "tiny")
     tools = build_tool_model(root / "tools")
     bin_dir = root / "bin"
@@ -162,7 +163,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         two_hosts(root / "host-b")
         + f"""
 [server]
-port = {free_port()}
+port = {port}
 [benchmark]
 on_apply = false
 [models.solo]
@@ -179,8 +180,7 @@ parallel = "tensor"
 path = "{tools}"
 """
     )
-    daemon = Daemon(root / "home", manifest, 0, extra_env={"PATH": path_with(bin_dir)})
-    daemon.port = int(manifest.read_text().split("port = ")[1].split()[0])
+    daemon = Daemon(root / "home", manifest, port, extra_env={"PATH": path_with(bin_dir)})
     try:
         applied = daemon.cli("apply", "--yes", timeout=600)
         yield Cluster(daemon, applied)
@@ -202,7 +202,7 @@ def _ready(cluster: Cluster, alias: str, timeout: float = 300) -> dict[str, Any]
     return seen
 
 
-def test_apply_copies_and_starts_a_two_rank_group(cluster: Cluster) -> None:
+def _started(cluster: Cluster) -> None:
     done = cluster.first_apply
     assert done.returncode == 0, done.stdout + done.stderr
     assert "copy-to-host:tiny@b" in done.stderr and "copy-to-host:tools@b" in done.stderr
@@ -219,7 +219,7 @@ def test_apply_copies_and_starts_a_two_rank_group(cluster: Cluster) -> None:
     assert "rank 1 on b pid" in out
 
 
-def test_the_sdks_get_the_unsharded_models_greedy_answers(cluster: Cluster) -> None:
+def _same_answers(cluster: Cluster) -> None:
     import anthropic
     import openai
 
@@ -274,7 +274,7 @@ def test_the_sdks_get_the_unsharded_models_greedy_answers(cluster: Cluster) -> N
     assert [(b.name, b.input) for b in blocks] == [(TOOL_NAME, {"city": "Paris"})]
 
 
-def test_a_killed_rank_names_its_host_and_the_group_recovers(cluster: Cluster) -> None:
+def _killed_rank_recovers(cluster: Cluster) -> None:
     import openai
 
     before = _ready(cluster, "tiny")
@@ -300,7 +300,7 @@ def test_a_killed_rank_names_its_host_and_the_group_recovers(cluster: Cluster) -
     assert again.choices[0].message.content == want
 
 
-def test_a_second_apply_changes_nothing_and_keeps_the_group(cluster: Cluster) -> None:
+def _second_apply_changes_nothing(cluster: Cluster) -> None:
     before = _ready(cluster, "tools")
     done = cluster.daemon.cli("apply", "--yes", timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -309,6 +309,29 @@ def test_a_second_apply_changes_nothing_and_keeps_the_group(cluster: Cluster) ->
     assert (after["pid"], after["restarts"], after["state"]) == (
         before["pid"], before["restarts"], "ready"
     )  # fmt: skip
+
+
+def test_a_sharded_alias_is_applied_served_recovered_and_stopped(cluster: Cluster) -> None:
+    """The steps share one daemon in order: its four ranks cost most of this test's time."""
+    _started(cluster)
+    _same_answers(cluster)
+    _killed_rank_recovers(cluster)
+    _second_apply_changes_nothing(cluster)
+    ranks = [r["pid"] for alias in ("tiny", "tools") for r in cluster.group(alias)["ranks"]]
+    assert all(isinstance(pid, int) for pid in ranks)
+    stopped = cluster.daemon.cli("server", "stop", "--timeout", "30")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+    def gone() -> bool:
+        for pid in ranks:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            return False
+        return True
+
+    assert wait_for(gone, 30, interval=0.2), ranks
 
 
 def test_the_group_learns_rank_pids_and_names_the_first_rank_mlx_launch_saw_end(
