@@ -263,3 +263,13 @@ def test_the_receiver_refuses_a_file_name_outside_the_entry(
         cluster_copy.receive("0123456789abcdef", "w", stdin, io.StringIO())
     assert not (isolated_home / "incoming" / "escape").exists()
     assert not (isolated_home / "store").exists()
+
+
+def test_an_apply_targeting_another_model_keeps_the_sharded_group(project: Path) -> None:
+    first = _apply(project)
+    assert first.generation is not None
+    group = first.generation.alias_map().models["tiny"].group
+    assert group is not None
+    snapshot, _ = make_plan(load_manifest(project), RunOptions(targets=("solo",)))
+    assert not snapshot.observed.hosts  # its hosts were not observed this time
+    assert Adapters(snapshot).build_alias_map().models["tiny"].group == group

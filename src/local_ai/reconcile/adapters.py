@@ -41,7 +41,7 @@ from local_ai.reconcile.model import (
 from local_ai.reconcile.observe import Snapshot
 from local_ai.reconcile.serving import alias_map_of, group_of, write_hostfiles
 from local_ai.server import daemon
-from local_ai.server.aliases import GroupEntry, put_in_service
+from local_ai.server.aliases import AliasMap, GroupEntry, put_in_service
 from local_ai.server.daemon import running_server
 from local_ai.store.layout import PROVENANCE_FILE, Store, safe_name
 from local_ai.store.lockfile import (
@@ -310,16 +310,24 @@ class Adapters:
             commits,
             admit=admit,
             in_service=in_service,
-            groups=self.groups(),
+            groups=self.groups(in_service),
         )
 
-    def groups(self) -> dict[str, GroupEntry]:
-        """The sharded aliases whose store entry is on every host, with their groups."""
+    def groups(self, in_service: AliasMap | None = None) -> dict[str, GroupEntry]:
+        """The sharded aliases whose store entry is on every host, with their groups. One
+        whose hosts this apply did not observe (`--target` another model) keeps its group."""
         cluster, observed, out = self.manifest.cluster, self.snap.observed, {}
         for alias, spec in self.manifest.models.items():
             model = self.state.models.get(alias)
             source = observed.lock.get(alias) or observed.resolved.get(alias)
-            if cluster is None or not spec.hosts or model is None or source is None:
+            if cluster is None or not spec.hosts or model is None:
+                continue
+            kept = in_service.models.get(alias) if in_service is not None else None
+            if not all(name in observed.hosts for name in spec.hosts[1:]):
+                if kept is not None and kept.group is not None and kept.path == model.location:
+                    out[alias] = kept.group
+                continue
+            if source is None:
                 continue
             digest = served_digest(source, spec, CONVERTER_VERSION)
             copied = self.copied.get(alias, set())
