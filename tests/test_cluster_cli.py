@@ -46,9 +46,12 @@ def test_unreachable_host_is_reported_for_its_model(
     cluster_project: tuple[Path, dict[str, str]],
 ) -> None:
     manifest, env = cluster_project
-    manifest.write_text(manifest.read_text().replace("me@b.local", "b.unreachable"))
+    text = manifest.read_text().replace("me@b.local", "b.unreachable")
+    model = text.split('path = "')[1].split('"')[0]
+    manifest.write_text(text + f'[models.solo]\npath = "{model}"\n')
     done = run_cli("plan", "--config", str(manifest), env=env)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "+ model.solo  (new model)" in done.stdout  # the other models are planned as usual
     assert (
         "! model.tiny  (not planned: b is unreachable (ssh failed: ssh: connect to host "
         "b.unreachable port 22: Connection refused))"
