@@ -355,3 +355,43 @@ def test_the_group_learns_rank_pids_and_names_the_first_rank_mlx_launch_saw_end(
     assert supervisor.lost == "rank 1 on host b: exited with code 137"
     assert supervisor.ranks[1]["state"] == "dead"
     assert supervisor.ranks[1]["last_error"] == "exited with code 137"
+
+
+def test_a_rank_on_another_host_is_checked_with_ssh_kill_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    import asyncio
+
+    from local_ai.cluster.observe import ssh_to
+    from local_ai.server.aliases import GroupEntry
+    from local_ai.server.gateway.group import GroupSupervisor
+    from local_ai.server.gateway.supervisor import EngineSpec
+
+    bin_dir = tmp_path / "bin"
+    log = install_fake_ssh(bin_dir)
+    monkeypatch.setenv("PATH", path_with(bin_dir))
+    monkeypatch.setenv("FAKE_SSH_LOG", str(log))
+    group = GroupEntry(parallel="tensor", backend="ring", hosts=["a", "b", "c"],
+                       model_paths=["/x"] * 3, pythons=["p"] * 3, addresses=["127.0.0.1"] * 3,
+                       ssh=[None, ssh_to("me@b.local"), ssh_to("c.unreachable")],
+                       hostfile="/h")  # fmt: skip
+    spec = EngineSpec(socket="/s", aliases_file="/a", max_loaded_models=1, idle_ttl_s=0,
+                      prompt_cache=False)  # fmt: skip
+    supervisor = GroupSupervisor("t", group, spec)
+    rank = subprocess.Popen(["sleep", "60"])
+    try:
+        assert asyncio.run(supervisor._alive(1, rank.pid)) == (True, None)
+        assert "kill -0 " + str(rank.pid) in log.read_text()
+        assert asyncio.run(supervisor._alive(0, rank.pid)) == (True, None)
+        alive, why = asyncio.run(supervisor._alive(2, rank.pid))
+        assert alive is False and why is not None and "ssh failed" in why
+        rank.kill()
+        rank.wait()
+        assert asyncio.run(supervisor._alive(1, rank.pid)) == (False, None)
+        for r, pid in ((0, os.getpid()), (1, rank.pid)):
+            supervisor.ranks[r]["pid"] = pid
+        assert asyncio.run(supervisor._check_ranks())
+        assert supervisor.lost == f"rank 1 on host b (pid {rank.pid}): its process is gone"
+        assert [r["state"] for r in supervisor.ranks] == ["starting", "dead", "starting"]
+    finally:
+        rank.kill()
