@@ -34,6 +34,7 @@ log = logging.getLogger("local_ai.engine")
 RANK_MARK = "local-ai-rank"
 LOST_MARK = "local-ai-rank-lost"
 LOST_EXIT = 3
+LOST_LINGER_S = 1.0
 # Followers give up after this long without a message (idle, rank 0 sends one every
 # scheduler.GROUP_HEARTBEAT_S).
 MESSAGE_TIMEOUT_S = 10.0
@@ -94,6 +95,8 @@ def lost(what: str) -> None:
     with contextlib.suppress(OSError, ValueError):
         sys.stderr.write(f"{LOST_MARK}: {what}\n")
         sys.stderr.flush()
+    # mlx.launch stops reading a rank's output once the rank has exited: let it take the line.
+    time.sleep(LOST_LINGER_S)
     os._exit(LOST_EXIT)
 
 
