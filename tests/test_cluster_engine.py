@@ -299,12 +299,64 @@ def test_tensor_group_answers_as_unsharded_and_kill_9_of_rank_1_ends_it(tmp_path
     model = build_chat_model(tmp_path / "qwen3")
     with _serving(tmp_path, model, "tensor") as (launched, reference):
         _check_group(launched, reference, "tensor")
+        _check_batching(launched, reference)
 
         ranks = launched.ranks()
         os.kill(ranks[1]["pid"], signal.SIGKILL)
         assert wait_for(lambda: _gone(ranks[0]["pid"]), LOST_WITHIN_S, interval=0.2)
         launched.proc.wait(timeout=60)
         assert not _healthy(launched.sock)
+
+
+def _check_batching(launched: Launched, reference: Path) -> None:
+    """Rows join, end by a stop string and are cancelled while others run: every rank keeps
+    the same batch, so answers still equal the unsharded engine's."""
+    import concurrent.futures
+
+    model = launched.model
+    asks = [("one river", 24, None), ("two rivers", 8, None), ("three rivers", 24, "stop")]
+
+    def ask(sock: Path, prompt: str, n: int, stop: str | None) -> tuple[str, str]:
+        reply = _openai(sock).chat.completions.create(
+            model=model,
+            messages=[{"role": "user", "content": prompt}],
+            max_tokens=n,
+            temperature=0,
+            stop=stop,
+        )
+        return reply.choices[0].message.content or "", reply.choices[0].finish_reason
+
+    expected = [ask(reference, p, n, None) for p, n, _ in asks]
+    # A stop string from the middle of the third answer: rank 0 removes that row mid-batch.
+    text = expected[2][0]
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    assert stop.strip(), text
+    asks[2] = ("three rivers", 24, stop)
+    expected[2] = ask(reference, *asks[2])
+    assert expected[2][1] == "stop" and len(expected[2][0]) < len(text)
+
+    # A long stream that the client drops after a few chunks, while the others run.
+    chat = _openai(launched.sock)
+    dropped = chat.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": "a long story"}],
+        max_tokens=400,
+        temperature=0,
+        stream=True,
+    )
+    for _, _chunk in zip(range(3), dropped, strict=False):
+        pass
+    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+        futures = [pool.submit(ask, launched.sock, *a) for a in asks]
+        dropped.close()
+        assert [f.result() for f in futures] == expected
+
+    def idle() -> bool:
+        with _client(launched.sock) as client:
+            return client.get("/status").json()["active_generations"] == 0
+
+    assert wait_for(idle, REQUEST_TIMEOUT_S, interval=0.2)
+    assert ask(launched.sock, *asks[0]) == expected[0]  # still in step after all that
 
 
 def _gone(pid: int) -> bool:

@@ -317,12 +317,18 @@ class Mirror:
             elif op[0] == "remove" and self.gen is not None:
                 self.gen.remove(op[1])
                 self.live.difference_update(op[1])
+                self._close_when_empty()
         if message.get("step") and self.gen is not None:
             with self.group.step_guard():
                 _, responses = self.gen.next()
             for response in responses:
                 if response.finish_reason is not None:
                     self.live.discard(response.uid)
+            self._close_when_empty()
+
+    def _close_when_empty(self) -> None:
+        """As rank 0 drops a model's batch when its last row leaves (the next insert starts a
+        new BatchGenerator, numbering rows from 0 again)."""
         if self.gen is not None and not self.live:
             self.gen.close()
             self.gen = None
