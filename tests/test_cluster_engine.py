@@ -386,3 +386,32 @@ def test_tool_call_through_a_tensor_parallel_group(tmp_path: Path) -> None:
                 [(c.function.name, c.function.arguments) for c in choice.message.tool_calls]
             )
         assert calls[0] == calls[1] == [(TOOL_NAME, '{"city": "Paris"}')]
+
+
+def test_a_bad_group_is_refused_naming_the_keys() -> None:
+    bad = {"alias": "x", "parallel": "ring", "hosts": ["a", "b"], "model_paths": ["/m"]}
+    done = subprocess.run(
+        [sys.executable, "-m", "local_ai.server.engine", "--follow", json.dumps(bad)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "--follow: parallel must be one of pipeline, tensor" in done.stderr
+    assert "hosts and model_paths must have one entry per rank" in done.stderr
+    assert "max_batch_size must be a positive integer" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("parallel", "key", "count"),
+    [("pipeline", "num_hidden_layers", 61), ("tensor", "num_key_value_heads", 3)],
+)
+def test_splits_mlx_lm_gets_wrong_are_refused(
+    tmp_path: Path, parallel: str, key: str, count: int
+) -> None:
+    from local_ai.server.engine.group import check_divisible
+
+    (tmp_path / "config.json").write_text(json.dumps({key: count}))
+    with pytest.raises(ValueError, match=rf"{key} \({count}\) divisible by 2"):
+        check_divisible(str(tmp_path), parallel, 2)
+    check_divisible(str(tmp_path), parallel, 1)

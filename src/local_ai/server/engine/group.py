@@ -161,7 +161,7 @@ class Group:
         from mlx_lm.utils import sharded_load
 
         refuse_code(path)
-        _check_divisible(path, self.spec.parallel, self.size)
+        check_divisible(path, self.spec.parallel, self.size)
         pipeline = self.world if self.spec.parallel == "pipeline" else None
         tensor = self.world if self.spec.parallel == "tensor" else None
         with self._guard(f"loading {path}", JOIN_TIMEOUT_S):
@@ -265,7 +265,7 @@ def _on_generation_stream() -> contextlib.AbstractContextManager[Any]:
     return cm
 
 
-def _check_divisible(path: str, parallel: str, ranks: int) -> None:
+def check_divisible(path: str, parallel: str, ranks: int) -> None:
     """Refuse splits mlx-lm 0.31 gets wrong: its pipeline drops a layer when the ranks do not
     divide the layers, and tensor parallel splits the KV heads."""
     config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
