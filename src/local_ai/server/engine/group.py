@@ -34,6 +34,7 @@ log = logging.getLogger("local_ai.engine")
 RANK_MARK = "local-ai-rank"
 LOST_MARK = "local-ai-rank-lost"
 LOST_EXIT = 3
+LOST_LINGER_S = 1.0
 # Followers give up after this long without a message (idle, rank 0 sends one every
 # scheduler.GROUP_HEARTBEAT_S).
 MESSAGE_TIMEOUT_S = 10.0
@@ -94,6 +95,8 @@ def lost(what: str) -> None:
     with contextlib.suppress(OSError, ValueError):
         sys.stderr.write(f"{LOST_MARK}: {what}\n")
         sys.stderr.flush()
+    # mlx.launch stops reading a rank's output once the rank has exited: let it take the line.
+    time.sleep(LOST_LINGER_S)
     os._exit(LOST_EXIT)
 
 
@@ -158,7 +161,7 @@ class Group:
         from mlx_lm.utils import sharded_load
 
         refuse_code(path)
-        _check_divisible(path, self.spec.parallel, self.size)
+        check_divisible(path, self.spec.parallel, self.size)
         pipeline = self.world if self.spec.parallel == "pipeline" else None
         tensor = self.world if self.spec.parallel == "tensor" else None
         with self._guard(f"loading {path}", JOIN_TIMEOUT_S):
@@ -262,7 +265,7 @@ def _on_generation_stream() -> contextlib.AbstractContextManager[Any]:
     return cm
 
 
-def _check_divisible(path: str, parallel: str, ranks: int) -> None:
+def check_divisible(path: str, parallel: str, ranks: int) -> None:
     """Refuse splits mlx-lm 0.31 gets wrong: its pipeline drops a layer when the ranks do not
     divide the layers, and tensor parallel splits the KV heads."""
     config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
@@ -314,12 +317,18 @@ class Mirror:
             elif op[0] == "remove" and self.gen is not None:
                 self.gen.remove(op[1])
                 self.live.difference_update(op[1])
+                self._close_when_empty()
         if message.get("step") and self.gen is not None:
             with self.group.step_guard():
                 _, responses = self.gen.next()
             for response in responses:
                 if response.finish_reason is not None:
                     self.live.discard(response.uid)
+            self._close_when_empty()
+
+    def _close_when_empty(self) -> None:
+        """As rank 0 drops a model's batch when its last row leaves (the next insert starts a
+        new BatchGenerator, numbering rows from 0 again)."""
         if self.gen is not None and not self.live:
             self.gen.close()
             self.gen = None
