@@ -311,6 +311,7 @@ def _second_apply_changes_nothing(cluster: Cluster) -> None:
     )  # fmt: skip
 
 
+@pytest.mark.timeout(900)  # two 2-rank groups started twice, an engine, on a loaded machine
 def test_a_sharded_alias_is_applied_served_recovered_and_stopped(cluster: Cluster) -> None:
     """The steps share one daemon in order: its four ranks cost most of this test's time."""
     _started(cluster)
@@ -395,3 +396,30 @@ def test_a_rank_on_another_host_is_checked_with_ssh_kill_0(
         assert [r["state"] for r in supervisor.ranks] == ["starting", "dead", "starting"]
     finally:
         rank.kill()
+
+
+def test_the_group_launcher_ends_its_session_when_the_gateway_is_gone(tmp_path: Path) -> None:
+    """A gateway killed with -9 cannot stop its group: the launcher sees it gone and ends its
+    whole session (here `sleep` stands in for mlx.launch and its ranks)."""
+    import psutil
+
+    code = (
+        "import subprocess, sys, time\n"
+        "proc = subprocess.Popen([sys.executable, '-c', 'import os; from local_ai.cluster.launch "
+        'import run_watched; run_watched(["sleep", "120"], os.getppid())\'], '
+        "start_new_session=True)\n"
+        "print(proc.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    gateway = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert gateway.stdout is not None
+        launcher = psutil.Process(int(gateway.stdout.readline()))
+        assert wait_for(lambda: launcher.children(), 30), "the launcher started nothing"
+        child = launcher.children()[0]
+        assert child.cmdline()[0] == "sleep"
+        gateway.kill()
+        gateway.wait()
+        assert wait_for(lambda: not launcher.is_running() and not child.is_running(), 30)
+    finally:
+        gateway.kill()

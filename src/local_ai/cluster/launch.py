@@ -11,6 +11,7 @@ same command, so the smoke command picks each host's Python by ``MLX_RANK``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -245,9 +246,9 @@ def free_ports(addresses: list[str]) -> int:
 
 
 def exec_group(launch_file: Path) -> int:
-    """Replace this process with mlx.launch for the group `launch_file` describes (written by
-    the gateway: hostfile, engine config, pythons, addresses, GROUP). The port is picked now,
-    so a restarted group finds free ones."""
+    """Run mlx.launch for the group `launch_file` describes (written by the gateway: hostfile,
+    engine config, pythons, addresses, GROUP) until it ends or the gateway is gone. The port is
+    picked now, so a restarted group finds free ones."""
     doc = json.loads(launch_file.read_text("utf-8"))
     argv = group_command(
         Path(doc["hostfile"]),
@@ -256,9 +257,33 @@ def exec_group(launch_file: Path) -> int:
         Path(doc["engine_config"]),
         doc["group"],
     )
-    sys.stdout.flush()
-    os.execvp(argv[0], argv)  # noqa: S606 - mlx.launch, found like smoke_command's
-    return 127  # not reached
+    return run_watched(argv, os.getppid())
+
+
+PARENT_CHECK_S = 0.5
+
+
+def run_watched(argv: list[str], parent: int) -> int:
+    """Run `argv` in this process's session; when `parent` (the gateway) is gone, end the whole
+    session: a gateway killed with -9 cannot stop its group, and a restarted one starts another.
+    Its SIGTERM (the gateway stops the session) reaches the child too; this waits for it."""
+    # A handler, not SIG_IGN: an ignored signal would stay ignored in mlx.launch after exec.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    while True:
+        try:
+            code = proc.wait(timeout=PARENT_CHECK_S)
+            return code if code >= 0 else 128 - code
+        except subprocess.TimeoutExpired:
+            pass
+        if os.getppid() != parent:
+            if os.getpgrp() != os.getpid():  # not a session of its own: only what it started
+                proc.kill()
+                return proc.wait()
+            os.killpg(os.getpgrp(), signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            os.killpg(os.getpgrp(), signal.SIGKILL)  # this process included
 
 
 def main(argv: list[str]) -> int:
