@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from local_ai.cluster import copy as cluster_copy
-from local_ai.errors import IntegrityError, LocalAIError, NotYetError, UnavailableError
+from local_ai.errors import IntegrityError, LocalAIError, UnavailableError
 from local_ai.hub.progress import RecordingProgress
 from local_ai.manifest.load import load_manifest
 from local_ai.reconcile.adapters import Adapters
@@ -116,9 +116,12 @@ def test_apply_copies_the_entry_writes_the_hostfile_and_a_second_apply_copies_no
         assert _sha(entry / rel) == _sha(path) == record["files"][rel]["sha256"]
     assert not (_host_b(project) / "incoming" / entry.name).exists()  # renamed, not copied
 
-    # Not served yet: a typed error naming what is missing, after the copy.
-    assert isinstance(result.not_served, NotYetError)
-    assert "mlx.launch" in str(result.not_served)
+    # The generation serves it by a group: rank 0 from here, rank 1 from b's copy.
+    assert result.generation is not None
+    group = result.generation.alias_map().models["tiny"].group
+    assert group is not None and group.hosts == ["a", "b"] and group.parallel == "pipeline"
+    assert group.model_paths[1] == str(entry)
+    assert group.ssh[0] is None and group.ssh[1] is not None and group.ssh[1][-1] == HOST_B
     hostfile = json.loads((isolated_home / "run" / "cluster" / "tiny.hostfile.json").read_text())
     assert [h["ssh"] for h in hostfile["hosts"]] == ["127.0.0.1", HOST_B]
 
@@ -135,7 +138,6 @@ def test_an_interrupted_copy_is_continued_not_restarted(
     first = _apply(project)
     assert first.report.interrupted
     assert _status(first)[COPY] == ("failed", "interrupted")
-    assert first.not_served is None
     assert _far_entry(project) is None  # nothing half-done in the host's store
     partial = _partial(project)
     arrived = sum(p.stat().st_size for p in partial.rglob("*") if p.is_file())
@@ -181,7 +183,7 @@ def test_a_corrupted_file_on_the_host_is_refused_and_sent_again_next_time(
     assert damaged.name in outcome.message
     assert _far_entry(project) is None
     assert not damaged.exists()  # deleted there, so the next copy sends it whole
-    assert refused.not_served is None and refused.generation is None
+    assert refused.generation is None
 
     third = _apply(project)
     assert _status(third)[COPY][0] == "done"
@@ -205,11 +207,12 @@ def test_a_failing_copy_skips_nothing_else_and_a_rerun_converges(project: Path) 
     assert status[COPY][0] == "failed"
     assert not [a for a, (s, _) in status.items() if s == "skipped"]
     assert status["install:tiny"][0] == status["install:solo"][0] == "done"
-    assert result.generation is None and result.not_served is None
+    assert result.generation is None
 
     again = _apply(project)
     assert set(_status(again)) == {COPY}
-    assert again.report.ok and isinstance(again.not_served, NotYetError)
+    assert again.report.ok and again.generation is not None
+    assert again.generation.alias_map().models["tiny"].group is not None
 
 
 def test_an_unreachable_host_is_an_ssh_error_with_a_hint(project: Path, tmp_path: Path) -> None:
@@ -261,3 +264,13 @@ def test_the_receiver_refuses_a_file_name_outside_the_entry(
         cluster_copy.receive("0123456789abcdef", "w", stdin, io.StringIO())
     assert not (isolated_home / "incoming" / "escape").exists()
     assert not (isolated_home / "store").exists()
+
+
+def test_an_apply_targeting_another_model_keeps_the_sharded_group(project: Path) -> None:
+    first = _apply(project)
+    assert first.generation is not None
+    group = first.generation.alias_map().models["tiny"].group
+    assert group is not None
+    snapshot, _ = make_plan(load_manifest(project), RunOptions(targets=("solo",)))
+    assert not snapshot.observed.hosts  # its hosts were not observed this time
+    assert Adapters(snapshot).build_alias_map().models["tiny"].group == group

@@ -173,8 +173,6 @@ def test_placement_shares_memory_and_copies_to_the_host_that_lacks_it() -> None:
               big  rank 1 of 2, layers 0-29: weights 100.0 GB + KV cache 960.0 MB
               peak 100.9 GB of 136.8 GB usable · copy 200.0 GB
 
-        warning: models.big: sharded across studio, mini; `apply` copies its store entry to the hosts and writes the hostfile, but does not serve it yet (docs/cluster.md)
-
         Download 0 B · disk +0 B · peak memory 106.8 GB of 136.8 GB usable · copy 200.0 GB to hosts
         Plan: 2 to add, 0 to change, 0 to replace, 0 to remove.
         """

@@ -536,3 +536,41 @@ def test_last_hour_charts_are_drawn_from_the_servers_series(tab: Page) -> None:
     assert ys[1] == 2.0 and ys[0] == 35.0
     summary = page.inner_text("#activity-summary")
     assert summary == "Over the hour: 0.33 tok/s, TTFT 325 ms, cache hits 80%"
+
+
+def test_a_sharded_models_group_and_ranks_are_shown(tab: Page) -> None:
+    """A group as /api/status reports it (tests/test_cluster_serve.py checks the real one)."""
+    group = {
+        "state": "restarting",
+        "reason": "group tiny: rank 1 on host b (pid 42): its process is gone",
+        "parallel": "pipeline",
+        "ranks": [
+            {"rank": 0, "host": "a", "pid": 41, "state": "stopped", "last_error": None},
+            {
+                "rank": 1,
+                "host": "b",
+                "pid": 42,
+                "state": "dead",
+                "last_error": "process 42 is gone",
+            },
+        ],
+    }
+
+    def with_group(route: Any) -> None:
+        response = route.fetch()
+        status = response.json()
+        status["models"][0]["group"] = group
+        route.fulfill(response=response, json=status)
+
+    page = tab.page
+    page.route("**/api/status", with_group)
+    tab.open()
+    box = page.locator("#models tr .group").first
+    box.wait_for(state="visible")
+    lines = box.locator("div").all_inner_texts()
+    assert lines == [
+        "pipeline group restarting: group tiny: rank 1 on host b (pid 42): its process is gone",
+        "rank 0 on a: pid 41, stopped",
+        "rank 1 on b: pid 42, dead (process 42 is gone)",
+    ]
+    assert box.locator("div.state-error").count() == 1

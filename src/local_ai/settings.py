@@ -214,6 +214,13 @@ class Paths:
     def engine_config(self) -> Path:
         return self.run / "engine.json"
 
+    def group_file(self, alias: str, suffix: str) -> Path:
+        """run/cluster/<alias><suffix>: a sharded alias's hostfile, engine config and socket."""
+        return self.run / "cluster" / f"{alias}{suffix}"
+
+    def group_log(self, alias: str) -> Path:
+        return self.logs / f"cluster-{alias}.log"
+
     @property
     def server_log(self) -> Path:
         return self.logs / "server.log"

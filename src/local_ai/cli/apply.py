@@ -146,8 +146,8 @@ def _apply_once(
                     "was stopped before it could record it.",
                     markup=False,
                 )
-            if not dry_run and (staged := stage_cluster(loaded.manifest, options.targets, None)):
-                raise staged
+            if not dry_run:
+                stage_cluster(loaded.manifest, options.targets, None)
             return ExitCode.OK
         if not yes:
             if not interactive():
@@ -170,8 +170,6 @@ def _apply_once(
         print_json(_result_json(the_plan, result))
     else:
         _print_summary(result)
-    if result.not_served is not None:
-        raise result.not_served
     if result.report.interrupted:
         return ExitCode.INTERRUPTED
     return ExitCode.OK if result.report.ok else ExitCode.ERROR
@@ -249,7 +247,6 @@ def _result_json(the_plan: Plan, result: ApplyResult) -> dict[str, Any]:
         "generation": result.generation.number if result.generation else None,
         "gated_back_to": result.gated_back_to,
         "gated_by": [o.action.id for o in result.gated_by],
-        "not_served": str(result.not_served) if result.not_served else None,
         "outcomes": [
             {
                 "id": o.action.id,

@@ -207,6 +207,28 @@ def status_command(config: ConfigOption = None, json: JsonOption = False) -> Non
                 f"{tps:.1f}" if tps is not None else "-",
             )
         out.print(table)
+    for m in models:
+        if m.get("group"):
+            _print_group(m["alias"], m["group"])
+
+
+def _print_group(alias: str, group: dict[str, Any]) -> None:
+    """A sharded alias's group and each of its ranks."""
+    from rich.markup import escape
+
+    out = console()
+    reason = f": {escape(str(group['reason']))}" if group.get("reason") else ""
+    out.print(
+        f"  group {escape(alias)} ({group.get('parallel')} over {', '.join(group['hosts'])}, "
+        f"{group.get('backend')}) {group.get('state')} (launcher pid {group.get('pid')}, "
+        f"restarts {group.get('restarts', 0)}){reason}"
+    )
+    for rank in group.get("ranks") or []:
+        error = f": {escape(str(rank['last_error']))}" if rank.get("last_error") else ""
+        out.print(
+            f"    rank {rank['rank']} on {escape(str(rank['host']))} "
+            f"pid {rank.get('pid') or '-'} {rank.get('state')}{error}"
+        )
 
 
 @cache_app.command("clear")

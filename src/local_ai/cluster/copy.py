@@ -97,6 +97,14 @@ def _size(n: int) -> str:
 # ---- this machine -----------------------------------------------------------------------------
 
 
+def entry_name(model: InstalledModel) -> str:
+    """The name part of the store entry `digest-name` an installed alias becomes on a host."""
+    location = Path(model.location)
+    if model.location_kind == "store":
+        return location.name.partition("-")[2]
+    return safe_name((model.source or location.name).split("@")[0].split("/")[-1])
+
+
 def local_entry(model: InstalledModel, digest: str) -> LocalEntry:
     """The files an installed alias serves, with sha256s: as recorded at install where it was
     (HF and path sources), else hashed now (cached by size, mtime and inode)."""
@@ -104,10 +112,7 @@ def local_entry(model: InstalledModel, digest: str) -> LocalEntry:
 
     location = Path(model.location)
     base = location.parent if location.is_file() else location
-    if model.location_kind == "store":
-        name = location.name.partition("-")[2]
-    else:
-        name = safe_name((model.source or location.name).split("@")[0].split("/")[-1])
+    name = entry_name(model)
     cache = VerifiedHashes.load(settings.paths().verified_hashes)
     files = []
     for rel, record in sorted(model.files.items()):

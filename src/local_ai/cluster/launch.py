@@ -11,6 +11,7 @@ same command, so the smoke command picks each host's Python by ``MLX_RANK``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from local_ai import settings
-from local_ai.cluster.observe import host_python, rank_order, shell_path
+from local_ai.cluster.observe import host_python, rank_order, shell_path, ssh_to
 from local_ai.manifest.models import ClusterSettings, is_loopback
 from local_ai.util.atomic import atomic_write_text
 from local_ai.util.ports import port_free
@@ -73,6 +74,11 @@ def smoke_command(cluster: ClusterSettings, hostfile_path: Path, port: int) -> l
         f"{rank}) py={_python_for(cluster, name)} ;;" for rank, name in enumerate(names)
     )
     script = f'case "$MLX_RANK" in {cases} esac; exec "$py" -c {shlex.quote(_SMOKE_CODE)}'
+    return launch_argv(hostfile_path, port, script)
+
+
+def launch_argv(hostfile_path: Path, port: int, script: str) -> list[str]:
+    """mlx.launch running the sh `script` on every host (it picks its part by $MLX_RANK)."""
     return [
         launcher(),
         "--hostfile",
@@ -84,6 +90,16 @@ def smoke_command(cluster: ClusterSettings, hostfile_path: Path, port: int) -> l
         "-c",
         script,
     ]
+
+
+def rank_pythons(cluster: ClusterSettings, names: list[str]) -> list[str]:
+    """Each rank's Python as a shell path, rank order (what mlx.launch's command runs)."""
+    return [_python_for(cluster, name) for name in names]
+
+
+def rank_ssh(cluster: ClusterSettings, names: list[str]) -> list[list[str] | None]:
+    """Per rank, the ssh argv that runs a command on its host (None: rank 0, this machine)."""
+    return [None if n == cluster.rank0 else ssh_to(str(cluster.hosts[n].ssh)) for n in names]
 
 
 def _python_for(cluster: ClusterSettings, name: str) -> str:
@@ -124,16 +140,7 @@ def parse_smoke(stdout: str, ranks: int) -> tuple[bool, str]:
 def starting_port(cluster: ClusterSettings) -> int:
     """mlx.launch's default between real hosts; when every rank is on this machine (tests, one
     Mac), free ports here, so parallel runs do not collide."""
-    if not all(h.address and is_loopback(h.address) for h in cluster.hosts.values()):
-        return DEFAULT_PORT
-    ranks = len(cluster.hosts)
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            first = int(sock.getsockname()[1])
-        if first + ranks < 65536 and all(port_free("127.0.0.1", first + i) for i in range(ranks)):
-            return first
-    return DEFAULT_PORT
+    return free_ports([h.address or "" for h in cluster.hosts.values()])
 
 
 def run_smoke(
@@ -186,7 +193,7 @@ def _stop_group(proc: subprocess.Popen[str]) -> None:
 
 
 def hostfile_path(alias: str) -> Path:
-    return settings.paths().run / "cluster" / f"{alias}.hostfile.json"
+    return settings.paths().group_file(alias, ".hostfile.json")
 
 
 def write_hostfile(cluster: ClusterSettings, alias: str, names: list[str]) -> Path:
@@ -198,3 +205,93 @@ def write_hostfile(cluster: ClusterSettings, alias: str, names: list[str]) -> Pa
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(path, text)
     return path
+
+
+# ---- a sharded alias served by a group of ranks (docs/cluster.md) -----------------------------
+
+
+def group_command(
+    hostfile_path: Path,
+    port: int,
+    pythons: list[str],
+    engine_config: Path,
+    group: dict[str, object],
+) -> list[str]:
+    """mlx.launch starting one rank per host: rank 0 the engine behind the gateway (its config
+    file), the others following it (GROUP as JSON); `pythons` are shell paths, rank order."""
+    follow = shlex.quote(json.dumps(group, separators=(",", ":")))
+    cases = [f"0) exec {pythons[0]} -m local_ai.server.engine --config "
+             f"{shlex.quote(str(engine_config))} ;;"]  # fmt: skip
+    cases += [
+        f"{rank}) exec {py} -m local_ai.server.engine --follow {follow} ;;"
+        for rank, py in enumerate(pythons)
+        if rank
+    ]
+    script = f'case "$MLX_RANK" in {" ".join(cases)} esac; echo "no rank $MLX_RANK" >&2; exit 64'
+    return launch_argv(hostfile_path, port, script)
+
+
+def free_ports(addresses: list[str]) -> int:
+    """--starting-port for these rank addresses (see `starting_port`)."""
+    if not addresses or not all(is_loopback(a) for a in addresses):
+        return DEFAULT_PORT
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            first = int(sock.getsockname()[1])
+        ranks = len(addresses)
+        if first + ranks < 65536 and all(port_free("127.0.0.1", first + i) for i in range(ranks)):
+            return first
+    return DEFAULT_PORT
+
+
+def exec_group(launch_file: Path) -> int:
+    """Run mlx.launch for the group `launch_file` describes (written by the gateway: hostfile,
+    engine config, pythons, addresses, GROUP) until it ends or the gateway is gone. The port is
+    picked now, so a restarted group finds free ones."""
+    doc = json.loads(launch_file.read_text("utf-8"))
+    argv = group_command(
+        Path(doc["hostfile"]),
+        free_ports(list(doc["addresses"])),
+        list(doc["pythons"]),
+        Path(doc["engine_config"]),
+        doc["group"],
+    )
+    return run_watched(argv, os.getppid())
+
+
+PARENT_CHECK_S = 0.5
+
+
+def run_watched(argv: list[str], parent: int) -> int:
+    """Run `argv` in this process's session; when `parent` (the gateway) is gone, end the whole
+    session: a gateway killed with -9 cannot stop its group, and a restarted one starts another.
+    Its SIGTERM (the gateway stops the session) reaches the child too; this waits for it."""
+    # A handler, not SIG_IGN: an ignored signal would stay ignored in mlx.launch after exec.
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL)
+    while True:
+        try:
+            code = proc.wait(timeout=PARENT_CHECK_S)
+            return code if code >= 0 else 128 - code
+        except subprocess.TimeoutExpired:
+            pass
+        if os.getppid() != parent:
+            if os.getpgrp() != os.getpid():  # not a session of its own: only what it started
+                proc.kill()
+                return proc.wait()
+            os.killpg(os.getpgrp(), signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
+            os.killpg(os.getpgrp(), signal.SIGKILL)  # this process included
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) == 2 and argv[0] == "group":
+        return exec_group(Path(argv[1]))
+    print("usage: python -m local_ai.cluster.launch group LAUNCH_FILE", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

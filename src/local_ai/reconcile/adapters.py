@@ -37,11 +37,12 @@ from local_ai.reconcile.model import (
     convert_digest,
     install_fields,
     install_key,
+    served_digest,
 )
 from local_ai.reconcile.observe import Snapshot
-from local_ai.reconcile.serving import alias_map_of
+from local_ai.reconcile.serving import alias_map_of, group_of, write_hostfiles
 from local_ai.server import daemon
-from local_ai.server.aliases import put_in_service
+from local_ai.server.aliases import AliasMap, GroupEntry, put_in_service
 from local_ai.server.daemon import running_server
 from local_ai.store.layout import PROVENANCE_FILE, Store, safe_name
 from local_ai.store.lockfile import (
@@ -110,6 +111,7 @@ class Adapters:
         self.convert_progress = convert_progress
         self.alias_map_written: AliasMap | None = None
         self.auto_levels: dict[str, str | None] = {}  # alias -> level auto chose in the plan
+        self.copied: dict[str, set[str]] = {}  # alias -> hosts its store entry reached now
 
     def handlers(self) -> dict[Kind, Handler]:
         return {
@@ -136,7 +138,9 @@ class Adapters:
         assert cluster is not None  # the planner plans copies only for a [cluster]
         entry = local_entry(self.state.models[alias], params.digest)
         progress = self.fetch_progress() if self.fetch_progress else None
-        return copy_entry(host, cluster.hosts[host], entry, progress=progress).describe()
+        result = copy_entry(host, cluster.hosts[host], entry, progress=progress)
+        self.copied.setdefault(alias, set()).add(host)
+        return result.describe()
 
     def write_client(self, action: Action) -> str:
         change = _params(action, ClientChange)
@@ -282,16 +286,48 @@ class Adapters:
         commits = {a: s.commit for a, s in self.snap.sources.items()}
         current = Generations(settings.paths().generations).current()
         in_service = current.alias_map() if current is not None else None
-        return alias_map_of(self.manifest, self.state, commits, admit=admit, in_service=in_service)
+        return alias_map_of(
+            self.manifest,
+            self.state,
+            commits,
+            admit=admit,
+            in_service=in_service,
+            groups=self.groups(in_service),
+        )
+
+    def groups(self, in_service: AliasMap | None = None) -> dict[str, GroupEntry]:
+        """The sharded aliases whose store entry is on every host, with their groups. One
+        whose hosts this apply did not observe (`--target` another model) keeps its group."""
+        cluster, observed, out = self.manifest.cluster, self.snap.observed, {}
+        for alias, spec in self.manifest.models.items():
+            model = self.state.models.get(alias)
+            source = observed.lock.get(alias) or observed.resolved.get(alias)
+            if cluster is None or not spec.hosts or model is None:
+                continue
+            kept = in_service.models.get(alias) if in_service is not None else None
+            if not all(name in observed.hosts for name in spec.hosts[1:]):
+                if kept is not None and kept.group is not None and kept.path == model.location:
+                    out[alias] = kept.group
+                continue
+            if source is None:
+                continue
+            digest = served_digest(source, spec, CONVERTER_VERSION)
+            copied = self.copied.get(alias, set())
+            group = group_of(alias, spec, cluster, model, digest, observed.hosts, copied)
+            if group is not None:
+                out[alias] = group
+        return out
 
     def write_alias_map(self, action: Action) -> AliasMap:
         alias_map = self.build_alias_map(_params(action, ServeParams).admit)
+        write_hostfiles(self.manifest, alias_map)
         put_in_service(alias_map)
         self.alias_map_written = alias_map
         return alias_map
 
     def start_server(self, action: Action) -> str:
         alias_map = self.build_alias_map(_params(action, ServeParams).admit)
+        write_hostfiles(self.manifest, alias_map)
         result = daemon.start(self.snap.loaded, alias_map)
         self.alias_map_written = alias_map
         if result.already_running:

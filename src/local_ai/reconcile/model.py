@@ -290,9 +290,22 @@ def alias_map_hash(manifest: Manifest, commits: dict[str, str | None]) -> str:
             "context": spec.context,
             "max_output_tokens": spec.max_output_tokens,
             "name": spec.name,
+            **_placement(manifest, spec),
         }
         for alias, spec in manifest.models.items()
     }
     return stable_hash(
         {"models": entries, "default": manifest.default_alias, "preload": manifest.server.preload}
     )[:16]
+
+
+def _placement(manifest: Manifest, spec: ModelSpec) -> dict[str, Any]:
+    """What a sharded alias's group is started with: a change restarts that group only."""
+    if not spec.hosts or manifest.cluster is None:
+        return {}
+    hosts = manifest.cluster.hosts
+    return {
+        "parallel": spec.parallel,
+        "backend": manifest.cluster.backend,
+        "hosts": [[n, hosts[n].model_dump(mode="json")] for n in spec.hosts if n in hosts],
+    }

@@ -584,11 +584,6 @@ class _Builder:
                     )
                 )
             self._mark_copies(alias, lacking)
-            self.warnings.append(
-                f"models.{alias}: sharded across {', '.join(names)}; `apply` copies its store "
-                "entry to the hosts and writes the hostfile, but does not serve it yet "
-                "(docs/cluster.md)"
-            )
         self.errors += cluster.version_problems(settings, used, hosts)
         plans, errors = cluster.host_plans(
             settings, hosts, all_shares, host_of, copies, sum(self.largest_loaded())
@@ -687,12 +682,14 @@ def plan(manifest: Manifest, observed: Observed, options: Options | None = None)
     builder.plan_removals()
     rank0_peak = builder.plan_cluster(rebuilt)
     removal_ids = [a.id for a in builder.actions if a.kind is Kind.REMOVE]
+    # A sharded alias enters the served map once its store entry is on every host.
+    copy_ids = [a.id for a in builder.actions if a.kind is Kind.COPY_TO_HOST]
     rejected = {a: why for a, why in builder.rejected().items() if a not in rebuilt}
     gate = manifest.benchmark.gate
     remeasure = rejected if gate and builder.measuring else {}
     # Without the gate a rejection no longer holds; with it, only a build measured again serves.
     admit = tuple(rejected if not gate else remeasure)
-    builder.plan_server(installs + removal_ids, admit, bool(remeasure))
+    builder.plan_server(installs + removal_ids + copy_ids, admit, bool(remeasure))
     builder.plan_measurements(rebuilt, remeasure)
     if not options.targets:
         builder.plan_clients()

@@ -12,7 +12,7 @@ from local_ai import settings
 from local_ai.clients.base import ClientChange
 from local_ai.cluster.launch import write_hostfile
 from local_ai.convert.api import CONVERTER_VERSION
-from local_ai.errors import ConfigError, LocalAIError, NotFoundError, NotYetError
+from local_ai.errors import ConfigError, LocalAIError, NotFoundError
 from local_ai.manifest.load import LoadedManifest
 from local_ai.manifest.models import Manifest
 from local_ai.manifest.serving import running_settings
@@ -159,33 +159,20 @@ def sharded_targets(manifest: Manifest, targets: tuple[str, ...] = ()) -> list[s
     ]
 
 
-def stage_cluster(
-    manifest: Manifest, targets: tuple[str, ...], report: Report | None
-) -> NotYetError | None:
+def stage_cluster(manifest: Manifest, targets: tuple[str, ...], report: Report | None) -> None:
     """After the plan ran: the mlx.launch hostfile of each sharded model whose copies all
-    completed, and the error saying what this version still lacks to serve them."""
+    completed (also written when its group is put in service; here for a stopped server)."""
     aliases = sharded_targets(manifest, targets)
     if not aliases or manifest.cluster is None:
-        return None
+        return
     unfinished = {
         o.action.resource
         for o in (report.outcomes if report else [])
         if o.action.kind is Kind.COPY_TO_HOST and o.status != "done"
     }
-    staged = [a for a in aliases if f"model.{a}" not in unfinished]
-    for alias in staged:
-        write_hostfile(manifest.cluster, alias, manifest.models[alias].hosts or [])
-    if not staged:
-        return None  # the failed copies are the report's errors
-    names = ", ".join(f"models.{a}" for a in staged)
-    return NotYetError(
-        f"{names}: the weights are on every host and the hostfile is in "
-        f"{settings.paths().run / 'cluster'}, but this version cannot serve a sharded model "
-        "yet (missing: starting the sharded engine with mlx.launch, health of every rank); "
-        "everything else was applied",
-        hint="`local-ai plan` shows the placement; remove `hosts` to serve a model on this Mac "
-        "alone",
-    )
+    for alias in aliases:
+        if f"model.{alias}" not in unfinished:
+            write_hostfile(manifest.cluster, alias, manifest.models[alias].hosts or [])
 
 
 @dataclass
@@ -194,7 +181,6 @@ class ApplyResult:
     generation: Generation | None
     gated_back_to: int | None = None  # benchmark.gate switched the server back to this one
     gated_by: tuple[Outcome, ...] = ()  # the gated measurements that failed
-    not_served: NotYetError | None = None  # sharded models: copied and staged, not served yet
 
 
 def apply_plan(
@@ -222,8 +208,9 @@ def apply_plan(
     if report.ok and not report.interrupted and the_plan.has_changes:
         failpoint("generation.before-record")  # every action done, no generation yet
         generation = record_generation(snapshot, adapters)
-    staged = None if report.interrupted else stage_cluster(manifest, options.targets, report)
-    return ApplyResult(report, generation, gated, closed, staged)
+    if not report.interrupted:
+        stage_cluster(manifest, options.targets, report)
+    return ApplyResult(report, generation, gated, closed)
 
 
 def _clean_killed_run(snapshot: Snapshot) -> None:

@@ -4,19 +4,27 @@ recorded generation back in service (docs/architecture.md)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Set
+from typing import TYPE_CHECKING
+
 from local_ai import settings
+from local_ai.cluster.copy import entry_name
+from local_ai.cluster.launch import hostfile_path, rank_pythons, rank_ssh, write_hostfile
 from local_ai.errors import LocalAIError
 from local_ai.hub.resolve import resolve_path
 from local_ai.manifest.load import LoadedManifest
-from local_ai.manifest.models import Manifest
+from local_ai.manifest.models import ClusterSettings, Manifest, ModelSpec
 from local_ai.reconcile.generations import Generations
 from local_ai.reconcile.model import alias_map_hash
-from local_ai.server.aliases import AliasEntry, AliasMap
-from local_ai.store.state import State, load_state
+from local_ai.server.aliases import AliasEntry, AliasMap, GroupEntry
+from local_ai.store.state import InstalledModel, State, load_state
+
+if TYPE_CHECKING:
+    from local_ai.cluster.observe import HostReport
 
 RUN_APPLY = "run `local-ai apply`"
 NOT_APPLIED = f"not installed yet; {RUN_APPLY}"
-SHARDED = "sharded across [cluster] hosts, which this version cannot serve yet"
+SHARDED = f"sharded across [cluster] hosts, not on every host yet; {RUN_APPLY}"
 
 
 def alias_map_of(
@@ -26,17 +34,20 @@ def alias_map_of(
     *,
     admit: tuple[str, ...] = (),
     in_service: AliasMap | None = None,
+    groups: Mapping[str, GroupEntry] | None = None,
 ) -> AliasMap:
     """Each manifest alias served from the build state.json records for it. `commits` (alias →
     source commit) names the map with `alias_map_hash`; None: a map apply did not make.
     A build the gate rejected is served only when `admit` names its alias (the plan measures it
-    again, or the gate is off); otherwise the alias keeps what `in_service` serves, if anything."""
+    again, or the gate is off); otherwise the alias keeps what `in_service` serves, if anything.
+    A sharded alias is served only by its group in `groups` (its store entry on every host)."""
+    groups = groups or {}
     entries: dict[str, AliasEntry] = {}
     held_back = False
     for alias, spec in manifest.models.items():
         model = state.models.get(alias)
-        if model is None or spec.hosts:  # a sharded model is never served from one Mac
-            continue
+        if model is None or (spec.hosts and alias not in groups):
+            continue  # a sharded model is never served from one Mac
         if model.rejected is not None and alias not in admit:
             held_back = True
             kept = in_service.models.get(alias) if in_service is not None else None
@@ -52,12 +63,50 @@ def alias_map_of(
             format="mlx",
             quantization=model.quantization,
             digest=model.store_digest,
+            group=groups.get(alias),
         )
     # Only a map serving every alias as built is the one the manifest asks for.
-    servable = {a for a, spec in manifest.models.items() if not spec.hosts}
-    complete = commits is not None and set(entries) == servable and not held_back
+    complete = commits is not None and set(entries) == set(manifest.models) and not held_back
     hash_ = alias_map_hash(manifest, commits or {}) if complete else None
     return _assemble(manifest, entries, hash_)
+
+
+def group_of(
+    alias: str,
+    spec: ModelSpec,
+    cluster: ClusterSettings,
+    model: InstalledModel,
+    digest: str,
+    hosts: Mapping[str, HostReport],
+    copied: Set[str] = frozenset(),
+) -> GroupEntry | None:
+    """The group serving sharded `alias` (installed here as `model`, store entry `digest` on
+    the other hosts), or None while a host lacks it (neither observed there nor `copied` now)."""
+    names = list(spec.hosts or [])
+    paths = [model.location]
+    for name in names[1:]:
+        report = hosts.get(name)
+        held = report is not None and (digest in report.digests or name in copied)
+        if report is None or report.store is None or not held:
+            return None
+        paths.append(f"{report.store.rstrip('/')}/{digest}-{entry_name(model)}")
+    return GroupEntry(
+        parallel=str(spec.parallel),
+        backend=cluster.backend,
+        hosts=names,
+        model_paths=paths,
+        pythons=rank_pythons(cluster, names),
+        addresses=[cluster.hosts[n].address or "" for n in names],
+        ssh=rank_ssh(cluster, names),
+        hostfile=str(hostfile_path(alias)),
+    )
+
+
+def write_hostfiles(manifest: Manifest, alias_map: AliasMap) -> None:
+    """mlx.launch's hostfile of every group in `alias_map`, before the gateway starts them."""
+    for alias, entry in alias_map.models.items():
+        if entry.group is not None and manifest.cluster is not None:
+            write_hostfile(manifest.cluster, alias, entry.group.hosts)
 
 
 def _assemble(manifest: Manifest, entries: dict[str, AliasEntry], hash_: str | None) -> AliasMap:

@@ -18,6 +18,22 @@ from local_ai.util.atomic import atomic_write_text
 ALIAS_MAP_VERSION = 1
 
 
+class GroupEntry(BaseModel):
+    """A sharded alias: the ranks that serve it together (docs/cluster.md). Built by apply
+    (local_ai.reconcile.serving) with what the gateway needs to start and watch the group."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    parallel: str  # "pipeline" | "tensor"
+    backend: str
+    hosts: list[str]  # [cluster.hosts] names, rank order (rank 0 is this machine)
+    model_paths: list[str]  # the store entry on each rank's host, rank order
+    pythons: list[str]  # each rank's Python, as a shell path
+    addresses: list[str]  # each rank's backend address (all loopback: free ports are picked)
+    ssh: list[list[str] | None]  # per rank, ssh argv running a command there (None: rank 0)
+    hostfile: str  # mlx.launch's hostfile, written by apply
+
+
 class AliasEntry(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -29,6 +45,7 @@ class AliasEntry(BaseModel):
     format: str = "mlx"
     quantization: str | None = None
     digest: str | None = None  # the store entry's address, for a build local-ai made
+    group: GroupEntry | None = None  # sharded across [cluster] hosts: served by its own group
 
 
 class AliasMap(BaseModel):

@@ -7,6 +7,9 @@ With `--standby` it does the slow part first (importing mlx, mlx-lm, transformer
 ~4 s of CPU), prints `standby` on stdout, and waits for a line on stdin before it reads the config
 again and serves: the gateway keeps one such warm process to replace a crashed engine at once.
 End of stdin (the gateway is gone) makes it exit.
+
+Under `mlx.launch` (a model sharded across hosts, docs/cluster.md) rank 0 runs with a config
+holding `group`, and every other rank runs `--follow GROUP-JSON`: no HTTP, it mirrors rank 0.
 """
 
 from __future__ import annotations
@@ -69,17 +72,44 @@ def _wait_for_promotion() -> bool:
     return bool(line.strip())
 
 
+def _connect_early() -> None:
+    """Join MLX's group before the slow imports: the ring backend gives up connecting to a
+    peer that is not listening after a few seconds."""
+    import mlx.core as mx
+
+    mx.distributed.init(strict=True)
+
+
+def _follow(parser: argparse.ArgumentParser, group_json: str) -> int:
+    from local_ai.server.engine.group import GroupSpec, follow
+    from local_ai.server.engine.scheduler import PREFILL_CHUNK
+
+    try:
+        spec = GroupSpec.parse(json.loads(group_json), "--follow")
+    except ValueError as exc:
+        parser.error(str(exc))
+    _setup_logging(spec.debug)
+    _connect_early()
+    return follow(spec, PREFILL_CHUNK)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="local-ai-engine")
-    parser.add_argument("--config", required=True, type=Path)
+    roles = parser.add_mutually_exclusive_group(required=True)
+    roles.add_argument("--config", type=Path)
+    roles.add_argument("--follow", metavar="GROUP", help="a rank > 0 of a sharded engine")
     parser.add_argument("--standby", action="store_true", help="warm up, then wait for stdin")
     args = parser.parse_args(argv)
 
     # Offline by construction: a model id that is not a local directory must never download.
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
+    if args.follow is not None:
+        return _follow(parser, args.follow)
     raw = json.loads(args.config.read_text(encoding="utf-8"))
     _setup_logging(bool(raw.get("debug")))
+    if raw.get("group") is not None:
+        _connect_early()
     if raw.get("parent_pid"):
         threading.Thread(target=_watch_parent, args=(raw["parent_pid"],), daemon=True).start()
     # Omni's logger module creates ./logs at import; the state home already has one.
@@ -117,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("local_ai.engine").info("engine %s listening on %s", os.getpid(), socket_path)
     server.run()
+    if config.group is not None:
+        os._exit(0)  # a collective may hold the MLX thread; nothing else is left to finish
     return 0
 
 

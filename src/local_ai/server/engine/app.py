@@ -52,6 +52,7 @@ from local_ai.server.engine.generator import (
     LocalOpenAIAdapter,
     ScheduledChatGenerator,
 )
+from local_ai.server.engine.group import Group, GroupSpec
 from local_ai.server.engine.models import LoadedModel, ModelRegistry
 from local_ai.server.engine.scheduler import (
     DEFAULT_MAX_BATCH,
@@ -81,6 +82,7 @@ class EngineConfig:
     prompt_cache_disk_mb: int = 0
     debug: bool = False
     parent_pid: int | None = None
+    group: dict[str, Any] | None = None  # a sharded engine's rank 0 (engine.group.GroupSpec)
 
     @classmethod
     def read(cls, path: Path) -> EngineConfig:
@@ -91,7 +93,13 @@ class EngineConfig:
 class EngineApp:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
-        self.scheduler = Scheduler(max_batch=config.max_batch_size, disk_cache=_disk_cache(config))
+        self.group: Group | None = None
+        max_batch, disk = config.max_batch_size, _disk_cache(config)
+        if config.group is not None:
+            self.group = Group(GroupSpec.parse(config.group, "the engine config's group"))
+            # Every rank batches alike; the other ranks keep no disk cache to match.
+            max_batch, disk = self.group.spec.max_batch_size, None
+        self.scheduler = Scheduler(max_batch=max_batch, disk_cache=disk)
         self._aliases_mtime = -1.0
         self._paths: frozenset[str] = frozenset()  # the model directories it may load
         self._reload_aliases()
@@ -100,6 +108,8 @@ class EngineApp:
             max_loaded=config.max_loaded_models,
             idle_ttl_s=config.idle_ttl_s,
         )
+        if self.group is not None:
+            self.registry.load_weights = self.group.load
         self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="req")
         self.started = time.time()
         self.requests = 0
@@ -120,7 +130,10 @@ class EngineApp:
         self._aliases_mtime = mtime
 
     def allowed(self, model_path: str) -> bool:
-        """Only directories the alias map names are ever loaded (defence in depth)."""
+        """Only directories the alias map names are ever loaded (defence in depth); a sharded
+        engine serves its group's model only."""
+        if self.group is not None:
+            return model_path == self.group.spec.model_paths[0]
         self._reload_aliases()
         return model_path in self._paths
 
@@ -136,6 +149,9 @@ class EngineApp:
         method = scope["method"]
         try:
             if method == "GET" and path == "/health":
+                if self.group is not None and not self.group.ready:
+                    await send_json(send, 503, {"status": "joining", "pid": os.getpid()})
+                    return
                 await send_json(
                     send, 200, {"status": "ready", "pid": os.getpid(), "version": __version__}
                 )
@@ -162,6 +178,8 @@ class EngineApp:
             if message["type"] == "lifespan.startup":
                 self.scheduler.start()
                 self._secure_socket()
+                if self.group is not None:
+                    self.scheduler.call(self._join_group).add_done_callback(_joined)
                 self._background = [
                     asyncio.ensure_future(self._preload(path)) for path in self.config.preload
                 ]
@@ -171,6 +189,14 @@ class EngineApp:
                 self.pool.shutdown(wait=False, cancel_futures=True)
                 await send({"type": "lifespan.shutdown.complete"})
                 return
+
+    def _join_group(self) -> None:
+        """In the MLX thread: form the group, load this rank's share, pass the barrier."""
+        assert self.group is not None
+        self.group.init()
+        self.registry.pin(self.group.spec.model_paths[0])
+        self.group.announce()
+        self.scheduler.group = self.group
 
     def _secure_socket(self) -> None:
         with contextlib.suppress(OSError):
@@ -201,6 +227,7 @@ class EngineApp:
             "requests": self.requests,
             "model_loads": {p: dict(f) for p, f in list(self.registry.loads.items())},
             **_mlx_memory(),
+            **({"group": self.group.status()} if self.group is not None else {}),
         }
 
     async def _clear_prompt_cache(self) -> dict[str, int]:
@@ -467,6 +494,14 @@ def _coalesce(items: list[Any]) -> list[Any]:
         else:
             out.append(item)
     return out
+
+
+def _joined(future: concurrent.futures.Future[Any]) -> None:
+    """A rank 0 that cannot join serves nothing: exit, so the launcher ends the other ranks."""
+    exc = future.exception()
+    if exc is not None:
+        log.error("rank 0 could not join the group: %s: %s", type(exc).__name__, exc)
+        os._exit(2)
 
 
 def _disk_cache(config: EngineConfig) -> DiskPromptCache | None:

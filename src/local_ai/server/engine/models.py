@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,13 +62,25 @@ def _model_type(path: str) -> str:
     return str(_config(path).get("model_type", ""))
 
 
-def _refuse_code(path: str) -> None:
+def refuse_code(path: str) -> None:
     if _config(path).get("model_file"):
         raise RemoteCodeRefused(
             f"{Path(path) / 'config.json'} sets model_file, Python code that mlx-lm would run; "
             "local-ai does not run code from model directories (remove the key, or convert the "
             "original model with `local-ai apply`)"
         )
+
+
+def load_whole(path: str) -> tuple[Any, Any]:
+    """The model at `path` and its tokenizer, all of it in this process."""
+    from mlx_lm.utils import load
+
+    refuse_code(path)
+    # model_file=None as well: the check above and mlx-lm read config.json separately.
+    model, tokenizer = load(
+        path, tokenizer_config=dict(NO_REMOTE_CODE), model_config={"model_file": None}
+    )[:2]
+    return model, tokenizer
 
 
 class ModelRegistry:
@@ -86,6 +99,8 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._tokenizers: dict[str, TokenizerBundle] = {}
         self.last_error: dict[str, str] = {}
+        # What reads the weights (a sharded engine loads its rank's share instead).
+        self.load_weights: Callable[[str], tuple[Any, Any]] = load_whole
         # Per model path: loads by this engine and the seconds they took (for /metrics).
         self.loads: dict[str, dict[str, float]] = {}
         scheduler.housekeeping = self._housekeeping
@@ -149,6 +164,10 @@ class ModelRegistry:
 
     # --- MLX thread ----------------------------------------------------------------------------
 
+    def pin(self, path: str) -> LoadedModel:
+        """Load `path` now and keep it loaded for good (a sharded engine serves only it)."""
+        return self._load(path)
+
     def _load(self, path: str) -> LoadedModel:
         with self._lock:
             existing = self._models.get(path)
@@ -158,7 +177,6 @@ class ModelRegistry:
                 return existing
         self._evict(keep=self.max_loaded - 1)
         from mlx.utils import tree_flatten
-        from mlx_lm.utils import load
         from mlx_omni_server.chat.mlx.model_types import MLXModel
         from mlx_omni_server.chat.mlx.tools.chat_template import ChatTemplate
 
@@ -168,11 +186,7 @@ class ModelRegistry:
             raise FileNotFoundError(f"{path} is not a model directory")
         started = time.perf_counter()
         try:
-            _refuse_code(path)
-            # model_file=None as well: the check above and mlx-lm read config.json separately.
-            model, tokenizer = load(
-                path, tokenizer_config=dict(NO_REMOTE_CODE), model_config={"model_file": None}
-            )[:2]
+            model, tokenizer = self.load_weights(path)
         except Exception as exc:
             self.last_error[path] = f"{type(exc).__name__}: {exc}"
             raise

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import logging
 import queue
 import secrets
@@ -29,6 +30,7 @@ from local_ai import sizing
 
 if TYPE_CHECKING:
     from local_ai.server.engine.diskcache import DiskPromptCache
+    from local_ai.server.engine.group import Group
     from local_ai.server.engine.models import LoadedModel
 
 log = logging.getLogger("local_ai.engine")
@@ -45,6 +47,8 @@ PREFIX_CACHE_ENTRIES = 4
 MIN_PREFIX_REUSE = 32
 PREFIX_CACHE_TTL_S = 600.0
 HOUSEKEEPING_INTERVAL_S = 1.0
+# A sharded engine's idle rounds: each sends the heartbeat the other ranks wait for.
+GROUP_HEARTBEAT_S = 0.5
 # Seconds a client refused for memory is told to wait before retrying.
 ADMISSION_RETRY_AFTER_S = 5
 
@@ -311,20 +315,27 @@ def _refusal(tokens: int, need: int, free: int) -> AdmissionRefused:
     )
 
 
+def new_batch_generator(model: Any, tokenizer: Any, max_batch: int, prefill_chunk: int) -> Any:
+    """mlx-lm's BatchGenerator as every rank of a group must build it (same batching)."""
+    from mlx_lm.generate import BatchGenerator
+
+    eos = sorted(getattr(tokenizer, "eos_token_ids", None) or [])
+    return BatchGenerator(
+        model,
+        stop_tokens=[[t] for t in eos],
+        completion_batch_size=max_batch,
+        prefill_batch_size=max_batch,
+        prefill_step_size=prefill_chunk,
+    )
+
+
 class _ModelBatch:
     """The running generations of one model, as rows of one mlx-lm BatchGenerator."""
 
     def __init__(self, loaded: LoadedModel, prefill_chunk: int, max_batch: int) -> None:
-        from mlx_lm.generate import BatchGenerator
-
         self.loaded = loaded
-        eos = sorted(getattr(loaded.tokenizer, "eos_token_ids", None) or [])
-        self.gen: Any = BatchGenerator(
-            loaded.model,
-            stop_tokens=[[t] for t in eos],
-            completion_batch_size=max_batch,
-            prefill_batch_size=max_batch,
-            prefill_step_size=prefill_chunk,
+        self.gen: Any = new_batch_generator(
+            loaded.model, loaded.tokenizer, max_batch, prefill_chunk
         )
         self.jobs: dict[int, Job] = {}
 
@@ -353,6 +364,9 @@ class Scheduler:
         self._thread = threading.Thread(target=self._run, name="mlx-scheduler", daemon=True)
         self._stopping = False
         self.housekeeping: Callable[[], None] | None = None
+        # Set once a sharded engine's group formed: every step is mirrored on the other ranks.
+        self.group: Group | None = None
+        self._group_ops: list[list[Any]] = []
         # Read by /status: batched forward passes that decoded tokens, tokens they decoded, and
         # how many streams the last such pass advanced together.
         self.decode_steps = 0
@@ -437,8 +451,11 @@ class Scheduler:
         while not self._stopping:
             self._drain_inbox(block=not self._batches and not self._waiting)
             self._admit()
+            stepped = bool(self._batches)
             for batch in list(self._batches.values()):
                 self._step(batch)
+            if self.group is not None and not stepped:
+                self._tell_group(step=False)  # the heartbeat, with removals still to mirror
             now = time.monotonic()
             if self.housekeeping is not None and now - last_housekeeping > HOUSEKEEPING_INTERVAL_S:
                 last_housekeeping = now
@@ -448,9 +465,18 @@ class Scheduler:
                     log.exception("housekeeping failed")
         for job in [*self._waiting, *(j for b in self._batches.values() for j in b.jobs.values())]:
             job.out.put(_CANCELLED)
+        if self.group is not None:
+            self.group.send({"stop": True})
+
+    def _tell_group(self, *, step: bool) -> None:
+        assert self.group is not None
+        ops, self._group_ops = self._group_ops, []
+        self.group.send({"ops": ops, "step": step})
 
     def _drain_inbox(self, *, block: bool) -> None:
         timeout = HOUSEKEEPING_INTERVAL_S if block else None
+        if block and self.group is not None:
+            timeout = GROUP_HEARTBEAT_S
         while True:
             try:
                 item = self._inbox.get(block=block, timeout=timeout)
@@ -508,6 +534,8 @@ class Scheduler:
         loaded = job.model
         job.started = time.perf_counter()
         cache: list[Any] | None = None
+        if self.group is not None:
+            job.use_prefix_cache = False  # the other ranks keep no prefix caches to match
         if job.use_prefix_cache:
             cache, job.cached_tokens = loaded.prefix_cache.checkout(loaded.model, job.prompt)
             if self.disk_cache is not None:
@@ -532,6 +560,8 @@ class Scheduler:
                 loaded, self.prefill_chunk, self.max_batch
             )
         sampler = _job_sampler(job)
+        if self.group is not None:
+            sampler = self.group.sampler(sampler)
         (job.uid,) = batch.gen.insert(
             [job.prompt[job.cached_tokens :]],
             max_tokens=[job.max_tokens],
@@ -541,6 +571,8 @@ class Scheduler:
         )
         job.detokenizer = loaded.tokenizer.detokenizer
         batch.jobs[job.uid] = job
+        if self.group is not None:
+            self._group_ops.append(["insert", job.uid, job.prompt, job.max_tokens])
 
     def _step(self, batch: _ModelBatch) -> None:
         cancelled = [uid for uid, job in batch.jobs.items() if job.cancelled.is_set()]
@@ -548,9 +580,13 @@ class Scheduler:
             # A client that hangs up (an editor's Stop) still leaves its prefix for the next turn.
             for uid, (cache, tokens) in batch.gen.remove(cancelled, True).items():
                 self._finish(batch, batch.jobs[uid], _CANCELLED, cache, tokens)
+            self._removed(cancelled)
         if batch.jobs:
             try:
-                _, responses = batch.gen.next()
+                if self.group is not None:
+                    self._tell_group(step=True)
+                with self.group.step_guard() if self.group else contextlib.nullcontext():
+                    _, responses = batch.gen.next()
             except Exception as exc:
                 log.exception("generation failed")
                 for job in list(batch.jobs.values()):
@@ -602,9 +638,14 @@ class Scheduler:
             return
         if response.finish_reason is None:  # a stop string: the row is still in the batch
             cache, tokens = batch.gen.remove([job.uid], True)[job.uid]
+            self._removed([job.uid])
         else:
             cache, tokens = response.prompt_cache, response.all_tokens
         self._finish(batch, job, _END, cache, tokens)
+
+    def _removed(self, uids: list[int]) -> None:
+        if self.group is not None:
+            self._group_ops.append(["remove", uids])
 
     def _finish(
         self,

@@ -53,6 +53,7 @@ from local_ai.server.compat import (
 from local_ai.server.config import ServerConfig
 from local_ai.server.engine import diskcache
 from local_ai.server.gateway import responses
+from local_ai.server.gateway.group import GroupSupervisor
 from local_ai.server.gateway.metrics import (
     Exchange,
     GatewayMetrics,
@@ -60,7 +61,7 @@ from local_ai.server.gateway.metrics import (
     client_of,
     endpoint_of,
 )
-from local_ai.server.gateway.supervisor import EngineSupervisor
+from local_ai.server.gateway.supervisor import EngineSpec, EngineSupervisor, unix_socket_path
 
 log = logging.getLogger("local_ai.gateway")
 
@@ -110,6 +111,7 @@ class Gateway:
         self.alias_map: AliasMap = load_alias_map(aliases_file)
         self.token = token
         self.supervisor = supervisor
+        self.groups: dict[str, GroupSupervisor] = {}  # sharded aliases, each served by a group
         self.allowed_hosts = config.allowed_hosts()
         self.allowed_origins = config.allowed_origins()
         self.cors_origins = frozenset(config.cors_origins)
@@ -152,9 +154,12 @@ class Gateway:
             message = await receive()
             if message["type"] == "lifespan.startup":
                 self.supervisor.start()
+                await self._sync_groups()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.supervisor.stop()
+                await asyncio.gather(
+                    self.supervisor.stop(), *(g.stop() for g in self.groups.values())
+                )
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -260,6 +265,10 @@ class Gateway:
                 "status": status,
                 "engine": state,
                 "reason": self.supervisor.reason,
+                # A group that is down answers 503 for its alias only; the others keep serving.
+                "groups": {
+                    a: {"state": g.state, "reason": g.reason} for a, g in self.groups.items()
+                },
             }
             await send_json(send, 200 if status == "ready" else 503, body, cors, head=head)
         elif path == "/api/status":
@@ -454,19 +463,63 @@ class Gateway:
         finally:
             self._release_slot()
 
+    def supervisor_for(self, alias: str) -> EngineSupervisor:
+        """The engine that serves `alias`: its group when it is sharded, else the one engine."""
+        return self.groups.get(alias) or self.supervisor
+
+    async def _wait_engine(self, supervisor: EngineSupervisor) -> bool:
+        """Wait for a starting engine; a group that lost a rank is answered 503 at once."""
+        if isinstance(supervisor, GroupSupervisor) and supervisor.state in ("error", "restarting"):
+            return supervisor.ready
+        return await supervisor.wait_ready(ENGINE_WAIT_S)
+
+    async def _sync_groups(self) -> None:
+        """One GroupSupervisor per sharded alias of the map: started when new, restarted when
+        what it serves changed, stopped when gone; untouched otherwise."""
+        wanted = {a: e for a, e in self.alias_map.models.items() if e.group is not None}
+        for alias, group in list(self.groups.items()):
+            entry = wanted.get(alias)
+            if (
+                entry is None
+                or entry.group != group.group
+                or entry.path != group.group.model_paths[0]
+            ):
+                del self.groups[alias]
+                log.info("stopping %s (no longer served as it is)", group.name)
+                await group.stop()
+        for alias, entry in wanted.items():
+            if alias in self.groups or entry.group is None:
+                continue
+            paths = settings.paths()
+            engine = self.config.engine
+            spec = EngineSpec(
+                socket=str(unix_socket_path(paths.group_file(alias, ".sock"), paths.root)),
+                aliases_file=str(self.aliases_file),
+                max_loaded_models=1,
+                idle_ttl_s=0,  # a group holds its one model for as long as it runs
+                prompt_cache=engine.prompt_cache,
+                max_batch_size=engine.max_batch_size,
+                debug=settings.debug(),
+            )
+            group = GroupSupervisor(alias, entry.group, spec)
+            self.groups[alias] = group
+            log.info("starting %s on %s", group.name, ", ".join(entry.group.hosts))
+            group.start()
+
     async def _engine_send(
         self, scope: Scope, send: Send, path: str, payload: bytes, alias: str, entry: AliasEntry
     ) -> httpx.Response | None:
         """The engine's streamed answer to `payload` at `path`; None when it is not ready or
         went away (a 503 was sent)."""
-        if not await self.supervisor.wait_ready(ENGINE_WAIT_S):
+        supervisor = self.supervisor_for(alias)
+        if not await self._wait_engine(supervisor):
             exchange(scope).unavailable = "engine_not_ready"
-            reason = self.supervisor.reason or "the engine is starting"
+            reason = supervisor.reason or f"the {supervisor.name} is starting"
             await self._error(
                 scope,
                 send,
                 503,
-                f"the engine is not ready: {reason}",
+                f"the {supervisor.name} is not ready: {reason}",
                 headers=[(b"retry-after", str(RETRY_AFTER_S).encode())],
             )
             return None
@@ -476,7 +529,7 @@ class Gateway:
             "x-local-ai-context": str(entry.context),
             "x-local-ai-max-output": str(entry.max_output_tokens),
         }
-        client = self.supervisor.client
+        client = supervisor.client
         request = client.build_request("POST", path, content=payload, headers=headers)
         try:
             return await client.send(request, stream=True)
@@ -647,10 +700,14 @@ class Gateway:
         detail = detail or admin
         state_file = settings.paths().state_file
         engine_status = await self._engine_status()
+        group_status = {a: await self._engine_status(g) for a, g in self.groups.items()}
         engine_models = {m["path"]: m for m in engine_status.get("models", [])}
         models = []
         for alias, entry in self.alias_map.models.items():
-            seen = engine_models.get(entry.path, {})
+            status_of = group_status.get(alias, engine_status)
+            seen = {m["path"]: m for m in status_of.get("models", [])}.get(entry.path, {})
+            if alias not in group_status:
+                seen = engine_models.get(entry.path, {})
             item: dict[str, Any] = {
                 "alias": alias,
                 "name": entry.name or alias,
@@ -665,8 +722,9 @@ class Gateway:
                 "format": entry.format,
                 "source": web.public_source(entry.source),
                 "size_bytes": web.directory_size(entry.path),
-                "error": web.load_error(engine_status, entry.path, detail=detail),
+                "error": web.load_error(status_of, entry.path, detail=detail),
                 "benchmarks": web.benchmarks(state_file, alias, entry.path),
+                "group": self._group_status(alias, group_status.get(alias, {}), detail=detail),
             }
             if admin:
                 item["path"] = entry.path
@@ -705,12 +763,30 @@ class Gateway:
             },
         }
 
-    async def _engine_status(self) -> dict[str, Any]:
+    def _group_status(
+        self, alias: str, engine: dict[str, Any], *, detail: bool
+    ) -> dict[str, Any] | None:
+        """A sharded alias's group: its state and each rank (host, pid, state, last error)."""
+        group = self.groups.get(alias)
+        if group is None:
+            return None
+        seen = engine.get("group")
+        seen = seen if isinstance(seen, dict) else {}
+        report: dict[str, Any] = {
+            **group.snapshot(),
+            "last_collective_age_s": seen.get("last_collective_age_s"),
+        }
+        if detail:
+            report["log"] = str(group.log_path)
+        return report
+
+    async def _engine_status(self, supervisor: EngineSupervisor | None = None) -> dict[str, Any]:
         """The engine's /status, or {} while it is not ready or does not answer."""
-        if not self.supervisor.ready:
+        supervisor = supervisor or self.supervisor
+        if not supervisor.ready:
             return {}
         try:
-            answer = await self.supervisor.get("/status", seconds=1.0)
+            answer = await supervisor.get("/status", seconds=1.0)
         except (httpx.HTTPError, ValueError):
             return {}
         return answer if isinstance(answer, dict) else {}
@@ -754,12 +830,14 @@ class Gateway:
         if entry is None:
             await self._unknown_model(scope, send, str(alias))
             return
-        if not await self.supervisor.wait_ready(ENGINE_WAIT_S):
-            await self._error(scope, send, 503, self.supervisor.reason or "the engine is starting")
+        supervisor = self.supervisor_for(alias)
+        if not await self._wait_engine(supervisor):
+            reason = supervisor.reason or f"the {supervisor.name} is starting"
+            await self._error(scope, send, 503, reason)
             return
         started = time.monotonic()
         try:
-            response = await self.supervisor.client.post("/load", json={"path": entry.path})
+            response = await supervisor.client.post("/load", json={"path": entry.path})
             answer = response.json()
         except (httpx.HTTPError, ValueError) as exc:
             await self._error(scope, send, 503, f"the engine is restarting ({type(exc).__name__})")
@@ -820,6 +898,7 @@ class Gateway:
                 await self._error(scope, send, 400, f"cannot reload the alias map: {exc}")
                 return
             log.info("alias map reloaded: %s", ", ".join(self.alias_map.models) or "(empty)")
+            await self._sync_groups()
             await send_json(send, 200, {"reloaded": True, "models": list(self.alias_map.models)})
         elif path == "/api/admin/restart-engine":
             try:

@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
 import secrets
 import signal
 import socket
 import sys
-import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from local_ai import __version__, settings
 from local_ai.errors import ServerError
 from local_ai.server.aliases import load_alias_map
 from local_ai.server.config import ServerConfig
+from local_ai.server.gateway.supervisor import unix_socket_path
 from local_ai.server.pidfile import (
     PidInfo,
     is_same_process,
@@ -32,19 +31,10 @@ from local_ai.util.atomic import atomic_write_text
 from local_ai.util.ports import port_free
 
 log = logging.getLogger("local_ai.gateway")
-# Unix socket paths are limited to ~104 bytes on macOS.
-MAX_SOCKET_PATH = 100
 
 
 def engine_socket_path(paths: settings.Paths) -> Path:
-    path = paths.engine_socket
-    if len(str(path)) <= MAX_SOCKET_PATH:
-        return path
-    digest = hashlib.sha256(str(paths.root).encode()).hexdigest()[:12]
-    private = Path(tempfile.gettempdir()) / f"local-ai-{os.getuid()}-{digest}"
-    private.mkdir(mode=0o700, exist_ok=True)
-    private.chmod(0o700)
-    return private / "engine.sock"
+    return unix_socket_path(paths.engine_socket, paths.root)
 
 
 def _bind(config: ServerConfig) -> socket.socket:
@@ -120,7 +110,11 @@ def serve(config: ServerConfig) -> int:
             write_pidfile(paths.server_pidfile, info)
 
     alias_map = load_alias_map(paths.aliases_file)
-    preload = [alias_map.models[a].path for a in config.preload if a in alias_map.models]
+    preload = [  # a sharded alias is loaded by its own group
+        alias_map.models[a].path
+        for a in config.preload
+        if a in alias_map.models and alias_map.models[a].group is None
+    ]
     spec = EngineSpec(
         socket=str(engine_socket_path(paths)),
         aliases_file=str(paths.aliases_file),

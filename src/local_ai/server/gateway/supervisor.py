@@ -58,6 +58,25 @@ class EngineSpec:
     parent_pid: int | None = None
 
 
+# Unix socket paths are limited to ~104 bytes on macOS.
+MAX_SOCKET_PATH = 100
+
+
+def unix_socket_path(path: Path, root: Path) -> Path:
+    """`path`, or when it is too long for a Unix socket, the same name in a private directory
+    under the temp dir, named by a hash of the local-ai home `root`."""
+    if len(str(path)) <= MAX_SOCKET_PATH:
+        return path
+    import hashlib
+    import tempfile
+
+    digest = hashlib.sha256(str(root).encode()).hexdigest()[:12]
+    private = Path(tempfile.gettempdir()) / f"local-ai-{os.getuid()}-{digest}"
+    private.mkdir(mode=0o700, exist_ok=True)
+    private.chmod(0o700)
+    return private / path.name
+
+
 def _rss(pid: int) -> int | None:
     import psutil
 
@@ -77,6 +96,10 @@ def _describe_exit(code: int) -> str:
 
 
 class EngineSupervisor:
+    # A warm standby replaces a dead engine at once; a sharded group (GroupSupervisor) has none.
+    uses_standby = True
+    name = "engine"
+
     def __init__(
         self,
         spec: EngineSpec,
@@ -124,13 +147,17 @@ class EngineSupervisor:
 
     def start(self) -> None:
         self.spec.parent_pid = os.getpid()
-        atomic_write_text(self.config_path, json.dumps(asdict(self.spec), indent=2), mode=0o600)
-        self._task = asyncio.create_task(self._run(), name="engine-supervisor")
+        self._write_config()
+        self._task = asyncio.create_task(self._run(), name=f"{self.name}-supervisor")
 
     def reconfigure(self, **changes: Any) -> None:
         """Change what the next engine starts with (rewrites run/engine.json)."""
         for name, value in changes.items():
             setattr(self.spec, name, value)
+        self._write_config()
+
+    def _write_config(self) -> None:
+        self.config_path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.config_path, json.dumps(asdict(self.spec), indent=2), mode=0o600)
 
     async def restart(self) -> None:
@@ -195,8 +222,10 @@ class EngineSupervisor:
                 self.state, self.reason = "ready", None
                 self.started_at = time.monotonic()
                 self._ready.set()
-                log.info("engine ready (pid %s) after %.2fs", proc.pid, time.monotonic() - spawned)
-                if self._standby is None:
+                log.info("%s ready (pid %s) after %.2fs", self.name, proc.pid,
+                         time.monotonic() - spawned)  # fmt: skip
+                await self._on_ready(proc)
+                if self.uses_standby and self._standby is None:
                     self._standby_task = asyncio.create_task(self._prepare_standby())
             code = await proc.wait()
             self._ready.clear()
@@ -210,6 +239,7 @@ class EngineSupervisor:
             if self._stopping:
                 break
             self.last_exit = _describe_exit(code)
+            ended = await self._describe_end(code, became_ready)
             self.restarts += 1
             if not became_ready:
                 failures += 1
@@ -223,11 +253,18 @@ class EngineSupervisor:
                 else:
                     delay, backoff = backoff, min(backoff * 2, MAX_BACKOFF_S)
                 self.state = "error" if failures >= FAILURES_BEFORE_ERROR else "restarting"
-                self.reason = f"engine {self.last_exit}" + (
-                    "" if became_ready else " before it was ready; see logs/engine.log"
-                )
+                self.reason = ended
                 log.warning("%s; restarting in %.1fs", self.reason, delay)
             await self._sleep(delay)
+
+    async def _on_ready(self, proc: asyncio.subprocess.Process) -> None:
+        """Called once the engine answers /health."""
+
+    async def _describe_end(self, code: int, became_ready: bool) -> str:
+        """Why the engine ended (its exit is `self.last_exit`): the state's reason."""
+        return f"{self.name} {self.last_exit}" + (
+            "" if became_ready else f" before it was ready; see logs/{self.log_path.name}"
+        )
 
     async def _sleep(self, seconds: float) -> None:
         if seconds <= 0:

@@ -154,6 +154,20 @@ function modelState(m) {
   return { text: "not loaded", cls: "muted" };
 }
 
+// A sharded alias: its group's state and, per rank, host, pid, state and last error.
+function groupInfo(group) {
+  const box = el("div", "group");
+  const why = group.state !== "ready" && group.reason ? ": " + group.reason : "";
+  const cls = group.state === "ready" ? "ready" : group.state === "error" ? "error" : "loading";
+  box.append(el("div", cls, `${group.parallel} group ${group.state}${why}`));
+  for (const rank of group.ranks || []) {
+    const line = `rank ${rank.rank} on ${rank.host}: pid ${rank.pid || "–"}, ${rank.state}` +
+      (rank.last_error ? ` (${rank.last_error})` : "");
+    box.append(el("div", rank.last_error ? "state-error" : "muted", line));
+  }
+  return box;
+}
+
 function renderModels(models) {
   const rows = models.map((m) => {
     const tr = el("tr");
@@ -166,6 +180,7 @@ function renderModels(models) {
     const stateCell = el("td", "state");
     stateCell.append(el("span", state.cls, state.text));
     if (state.error) stateCell.append(el("div", "state-error", state.error));
+    if (m.group) stateCell.append(groupInfo(m.group));
     const bench = (m.benchmarks || []).slice(-1)[0];
     const benchText = bench
       ? [bench.tok_s != null ? bench.tok_s.toFixed(1) + " tok/s" : "",

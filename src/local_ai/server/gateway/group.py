@@ -1,0 +1,271 @@
+"""A sharded alias's group of ranks, supervised like the engine (EngineSupervisor's loop:
+wait for /health, restart with backoff, error state after repeated failures), started by
+`mlx.launch` through `python -m local_ai.cluster.launch` (docs/cluster.md).
+
+The launcher runs in its own session so stopping it stops every local rank and the ssh
+connections to the others. Each rank prints one `local-ai-rank {...}` line once loaded; its
+pid is then checked every few seconds (here with os.kill, on another host with
+`ssh DEST kill -0 PID`), so a dead rank is named by host and the group is restarted at once
+instead of waiting for the survivors to notice (they exit within ~10 s on their own)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from local_ai import settings
+from local_ai.server.aliases import GroupEntry
+from local_ai.server.gateway.supervisor import STOP_TIMEOUT_S, EngineSpec, EngineSupervisor
+from local_ai.util.atomic import atomic_write_text
+
+log = logging.getLogger("local_ai.gateway")
+
+RANK_MARK = "local-ai-rank"  # the one stdout line each rank prints once loaded (the contract)
+WATCH_S = 2.0  # how often each rank's pid is checked while the group serves
+SSH_CHECK_TIMEOUT_S = 15.0
+SSH_FAILED = 255  # ssh's own exit code: the host, not the pid, did not answer
+# mlx.launch's note when a rank's process ends (mlx/_distributed_utils/launch.py).
+_NODE_ENDED = re.compile(r"Node with rank (\d+) ((?:exited with code -?\d+)|(?:was killed))")
+
+
+def parse_rank_line(line: str) -> dict[str, Any] | None:
+    """`local-ai-rank {"rank", "host", "pid"}` → that dict; None for any other line."""
+    head, _, rest = line.strip().partition(" ")
+    if head != RANK_MARK:
+        return None
+    try:
+        doc = json.loads(rest)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), int) for k in ("rank", "pid")):
+        return None
+    return doc
+
+
+def group_doc(alias: str, group: GroupEntry, spec: EngineSpec) -> dict[str, Any]:
+    """GROUP of the contract: what every rank is started with."""
+    return {
+        "alias": alias,
+        "parallel": group.parallel,
+        "hosts": list(group.hosts),
+        "model_paths": list(group.model_paths),
+        "max_batch_size": spec.max_batch_size,
+        "debug": spec.debug,
+    }
+
+
+class GroupSupervisor(EngineSupervisor):
+    uses_standby = False
+
+    def __init__(self, alias: str, group: GroupEntry, spec: EngineSpec) -> None:
+        paths = settings.paths()
+        self.alias = alias
+        self.group = group
+        self.name = f"group {alias}"
+        self.launch_file = paths.group_file(alias, ".launch.json")
+        super().__init__(
+            spec,
+            config_path=paths.group_file(alias, ".engine.json"),
+            log_path=paths.group_log(alias),
+        )
+        self.ranks: list[dict[str, Any]] = self._fresh_ranks()
+        self.lost: str | None = None  # the dead rank, named by host, for the reason
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _fresh_ranks(self) -> list[dict[str, Any]]:
+        return [
+            {"rank": r, "host": h, "pid": None, "state": "starting", "last_error": None}
+            for r, h in enumerate(self.group.hosts)
+        ]
+
+    def _write_config(self) -> None:
+        self.spec.parent_pid = None  # rank 0's parent is mlx.launch, not this gateway
+        self.config_path.parent.mkdir(parents=True, exist_ok=True)
+        group = group_doc(self.alias, self.group, self.spec)
+        config = {**asdict(self.spec), "preload": [], "group": group}
+        atomic_write_text(self.config_path, json.dumps(config, indent=2), mode=0o600)
+        launch = {
+            "hostfile": self.group.hostfile,
+            "engine_config": str(self.config_path),
+            "pythons": self.group.pythons,
+            "addresses": self.group.addresses,
+            "group": group,
+        }
+        atomic_write_text(self.launch_file, json.dumps(launch, indent=2), mode=0o600)
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            **super().snapshot(),
+            "alias": self.alias,
+            "parallel": self.group.parallel,
+            "backend": self.group.backend,
+            "hosts": list(self.group.hosts),
+            "ranks": [dict(r) for r in self.ranks],
+        }
+
+    # --- the launcher -----------------------------------------------------------------------
+
+    async def _spawn(self) -> asyncio.subprocess.Process:
+        for task in self._tasks:
+            task.cancel()
+        self.ranks, self.lost = self._fresh_ranks(), None
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "local_ai.cluster.launch",
+            "group",
+            str(self.launch_file),
+            stdin=subprocess.DEVNULL,
+            # The ranks' output through mlx.launch: rank lines, its exit notes; all logged.
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=self.launch_file.parent,  # no file named "sh" that mlx.launch could run
+            start_new_session=True,  # the launcher and its ranks, stopped together
+        )
+        self._proc = proc
+        self.pid = proc.pid
+        assert proc.stdout is not None and proc.stderr is not None
+        self._tasks = [
+            asyncio.create_task(self._read(stream), name=f"{self.name}-output")
+            for stream in (proc.stdout, proc.stderr)
+        ]
+        return proc
+
+    async def _read(self, stream: asyncio.StreamReader) -> None:
+        with self.log_path.open("ab") as log_file:
+            async for raw in stream:
+                self._note(raw.decode("utf-8", "replace"))
+                log_file.write(raw)
+                log_file.flush()
+
+    def _note(self, line: str) -> None:
+        """A rank's pid from its rank line; the first rank mlx.launch saw end, named by host."""
+        rank = parse_rank_line(line)
+        if rank is not None and 0 <= rank["rank"] < len(self.ranks):
+            state = "ready" if self.ready else "loaded"  # the line may come after /health
+            self.ranks[rank["rank"]].update(pid=rank["pid"], state=state)
+            log.info("%s: rank %s on %s is pid %s", self.name, rank["rank"],
+                     self.ranks[rank["rank"]]["host"], rank["pid"])  # fmt: skip
+            return
+        ended = _NODE_ENDED.search(line)
+        if ended is None or self._stopping:
+            return
+        number = int(ended.group(1))
+        if not 0 <= number < len(self.ranks):
+            return
+        what = ended.group(2).strip()
+        rank_state = self.ranks[number]
+        if rank_state["state"] not in ("dead", "unreachable"):
+            rank_state.update(state="dead", last_error=what)
+        if self.lost is None:
+            self.lost = f"rank {number} on host {rank_state['host']}: {what}"
+
+    async def _on_ready(self, proc: asyncio.subprocess.Process) -> None:
+        for rank in self.ranks:
+            rank["state"] = "ready"
+        self._tasks.append(asyncio.create_task(self._watch(proc), name=f"{self.name}-watch"))
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        """While the group serves: the first rank whose process is gone ends the group."""
+        while proc.returncode is None:
+            await asyncio.sleep(WATCH_S)
+            if proc.returncode is not None or self._stopping:
+                return
+            if await self._check_ranks():
+                log.warning("%s: %s; stopping the other ranks", self.name, self.lost)
+                await self._terminate()
+                return
+
+    async def _check_ranks(self) -> bool:
+        """Mark the ranks whose process is gone; True when one is (self.lost names it)."""
+        for rank in self.ranks:
+            pid = rank["pid"]
+            if pid is None or rank["state"] in ("dead", "unreachable"):
+                continue
+            alive, why = await self._alive(rank["rank"], pid)
+            if alive is not False:
+                continue
+            rank["state"] = "unreachable" if why else "dead"
+            rank["last_error"] = why or f"process {pid} is gone"
+            if self.lost is None:
+                self.lost = f"rank {rank['rank']} on host {rank['host']} (pid {pid}): " + (
+                    why or "its process is gone"
+                )
+        return self.lost is not None
+
+    async def _alive(self, rank: int, pid: int) -> tuple[bool | None, str | None]:
+        """(is the pid alive, why it could not be told); locally with os.kill, on another
+        host with `ssh DEST kill -0 PID` (exit 255: ssh itself failed)."""
+        ssh = self.group.ssh[rank] if rank < len(self.group.ssh) else None
+        if ssh is None:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return False, None
+            except PermissionError:
+                return True, None
+            return True, None
+        try:
+            check = await asyncio.create_subprocess_exec(
+                *ssh,
+                f"kill -0 {int(pid)}",
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
+            _, err = await asyncio.wait_for(check.communicate(), SSH_CHECK_TIMEOUT_S)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                check.kill()
+            return False, f"no answer over ssh within {SSH_CHECK_TIMEOUT_S:.0f} s"
+        except OSError:
+            return None, None  # cannot run ssh here: not the rank's fault
+        if check.returncode == 0:
+            return True, None
+        if check.returncode == SSH_FAILED:
+            lines = err.decode("utf-8", "replace").strip().splitlines()
+            return False, f"ssh failed ({lines[-1] if lines else 'exit 255'})"
+        return False, None
+
+    async def _describe_end(self, code: int, became_ready: bool) -> str:
+        assert self._proc is not None
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, signal.SIGKILL)  # what the launcher left of its session
+        if self.lost is None and not self._stopping:
+            await self._check_ranks()  # the survivors may still be winding down
+        for task in self._tasks:
+            task.cancel()
+        for rank in self.ranks:
+            if rank["state"] not in ("dead", "unreachable"):
+                rank["state"] = "stopped"
+        where = self.lost or f"mlx.launch {self.last_exit}"
+        tail = "" if became_ready else f" before it was ready; see logs/{self.log_path.name}"
+        return f"{self.name}: {where}{tail}"
+
+    async def _terminate(self) -> None:
+        proc = self._proc
+        if proc is None or proc.returncode is not None:
+            return
+        for sig, wait in ((signal.SIGTERM, STOP_TIMEOUT_S), (signal.SIGKILL, None)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                await asyncio.wait_for(proc.wait(), wait)
+                return
+            except TimeoutError:
+                continue
+
+    async def stop(self) -> None:
+        await super().stop()
+        for task in self._tasks:
+            task.cancel()

@@ -1,0 +1,424 @@
+"""Serving a sharded alias: the group launch command, the alias map apply builds for it, and
+the gateway's group supervisor (docs/cluster.md). Host "b" is this machine with its own
+local-ai home, reached through a real sshd on 127.0.0.1 (tests/harness/sshd.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from local_ai.cluster.launch import free_ports, group_command
+from local_ai.cluster.observe import HostReport
+from local_ai.manifest.load import load_manifest
+from local_ai.reconcile.serving import group_of
+from local_ai.server.gateway.group import parse_rank_line
+from local_ai.store.state import InstalledModel
+from tests.harness import tinymodels as tm
+from tests.harness.sshd import HOST_B, install_ssh, path_with, sharded_tiny, two_hosts
+from tests.server_helpers import (
+    TOOL_FUNCTION,
+    TOOL_NAME,
+    Daemon,
+    build_tool_model,
+    free_port,
+    wait_for,
+)
+
+
+def test_the_group_command_starts_rank_0_with_its_config_and_the_others_following(
+    tmp_path: Path,
+) -> None:
+    group = {"alias": "tiny", "parallel": "pipeline", "hosts": ["a", "b"],
+             "model_paths": ["/s/x y", "/t/it's"], "max_batch_size": 4, "debug": False}  # fmt: skip
+    # Each rank's "python" prints the arguments it would get, one per line.
+    show = "printf '%s\\n'"
+    argv = group_command(tmp_path / "h.json", 40000, [show, show], tmp_path / "e e.json", group)
+    assert argv[1:6] == ["--hostfile", str(tmp_path / "h.json"), "--starting-port", "40000", "--"]
+    assert argv[6:8] == ["sh", "-c"]
+    script = argv[8]
+
+    def rank(n: int) -> list[str]:
+        env = {**os.environ, "MLX_RANK": str(n)}
+        done = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()
+
+    assert rank(0) == ["-m", "local_ai.server.engine", "--config", str(tmp_path / "e e.json")]
+    follower = rank(1)
+    assert follower[:3] == ["-m", "local_ai.server.engine", "--follow"]
+    assert json.loads(follower[3]) == group  # quoting survives spaces and quotes
+    stray = subprocess.run(["sh", "-c", script], env={**os.environ, "MLX_RANK": "2"},
+                           capture_output=True, text=True)  # fmt: skip
+    assert stray.returncode == 64 and "no rank 2" in stray.stderr
+
+
+def test_ports_are_free_ones_on_loopback_and_mlx_default_between_hosts() -> None:
+    port = free_ports(["127.0.0.1", "127.0.0.1"])
+    assert 1024 < port < 65535 and port != 32323
+    assert free_ports(["127.0.0.1", "192.168.2.2"]) == 32323
+
+
+def test_rank_lines_are_parsed_and_anything_else_ignored() -> None:
+    line = 'local-ai-rank {"rank": 1, "host": "b", "pid": 4242}\n'
+    assert parse_rank_line(line) == {"rank": 1, "host": "b", "pid": 4242}
+    assert parse_rank_line("local-ai-rank {not json}") is None
+    assert parse_rank_line('local-ai-rank {"rank": "1", "pid": 2}') is None
+    assert parse_rank_line('[INFO] local-ai-rank {"rank": 1, "pid": 2}') is None
+
+
+def _report(name: str, store: str | None, digests: tuple[str, ...]) -> HostReport:
+    return HostReport(name=name, reachable=True, store=store, digests=digests)
+
+
+def test_a_sharded_alias_is_served_by_a_group_once_every_host_has_its_entry(
+    tmp_path: Path, isolated_home: Path
+) -> None:
+    manifest = tmp_path / "local-ai.toml"
+    manifest.write_text(sharded_tiny(tmp_path / "model", tmp_path / "host-b"))
+    loaded = load_manifest(manifest).manifest
+    spec, cluster = loaded.models["tiny"], loaded.cluster
+    assert cluster is not None
+    model = InstalledModel(
+        alias="tiny",
+        source="x",
+        format="mlx",
+        location=str(isolated_home / "store" / "abc-tiny"),
+        location_kind="store",
+    )
+    lacking = {"b": _report("b", "/far/store", ())}
+    assert group_of("tiny", spec, cluster, model, "abc", lacking) is None
+    held = {"b": _report("b", "/far/store/", ("abc",))}
+    group = group_of("tiny", spec, cluster, model, "abc", held)
+    assert group is not None
+    assert group.model_paths == [model.location, "/far/store/abc-tiny"]
+    assert group.hosts == ["a", "b"] and group.parallel == "pipeline"
+    assert group.pythons == [shlex.quote(sys.executable)] * 2
+    assert group.ssh[0] is None and group.ssh[1] is not None
+    assert group.ssh[1][0] == "ssh" and group.ssh[1][-1] == HOST_B
+    assert group.hostfile == str(isolated_home / "run" / "cluster" / "tiny.hostfile.json")
+    # Copied by this apply: served although the snapshot did not see it there.
+    copied = group_of("tiny", spec, cluster, model, "abc", lacking, copied={"b"})
+    assert copied == group
+
+
+# --- end to end: apply serves a 2-rank group behind the gateway ----------------------------------
+
+PROMPT = [{"role": "user", "content": "Say something"}]
+
+
+@dataclass
+class Cluster:
+    daemon: Daemon
+    first_apply: subprocess.CompletedProcess[str]
+
+    def status(self) -> dict[str, Any]:
+        response = httpx.get(
+            f"{self.daemon.url}/api/status",
+            headers={"authorization": f"Bearer {self.daemon.token()}"},
+            timeout=10,
+        )
+        return dict(response.json())
+
+    def group(self, alias: str) -> dict[str, Any]:
+        model = next(m for m in self.status()["models"] if m["alias"] == alias)
+        return dict(model["group"])
+
+
+def _dense_deepseek(out: Path) -> Path:
+    """A tiny deepseek_v2 (an architecture mlx-lm splits as a pipeline) with dense MLPs only:
+    MLX's CPU gather_mm (MoE experts) runs float32 only, and the store keeps float16."""
+    tm.build_model(out, "deepseek_v2", num_layers=4)
+    config = json.loads((out / "config.json").read_text())
+    config["first_k_dense_replace"] = config["num_hidden_layers"]
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    tm.save_safetensors(out / "model.safetensors", tm.make_weights(config))
+    return out
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One gateway serving `tiny` (deepseek_v2, pipeline over hosts a and b) and `tools` (the
+    scripted tool-call qwen3, tensor over a and b), and the same two models on this Mac alone
+    as `solo` and `solo_tools`; host b has its own local-ai home behind the fake ssh."""
+    root = tmp_path_factory.mktemp("cluster")
+    port = free_port()
+    model = _dense_deepseek(root / "tiny")
+    tools = build_tool_model(root / "tools")
+    bin_dir = root / "bin"
+    install_ssh(bin_dir)
+    manifest = root / "local-ai.toml"
+    manifest.write_text(
+        two_hosts(root / "host-b")
+        + f"""
+[server]
+port = {port}
+[benchmark]
+on_apply = false
+[models.solo]
+path = "{model}"
+[models.tiny]
+path = "{model}"
+hosts = ["a", "b"]
+parallel = "pipeline"
+[models.tools]
+path = "{tools}"
+hosts = ["a", "b"]
+parallel = "tensor"
+[models.solo_tools]
+path = "{tools}"
+"""
+    )
+    daemon = Daemon(root / "home", manifest, port, extra_env={"PATH": path_with(bin_dir)})
+    try:
+        applied = daemon.cli("apply", "--yes", timeout=600)
+        yield Cluster(daemon, applied)
+    finally:
+        daemon.cli("server", "stop", "--timeout", "10")
+        daemon.kill()
+
+
+def _ready(cluster: Cluster, alias: str, timeout: float = 300) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+
+    def ready() -> bool:
+        nonlocal seen
+        with contextlib.suppress(httpx.HTTPError):
+            seen = cluster.group(alias)
+        return seen.get("state") == "ready"
+
+    assert wait_for(ready, timeout, interval=0.5), (seen, cluster.daemon.log())
+    return seen
+
+
+def _started(cluster: Cluster) -> None:
+    done = cluster.first_apply
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "copy-to-host:tiny@b" in done.stderr and "copy-to-host:tools@b" in done.stderr
+    for alias, parallel in (("tiny", "pipeline"), ("tools", "tensor")):
+        group = _ready(cluster, alias)
+        assert group["parallel"] == parallel and group["hosts"] == ["a", "b"]
+        ranks = group["ranks"]
+        assert [(r["rank"], r["host"], r["state"]) for r in ranks] == [
+            (0, "a", "ready"), (1, "b", "ready")
+        ]  # fmt: skip
+        assert all(isinstance(r["pid"], int) for r in ranks)
+    out = cluster.daemon.cli("server", "status").stdout
+    assert "group tiny (pipeline over a, b, ring) ready" in out
+    assert "rank 1 on b pid" in out
+
+
+def _same_answers(cluster: Cluster) -> None:
+    import anthropic
+    import openai
+
+    _ready(cluster, "tiny")
+    _ready(cluster, "tools")
+    sdk = openai.OpenAI(base_url=f"{cluster.daemon.url}/v1", api_key="x", max_retries=0)
+
+    def chat(model: str, stream: bool) -> str:
+        ask: Any = {"model": model, "messages": PROMPT, "max_tokens": 12, "temperature": 0}
+        if stream:
+            chunks = sdk.chat.completions.create(**ask, stream=True)
+            return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        return sdk.chat.completions.create(**ask).choices[0].message.content or ""
+
+    want = chat("solo", stream=False)
+    assert want
+    assert chat("tiny", stream=False) == want
+    assert chat("tiny", stream=True) == want
+    claude = anthropic.Anthropic(base_url=f"{cluster.daemon.url}/anthropic", api_key="x")
+
+    def message(model: str) -> str:
+        got = claude.messages.create(
+            model=model, max_tokens=12, messages=PROMPT, extra_body={"temperature": 0}
+        )
+        return "".join(b.text for b in got.content if b.type == "text")
+
+    assert message("tiny") == message("solo")
+
+    tools: Any = [{"type": "function", "function": TOOL_FUNCTION}]
+    for model in ("solo_tools", "tools"):
+        answer = sdk.chat.completions.create(
+            model=model, messages=PROMPT, tools=tools, max_tokens=40, temperature=0
+        )
+        calls = answer.choices[0].message.tool_calls or []
+        assert answer.choices[0].finish_reason == "tool_calls", answer
+        got = [(c.function.name, json.loads(c.function.arguments)) for c in calls]  # type: ignore[union-attr]
+        assert got == [(TOOL_NAME, {"city": "Paris"})]
+    used = claude.messages.create(
+        model="tools",
+        max_tokens=40,
+        messages=PROMPT,
+        tools=[
+            {
+                "name": TOOL_NAME,
+                "description": "Weather for a city",
+                "input_schema": TOOL_FUNCTION["parameters"],
+            }
+        ],
+    )
+    blocks = [b for b in used.content if b.type == "tool_use"]
+    assert used.stop_reason == "tool_use"
+    assert [(b.name, b.input) for b in blocks] == [(TOOL_NAME, {"city": "Paris"})]
+
+
+def _killed_rank_recovers(cluster: Cluster) -> None:
+    import openai
+
+    before = _ready(cluster, "tiny")
+    sdk = openai.OpenAI(base_url=f"{cluster.daemon.url}/v1", api_key="x", max_retries=0)
+    ask: Any = {"model": "solo", "messages": PROMPT, "max_tokens": 8, "temperature": 0}
+    want = sdk.chat.completions.create(**ask).choices[0].message.content
+    os.kill(before["ranks"][1]["pid"], signal.SIGKILL)
+    seen: dict[str, Any] = {}
+
+    def named() -> bool:
+        nonlocal seen
+        seen = cluster.group("tiny")
+        return "rank 1 on host b" in str(seen.get("reason"))
+
+    assert wait_for(named, 60, interval=0.2), seen
+    assert seen["state"] in ("restarting", "starting", "error")
+    # Single-Mac aliases keep serving meanwhile.
+    assert sdk.chat.completions.create(**ask).choices[0].message.content == want
+    after = _ready(cluster, "tiny")
+    assert after["restarts"] == before["restarts"] + 1
+    assert after["ranks"][1]["pid"] != before["ranks"][1]["pid"]
+    again = sdk.chat.completions.create(**{**ask, "model": "tiny"})
+    assert again.choices[0].message.content == want
+
+
+def _second_apply_changes_nothing(cluster: Cluster) -> None:
+    before = _ready(cluster, "tools")
+    done = cluster.daemon.cli("apply", "--yes", timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "no changes" in done.stdout.lower(), done.stdout
+    after = cluster.group("tools")
+    assert (after["pid"], after["restarts"], after["state"]) == (
+        before["pid"], before["restarts"], "ready"
+    )  # fmt: skip
+
+
+@pytest.mark.timeout(900)  # two 2-rank groups started twice, an engine, on a loaded machine
+def test_a_sharded_alias_is_applied_served_recovered_and_stopped(cluster: Cluster) -> None:
+    """The steps share one daemon in order: its four ranks cost most of this test's time."""
+    _started(cluster)
+    _same_answers(cluster)
+    _killed_rank_recovers(cluster)
+    _second_apply_changes_nothing(cluster)
+    ranks = [r["pid"] for alias in ("tiny", "tools") for r in cluster.group(alias)["ranks"]]
+    assert all(isinstance(pid, int) for pid in ranks)
+    stopped = cluster.daemon.cli("server", "stop", "--timeout", "30")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+
+    def gone() -> bool:
+        for pid in ranks:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            return False
+        return True
+
+    assert wait_for(gone, 30, interval=0.2), ranks
+
+
+def test_the_group_learns_rank_pids_and_names_the_first_rank_mlx_launch_saw_end(
+    isolated_home: Path,
+) -> None:
+    from local_ai.server.aliases import GroupEntry
+    from local_ai.server.gateway.group import GroupSupervisor
+    from local_ai.server.gateway.supervisor import EngineSpec
+
+    group = GroupEntry(parallel="tensor", backend="ring", hosts=["a", "b"],
+                       model_paths=["/x", "/y"], pythons=["p", "p"],
+                       addresses=["127.0.0.1"] * 2, ssh=[None, ["ssh", "--", "b"]],
+                       hostfile="/h")  # fmt: skip
+    spec = EngineSpec(socket="/s", aliases_file="/a", max_loaded_models=1, idle_ttl_s=0,
+                      prompt_cache=False)  # fmt: skip
+    supervisor = GroupSupervisor("t", group, spec)
+    supervisor._note('local-ai-rank {"rank": 1, "host": "b", "pid": 77}\n')
+    assert supervisor.ranks[1]["pid"] == 77 and supervisor.ranks[1]["state"] == "loaded"
+    supervisor._note("\x1b[33m[WARN] Node with rank 1 exited with code 137 \x1b[0m\n")
+    supervisor._note("\x1b[33m[WARN] Node with rank 0 exited with code -15 \x1b[0m\n")
+    assert supervisor.lost == "rank 1 on host b: exited with code 137"
+    assert supervisor.ranks[1]["state"] == "dead"
+    assert supervisor.ranks[1]["last_error"] == "exited with code 137"
+
+
+def test_a_rank_on_another_host_is_checked_with_ssh_kill_0(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_home: Path
+) -> None:
+    import asyncio
+
+    from local_ai.cluster.observe import ssh_to
+    from local_ai.server.aliases import GroupEntry
+    from local_ai.server.gateway.group import GroupSupervisor
+    from local_ai.server.gateway.supervisor import EngineSpec
+
+    bin_dir = tmp_path / "bin"
+    log = install_ssh(bin_dir)
+    monkeypatch.setenv("PATH", path_with(bin_dir))
+    group = GroupEntry(parallel="tensor", backend="ring", hosts=["a", "b", "c"],
+                       model_paths=["/x"] * 3, pythons=["p"] * 3, addresses=["127.0.0.1"] * 3,
+                       ssh=[None, ssh_to(HOST_B), ssh_to("c.unreachable")],
+                       hostfile="/h")  # fmt: skip
+    spec = EngineSpec(socket="/s", aliases_file="/a", max_loaded_models=1, idle_ttl_s=0,
+                      prompt_cache=False)  # fmt: skip
+    supervisor = GroupSupervisor("t", group, spec)
+    rank = subprocess.Popen(["sleep", "60"])
+    try:
+        assert asyncio.run(supervisor._alive(1, rank.pid)) == (True, None)
+        assert "kill -0 " + str(rank.pid) in log.read_text()
+        assert asyncio.run(supervisor._alive(0, rank.pid)) == (True, None)
+        alive, why = asyncio.run(supervisor._alive(2, rank.pid))
+        assert alive is False and why is not None and "ssh failed" in why
+        rank.kill()
+        rank.wait()
+        assert asyncio.run(supervisor._alive(1, rank.pid)) == (False, None)
+        for r, pid in ((0, os.getpid()), (1, rank.pid)):
+            supervisor.ranks[r]["pid"] = pid
+        assert asyncio.run(supervisor._check_ranks())
+        assert supervisor.lost == f"rank 1 on host b (pid {rank.pid}): its process is gone"
+        assert [r["state"] for r in supervisor.ranks] == ["starting", "dead", "starting"]
+    finally:
+        rank.kill()
+
+
+def test_the_group_launcher_ends_its_session_when_the_gateway_is_gone(tmp_path: Path) -> None:
+    """A gateway killed with -9 cannot stop its group: the launcher sees it gone and ends its
+    whole session (here `sleep` stands in for mlx.launch and its ranks)."""
+    import psutil
+
+    code = (
+        "import subprocess, sys, time\n"
+        "proc = subprocess.Popen([sys.executable, '-c', 'import os; from local_ai.cluster.launch "
+        'import run_watched; run_watched(["sleep", "120"], os.getppid())\'], '
+        "start_new_session=True)\n"
+        "print(proc.pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    gateway = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert gateway.stdout is not None
+        launcher = psutil.Process(int(gateway.stdout.readline()))
+        assert wait_for(lambda: launcher.children(), 30), "the launcher started nothing"
+        child = launcher.children()[0]
+        assert child.cmdline()[0] == "sleep"
+        gateway.kill()
+        gateway.wait()
+        assert wait_for(lambda: not launcher.is_running() and not child.is_running(), 30)
+    finally:
+        gateway.kill()
