@@ -311,7 +311,7 @@ class Adapters:
                 continue
             if source is None:
                 continue
-            digest = served_digest(source, spec, CONVERTER_VERSION)
+            digest = served_digest(source.source, spec, CONVERTER_VERSION)
             copied = self.copied.get(alias, set())
             group = group_of(alias, spec, cluster, model, digest, observed.hosts, copied)
             if group is not None:
