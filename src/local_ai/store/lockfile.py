@@ -169,7 +169,10 @@ def entry_from_resolved(
     """The lock entry for `resolved`. Files known only by git blob id get the sha256 of their
     bytes from the `sha256s` a fetch verified (by file name), or from the entry `before` when
     it pinned the same file. `chosen`: the level `quantize = "auto"` chose here."""
-    resolved = resolved.with_sha256s(sha256s or {})
+    # Not for a local path: its files' identity is their sha256, unknown when first planned, so
+    # recording it would move the digest of what was built (and copied to hosts) from under it.
+    if resolved.kind != "path":
+        resolved = resolved.with_sha256s(sha256s or {})
     quant = resolved.quantization
     recipe = recipe_of(spec)
     if chosen is not None:
