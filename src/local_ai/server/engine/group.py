@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from local_ai.server.engine.models import NO_REMOTE_CODE, refuse_code
 
@@ -90,7 +90,7 @@ class GroupSpec:
         )
 
 
-def lost(what: str) -> None:
+def lost(what: str) -> NoReturn:
     """The group cannot go on: say why where the gateway reads it, and exit at once."""
     with contextlib.suppress(OSError, ValueError):
         sys.stderr.write(f"{LOST_MARK}: {what}\n")
@@ -198,10 +198,13 @@ class Group:
 
         data = json.dumps(message, separators=(",", ":")).encode()
         with self._guard("sending to the group", MESSAGE_TIMEOUT_S), _on_generation_stream():
-            # One eval each: MLX may run independent collectives of one eval in any order.
-            mx.eval(mx.distributed.all_sum(mx.array([len(data)]), group=self.world))
-            body = mx.array(np.frombuffer(data, dtype=np.uint8))
-            mx.eval(mx.distributed.all_sum(body, group=self.world))
+            try:
+                # One eval each: MLX may run independent collectives of one eval in any order.
+                mx.eval(mx.distributed.all_sum(mx.array([len(data)]), group=self.world))
+                body = mx.array(np.frombuffer(data, dtype=np.uint8))
+                mx.eval(mx.distributed.all_sum(body, group=self.world))
+            except Exception as exc:
+                self.end(f"sending to the group failed: {type(exc).__name__}: {exc}")
 
     def receive(self) -> dict[str, Any]:
         """Followers: the next message from rank 0."""
@@ -236,6 +239,10 @@ class Group:
             return mx.distributed.all_sum(token, group=world)
 
         return lead
+
+    def end(self, what: str) -> NoReturn:
+        """The ranks can no longer be trusted to agree: end this one (the others follow)."""
+        lost(what)
 
     def status(self) -> dict[str, Any]:
         age = time.monotonic() - self.watchdog.last_done if self.watchdog else 0.0
