@@ -128,7 +128,11 @@ def _launch(base: Path, model: Path, parallel: str) -> Launched:
         "debug": False,
     }
     sock = base / "engine.sock"
-    config = {"socket": str(sock), "aliases_file": str(base / "state" / "aliases.json")}
+    config = {
+        "socket": str(sock),
+        "aliases_file": str(base / "state" / "aliases.json"),
+        "parent_pid": os.getpid(),  # the gateway's; rank 0's own parent is mlx.launch
+    }
     (base / "engine.json").write_text(json.dumps({**config, "group": group}))
     host = {"ssh": "127.0.0.1", "ips": ["127.0.0.1"], "rdma": []}
     (base / "hostfile.json").write_text(
