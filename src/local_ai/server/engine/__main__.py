@@ -24,6 +24,8 @@ import threading
 import time
 from pathlib import Path
 
+from local_ai.util.atomic import pid_alive
+
 PARENT_CHECK_S = 0.5
 
 
@@ -32,18 +34,8 @@ def _watch_parent(parent: int, *, direct: bool) -> None:
     engine's rank 0 is a child of mlx.launch, not of the gateway: it watches the gateway's pid."""
     while True:
         time.sleep(PARENT_CHECK_S)
-        if (os.getppid() != parent) if direct else not _alive(parent):
+        if (os.getppid() != parent) if direct else not pid_alive(parent):
             os._exit(0)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _setup_logging(debug: bool) -> None:
