@@ -318,7 +318,9 @@ def _check_batching(launched: Launched, reference: Path) -> None:
     import concurrent.futures
 
     model = launched.model
-    asks = [("one river", 24, None), ("two rivers", 8, None), ("three rivers", 24, "stop")]
+    # The first prompt's tokens take more than one message head (MESSAGE_HEAD bytes) to send.
+    long = "one river, " * 150
+    asks = [(long, 24, None), ("two rivers", 8, None), ("three rivers", 24, "stop")]
 
     def ask(sock: Path, prompt: str, n: int, stop: str | None) -> tuple[str, str]:
         reply = _openai(sock).chat.completions.create(
