@@ -232,27 +232,33 @@ def _raw_worker(model_dir: str) -> int:
 
 class ThreadCpu:
     """CPU seconds per thread of named processes, summed over the intervals measured: where a
-    token's CPU goes (MLX's compute thread, the Python decode loop, request threads, loops)."""
+    token's CPU goes (MLX's compute thread, the Python decode loop, request threads, loops).
+    On Linux also each thread's time runnable but waiting for a CPU (/proc schedstat): how
+    much the machine's other load held it back."""
 
     def __init__(self, pids: dict[str, int]) -> None:
         import psutil
 
         self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
         self.seconds: dict[tuple[str, int], float] = {}
+        self.waited: dict[tuple[str, int], float] = {}
 
-    def snapshot(self) -> dict[tuple[str, int], float]:
+    def snapshot(self) -> dict[tuple[str, int], tuple[float, float]]:
         return {
-            (name, t.id): t.user_time + t.system_time
+            (name, t.id): (t.user_time + t.system_time, _runqueue_wait(proc.pid, t.id))
             for name, proc in self.procs.items()
             for t in proc.threads()
         }
 
-    def add(self, before: dict[tuple[str, int], float]) -> float:
-        """Adds what each thread spent since `before`; returns the total."""
-        spent = {k: v - before.get(k, 0.0) for k, v in self.snapshot().items()}
-        for key, value in spent.items():
-            self.seconds[key] = self.seconds.get(key, 0.0) + value
-        return sum(spent.values())
+    def add(self, before: dict[tuple[str, int], tuple[float, float]]) -> float:
+        """Adds what each thread spent since `before`; returns the CPU total."""
+        total = 0.0
+        for key, (cpu, wait) in self.snapshot().items():
+            cpu_before, wait_before = before.get(key, (0.0, 0.0))
+            self.seconds[key] = self.seconds.get(key, 0.0) + cpu - cpu_before
+            self.waited[key] = self.waited.get(key, 0.0) + wait - wait_before
+            total += cpu - cpu_before
+        return total
 
     def per_token(self, tokens: int) -> dict[str, list[dict[str, Any]]]:
         """Per process, its threads' ms per token, busiest first ("main": the first thread)."""
@@ -260,9 +266,22 @@ class ThreadCpu:
         for (name, tid), seconds in sorted(self.seconds.items(), key=lambda kv: -kv[1]):
             ms = 1000 * seconds / tokens
             if ms >= 0.01:
-                thread = {"main": tid == self.procs[name].pid, "ms": round(ms, 3)}
+                thread = {
+                    "main": tid == self.procs[name].pid,
+                    "ms": round(ms, 3),
+                    "runqueue_wait_ms": round(1000 * self.waited[(name, tid)] / tokens, 3),
+                }
                 out.setdefault(name, []).append(thread)
         return out
+
+
+def _runqueue_wait(pid: int, tid: int) -> float:
+    """Seconds thread `tid` has waited runnable for a CPU (0 without Linux's schedstat)."""
+    try:
+        fields = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
+    except OSError:
+        return 0.0
+    return int(fields[1]) / 1e9
 
 
 def paired_overhead(
