@@ -322,7 +322,9 @@ def paired_overhead(
         print(f"pair {i + 1}: raw {raw_rate:.1f}, server {served:.1f} tok/s", file=sys.stderr)
     overheads = [1000 * (1 / served - 1 / raw_rate) for raw_rate, served in pairs]
     ratios = sorted(s / r for r, s in pairs)
-    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    quartiles = (
+        statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    )
     all_tokens = tokens * rounds
     return {
         "raw_decode_tok_s": statistics.median(r for r, _ in pairs),
