@@ -216,6 +216,13 @@ def print_table(report: dict[str, Any]) -> None:
         f"(quartiles {low:.3f}-{high:.3f}); CPU per token raw {single['raw_cpu_ms_per_token']:.1f} "
         f"ms, gateway + engine {single['server_cpu_ms_per_token']:.1f} ms"
     )
+    for name, threads in single["thread_cpu_ms_per_token"].items():
+        busiest = ", ".join(
+            f"{t['ms']:.2f}{' (main)' if t['main'] else ''}"
+            + (f" [{t['runqueue_wait_ms']:.1f}]" if "runqueue_wait_ms" in t else "")
+            for t in threads[:6]
+        )
+        print(f"  CPU ms per token by thread [runqueue wait], {name}: {busiest}")
     start, end = report["machine"]["load_average_start"], report["machine"]["load_average_end"]
     print(f"load average (1 min) {start[0]:.2f} at start, {end[0]:.2f} at end")
 

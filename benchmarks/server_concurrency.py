@@ -181,7 +181,6 @@ class RawDecoder:
     benchmark's session would get a smaller share than the server and lose by up to 2x."""
 
     def __init__(self, model_dir: Path) -> None:
-        self.cpu_s = 0.0  # CPU seconds the decoder process spent in the last `rate` call
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "benchmarks.server_concurrency", "--raw-worker", str(model_dir)],
             cwd=Path(__file__).resolve().parents[1],
@@ -199,8 +198,7 @@ class RawDecoder:
         line = self.proc.stdout.readline()
         if not line:
             raise RuntimeError(f"the raw decoder process exited ({self.proc.wait()})")
-        rate, self.cpu_s = (float(x) for x in line.split())
-        return rate
+        return float(line)
 
     def close(self) -> None:
         if self.proc.stdin is not None:
@@ -213,7 +211,7 @@ class RawDecoder:
 
 def _raw_worker(model_dir: str) -> int:
     """The RawDecoder process: for each line (a token count) on stdin, one stream_generate
-    run; prints its decode rate and the CPU seconds it took."""
+    run; prints its decode rate."""
     from mlx_lm import load
     from mlx_lm.generate import stream_generate
     from mlx_lm.sample_utils import make_sampler
@@ -224,13 +222,66 @@ def _raw_worker(model_dir: str) -> int:
     )
     sampler = make_sampler(temp=0.0)
     for line in sys.stdin:
-        started = time.process_time()
         times = []
         for _ in stream_generate(model, tokenizer, prompt, max_tokens=int(line), sampler=sampler):
             times.append(time.perf_counter())
         rate = (len(times) - 1) / (times[-1] - times[0])
-        print(rate, time.process_time() - started, flush=True)
+        print(rate, flush=True)
     return 0
+
+
+class ThreadCpu:
+    """CPU seconds per thread of named processes, summed over the intervals measured: where a
+    token's CPU goes (MLX's compute thread, the Python decode loop, request threads, loops).
+    On Linux also each thread's time runnable but waiting for a CPU (/proc schedstat): how
+    much the machine's other load held it back."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        import psutil
+
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items()}
+        self.seconds: dict[tuple[str, int], float] = {}
+        self.waited: dict[tuple[str, int], float] = {}
+
+    def snapshot(self) -> dict[tuple[str, int], tuple[float, float]]:
+        return {
+            (name, t.id): (t.user_time + t.system_time, _runqueue_wait(proc.pid, t.id))
+            for name, proc in self.procs.items()
+            for t in proc.threads()
+        }
+
+    def add(self, before: dict[tuple[str, int], tuple[float, float]]) -> float:
+        """Adds what each thread spent since `before`; returns the CPU total."""
+        total = 0.0
+        for key, (cpu, wait) in self.snapshot().items():
+            cpu_before, wait_before = before.get(key, (0.0, 0.0))
+            self.seconds[key] = self.seconds.get(key, 0.0) + cpu - cpu_before
+            self.waited[key] = self.waited.get(key, 0.0) + wait - wait_before
+            total += cpu - cpu_before
+        return total
+
+    def per_token(self, tokens: int) -> dict[str, list[dict[str, Any]]]:
+        """Per process, its threads' ms per token, busiest first ("main": the first thread)."""
+        out: dict[str, list[dict[str, Any]]] = {}
+        for (name, tid), seconds in sorted(self.seconds.items(), key=lambda kv: -kv[1]):
+            ms = 1000 * seconds / tokens
+            if ms >= 0.01:
+                thread = {
+                    "main": tid == self.procs[name].pid,
+                    "ms": round(ms, 3),
+                    "runqueue_wait_ms": round(1000 * self.waited[(name, tid)] / tokens, 3),
+                }
+                out.setdefault(name, []).append(thread)
+        return out
+
+
+def _runqueue_wait(pid: int, tid: int) -> float:
+    """Seconds thread `tid` has waited runnable for a CPU (0 without Linux's schedstat)."""
+    try:
+        fields = Path(f"/proc/{pid}/task/{tid}/schedstat").read_text().split()
+    except OSError:
+        return 0.0
+    return int(fields[1]) / 1e9
 
 
 def paired_overhead(
@@ -238,23 +289,25 @@ def paired_overhead(
 ) -> dict[str, Any]:
     """Raw and server decode rates measured back to back, `rounds` times, alternating which goes
     first (A/B, B/A, ...) so a drift in machine load favours neither; the median ratio of the
-    pairs and its spread. Also CPU seconds per generated token, raw against the server's
-    processes (gateway + engine): a measure of the server path's cost that other load skews less."""
-    import psutil
-
-    procs = [psutil.Process(pid) for pid in server_pids]
-
-    def server_cpu() -> float:
-        return sum(sum(p.cpu_times()[:2]) for p in procs)
+    pairs and its spread. Also CPU per generated token, raw against the server's processes
+    (gateway + engine; a measure of the server path's cost that other load skews less), and per
+    thread, with this process's (the client's) CPU per served token next to them."""
+    gateway, engine = server_pids
+    raw_threads = ThreadCpu({"raw": raw.proc.pid})
+    server_threads = ThreadCpu({"gateway": gateway, "engine": engine})
+    client_s = 0.0
 
     def measure_raw() -> tuple[float, float]:
+        before = raw_threads.snapshot()
         rate = raw.rate(tokens)
-        return rate, raw.cpu_s / tokens
+        return rate, raw_threads.add(before) / tokens
 
     def measure_served(i: int) -> tuple[float, float]:
-        before = server_cpu()
+        nonlocal client_s
+        before, started = server_threads.snapshot(), time.process_time()
         rate = stream_chat(url, model, LONG_PROMPT.format(i=f"p{i}"), tokens).decode_rate
-        return rate, (server_cpu() - before) / tokens  # every stream runs to `tokens`
+        client_s += time.process_time() - started
+        return rate, server_threads.add(before) / tokens  # every stream runs to `tokens`
 
     pairs = []
     cpu_raw, cpu_server = [], []
@@ -269,7 +322,10 @@ def paired_overhead(
         print(f"pair {i + 1}: raw {raw_rate:.1f}, server {served:.1f} tok/s", file=sys.stderr)
     overheads = [1000 * (1 / served - 1 / raw_rate) for raw_rate, served in pairs]
     ratios = sorted(s / r for r, s in pairs)
-    quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+    quartiles = (
+        statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    )
+    all_tokens = tokens * rounds
     return {
         "raw_decode_tok_s": statistics.median(r for r, _ in pairs),
         "server_decode_tok_s": statistics.median(s for _, s in pairs),
@@ -282,6 +338,11 @@ def paired_overhead(
         "server_cpu_ms_per_token": 1000 * statistics.median(cpu_server),
         "cpu_overhead_ms_per_token": 1000
         * statistics.median(s - r for r, s in zip(cpu_raw, cpu_server, strict=True)),
+        "thread_cpu_ms_per_token": {
+            **raw_threads.per_token(all_tokens),
+            **server_threads.per_token(all_tokens),
+            "client": [{"main": True, "ms": round(1000 * client_s / all_tokens, 3)}],
+        },
     }
 
 

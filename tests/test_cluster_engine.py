@@ -128,7 +128,11 @@ def _launch(base: Path, model: Path, parallel: str) -> Launched:
         "debug": False,
     }
     sock = base / "engine.sock"
-    config = {"socket": str(sock), "aliases_file": str(base / "state" / "aliases.json")}
+    config = {
+        "socket": str(sock),
+        "aliases_file": str(base / "state" / "aliases.json"),
+        "parent_pid": os.getpid(),  # the gateway's; rank 0's own parent is mlx.launch
+    }
     (base / "engine.json").write_text(json.dumps({**config, "group": group}))
     host = {"ssh": "127.0.0.1", "ips": ["127.0.0.1"], "rdma": []}
     (base / "hostfile.json").write_text(
@@ -314,7 +318,9 @@ def _check_batching(launched: Launched, reference: Path) -> None:
     import concurrent.futures
 
     model = launched.model
-    asks = [("one river", 24, None), ("two rivers", 8, None), ("three rivers", 24, "stop")]
+    # The first prompt's tokens take more than one message head (MESSAGE_HEAD bytes) to send.
+    long = "one river, " * 150
+    asks = [(long, 24, None), ("two rivers", 8, None), ("three rivers", 24, "stop")]
 
     def ask(sock: Path, prompt: str, n: int, stop: str | None) -> tuple[str, str]:
         reply = _openai(sock).chat.completions.create(

@@ -33,7 +33,8 @@ def fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (it may belong to another user)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -54,7 +55,7 @@ def stale_temps(directory: Path, name: str | None = None) -> list[Path]:
         return []
     for path in candidates:
         pid = path.name.removesuffix(_TMP_SUFFIX).rsplit(".", 2)
-        if len(pid) == 3 and pid[1].isdigit() and not _pid_alive(int(pid[1])):
+        if len(pid) == 3 and pid[1].isdigit() and not pid_alive(int(pid[1])):
             stale.append(path)
     return stale
 

@@ -24,14 +24,17 @@ import threading
 import time
 from pathlib import Path
 
+from local_ai.util.atomic import pid_alive
+
 PARENT_CHECK_S = 0.5
 
 
-def _watch_parent(parent: int) -> None:
-    """Exit when the gateway is gone (killed with -9, it cannot stop us itself)."""
+def _watch_parent(parent: int, *, direct: bool) -> None:
+    """Exit when the gateway is gone (killed with -9, it cannot stop us itself). A sharded
+    engine's rank 0 is a child of mlx.launch, not of the gateway: it watches the gateway's pid."""
     while True:
         time.sleep(PARENT_CHECK_S)
-        if os.getppid() != parent:
+        if (os.getppid() != parent) if direct else not pid_alive(parent):
             os._exit(0)
 
 
@@ -111,7 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     if raw.get("group") is not None:
         _connect_early()
     if raw.get("parent_pid"):
-        threading.Thread(target=_watch_parent, args=(raw["parent_pid"],), daemon=True).start()
+        direct = raw.get("group") is None
+        threading.Thread(
+            target=_watch_parent, args=(raw["parent_pid"],), kwargs={"direct": direct}, daemon=True
+        ).start()
     # Omni's logger module creates ./logs at import; the state home already has one.
     with contextlib.suppress(OSError, KeyError):
         os.chdir(Path(raw["aliases_file"]).parent.parent)

@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 from local_ai.server.engine.models import NO_REMOTE_CODE, refuse_code
 
@@ -38,6 +38,8 @@ LOST_LINGER_S = 1.0
 # Followers give up after this long without a message (idle, rank 0 sends one every
 # scheduler.GROUP_HEARTBEAT_S).
 MESSAGE_TIMEOUT_S = 10.0
+# Bytes every message costs: most (a step, a heartbeat) fit, so one collective carries them.
+MESSAGE_HEAD = 1024
 # One batched step (a prefill chunk of a large model included) and loading a share of weights.
 STEP_TIMEOUT_S = 60.0
 JOIN_TIMEOUT_S = 3600.0
@@ -90,7 +92,7 @@ class GroupSpec:
         )
 
 
-def lost(what: str) -> None:
+def lost(what: str) -> NoReturn:
     """The group cannot go on: say why where the gateway reads it, and exit at once."""
     with contextlib.suppress(OSError, ValueError):
         sys.stderr.write(f"{LOST_MARK}: {what}\n")
@@ -193,28 +195,44 @@ class Group:
 
     def send(self, message: dict[str, Any]) -> None:
         """Rank 0: broadcast `message` (JSON) to every other rank."""
-        import mlx.core as mx
         import numpy as np
 
         data = json.dumps(message, separators=(",", ":")).encode()
+        head = np.zeros(MESSAGE_HEAD, dtype=np.uint8)
+        head[:4] = np.frombuffer(len(data).to_bytes(4, "little"), dtype=np.uint8)
+        first = data[: MESSAGE_HEAD - 4]
+        head[4 : 4 + len(first)] = np.frombuffer(first, dtype=np.uint8)
         with self._guard("sending to the group", MESSAGE_TIMEOUT_S), _on_generation_stream():
-            # One eval each: MLX may run independent collectives of one eval in any order.
-            mx.eval(mx.distributed.all_sum(mx.array([len(data)]), group=self.world))
-            body = mx.array(np.frombuffer(data, dtype=np.uint8))
-            mx.eval(mx.distributed.all_sum(body, group=self.world))
+            try:
+                self._all_sum_bytes(head)
+                if len(data) > len(first):
+                    self._all_sum_bytes(np.frombuffer(data[len(first) :], dtype=np.uint8))
+            except Exception as exc:
+                self.end(f"sending to the group failed: {type(exc).__name__}: {exc}")
 
     def receive(self) -> dict[str, Any]:
         """Followers: the next message from rank 0."""
-        import mlx.core as mx
         import numpy as np
 
         with self._guard("waiting for rank 0", MESSAGE_TIMEOUT_S), _on_generation_stream():
-            size = mx.distributed.all_sum(mx.array([0]), group=self.world)
-            n = int(size.item())
-            body = mx.distributed.all_sum(mx.zeros((n,), dtype=mx.uint8), group=self.world)
-            data = bytes(np.array(body, copy=False))
+            head = self._all_sum_bytes(np.zeros(MESSAGE_HEAD, dtype=np.uint8))
+            size = int.from_bytes(head[:4], "little")
+            data = head[4 : 4 + min(size, MESSAGE_HEAD - 4)]
+            if size > MESSAGE_HEAD - 4:
+                rest = size - (MESSAGE_HEAD - 4)
+                data += self._all_sum_bytes(np.zeros(rest, dtype=np.uint8))
         message: dict[str, Any] = json.loads(data)
         return message
+
+    def _all_sum_bytes(self, data: Any) -> bytes:
+        """One all_sum of a uint8 buffer, evaluated before the next (MLX may run independent
+        collectives of one eval in any order)."""
+        import mlx.core as mx
+        import numpy as np
+
+        total = mx.distributed.all_sum(mx.array(data), group=self.world)
+        mx.eval(total)
+        return bytes(np.array(total, copy=False))
 
     def sampler(self, base: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
         """A batch row's sampler: rank 0 samples with `base` (None: greedy), the others add
@@ -236,6 +254,10 @@ class Group:
             return mx.distributed.all_sum(token, group=world)
 
         return lead
+
+    def end(self, what: str) -> NoReturn:
+        """The ranks can no longer be trusted to agree: end this one (the others follow)."""
+        lost(what)
 
     def status(self) -> dict[str, Any]:
         age = time.monotonic() - self.watchdog.last_done if self.watchdog else 0.0

@@ -589,6 +589,8 @@ class Scheduler:
                     _, responses = batch.gen.next()
             except Exception as exc:
                 log.exception("generation failed")
+                if self.group is not None:  # the ranks may no longer hold the same batch
+                    self.group.end(f"a generation step failed: {type(exc).__name__}: {exc}")
                 for job in list(batch.jobs.values()):
                     self._finish(batch, job, exc, None, None)
                 responses = []
