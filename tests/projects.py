@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,6 +132,16 @@ class Project:
             timeout=60,
             trust_env=False,
         )
+
+    def chat_when_ready(self, alias: str, within: float = 180.0) -> httpx.Response:
+        """`chat`, retried while the gateway answers 503 (an engine still restarting on a loaded
+        machine), as a client honouring Retry-After would."""
+        deadline = time.monotonic() + within
+        while True:
+            response = self.chat(alias)
+            if response.status_code != 503 or time.monotonic() > deadline:
+                return response
+            time.sleep(min(float(response.headers.get("retry-after", "1") or 1), 5.0))
 
     def served_paths(self) -> dict[str, str]:
         data = json.loads((self.home / "run" / "aliases.json").read_text())

@@ -12,6 +12,7 @@ import pytest
 from tests.clirunner import run_cli
 from tests.harness.sshd import HOST_B, install_ssh, path_with, server, sharded_tiny
 from tests.harness.tinymodels import build_model
+from tests.server_helpers import wait_for
 
 
 @pytest.fixture
@@ -92,7 +93,8 @@ def test_a_copy_killed_mid_way_leaves_the_host_store_untouched_and_a_rerun_finis
     assert not store.is_dir() or not list(store.iterdir())
     incoming = [p for p in (tmp_path / "host-b" / "incoming").iterdir() if p.is_dir()]
     assert len(incoming) == 1
-    assert sum(p.stat().st_size for p in incoming[0].iterdir()) > 0
+    # What was sent before the kill is still crossing ssh to the host's receiver: wait for it.
+    assert wait_for(lambda: sum(p.stat().st_size for p in incoming[0].iterdir()) > 0, 60)
     done = run_cli("apply", "--yes", "--config", str(manifest), env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "were there from an interrupted copy" in done.stderr

@@ -701,17 +701,20 @@ def test_hostile_model_template_at_serve_time(http: httpx.Client) -> None:
     """A served model whose chat template loops for ever, or reaches for Python internals: the
     request fails with the reason, quickly; the server and the other models stay fine."""
     messages = [{"role": "user", "content": "hi"}]
-    for alias, words in (("loop", "loop iterations"), ("mro", "unsafe")):
+    # The loop meets the step budget, or on a loaded machine first the 10 s budget: both bound it.
+    loop_reasons = ("loop iterations", "the template ran for more than")
+    for alias, reasons in (("loop", loop_reasons), ("mro", ("unsafe",))):
         started = time.monotonic()
         counted = http.post(
             "/anthropic/v1/messages/count_tokens", json={"model": alias, "messages": messages}
         )
-        assert time.monotonic() - started < 15
-        assert counted.status_code == 500 and words in counted.text, counted.text
+        assert time.monotonic() - started < 30
+        assert counted.status_code == 500, counted.text
+        assert any(r in counted.text for r in reasons), counted.text
         chat = http.post(
             "/v1/chat/completions", json={"model": alias, "messages": messages, "max_tokens": 2}
         )
-        assert chat.status_code == 500 and words in chat.text, chat.text
+        assert chat.status_code == 500 and any(r in chat.text for r in reasons), chat.text
     assert http.get("/health").json()["status"] == "ready"
     fine = http.post(
         "/v1/chat/completions", json={"model": "tiny", "messages": messages, "max_tokens": 2}
