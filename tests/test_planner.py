@@ -558,7 +558,8 @@ def test_conform_follows_the_benchmark_with_the_gate_the_plan_decided() -> None:
     from local_ai.reconcile.model import GateParams
 
     gated = BASE.replace("on_apply = false", "on_apply = true\ngate = true")
-    m = manifest(gated + "[clients.zed]\n[clients.codex]\n")
+    disabled = "[clients.claude_code]\nenabled = false\n"  # never written: nothing to probe
+    m = manifest(gated + "[clients.zed]\n[clients.codex]\n" + disabled)
     # Zed not written yet, Codex as written, Goose dropped from the manifest.
     clients = client_files(m, written=manifest(gated + "[clients.codex]\n[clients.goose]\n"))
     p = plan(m, replace(empty(m), clients=clients))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from local_ai.clients import claude_code, codex, goose, jsonc, tomlkeys, yamlkeys, zed
-from local_ai.clients.plan import CLIENTS, ClientsObserved, observe_clients
+from local_ai.clients.plan import CLIENTS, ClientsObserved, is_enabled, observe_clients
 from local_ai.clients.spec import server_url
 from local_ai.manifest.api_key import resolve_api_key
 from local_ai.manifest.models import CodexClient, GooseClient, Manifest, ZedClient
@@ -597,9 +597,8 @@ def check_clients(
     key = server_key(manifest)
     results: list[ClientCheck] = []
     with httpx.Client(timeout=timeout, trust_env=False) as http:
-        for client, (attr, _, title) in CLIENTS.items():
-            cfg = getattr(manifest.clients, attr)
-            if cfg is None or not cfg.enabled or (only and client not in only):
+        for client, (_, _, title) in CLIENTS.items():
+            if not is_enabled(manifest, client) or (only and client not in only):
                 continue
             prober = _Prober(http)
             try:

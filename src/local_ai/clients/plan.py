@@ -40,6 +40,12 @@ CLIENTS: dict[str, tuple[str, Callable[[Manifest, str], Desired], str]] = {
 }
 
 
+def is_enabled(manifest: Manifest, client: str) -> bool:
+    """Does the manifest configure `client` and leave it enabled?"""
+    cfg = getattr(manifest.clients, CLIENTS[client][0])
+    return cfg is not None and bool(cfg.enabled)
+
+
 def resource_name(client: str) -> str:
     return f"client.{client}"
 
@@ -179,7 +185,7 @@ def _plan_one(
 ) -> ClientChange | None:
     attr, build, title = CLIENTS[client]
     cfg = getattr(manifest.clients, attr)
-    enabled = cfg is not None and cfg.enabled
+    enabled = is_enabled(manifest, client)
     ledger = observed.ledgers.get(client)
     resource = resource_name(client)
     if not enabled and ledger is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from local_ai import sizing
-from local_ai.clients.plan import plan_clients
+from local_ai.clients.plan import is_enabled, plan_clients
 from local_ai.manifest.models import Manifest, ModelSpec
 from local_ai.manifest.serving import engine_settings, gateway_settings
 from local_ai.manifest.source import DEFAULT_REVISION
@@ -512,10 +512,10 @@ class _Builder:
         for alias, why in remeasure.items():
             wanted[alias] = (f"kept out of service by benchmark.gate ({why})", ())
         bench = self.manifest.benchmark
-        clients = tuple(
+        clients = tuple(  # a disabled client is left alone, so it is not probed either
             c.client
             for c in self.client_changes
-            if c.change is not Change.DELETE and c.error is None
+            if is_enabled(self.manifest, c.client) and c.error is None
         )
         for alias, (cause, installed_by) in wanted.items():
             floor = self.manifest.models[alias].min_tokens_per_second or bench.min_tokens_per_second
