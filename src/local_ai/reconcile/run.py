@@ -269,9 +269,6 @@ def _serve_current_generation(adapters: Adapters) -> int | None:
     if current is not None:
         rollback(current)
         return current
-    from local_ai.server.aliases import put_in_service
-    from local_ai.server.daemon import reload_aliases, running_server
-
     put_in_service(adapters.build_alias_map())
     info, alive = running_server()
     if info is not None and alive:
