@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from local_ai.clients.base import FormatName, Slot
-from local_ai.manifest.models import Manifest
+from local_ai.manifest.models import WILDCARD_HOSTS, Manifest
 
-_WILDCARD = {"0.0.0.0", "::", ""}  # noqa: S104 (names, not a bind)
 _LOOPBACK_NAMES = {"localhost", "127.0.0.1"}
 
 
@@ -35,7 +34,7 @@ def server_url(manifest: Manifest) -> str:
     """Where clients on this machine reach the gateway: loopback for loopback and wildcard
     binds (127.0.0.1, not `localhost`, so no client tries ::1 first)."""
     host = manifest.server.host
-    if host in _WILDCARD or host in _LOOPBACK_NAMES:
+    if host in WILDCARD_HOSTS or host in _LOOPBACK_NAMES:
         host = "127.0.0.1"
     elif ":" in host:
         host = f"[{host}]"

@@ -8,14 +8,13 @@ from typing import Any
 
 from local_ai.errors import ConfigError, PortInUseError
 from local_ai.manifest.api_key import resolve_api_key
-from local_ai.manifest.models import EngineSettings, Manifest, is_loopback
+from local_ai.manifest.models import WILDCARD_HOSTS, EngineSettings, Manifest, is_loopback
 from local_ai.manifest.serving import running_settings
 from local_ai.util.hashing import stable_hash
 from local_ai.util.ports import port_holder
 
 # Seconds open streams get when the server stops before they are cut.
 DEFAULT_GRACEFUL_TIMEOUT = 10.0
-WILDCARD_HOSTS = {"0.0.0.0", "::", ""}  # noqa: S104 (names, not a bind)
 
 
 def config_hash(manifest: Manifest) -> str:
