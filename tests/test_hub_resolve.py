@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from local_ai.convert.api import local_source
 from local_ai.errors import (
     AccessDeniedError,
     ConfigError,
@@ -195,3 +196,23 @@ def test_local_directory_and_gguf_file(tmp_path: Path) -> None:
     with pytest.raises(NotFoundError, match="does not exist") as missing:
         resolve("a", ModelSpec(path=str(tmp_path / "nope")))
     assert "models.a.path" in str(missing.value.hint)
+
+
+def test_models_convert_takes_the_files_apply_takes_from_a_directory(tmp_path: Path) -> None:
+    """`models convert DIR` and `path = DIR` pick a directory's files by one rule."""
+    d = tmp_path / "model"
+    d.mkdir()
+    for name in (
+        "config.json", "generation_config.json", "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors", "model.safetensors.index.json", "tokenizer.json",
+        "chat_template.jinja", "vocab.txt", "modeling_evil.py", "pytorch_model.bin", "README.md",
+    ):  # fmt: skip
+        (d / name).write_text("{}" if name.endswith(".json") else "x")
+    (d / "sub").mkdir()
+    (d / "sub" / "extra.safetensors").write_text("x")
+    applied = resolve("m", ModelSpec(path=str(d)))
+    converted = local_source(d, hash_files=False)
+    names = [f.name for f in converted.files]
+    assert names == [f.name for f in applied.files]
+    assert "modeling_evil.py" not in names and "pytorch_model.bin" not in names
+    assert "chat_template.jinja" in names and "sub/extra.safetensors" not in names

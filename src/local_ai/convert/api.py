@@ -27,6 +27,7 @@ from local_ai.convert.recipe import Recipe
 from local_ai.convert.runner import default_memory_limit, run_worker
 from local_ai.convert.safetensors_to_mlx import read_config
 from local_ai.errors import LocalAIError, NotFoundError
+from local_ai.hub.filters import select_files
 from local_ai.manifest.source import ResolvedSource, SourceFile
 from local_ai.store.layout import PROVENANCE_FILE, Store, StoreEntry, entry_digest
 from local_ai.util.atomic import atomic_write_text, fsync_dir
@@ -39,21 +40,6 @@ EventHandler = Callable[[dict[str, Any]], None]
 SourceKind = Literal["gguf", "safetensors"]
 
 # Files of a safetensors model directory that shape the converted output.
-_SAFETENSORS_FILES = (
-    "config.json",
-    "generation_config.json",
-    "model*.safetensors",
-    "model.safetensors.index.json",
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "added_tokens.json",
-    "tokenizer.model",
-    "vocab.json",
-    "merges.txt",
-    "chat_template.jinja",
-    "chat_template.json",
-)
 
 
 @dataclass
@@ -103,9 +89,11 @@ def local_source(path: str | Path, *, hash_files: bool = True) -> ResolvedSource
             else "pass a directory with config.json and *.safetensors, or a .gguf file"
         )
         raise LocalAIError(f"{p} has no config.json: not a HuggingFace model directory", hint=hint)
-    names = sorted({q for pattern in _SAFETENSORS_FILES for q in p.glob(pattern) if q.is_file()})
+    # The files apply takes from a model directory: one rule (hub.filters) for both.
+    names = select_files(q.name for q in p.iterdir() if q.is_file())
     files = tuple(
-        SourceFile(q.name, q.stat().st_size, sha256_file(q) if hash_files else None) for q in names
+        SourceFile(n, (p / n).stat().st_size, sha256_file(p / n) if hash_files else None)
+        for n in names
     )
     return ResolvedSource(p.name, "path", "safetensors", files, path=str(p))
 
