@@ -20,8 +20,8 @@ byte counters (TCP_INFO) of rank 0's sockets.
 The served path is the same model through our engine, in the same run and interleaved with the
 raw cases: 1 rank is the normal engine, 2 ranks the sharded engine started with the gateway's
 `mlx.launch` command (rank 0 with --config, rank 1 with --follow); greedy streamed OpenAI chat
-completions over the engine's Unix socket, TTFT to the first text chunk, decode rate over the
-tokens after it. `--no-served` measures the raw path only.
+completions over the engine's Unix socket: TTFT is a 1-token answer's time, the decode rate
+the further tokens of a full answer over the extra time it took. `--no-served`: raw path only.
 """
 
 from __future__ import annotations
@@ -352,9 +352,8 @@ class Served:
         tail = self.log.read_text(errors="replace")[-3000:]
         raise RuntimeError(f"{self.name} did not become healthy:\n{tail}")
 
-    def stream(self, max_tokens: int) -> dict[str, Any]:
-        """One greedy streamed chat completion: TTFT to the first text chunk, decode rate over
-        the tokens after it (the usage chunk counts them)."""
+    def request(self, max_tokens: int) -> tuple[float, int]:
+        """One greedy streamed chat completion: seconds to its end, and tokens generated."""
         body = {
             "model": self.model,
             "messages": [{"role": "user", "content": PROMPT}],
@@ -363,26 +362,26 @@ class Served:
             "stream": True,
             "stream_options": {"include_usage": True},
         }
-        first = last = 0.0
         tokens = 0
         with self._client() as client:
             t0 = time.perf_counter()
             with client.stream("POST", "/v1/chat/completions", json=body) as reply:
                 reply.raise_for_status()
                 for line in reply.iter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    chunk = json.loads(line[6:])
-                    if chunk.get("usage"):
-                        tokens = int(chunk["usage"]["completion_tokens"])
-                    if any(c.get("delta", {}).get("content") for c in chunk.get("choices", [])):
-                        last = time.perf_counter()
-                        first = first or last
-        if tokens < 2 or not first or last <= first:
-            raise RuntimeError(f"{self.name}: a stream of {tokens} token(s) times nothing")
+                    if line.startswith("data: {") and '"usage":{' in line:
+                        tokens = int(json.loads(line[6:])["usage"]["completion_tokens"])
+            return time.perf_counter() - t0, tokens
+
+    def timed(self) -> dict[str, Any]:
+        """TTFT is a 1-token answer's time; the decode rate is what `tokens` more cost over it
+        (text chunks do not time tokens: the detokenizer holds pieces until a word ends)."""
+        one, _ = self.request(1)
+        whole, tokens = self.request(self.args.tokens)
+        if tokens < 2 or whole <= one:
+            raise RuntimeError(f"{self.name}: {tokens} token(s) in {whole:.3f} s times nothing")
         return {
-            "ttft_s": first - t0,
-            "decode_tok_s": (tokens - 1) / (last - first),
+            "ttft_s": one,
+            "decode_tok_s": (tokens - 1) / (whole - one),
             "completion_tokens": tokens,
         }
 
@@ -393,8 +392,8 @@ class Served:
     def sample(self) -> dict[str, Any]:
         self.pause(False)
         try:
-            self.stream(4)  # warm-up after idling
-            samples = [self.stream(self.args.tokens) for _ in range(self.args.repeats)]
+            self.request(4)  # warm-up after idling
+            samples = [self.timed() for _ in range(self.args.repeats)]
         finally:
             self.pause(True)
         return {"samples": samples}
