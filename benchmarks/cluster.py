@@ -368,8 +368,9 @@ class Served:
             with client.stream("POST", "/v1/chat/completions", json=body) as reply:
                 reply.raise_for_status()
                 for line in reply.iter_lines():
-                    if line.startswith("data: {") and '"usage":{' in line:
-                        tokens = int(json.loads(line[6:])["usage"]["completion_tokens"])
+                    if line.startswith("data: {") and '"usage"' in line:
+                        usage = json.loads(line[6:]).get("usage") or {}
+                        tokens = int(usage.get("completion_tokens", tokens))
             return time.perf_counter() - t0, tokens
 
     def timed(self) -> dict[str, Any]:
