@@ -298,7 +298,8 @@ class Served:
         if ranks == 1:
             aliases = {"models": {"m": {"path": self.model}}}
             (base / "state" / "aliases.json").write_text(json.dumps(aliases))
-            config |= {"max_loaded_models": 1, "max_batch_size": 4}
+            # No prefix cache: a group keeps none, and the raw path prefills every time too.
+            config |= {"max_loaded_models": 1, "max_batch_size": 4, "prompt_cache": False}
             argv = [sys.executable, "-m", "local_ai.server.engine", "--config"]
             argv.append(str(base / "engine.json"))
         else:
