@@ -15,8 +15,13 @@ pipeline on a 4-layer deepseek_v2 (mlx-lm 0.31 pipelines DeepSeek, not qwen3), t
 The hardware-independent figure is what crosses the link per generated token: computed from the
 collectives each mode runs (pipeline: the hidden state sent from stage to stage, then an
 all_gather; tensor: two all_sums of the hidden state per layer) and measured from the kernel's
-byte counters (TCP_INFO) of rank 0's sockets. The served path (the gateway in front of a sharded
-engine) is measured once that engine exists; this is mlx-lm's raw path.
+byte counters (TCP_INFO) of rank 0's sockets.
+
+The served path is the same model through our engine, in the same run and interleaved with the
+raw cases: 1 rank is the normal engine, 2 ranks the sharded engine started with the gateway's
+`mlx.launch` command (rank 0 with --config, rank 1 with --follow); greedy streamed OpenAI chat
+completions over the engine's Unix socket: TTFT is a 1-token answer's time, the decode rate
+the further tokens of a full answer over the extra time it took. `--no-served`: raw path only.
 """
 
 from __future__ import annotations
@@ -272,6 +277,136 @@ class Group:
         self.proc.wait()
 
 
+class Served:
+    """Our engine serving one mode's model: 1 rank is the normal engine, 2 ranks the sharded
+    group (mlx.launch with the gateway's launch command); each `sample` times `repeats`
+    streamed OpenAI requests over its Unix socket, as the gateway forwards them."""
+
+    def __init__(self, mode: str, model_dir: Path, ranks: int, args: argparse.Namespace) -> None:
+        from local_ai.cluster.launch import free_ports, group_command
+
+        self.name = f"{mode} served with {ranks} rank(s)"
+        self.model = str(model_dir)
+        self.args = args
+        base = Path(args.ctl) / f"served-{mode}-{ranks}"
+        (base / "state").mkdir(parents=True)
+        self.sock = base / "engine.sock"
+        config: dict[str, Any] = {
+            "socket": str(self.sock),
+            "aliases_file": str(base / "state" / "aliases.json"),
+        }
+        if ranks == 1:
+            aliases = {"models": {"m": {"path": self.model}}}
+            (base / "state" / "aliases.json").write_text(json.dumps(aliases))
+            # No prefix cache: a group keeps none, and the raw path prefills every time too.
+            config |= {"max_loaded_models": 1, "max_batch_size": 4, "prompt_cache": False}
+            argv = [sys.executable, "-m", "local_ai.server.engine", "--config"]
+            argv.append(str(base / "engine.json"))
+        else:
+            group = {
+                "alias": mode,
+                "parallel": mode,
+                "hosts": [f"rank{r}" for r in range(ranks)],
+                "model_paths": [self.model] * ranks,
+                "max_batch_size": 4,
+                "debug": False,
+            }
+            config |= {"parent_pid": os.getpid(), "group": group}
+            host = {"ssh": "127.0.0.1", "ips": ["127.0.0.1"], "rdma": []}
+            hostfile = {"backend": "ring", "envs": [], "hosts": [host] * ranks}
+            (base / "hostfile.json").write_text(json.dumps(hostfile))
+            port = free_ports(["127.0.0.1"] * ranks)
+            py = shlex.quote(sys.executable)
+            argv = group_command(
+                base / "hostfile.json", port, [py] * ranks, base / "engine.json", group
+            )
+        (base / "engine.json").write_text(json.dumps(config))
+        self.log = base / "engine.log"
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                argv,
+                cwd=base,  # no file named "sh" here, which mlx.launch would run as a script
+                stdin=subprocess.PIPE,  # see Group: a pipe never written
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.launched = ranks > 1
+
+    def _client(self) -> Any:
+        import httpx
+
+        transport = httpx.HTTPTransport(uds=str(self.sock))
+        return httpx.Client(transport=transport, base_url="http://engine", timeout=600.0)
+
+    def wait_ready(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                break
+            with contextlib.suppress(httpx.HTTPError), self._client() as client:
+                if client.get("/health").status_code == 200:
+                    return
+            time.sleep(0.5)
+        tail = self.log.read_text(errors="replace")[-3000:]
+        raise RuntimeError(f"{self.name} did not become healthy:\n{tail}")
+
+    def request(self, max_tokens: int) -> tuple[float, int]:
+        """One greedy streamed chat completion: seconds to its end, and tokens generated."""
+        body = {
+            "model": self.model,
+            "messages": [{"role": "user", "content": PROMPT}],
+            "max_tokens": max_tokens,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        tokens = 0
+        with self._client() as client:
+            t0 = time.perf_counter()
+            with client.stream("POST", "/v1/chat/completions", json=body) as reply:
+                reply.raise_for_status()
+                for line in reply.iter_lines():
+                    if line.startswith("data: {") and '"usage"' in line:
+                        usage = json.loads(line[6:]).get("usage") or {}
+                        tokens = int(usage.get("completion_tokens", tokens))
+            return time.perf_counter() - t0, tokens
+
+    def timed(self) -> dict[str, Any]:
+        """TTFT is a 1-token answer's time; the decode rate is what `tokens` more cost over it
+        (text chunks do not time tokens: the detokenizer holds pieces until a word ends)."""
+        one, _ = self.request(1)
+        whole, tokens = self.request(self.args.tokens)
+        if tokens < 2 or whole <= one:
+            raise RuntimeError(f"{self.name}: {tokens} token(s) in {whole:.3f} s times nothing")
+        return {
+            "ttft_s": one,
+            "decode_tok_s": (tokens - 1) / (whole - one),
+            "completion_tokens": tokens,
+        }
+
+    def pause(self, stop: bool) -> None:
+        if self.launched:
+            os.kill(self.proc.pid, signal.SIGSTOP if stop else signal.SIGCONT)
+
+    def sample(self) -> dict[str, Any]:
+        self.pause(False)
+        try:
+            self.request(4)  # warm-up after idling
+            samples = [self.timed() for _ in range(self.args.repeats)]
+        finally:
+            self.pause(True)
+        return {"samples": samples}
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGCONT)
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
 def _counted(samples: list[dict[str, Any]]) -> list[float]:
     return [s["wire_bytes_per_token"] for s in samples if s["wire_bytes_per_token"] is not None]
 
@@ -311,6 +446,30 @@ def summarise(mode: str, runs: dict[int, list[dict[str, Any]]]) -> dict[str, Any
     return out
 
 
+def summarise_served(
+    runs: dict[int, list[dict[str, Any]]], raw: dict[int, list[dict[str, Any]]]
+) -> dict[str, Any]:
+    """Our engine's figures per rank count, and what they are against mlx-lm's raw path."""
+    out: dict[str, Any] = {"ranks": {}}
+    for ranks, reports in runs.items():
+        samples = [s for r in reports for s in r["samples"]]
+        raw_rate = statistics.median(s["decode_tok_s"] for r in raw[ranks] for s in r["samples"])
+        rate = spread([s["decode_tok_s"] for s in samples])
+        out["ranks"][str(ranks)] = {
+            "samples": len(samples),
+            "decode_tok_s": rate,
+            "ttft_s": spread([s["ttft_s"] for s in samples]),
+            "completion_tokens": spread([s["completion_tokens"] for s in samples]),
+            "decode_over_raw": rate["median"] / raw_rate,
+        }
+    one, two = out["ranks"]["1"], out["ranks"]["2"]
+    out["two_over_one"] = {
+        "decode": two["decode_tok_s"]["median"] / one["decode_tok_s"]["median"],
+        "ttft": two["ttft_s"]["median"] / one["ttft_s"]["median"],
+    }
+    return out
+
+
 def uptime() -> str:
     """`uptime`'s line: how busy the shared machine was."""
     try:
@@ -326,6 +485,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=3, help="1-rank/2-rank launch pairs")
     parser.add_argument("--repeats", type=int, default=2, help="timed streams per launch")
     parser.add_argument("--modes", default="pipeline,tensor", help="comma-separated")
+    parser.add_argument(
+        "--no-served",
+        dest="served",
+        action="store_false",
+        help="only mlx-lm's raw path, not our engine in front of it",
+    )
     parser.add_argument("--out", type=Path, help="JSON output (default: docs/benchmarks/)")
     parser.add_argument("--worker", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -341,18 +506,29 @@ def main(argv: list[str] | None = None) -> int:
     load_before = uptime()
     started = time.monotonic()
     runs: dict[str, dict[int, list[dict[str, Any]]]] = {m: {1: [], 2: []} for m in modes}
+    served: dict[str, dict[int, list[dict[str, Any]]]] = {m: {1: [], 2: []} for m in modes}
     with tempfile.TemporaryDirectory(prefix="local-ai-bench-cluster-") as tmp:
         args.ctl = tmp
         dirs = {m: build(Path(tmp), m) for m in modes}
-        groups = {(m, n): Group(m, dirs[m], n, args) for m in modes for n in (1, 2)}
+        groups: dict[tuple[str, str, int], Group | Served] = {}
         try:
+            for m in modes:
+                for n in (1, 2):
+                    groups[("raw", m, n)] = Group(m, dirs[m], n, args)
+                    if args.served:
+                        groups[("served", m, n)] = Served(m, dirs[m], n, args)
             for group in groups.values():
-                group.next()  # loaded
+                if isinstance(group, Group):
+                    group.next()  # loaded
+                else:
+                    group.wait_ready()
                 group.pause(True)
             for round_ in range(args.rounds):
-                for (mode, ranks), group in groups.items():  # 1, 2, 1, 2: noise hits both
+                # raw 1, 2, served 1, 2 ranks per mode: noise hits all alike
+                order = sorted(groups.items(), key=lambda kv: (kv[0][1], kv[0][0], kv[0][2]))
+                for (path, mode, ranks), group in order:
                     report = group.sample()
-                    runs[mode][ranks].append(report)
+                    (runs if path == "raw" else served)[mode][ranks].append(report)
                     rates = ", ".join(f"{s['decode_tok_s']:.1f}" for s in report["samples"])
                     print(f"round {round_ + 1} {group.name}: {rates} tok/s", file=sys.stderr)
         finally:
@@ -374,6 +550,7 @@ def main(argv: list[str] | None = None) -> int:
         "repeats_per_launch": args.repeats,
         "prompt": PROMPT,
         "modes": {m: summarise(m, runs[m]) for m in modes},
+        "served": {m: summarise_served(served[m], runs[m]) for m in modes} if args.served else None,
         "link_bytes_per_token_real_models_bf16": {
             name: {
                 mode: link_traffic(mode, hidden, layers, 2, 2) for mode in ("pipeline", "tensor")
@@ -407,6 +584,14 @@ def print_table(report: dict[str, Any]) -> None:
                 f"{link['measured']['median']:.0f}" if link["measured"] else "-",
             )
     Console().print(table)
+    for mode, doc in (report["served"] or {}).items():
+        for ranks, row in doc["ranks"].items():
+            rate, ttft = row["decode_tok_s"], row["ttft_s"]
+            print(
+                f"{mode} served, {ranks} rank(s): {rate['median']:.1f} tok/s "
+                f"({rate['min']:.1f}–{rate['max']:.1f}, {row['decode_over_raw']:.2f}x raw), "
+                f"TTFT {ttft['median']:.3f} s ({ttft['min']:.3f}–{ttft['max']:.3f})"
+            )
     for mode, doc in report["modes"].items():
         ratio = doc["two_over_one"]
         print(

@@ -1,6 +1,6 @@
 """The cluster benchmark's link figure: the bytes per token computed from mlx-lm's sharding are
 what two real ranks under `mlx.launch --backend ring` send over their sockets, and a sharded
-model picks the same greedy tokens as the whole one."""
+model picks the same greedy tokens as the whole one; the served path times full answers."""
 
 from __future__ import annotations
 
@@ -33,6 +33,10 @@ def test_computed_link_bytes_match_the_sockets_of_two_real_ranks(tmp_path: Path)
         assert computed * 0.95 <= measured <= computed * 1.1, (mode, computed, measured)
         assert doc["same_tokens_as_one_rank"], mode
         assert two["decode_tok_s"]["median"] > 0
+    # The served path: our engine, 1 rank and the 2-rank group, every answer its full length.
+    for ranks, row in report["served"]["tensor"]["ranks"].items():
+        assert row["completion_tokens"]["min"] == 12, ranks
+        assert row["decode_tok_s"]["min"] > 0 and row["ttft_s"]["min"] > 0, ranks
 
 
 def test_link_traffic_grows_with_ranks_as_the_collectives_do() -> None:

@@ -320,19 +320,21 @@ def _check_batching(launched: Launched, reference: Path) -> None:
     model = launched.model
     # The first prompt's tokens take more than one message head (MESSAGE_HEAD bytes) to send.
     long = "one river, " * 150
-    asks = [(long, 24, None), ("two rivers", 8, None), ("three rivers", 24, "stop")]
+    # The last row is sampled (its token crosses the group in the step), the others greedy.
+    asks = [(long, 24, None), ("two rivers", 8, None), ("three rivers", 24, "stop"), ("4", 16, 5)]
 
-    def ask(sock: Path, prompt: str, n: int, stop: str | None) -> tuple[str, str]:
+    def ask(sock: Path, prompt: str, n: int, stop: Any) -> tuple[str, str]:
+        # An int in the stop place is a seed: that row is sampled.
+        how = {"seed": stop, "temperature": 0.9} if isinstance(stop, int) else {"stop": stop}
         reply = _openai(sock).chat.completions.create(
             model=model,
             messages=[{"role": "user", "content": prompt}],
             max_tokens=n,
-            temperature=0,
-            stop=stop,
+            **({"temperature": 0} | how),
         )
         return reply.choices[0].message.content or "", reply.choices[0].finish_reason
 
-    expected = [ask(reference, p, n, None) for p, n, _ in asks]
+    expected = [ask(reference, p, n, None) for p, n, _ in asks[:3]] + [ask(reference, *asks[3])]
     # A stop string from the middle of the third answer: rank 0 removes that row mid-batch.
     text = expected[2][0]
     stop = text[len(text) // 2 : len(text) // 2 + 2]
@@ -352,7 +354,7 @@ def _check_batching(launched: Launched, reference: Path) -> None:
     )
     for _, _chunk in zip(range(3), dropped, strict=False):
         pass
-    with concurrent.futures.ThreadPoolExecutor(3) as pool:
+    with concurrent.futures.ThreadPoolExecutor(len(asks)) as pool:
         futures = [pool.submit(ask, launched.sock, *a) for a in asks]
         dropped.close()
         assert [f.result() for f in futures] == expected

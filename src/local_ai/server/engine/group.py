@@ -3,9 +3,10 @@
 Rank 0 runs the engine's HTTP API; every other rank runs `--follow GROUP` and mirrors rank 0's
 scheduler in lock-step. Before each batched step rank 0 broadcasts, as JSON through
 `all_sum` (never pickle), what changed since the last one: rows inserted (prompt tokens and
-max_tokens) and rows removed (cancelled, stopped by a stop string). Tokens are sampled on rank 0
-only and reach the other ranks through one `all_sum` in the step itself, so sampling
-parameters, seeds and logits processors live on rank 0 alone. Idle, rank 0 sends an empty
+max_tokens, greedy or not) and rows removed (cancelled, stopped by a stop string). Sampled
+rows' tokens are drawn on rank 0 only and reach the other ranks through one `all_sum` in the
+step itself, so sampling parameters, seeds and logits processors live on rank 0 alone; greedy
+rows need no collective, as every rank holds the same logits. Idle, rank 0 sends an empty
 message every half second.
 
 A peer killed with -9 makes MLX's ring backend spin forever in a receive (measured with mlx
@@ -193,8 +194,10 @@ class Group:
     def step_guard(self) -> contextlib.AbstractContextManager[None]:
         return self._guard("a generation step across the group", STEP_TIMEOUT_S)
 
-    def send(self, message: dict[str, Any]) -> None:
-        """Rank 0: broadcast `message` (JSON) to every other rank."""
+    def send(self, message: dict[str, Any], *, wait: bool = True) -> None:
+        """Rank 0: broadcast `message` (JSON) to every other rank. Without `wait` only queued on
+        the generation stream, ahead of the step that follows it, so rank 0 keeps building the
+        next step while the previous one computes (as mlx-lm's generation loop does)."""
         import numpy as np
 
         data = json.dumps(message, separators=(",", ":")).encode()
@@ -204,9 +207,9 @@ class Group:
         head[4 : 4 + len(first)] = np.frombuffer(first, dtype=np.uint8)
         with self._guard("sending to the group", MESSAGE_TIMEOUT_S), _on_generation_stream():
             try:
-                self._all_sum_bytes(head)
+                self._all_sum_bytes(head, wait)
                 if len(data) > len(first):
-                    self._all_sum_bytes(np.frombuffer(data[len(first) :], dtype=np.uint8))
+                    self._all_sum_bytes(np.frombuffer(data[len(first) :], dtype=np.uint8), wait)
             except Exception as exc:
                 self.end(f"sending to the group failed: {type(exc).__name__}: {exc}")
 
@@ -224,19 +227,23 @@ class Group:
         message: dict[str, Any] = json.loads(data)
         return message
 
-    def _all_sum_bytes(self, data: Any) -> bytes:
-        """One all_sum of a uint8 buffer, evaluated before the next (MLX may run independent
-        collectives of one eval in any order)."""
+    def _all_sum_bytes(self, data: Any, wait: bool = True) -> bytes:
+        """One all_sum of a uint8 buffer, evaluated (or queued, without `wait`) before the next
+        (MLX may run independent collectives of one eval in any order)."""
         import mlx.core as mx
         import numpy as np
 
         total = mx.distributed.all_sum(mx.array(data), group=self.world)
+        if not wait:
+            mx.async_eval(total)  # type: ignore[no-untyped-call]
+            return b""
         mx.eval(total)
         return bytes(np.array(total, copy=False))
 
     def sampler(self, base: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
-        """A batch row's sampler: rank 0 samples with `base` (None: greedy), the others add
-        zeros, so every rank continues with rank 0's token."""
+        """A sampled row's sampler: rank 0 samples with `base` (None: greedy), the others add
+        zeros, so every rank continues with rank 0's token. (Greedy rows need none: every rank
+        has the same logits and picks the same token, one collective per step fewer.)"""
         import mlx.core as mx
 
         world = self.world
@@ -318,7 +325,7 @@ class Mirror:
 
         for op in message.get("ops", []):
             if op[0] == "insert":
-                _, uid, prompt, max_tokens = op
+                _, uid, prompt, max_tokens, greedy = op
                 if self.gen is None:
                     self.gen = new_batch_generator(
                         self.model,
@@ -331,7 +338,7 @@ class Mirror:
                     max_tokens=[max_tokens],
                     caches=[make_prompt_cache(self.model)],
                     all_tokens=[[]],
-                    samplers=[self.group.sampler(None)],
+                    samplers=None if greedy else [self.group.sampler(None)],
                 )
                 if mine != uid:
                     lost(f"out of step with rank 0 (row {mine} here, {uid} there)")

@@ -471,7 +471,8 @@ class Scheduler:
     def _tell_group(self, *, step: bool) -> None:
         assert self.group is not None
         ops, self._group_ops = self._group_ops, []
-        self.group.send({"ops": ops, "step": step})
+        # Before a step, the step's own evaluation waits for the message (and bounds it).
+        self.group.send({"ops": ops, "step": step}, wait=not step)
 
     def _drain_inbox(self, *, block: bool) -> None:
         timeout = HOUSEKEEPING_INTERVAL_S if block else None
@@ -560,7 +561,8 @@ class Scheduler:
                 loaded, self.prefill_chunk, self.max_batch
             )
         sampler = _job_sampler(job)
-        if self.group is not None:
+        greedy = sampler is None  # every rank holds the same logits: each picks the token
+        if self.group is not None and not greedy:
             sampler = self.group.sampler(sampler)
         (job.uid,) = batch.gen.insert(
             [job.prompt[job.cached_tokens :]],
@@ -572,7 +574,7 @@ class Scheduler:
         job.detokenizer = loaded.tokenizer.detokenizer
         batch.jobs[job.uid] = job
         if self.group is not None:
-            self._group_ops.append(["insert", job.uid, job.prompt, job.max_tokens])
+            self._group_ops.append(["insert", job.uid, job.prompt, job.max_tokens, greedy])
 
     def _step(self, batch: _ModelBatch) -> None:
         cancelled = [uid for uid, job in batch.jobs.items() if job.cancelled.is_set()]
