@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 import tempfile
 import threading
@@ -33,11 +32,17 @@ from typing import Any
 
 import httpx
 from tests.harness.tinymodels import QWEN3_25M
-from tests.server_helpers import Daemon, build_chat_model, free_port, wait_for, write_manifest
+from tests.server_helpers import Daemon, build_chat_model, free_port, write_manifest
 
 from benchmarks.report import header as report_header
 from benchmarks.report import write as write_report
-from benchmarks.server_concurrency import LONG_PROMPT, RawDecoder, paired_overhead, stream_chat
+from benchmarks.server_concurrency import (
+    LONG_PROMPT,
+    RawDecoder,
+    paired_overhead,
+    peer_process,
+    stream_chat,
+)
 
 CONCURRENCY = (1, 2, 4, 8)
 
@@ -89,38 +94,14 @@ def measure_local_ai(url: str, tokens: int) -> list[dict[str, Any]]:
 
 
 def measure_peer(model_dir: Path, tokens: int, workdir: Path) -> list[dict[str, Any]]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    with (workdir / "mlx_lm_server.log").open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlx_lm.server", "--model", str(model_dir), "--port", str(port)],
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "HF_HUB_OFFLINE": "1"},
-        )
-        try:
-
-            def up() -> bool:
-                try:
-                    return httpx.get(f"{url}/health", timeout=1, trust_env=False).is_success
-                except httpx.HTTPError:
-                    return False
-
-            if not wait_for(up, 120, 0.2):
-                raise RuntimeError("mlx_lm.server did not start; see mlx_lm_server.log")
-            stream_chat(url, "default_model", LONG_PROMPT.format(i="warm"), 8)
-            rows = []
-            for n in CONCURRENCY:
-                rows.append(concurrent_streams(url, "default_model", n, tokens, f"p{n}-"))
-                print(f"mlx_lm    {n} streams: {rows[-1]['tok_s']:6.1f} tok/s", file=sys.stderr)
-            return rows
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    argv = [sys.executable, "-m", "mlx_lm.server", "--model", str(model_dir), "--port", "{port}"]
+    with peer_process(argv, workdir, "mlx_lm_server", "/health", 120) as url:
+        stream_chat(url, "default_model", LONG_PROMPT.format(i="warm"), 8)
+        rows = []
+        for n in CONCURRENCY:
+            rows.append(concurrent_streams(url, "default_model", n, tokens, f"p{n}-"))
+            print(f"mlx_lm    {n} streams: {rows[-1]['tok_s']:6.1f} tok/s", file=sys.stderr)
+        return rows
 
 
 def main(argv: list[str] | None = None) -> int:

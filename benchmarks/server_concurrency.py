@@ -18,6 +18,7 @@ runs to max_tokens, greedy decoding) so per-token costs are visible on a CPU. Me
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -26,6 +27,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -356,38 +358,48 @@ uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning")
 """
 
 
+@contextlib.contextmanager
+def peer_process(
+    argv: list[str], workdir: Path, name: str, ready_path: str, within: float
+) -> Iterator[str]:
+    """A peer server on a free loopback port (its argv gets the port by `{port}`), logging to
+    workdir/<name>.log; yields its URL once `ready_path` answers 2xx, stops it afterwards."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (workdir / f"{name}.log").open("wb") as log:
+        proc = subprocess.Popen(
+            [arg.format(port=port) for arg in argv],
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        )
+        try:
+
+            def up() -> bool:
+                try:
+                    return httpx.get(url + ready_path, timeout=1, trust_env=False).is_success
+                except httpx.HTTPError:
+                    return False
+
+            if not wait_for(up, within, 0.2):
+                raise RuntimeError(f"{name} did not start; see {name}.log")
+            yield url
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
 def measure_omni(
     model_dir: Path, *, long_tokens: int, rounds: int, workdir: Path
 ) -> dict[str, Any]:
     """The baseline: Omni's own OpenAI router in a FastAPI app, served by uvicorn."""
-    port = free_port()
-    log = (workdir / "omni.log").open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-c", OMNI_APP, str(port)],
-        cwd=workdir,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        env={**os.environ, "HF_HUB_OFFLINE": "1"},
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-
-        def up() -> bool:
-            try:
-                return httpx.get(f"{url}/docs", timeout=1, trust_env=False).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        if not wait_for(up, 60, 0.2):
-            raise RuntimeError("Omni baseline did not start; see omni.log")
+    argv = [sys.executable, "-c", OMNI_APP, "{port}"]
+    with peer_process(argv, workdir, "omni", "/docs", 60) as url:
         return measure_server(url, str(model_dir), long_tokens=long_tokens, rounds=rounds).summary()
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
 
 
 def main(argv: list[str] | None = None) -> int:
