@@ -463,7 +463,10 @@ def test_anthropic_sdk_messages(daemon: Daemon) -> None:
     assert text and final.content[0].text == text  # type: ignore[union-attr]
     assert final.stop_reason == "max_tokens"
     beta = sdk.beta.messages.create(
-        model="tiny", max_tokens=3, messages=[{"role": "user", "content": "Hi"}]
+        model="tiny",
+        max_tokens=3,
+        messages=[{"role": "user", "content": "Hi"}],
+        extra_body={"temperature": 0},
     )
     assert beta.content
 

@@ -23,7 +23,12 @@ from tests.server_helpers import (
 
 
 def chat(client: httpx.Client, alias: str) -> httpx.Response:
-    body = {"model": alias, "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    body = {
+        "model": alias,
+        "messages": [{"role": "user", "content": "hi"}],
+        "max_tokens": 2,
+        "temperature": 0,
+    }
     return client.post("/v1/chat/completions", json=body)
 
 
