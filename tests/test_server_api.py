@@ -733,7 +733,9 @@ def test_admin_api_needs_the_instance_token(daemon: Daemon, client: httpx.Client
     assert paths["tiny"].endswith("tiny")
 
 
-def test_status_cli_reports_config_drift(daemon: Daemon) -> None:
+def test_status_cli_reports_config_drift(daemon: Daemon, client: httpx.Client) -> None:
+    # A finished request leaves its KV cache kept for the next turn: status prices it.
+    assert client.post("/v1/chat/completions", json=chat(max_tokens=3)).status_code == 200
     result = daemon.cli("server", "status", "--json")
     status = json.loads(result.stdout)
     assert status["running"] is True
@@ -743,6 +745,8 @@ def test_status_cli_reports_config_drift(daemon: Daemon) -> None:
     assert status["config_differs"] is False
     models = {m["alias"]: m for m in status["models"]}
     assert models["tiny"]["loaded"] is True and models["tiny"]["memory_bytes"] > 0
+    assert models["tiny"]["cached_prefix_bytes"] > 0
+    assert models["tiny"]["prefixes_evicted_for_memory"] == 0
     text = daemon.cli("server", "status").stdout
     assert "running at " + daemon.url in text and "tiny (default)" in text
     original = daemon.manifest.read_text()

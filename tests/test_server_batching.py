@@ -189,6 +189,49 @@ def test_a_request_that_does_not_fit_waits_or_is_refused(model_paths: tuple[Path
         engine.stop()
 
 
+def test_kept_prefix_caches_give_way_to_a_request_that_fits(model_paths: tuple[Path, Path]) -> None:
+    probe = Engine()
+    loaded = probe.model(model_paths[0])
+    per_token = probe.scheduler.kv_bytes(loaded, 1)
+    probe.stop()
+    room = 400 * per_token  # for KV caches, running or kept
+    engine = Engine(memory_budget=loaded.memory_bytes + room)
+    try:
+        loaded = engine.model(model_paths[0])
+        kept = loaded.prefix_cache
+
+        def story(i: int) -> list[int]:
+            return list(loaded.tokenizer.encode(f"Story {i}: " + "once upon a time " * 12))
+
+        first_answers = []
+        for i in range(3):  # three unrelated conversations, ~150 tokens of cache each
+            (events,) = engine.run(Job(model=loaded, prompt=story(i), kwargs=options(40)))
+            first_answers.append([e.token for e in events])
+            assert kept.nbytes <= room, (i, kept.nbytes, room)
+        assert len(kept.entries) == 2 and kept.evicted_for_memory == 1
+        # The oldest gave way; the newest conversation's next turn still reuses its cache.
+        assert [e.tokens[: len(story(i))] for e, i in zip(kept.entries, (1, 2), strict=True)] == [
+            story(1),
+            story(2),
+        ]
+        turn = story(2) + first_answers[2] + list(loaded.tokenizer.encode(" And then?"))
+        (events,) = engine.run(Job(model=loaded, prompt=turn, kwargs=options(20)))
+        assert events[-1].cached_tokens >= len(story(2)), events[-1]
+        assert kept.evicted_for_memory == 1  # it fitted next to the other kept cache
+        # A request that needs nearly all the room makes every kept cache give way, and runs.
+        big = story(9)
+        (events,) = engine.run(Job(model=loaded, prompt=big, kwargs=options(380 - len(big))))
+        assert len(events) == 380 - len(big) and events[-1].finish_reason == "length"
+        assert kept.evicted_for_memory == 3
+        assert [len(e.tokens) for e in kept.entries] == [380]
+        assert engine.scheduler.batch_status()["refused_for_memory"] == 0
+        (status,) = engine.registry.status()
+        assert status["cached_prefix_bytes"] == 380 * per_token
+        assert status["prefixes_evicted_for_memory"] == 3
+    finally:
+        engine.stop()
+
+
 async def post(app: Any, path: str, body: dict[str, Any]) -> tuple[int, dict[str, str], Any]:
     """One request straight to the engine's ASGI app; status, headers and the JSON body."""
     chunks = [json.dumps(body).encode()]

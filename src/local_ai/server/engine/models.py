@@ -156,6 +156,8 @@ class ModelRegistry:
                     "active_requests": m.active,
                     "idle_s": round(now - m.last_used, 1),
                     "cached_prefixes": len(m.prefix_cache.entries),
+                    "cached_prefix_bytes": m.prefix_cache.nbytes,
+                    "prefixes_evicted_for_memory": m.prefix_cache.evicted_for_memory,
                 }
                 for m in self._models.values()
             ]

@@ -8,8 +8,9 @@ streams by at most one chunk and a new request's first token waits for its own p
 All MLX work (loading, prefill, decode, KV-cache reuse, disk cache I/O) happens in this thread.
 
 Admission: at most `max_batch` generations run at once, and a request starts only when its KV
-cache (prompt + max_tokens) fits the memory budget next to the running ones; otherwise it waits,
-or is refused with `AdmissionRefused` when it would not fit even alone.
+cache (prompt + max_tokens) fits the memory budget next to the running ones and the prefix caches
+kept for reuse; kept caches give way first (least recently used), then the request waits, or is
+refused with `AdmissionRefused` when it would not fit even alone.
 """
 
 from __future__ import annotations
@@ -235,6 +236,16 @@ class _CacheEntry:
     tokens: list[int]
     cache: list[Any]
     last_used: float
+    nbytes: int = 0
+
+
+def cache_nbytes(cache: list[Any]) -> int:
+    """Bytes the arrays of a prompt cache hold (what keeping it costs in memory)."""
+    total = 0
+    for layer in cache:
+        with contextlib.suppress(NotImplementedError, AttributeError, TypeError):
+            total += int(layer.nbytes)
+    return total
 
 
 class PrefixCache:
@@ -247,6 +258,23 @@ class PrefixCache:
     def __init__(self, max_entries: int = PREFIX_CACHE_ENTRIES) -> None:
         self.entries: list[_CacheEntry] = []
         self.max_entries = max_entries
+        self.evicted_for_memory = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for e in self.entries)
+
+    def best(self, prompt: list[int]) -> tuple[_CacheEntry | None, int]:
+        """The entry `checkout` would take for `prompt`, and how many tokens it shares."""
+        best: _CacheEntry | None = None
+        best_len = 0
+        for entry in self.entries:
+            n = _common_prefix(entry.tokens, prompt)
+            if n > best_len:
+                best, best_len = entry, n
+        if best is not None and min(best_len, len(prompt) - 1) >= MIN_PREFIX_REUSE:
+            return best, best_len
+        return None, 0
 
     def checkout(self, model: Any, prompt: list[int]) -> tuple[list[Any], int]:
         from mlx_lm.models.cache import (
@@ -255,13 +283,8 @@ class PrefixCache:
             trim_prompt_cache,
         )
 
-        best: _CacheEntry | None = None
-        best_len = 0
-        for entry in self.entries:
-            n = _common_prefix(entry.tokens, prompt)
-            if n > best_len:
-                best, best_len = entry, n
-        if best is not None and min(best_len, len(prompt) - 1) >= MIN_PREFIX_REUSE:
+        best, best_len = self.best(prompt)
+        if best is not None:
             self.entries.remove(best)
             # At least one prompt token must go through the model to produce logits.
             reuse = min(best_len, len(prompt) - 1)
@@ -273,7 +296,7 @@ class PrefixCache:
         return make_prompt_cache(model), 0
 
     def checkin(self, tokens: list[int], cache: list[Any]) -> None:
-        self.entries.append(_CacheEntry(tokens, cache, time.monotonic()))
+        self.entries.append(_CacheEntry(tokens, cache, time.monotonic(), cache_nbytes(cache)))
         while len(self.entries) > self.max_entries:
             self.entries.remove(min(self.entries, key=lambda e: e.last_used))
 
@@ -511,9 +534,12 @@ class Scheduler:
                 return
             tokens = len(job.prompt) + job.max_tokens
             job.kv_bytes = self.kv_bytes(job.model, tokens)
-            weights = {id(j.model): j.model.memory_bytes for j in [*running, job]}
-            free = self.memory_budget - sum(weights.values()) - sum(j.kv_bytes for j in running)
-            if job.kv_bytes > free:
+            models = {id(j.model): j.model for j in [*running, job]}
+            weights = sum(m.memory_bytes for m in models.values())
+            free = self.memory_budget - weights - sum(j.kv_bytes for j in running)
+            if job.kv_bytes <= free:  # kept prefix caches give way to a request that fits
+                self._evict_kept(models.values(), job, free - job.kv_bytes)
+            if job.kv_bytes > free - self._kept_bytes(models.values(), job):
                 if running:
                     return  # waits for running generations to finish and free their caches
                 self._waiting.popleft()
@@ -528,6 +554,25 @@ class Scheduler:
                 log.exception("starting a generation failed")
                 self.completed += 1
                 job.out.put(exc)
+
+    @staticmethod
+    def _kept(models: Any, job: Job) -> list[tuple[PrefixCache, _CacheEntry]]:
+        """Prefix caches kept by `models`, least recently used first, without the one `job`
+        will check out (its memory is then part of the job's own KV cache)."""
+        own = job.model.prefix_cache.best(job.prompt)[0] if job.use_prefix_cache else None
+        kept = [(m.prefix_cache, e) for m in models for e in m.prefix_cache.entries]
+        return sorted(((c, e) for c, e in kept if e is not own), key=lambda ce: ce[1].last_used)
+
+    def _kept_bytes(self, models: Any, job: Job) -> int:
+        return sum(e.nbytes for _, e in self._kept(models, job))
+
+    def _evict_kept(self, models: Any, job: Job, room: int) -> None:
+        """Drop kept prefix caches, oldest first, until they take at most `room` bytes."""
+        kept = self._kept(models, job)
+        while kept and sum(e.nbytes for _, e in kept) > room:
+            owner, entry = kept.pop(0)
+            owner.entries.remove(entry)
+            owner.evicted_for_memory += 1
 
     def _start(self, job: Job) -> None:
         from mlx_lm.models.cache import make_prompt_cache, trim_prompt_cache

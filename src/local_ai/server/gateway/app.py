@@ -715,6 +715,9 @@ class Gateway:
                 "loaded": bool(seen.get("loaded")),
                 "loading": bool(seen.get("loading")),
                 "memory_bytes": seen.get("memory_bytes"),
+                # Prefix caches kept for reuse, and how many gave way to admit a request.
+                "cached_prefix_bytes": seen.get("cached_prefix_bytes"),
+                "prefixes_evicted_for_memory": seen.get("prefixes_evicted_for_memory"),
                 "context": entry.context,
                 "max_output_tokens": entry.max_output_tokens,
                 "quantization": entry.quantization,
