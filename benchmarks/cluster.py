@@ -222,7 +222,7 @@ class Group:
         else:
             # A command, not a file: mlx.launch runs an existing file path as a Python script.
             script = f"cd {shlex.quote(str(ROOT))} && exec {shlex.join(cmd)}"
-            argv = [launcher(), "-n", str(ranks), "--backend", "ring"]
+            argv = [*launcher(), "-n", str(ranks), "--backend", "ring"]
             argv += ["--starting-port", str(free_port_pair()), "--", "sh", "-c", script]
         self.proc = subprocess.Popen(
             argv,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from local_ai.cluster.launch import hostfile, parse_smoke, smoke_command
+from local_ai.cluster.launch import hostfile, launcher, parse_smoke, smoke_command
 from local_ai.cluster.thunderbolt import (
     READINESS_MARK,
     READINESS_SCRIPT,
@@ -77,6 +77,9 @@ def test_hostfile_is_what_mlx_launch_reads(backend: str, tmp_path: Path) -> None
 
 def test_smoke_command_picks_each_hosts_python(tmp_path: Path) -> None:
     argv = smoke_command(cluster(), tmp_path / "h.json", 40000)
+    start = len(launcher())
+    assert argv[:start] == launcher()
+    argv = argv[start - 1 :]  # as if the launcher were one word
     assert argv[1:8] == [
         "--hostfile",
         str(tmp_path / "h.json"),

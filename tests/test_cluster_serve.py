@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import pytest
 
-from local_ai.cluster.launch import free_ports, group_command
+from local_ai.cluster.launch import free_ports, group_command, launcher
 from local_ai.cluster.observe import HostReport
 from local_ai.manifest.load import load_manifest
 from local_ai.reconcile.serving import group_of
@@ -45,6 +45,9 @@ def test_the_group_command_starts_rank_0_with_its_config_and_the_others_followin
     # Each rank's "python" prints the arguments it would get, one per line.
     show = "printf '%s\\n'"
     argv = group_command(tmp_path / "h.json", 40000, [show, show], tmp_path / "e e.json", group)
+    start = len(launcher())
+    assert argv[:start] == launcher()
+    argv = argv[start - 1 :]  # as if the launcher were one word
     assert argv[1:6] == ["--hostfile", str(tmp_path / "h.json"), "--starting-port", "40000", "--"]
     assert argv[6:8] == ["sh", "-c"]
     script = argv[8]
@@ -274,6 +277,38 @@ def _same_answers(cluster: Cluster) -> None:
     assert [(b.name, b.input) for b in blocks] == [(TOOL_NAME, {"city": "Paris"})]
 
 
+# An idle group's processes, measured in CPU time over a fixed window: a rank or launcher that
+# polls takes what it gets (a core; 0.16 each at load 15 on these 2 cores), a sleeping one
+# 0.003-0.018 (rank 0's heartbeat) at load 12.
+IDLE_WINDOW_S = 6.0
+IDLE_CPU_BOUND = 0.05  # core-seconds per second of the window
+
+
+def _idle_costs_little(cluster: Cluster) -> None:
+    import time
+
+    import psutil
+
+    procs: dict[str, list[psutil.Process]] = {}
+    for alias in ("tiny", "tools"):
+        group = _ready(cluster, alias)
+        ranks = {r["pid"]: r for r in group["ranks"]}
+        for pid, rank in ranks.items():
+            procs[f"{alias} rank {rank['rank']}"] = [psutil.Process(pid)]
+        launcher = psutil.Process(group["pid"])  # with mlx.launch, its shells and ssh
+        tree = [launcher, *launcher.children(recursive=True)]
+        procs[f"{alias} launcher"] = [p for p in tree if p.pid not in ranks]
+
+    def cpu() -> dict[str, float]:
+        return {name: sum(sum(p.cpu_times()[:2]) for p in ps) for name, ps in procs.items()}
+
+    before, started = cpu(), time.monotonic()
+    time.sleep(IDLE_WINDOW_S)  # the window measured; nothing is awaited
+    after, took = cpu(), time.monotonic() - started
+    used = {name: round((after[name] - before[name]) / took, 3) for name in procs}
+    assert all(share < IDLE_CPU_BOUND for share in used.values()), used
+
+
 def _killed_rank_recovers(cluster: Cluster) -> None:
     import openai
 
@@ -315,6 +350,7 @@ def _second_apply_changes_nothing(cluster: Cluster) -> None:
 def test_a_sharded_alias_is_applied_served_recovered_and_stopped(cluster: Cluster) -> None:
     """The steps share one daemon in order: its four ranks cost most of this test's time."""
     _started(cluster)
+    _idle_costs_little(cluster)
     _same_answers(cluster)
     _killed_rank_recovers(cluster)
     _second_apply_changes_nothing(cluster)

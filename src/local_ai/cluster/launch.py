@@ -22,6 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from local_ai import settings
 from local_ai.cluster.observe import host_python, rank_order, shell_path, ssh_to
@@ -61,10 +62,34 @@ def hostfile(cluster: ClusterSettings, names: list[str] | None = None) -> dict[s
     return {"backend": cluster.backend, "envs": [], "hosts": hosts}
 
 
-def launcher() -> str:
-    """The `mlx.launch` of this environment (next to this Python), else the one on PATH."""
+def launcher() -> list[str]:
+    """The argv start that runs `mlx.launch`: this environment's (next to this Python) through
+    `quiet_mlx_launch`, else the one on PATH."""
     beside = Path(sys.executable).parent / "mlx.launch"
-    return str(beside) if beside.exists() else "mlx.launch"
+    if beside.exists():
+        return [sys.executable, "-m", "local_ai.cluster.launch", "mlx"]
+    return ["mlx.launch"]
+
+
+def quiet_mlx_launch(args: list[str]) -> int:
+    """mlx.launch with `args`, without its idle spin (mlx 0.31): each rank's output loop also
+    selects the rank's stdin pipe for writing, always ready, and its main loop selects our
+    stdin, always ready on /dev/null: both loops then never sleep (a core while ranks idle).
+    Nothing is ever forwarded to the ranks' stdin, so here both selects wait for output only."""
+    import select
+
+    from mlx._distributed_utils import launch as mlx_launch
+
+    def select_reads(reads: Any, writes: Any, errors: Any, timeout: float | None = None) -> Any:
+        readable, _, failed = select.select(reads, [], errors, timeout)
+        return readable, [], failed
+
+    mlx_launch.select = select_reads  # type: ignore[attr-defined]
+    never, _held = os.pipe()  # a stdin that never has data nor ends while this process runs
+    os.dup2(never, 0)
+    sys.argv = ["mlx.launch", *args]
+    mlx_launch.main()  # type: ignore[no-untyped-call]
+    return 0  # as mlx.launch: 0 even when a rank failed (its "Node with rank" note says so)
 
 
 def smoke_command(cluster: ClusterSettings, hostfile_path: Path, port: int) -> list[str]:
@@ -80,7 +105,7 @@ def smoke_command(cluster: ClusterSettings, hostfile_path: Path, port: int) -> l
 def launch_argv(hostfile_path: Path, port: int, script: str) -> list[str]:
     """mlx.launch running the sh `script` on every host (it picks its part by $MLX_RANK)."""
     return [
-        launcher(),
+        *launcher(),
         "--hostfile",
         str(hostfile_path),
         "--starting-port",
@@ -289,7 +314,12 @@ def run_watched(argv: list[str], parent: int) -> int:
 def main(argv: list[str]) -> int:
     if len(argv) == 2 and argv[0] == "group":
         return exec_group(Path(argv[1]))
-    print("usage: python -m local_ai.cluster.launch group LAUNCH_FILE", file=sys.stderr)
+    if argv[:1] == ["mlx"]:
+        return quiet_mlx_launch(argv[1:])
+    print(
+        "usage: python -m local_ai.cluster.launch group LAUNCH_FILE | mlx MLX_LAUNCH_ARGS…",
+        file=sys.stderr,
+    )
     return 2
 
 

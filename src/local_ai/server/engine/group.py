@@ -9,6 +9,10 @@ step itself, so sampling parameters, seeds and logits processors live on rank 0 
 rows need no collective, as every rank holds the same logits. Idle, rank 0 sends an empty
 message every half second.
 
+MLX's ring backend waits for a receive by polling a non-blocking socket, a full core per
+follower for as long as it waits. So a follower enters a collective only once a socket of its
+ring has data (`select` on MLX's own connections): idle, it sleeps in the kernel instead.
+
 A peer killed with -9 makes MLX's ring backend spin forever in a receive (measured with mlx
 0.31.2 on Linux), so a watchdog bounds every collective: past its bound the rank logs
 `local-ai-rank-lost: …` on stderr and exits with status 3.
@@ -20,6 +24,9 @@ import contextlib
 import json
 import logging
 import os
+import select
+import socket
+import stat
 import sys
 import threading
 import time
@@ -144,6 +151,8 @@ class Group:
         self.pids: list[int] = []
         self.world: Any = None
         self.watchdog: Watchdog | None = None
+        # A follower's ring connections: readable once a peer entered the next collective.
+        self.wake_fds: list[int] = []
 
     # --- joining (the thread that will run MLX) ------------------------------------------------
 
@@ -158,6 +167,10 @@ class Group:
                 f"{len(self.spec.hosts)} hosts ({', '.join(self.spec.hosts)})"
             )
         self.watchdog = Watchdog()
+        if self.rank > 0:
+            self.wake_fds = ring_connections(os.environ.get("MLX_HOSTFILE"))
+            if not self.wake_fds:
+                log.warning("no ring connections found: idle, this rank polls at full speed")
 
     def load(self, path: str) -> tuple[Any, Any]:
         """This rank's share of the model at `path` (mlx-lm's sharded loading) and its tokenizer."""
@@ -218,6 +231,8 @@ class Group:
         import numpy as np
 
         with self._guard("waiting for rank 0", MESSAGE_TIMEOUT_S), _on_generation_stream():
+            if self.wake_fds:  # the watchdog bounds this wait as it bounds the collective
+                select.select(self.wake_fds, [], [], 2 * MESSAGE_TIMEOUT_S)
             head = self._all_sum_bytes(np.zeros(MESSAGE_HEAD, dtype=np.uint8))
             size = int.from_bytes(head[:4], "little")
             data = head[4 : 4 + min(size, MESSAGE_HEAD - 4)]
@@ -292,6 +307,40 @@ def _on_generation_stream() -> contextlib.AbstractContextManager[Any]:
 
     cm: contextlib.AbstractContextManager[Any] = mx.stream(generation_stream)
     return cm
+
+
+def ring_connections(hostfile: str | None) -> list[int]:
+    """This process's TCP connections to or from the addresses of the ring backend's hostfile
+    (MLX_HOSTFILE, as mlx.launch writes it: a JSON list per rank of "ip:port"); [] for any
+    other backend or a file not in that shape."""
+    try:
+        ranks = json.loads(Path(hostfile).read_text(encoding="utf-8")) if hostfile else []
+        ends = {_endpoint(a) for rank in ranks for a in rank}
+    except (OSError, ValueError, TypeError, AttributeError):
+        return []
+    found = []
+    for entry in Path("/dev/fd").iterdir():
+        fd = int(entry.name)
+        try:
+            if not stat.S_ISSOCK(os.fstat(fd).st_mode):
+                continue
+            with socket.socket(fileno=os.dup(fd)) as sock:  # a copy: closing it leaves MLX's
+                if sock.type != socket.SOCK_STREAM:
+                    continue
+                mine, peer = sock.getsockname()[:2], sock.getpeername()[:2]
+        except OSError:  # gone meanwhile, not a connection (a listener), not IP
+            continue
+        if _endpoint(mine) in ends or _endpoint(peer) in ends:
+            found.append(fd)
+    return found
+
+
+def _endpoint(address: Any) -> tuple[str, int]:
+    """("ip", port) from "ip:port", "[v6]:port" or a socket address."""
+    if isinstance(address, str):
+        host, _, port = address.rpartition(":")
+        return host.strip("[]"), int(port)
+    return str(address[0]), int(address[1])
 
 
 def check_divisible(path: str, parallel: str, ranks: int) -> None:
