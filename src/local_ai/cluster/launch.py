@@ -78,17 +78,25 @@ def quiet_mlx_launch(args: list[str]) -> int:
     Nothing is ever forwarded to the ranks' stdin, so here both selects wait for output only."""
     import select
 
-    from mlx._distributed_utils import launch as mlx_launch
+    mlx_launch: Any = None
+    with contextlib.suppress(ImportError):
+        from mlx._distributed_utils import launch as mlx_launch
+    if not callable(getattr(mlx_launch, "select", None)) or not callable(
+        getattr(mlx_launch, "main", None)
+    ):
+        # Another mlx layout: its own mlx.launch, spin or not, rather than no group at all.
+        beside = Path(sys.executable).parent / "mlx.launch"
+        os.execv(str(beside), [str(beside), *args])  # noqa: S606 (argv, no shell)
 
     def select_reads(reads: Any, writes: Any, errors: Any, timeout: float | None = None) -> Any:
         readable, _, failed = select.select(reads, [], errors, timeout)
         return readable, [], failed
 
-    mlx_launch.select = select_reads  # type: ignore[attr-defined]
+    mlx_launch.select = select_reads
     never, _held = os.pipe()  # a stdin that never has data nor ends while this process runs
     os.dup2(never, 0)
     sys.argv = ["mlx.launch", *args]
-    mlx_launch.main()  # type: ignore[no-untyped-call]
+    mlx_launch.main()
     return 0  # as mlx.launch: 0 even when a rank failed (its "Node with rank" note says so)
 
 
