@@ -33,6 +33,7 @@ RANK_MARK = "local-ai-rank"  # the one stdout line each rank prints once loaded 
 WATCH_S = 2.0  # how often each rank's pid is checked while the group serves
 SSH_CHECK_TIMEOUT_S = 15.0
 SSH_FAILED = 255  # ssh's own exit code: the host, not the pid, did not answer
+OUTPUT_DRAIN_S = 2.0  # for the launcher's output once its session is killed
 # mlx.launch's note when a rank's process ends (mlx/_distributed_utils/launch.py).
 _NODE_ENDED = re.compile(r"Node with rank (\d+) ((?:exited with code -?\d+)|(?:was killed))")
 
@@ -261,6 +262,10 @@ class GroupSupervisor(EngineSupervisor):
         assert self._proc is not None
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self._proc.pid, signal.SIGKILL)  # what the launcher left of its session
+        # mlx.launch's last notes (which rank ended) may still be in the pipes: read them first.
+        readers = [t for t in self._tasks if t.get_name().endswith("-output")]
+        if readers:
+            await asyncio.wait(readers, timeout=OUTPUT_DRAIN_S)
         if self.lost is None and not self._stopping:
             await self._check_ranks()  # the survivors may still be winding down
         elif self._ssh_exit is not None and not self._stopping:
