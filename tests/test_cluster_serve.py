@@ -22,11 +22,18 @@ import pytest
 from local_ai.cluster.launch import free_ports, group_command, launcher
 from local_ai.cluster.observe import HostReport
 from local_ai.manifest.load import load_manifest
-from local_ai.reconcile.serving import group_of
+from local_ai.reconcile.serving import alias_map_of, group_of
 from local_ai.server.gateway.group import parse_rank_line
-from local_ai.store.state import InstalledModel
+from local_ai.store.state import InstalledModel, State
 from tests.harness import tinymodels as tm
-from tests.harness.sshd import HOST_B, install_ssh, path_with, sharded_tiny, two_hosts
+from tests.harness.sshd import (
+    HOST_B,
+    install_ssh,
+    path_with,
+    set_reachable,
+    sharded_tiny,
+    two_hosts,
+)
 from tests.server_helpers import (
     TOOL_FUNCTION,
     TOOL_NAME,
@@ -115,6 +122,14 @@ def test_a_sharded_alias_is_served_by_a_group_once_every_host_has_its_entry(
     copied = group_of("tiny", spec, cluster, model, "abc", lacking, copied={"b"})
     assert copied == group
 
+    # A group kept while b is down is what the manifest asks only if placed as it declares.
+    state = State(models={"tiny": model})
+    served = alias_map_of(loaded, state, {"tiny": None}, groups={"tiny": group})
+    assert served.models["tiny"].group == group and served.hash is not None
+    edited = group.model_copy(update={"parallel": "tensor"})
+    stale = alias_map_of(loaded, state, {"tiny": None}, groups={"tiny": edited})
+    assert stale.models["tiny"].group == edited and stale.hash is None
+
 
 # --- end to end: apply serves a 2-rank group behind the gateway ----------------------------------
 
@@ -125,6 +140,7 @@ PROMPT = [{"role": "user", "content": "Say something"}]
 class Cluster:
     daemon: Daemon
     first_apply: subprocess.CompletedProcess[str]
+    ssh_dir: Path  # the `ssh` wrapper local-ai, mlx.launch and the gateway run (set_reachable)
 
     def status(self) -> dict[str, Any]:
         response = httpx.get(
@@ -186,7 +202,7 @@ path = "{tools}"
     daemon = Daemon(root / "home", manifest, port, extra_env={"PATH": path_with(bin_dir)})
     try:
         applied = daemon.cli("apply", "--yes", timeout=600)
-        yield Cluster(daemon, applied)
+        yield Cluster(daemon, applied, bin_dir)
     finally:
         daemon.cli("server", "stop", "--timeout", "10")
         daemon.kill()
@@ -346,6 +362,29 @@ def _second_apply_changes_nothing(cluster: Cluster) -> None:
     )  # fmt: skip
 
 
+def _down_with_host_b(cluster: Cluster, alias: str, when: str) -> None:
+    """`alias` is still served (listed, its group in /api/status) in an error naming host b,
+    and a request for it gets a 503 saying so."""
+    import openai
+
+    sdk = openai.OpenAI(base_url=f"{cluster.daemon.url}/v1", api_key="x", max_retries=0)
+    assert alias in [m.id for m in sdk.models.list()], when
+    seen: dict[str, Any] = {}
+
+    def named() -> bool:
+        nonlocal seen
+        with contextlib.suppress(httpx.HTTPError, StopIteration):
+            seen = cluster.group(alias)
+        return seen.get("state") in ("restarting", "error") and down in str(seen["reason"])
+
+    down = "rank 1 on host b: unreachable, ssh failed (ssh: connect to host"  # b is down from start
+    assert wait_for(named, 120, interval=0.5), (when, seen)
+    with pytest.raises(openai.APIStatusError) as refused:
+        sdk.chat.completions.create(model=alias, messages=PROMPT, max_tokens=4, timeout=120)
+    assert refused.value.status_code == 503, when
+    assert down in str(refused.value), (when, refused.value)
+
+
 @pytest.mark.timeout(900)  # two 2-rank groups started twice, an engine, on a loaded machine
 def test_a_sharded_alias_is_applied_served_recovered_and_stopped(cluster: Cluster) -> None:
     """The steps share one daemon in order: its four ranks cost most of this test's time."""
@@ -369,6 +408,94 @@ def test_a_sharded_alias_is_applied_served_recovered_and_stopped(cluster: Cluste
         return True
 
     assert wait_for(gone, 30, interval=0.2), ranks
+
+
+@pytest.mark.timeout(900)  # server starts, an apply, and two groups started once b is back
+def test_a_host_down_after_apply_leaves_the_served_aliases_as_applied(cluster: Cluster) -> None:
+    """Host b goes down after apply: however the server is started again, and an apply that
+    changes another model, it serves the map apply recorded, the sharded aliases in an error
+    naming b; once b is back they answer again and apply changes only what it must."""
+    import openai
+
+    daemon = cluster.daemon
+    sdk = openai.OpenAI(base_url=f"{daemon.url}/v1", api_key="x", max_retries=0)
+    ask: Any = {"model": "solo", "messages": PROMPT, "max_tokens": 8, "temperature": 0}
+    daemon.cli("server", "stop", "--timeout", "30")  # the test before ends with a stop
+    set_reachable(cluster.ssh_dir, False)
+    login: subprocess.Popen[bytes] | None = None
+    try:
+        started = daemon.cli("server", "start", timeout=300)
+        assert started.returncode == 0, started.stdout + started.stderr
+        _down_with_host_b(cluster, "tiny", "after server stop + start")
+        want = sdk.chat.completions.create(**ask).choices[0].message.content  # solo serves
+        assert want
+
+        restarted = daemon.cli("server", "restart", timeout=300)
+        assert restarted.returncode == 0, restarted.stdout + restarted.stderr
+        _down_with_host_b(cluster, "tiny", "after server restart")
+
+        # An apply that changes another model plans that change only and keeps the groups.
+        text = daemon.manifest.read_text()
+        solo = "[models.solo]\n"
+        daemon.manifest.write_text(text.replace(solo, f"{solo}context = 4096\n"))
+        applied = daemon.cli("apply", "--yes", timeout=300)
+        assert applied.returncode == 0, applied.stdout + applied.stderr
+        for alias in ("tiny", "tools"):
+            assert f"! model.{alias}" in applied.stdout, applied.stdout
+        assert "not planned: b is unreachable" in applied.stdout, applied.stdout
+        assert _contexts(cluster)["solo"] == 4096
+        for alias in ("tiny", "tools"):
+            _down_with_host_b(cluster, alias, "after an apply while b is down")
+
+        back = daemon.cli("rollback", timeout=120)
+        assert back.returncode == 0, back.stdout + back.stderr
+        assert _contexts(cluster)["solo"] != 4096
+        _down_with_host_b(cluster, "tiny", "after rollback")
+
+        stopped = daemon.cli("server", "stop", "--timeout", "30")
+        assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+        login = _start_as_launchd_does(daemon)
+        _down_with_host_b(cluster, "tiny", "started as launchd starts it")
+    finally:
+        set_reachable(cluster.ssh_dir, True)
+    _ready(cluster, "tiny")
+    assert (
+        sdk.chat.completions.create(**{**ask, "model": "tiny"}).choices[0].message.content == want
+    )
+    # Back to the manifest (the rollback undid the context change): a reload, groups untouched.
+    group = _ready(cluster, "tools")
+    again = daemon.cli("apply", "--yes", timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "reload-aliases" in again.stdout and "copy-to-host" not in again.stdout, again.stdout
+    assert cluster.group("tools")["pid"] == group["pid"]
+    assert _contexts(cluster)["solo"] == 4096
+    stopped = daemon.cli("server", "stop", "--timeout", "30")
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert login is not None and login.wait(timeout=60) == 0
+
+
+def _contexts(cluster: Cluster) -> dict[str, int]:
+    return {m["alias"]: m["context"] for m in cluster.status()["models"]}
+
+
+def _start_as_launchd_does(daemon: Daemon) -> subprocess.Popen[bytes]:
+    """`server start --foreground`, the LaunchAgent's command, once /health says ready."""
+    log_path = daemon.home / "login.log"
+    with log_path.open("ab") as log:
+        login = subprocess.Popen(
+            [sys.executable, "-m", "local_ai", "server", "start", "--foreground"],
+            env={**os.environ, **daemon.env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def healthy() -> bool:
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            return bool(httpx.get(f"{daemon.url}/health").json()["status"] == "ready")
+        return login.poll() is not None
+
+    assert wait_for(healthy, 180, interval=0.5) and login.poll() is None, log_path.read_text()
+    return login
 
 
 def test_the_group_learns_rank_pids_and_names_the_first_rank_mlx_launch_saw_end(
@@ -429,6 +556,19 @@ def test_a_rank_on_another_host_is_checked_with_ssh_kill_0(
         assert asyncio.run(supervisor._check_ranks())
         assert supervisor.lost == f"rank 1 on host b (pid {rank.pid}): its process is gone"
         assert [r["state"] for r in supervisor.ranks] == ["starting", "dead", "starting"]
+
+        # mlx.launch's ssh exits 255, quietly, for a host that is down: ssh tells which.
+        def ended_255(r: int) -> str | None:
+            supervisor.ranks, supervisor.lost = supervisor._fresh_ranks(), None
+            supervisor._note(f"[WARN] Node with rank {r} exited with code 255\n")
+            asyncio.run(supervisor._unreachable(r))
+            return supervisor.lost
+
+        assert ended_255(1) == "rank 1 on host b: exited with code 255"  # b answers ssh
+        assert str(ended_255(2)).startswith(
+            "rank 2 on host c: unreachable, ssh failed (ssh: connect to host 127.0.0.1 port"
+        )
+        assert supervisor.ranks[2]["state"] == "unreachable"
     finally:
         rank.kill()
 

@@ -9,6 +9,9 @@ mlx.launch reach the hosts with the ssh from PATH:
 - `b`, `c` and any `*.local` name (as `user@name` too, with this machine's user) reach the sshd;
 - `*.unreachable` names go to a closed port on 127.0.0.1: a real "Connection refused", exit 255.
 
+`set_reachable(directory, False)` rewrites that wrapper so every host is down the same way
+(a host that goes away after apply), and `True` brings them back.
+
 Calls share one connection (ControlMaster), as many people set up: 0.05 s a call instead of 0.3
 on 2 busy cores, each a real session on the sshd.
 
@@ -104,16 +107,26 @@ def server() -> Sshd:
 def install_ssh(directory: Path) -> Path:
     """Write the `ssh` wrapper into `directory` (put it first on PATH: `path_with`); returns the
     file it appends each invocation's arguments to, as local-ai or mlx.launch gave them."""
+    return set_reachable(directory, True)
+
+
+def set_reachable(directory: Path, reachable: bool) -> Path:
+    """(Re)write the `ssh` wrapper in `directory`; with `reachable` False every host it reaches
+    is down: a new connection (none shared) to the closed port, refused as by a Mac turned off."""
     sshd = server()
     directory.mkdir(parents=True, exist_ok=True)
     log = directory / "ssh.log"
-    wrapper = directory / "ssh"
-    wrapper.write_text(
+    down = "" if reachable else f" -o ControlPath=none -p {sshd.refused_port}"
+    written = (
+        directory / "ssh.new"
+    )  # renamed into place: an ssh started meanwhile reads a whole one
+    written.write_text(
         "#!/bin/sh\n"
         f"printf '%s\\n' \"$*\" >> '{log}'\n"
-        f"exec '{_client()}' -F '{sshd.config}' \"$@\"\n"
+        f"exec '{_client()}' -F '{sshd.config}'{down} \"$@\"\n"
     )
-    wrapper.chmod(wrapper.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    written.chmod(written.stat().st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+    written.replace(directory / "ssh")
     return log
 
 

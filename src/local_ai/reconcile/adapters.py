@@ -25,6 +25,7 @@ from local_ai.hub.fetch import fetch
 from local_ai.manifest.api_key import resolve_api_key
 from local_ai.manifest.models import ModelSpec
 from local_ai.manifest.serving import engine_settings
+from local_ai.reconcile.cluster import unusable
 from local_ai.reconcile.generations import Generations
 from local_ai.reconcile.model import (
     Action,
@@ -296,8 +297,9 @@ class Adapters:
         )
 
     def groups(self, in_service: AliasMap | None = None) -> dict[str, GroupEntry]:
-        """The sharded aliases whose store entry is on every host, with their groups. One
-        whose hosts this apply did not observe (`--target` another model) keeps its group."""
+        """The sharded aliases whose store entry is on every host, with their groups. One the
+        plan could not plan (a host down, or not observed: `--target` another model) keeps the
+        group it is served by: a host that is down is that group's error, not a smaller map."""
         cluster, observed, out = self.manifest.cluster, self.snap.observed, {}
         for alias, spec in self.manifest.models.items():
             model = self.state.models.get(alias)
@@ -305,7 +307,7 @@ class Adapters:
             if cluster is None or not spec.hosts or model is None:
                 continue
             kept = in_service.models.get(alias) if in_service is not None else None
-            if not all(name in observed.hosts for name in spec.hosts[1:]):
+            if unusable(spec, observed.hosts):  # the planner's test for "not planned"
                 if kept is not None and kept.group is not None and kept.path == model.location:
                     out[alias] = kept.group
                 continue

@@ -5,7 +5,7 @@ recorded generation back in service (docs/architecture.md)."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Set
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from local_ai import settings
 from local_ai.cluster.copy import entry_name
@@ -65,8 +65,14 @@ def alias_map_of(
             digest=model.store_digest,
             group=groups.get(alias),
         )
-    # Only a map serving every alias as built is the one the manifest asks for.
-    complete = commits is not None and set(entries) == set(manifest.models) and not held_back
+    # Only a map serving every alias as built (and every group placed as declared: one kept
+    # while a host is down may predate an edit) is the one the manifest asks for.
+    complete = (
+        commits is not None
+        and set(entries) == set(manifest.models)
+        and not held_back
+        and all(_placed_as_declared(manifest, a, e.group) for a, e in entries.items())
+    )
     hash_ = alias_map_hash(manifest, commits or {}) if complete else None
     return _assemble(manifest, entries, hash_)
 
@@ -82,24 +88,35 @@ def group_of(
 ) -> GroupEntry | None:
     """The group serving sharded `alias` (installed here as `model`, store entry `digest` on
     the other hosts), or None while a host lacks it (neither observed there nor `copied` now)."""
-    names = list(spec.hosts or [])
     paths = [model.location]
-    for name in names[1:]:
+    for name in (spec.hosts or [])[1:]:
         report = hosts.get(name)
         held = report is not None and (digest in report.digests or name in copied)
         if report is None or report.store is None or not held:
             return None
         paths.append(f"{report.store.rstrip('/')}/{digest}-{entry_name(model)}")
-    return GroupEntry(
-        parallel=str(spec.parallel),
-        backend=cluster.backend,
-        hosts=names,
-        model_paths=paths,
-        pythons=rank_pythons(cluster, names),
-        addresses=[cluster.hosts[n].address or "" for n in names],
-        ssh=rank_ssh(cluster, names),
-        hostfile=str(hostfile_path(alias)),
-    )
+    return GroupEntry(model_paths=paths, **_placement(alias, spec, cluster))
+
+
+def _placement(alias: str, spec: ModelSpec, cluster: ClusterSettings) -> dict[str, Any]:
+    """What the manifest decides of `alias`'s group: all but where each host keeps the entry."""
+    names = list(spec.hosts or [])
+    return {
+        "parallel": str(spec.parallel),
+        "backend": cluster.backend,
+        "hosts": names,
+        "pythons": rank_pythons(cluster, names),
+        "addresses": [cluster.hosts[n].address or "" for n in names],
+        "ssh": rank_ssh(cluster, names),
+        "hostfile": str(hostfile_path(alias)),
+    }
+
+
+def _placed_as_declared(manifest: Manifest, alias: str, group: GroupEntry | None) -> bool:
+    if group is None or manifest.cluster is None:
+        return group is None
+    declared = _placement(alias, manifest.models[alias], manifest.cluster)
+    return group.model_dump(exclude={"model_paths"}) == declared
 
 
 def write_hostfiles(manifest: Manifest, alias_map: AliasMap) -> None:

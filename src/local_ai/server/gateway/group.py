@@ -33,6 +33,7 @@ RANK_MARK = "local-ai-rank"  # the one stdout line each rank prints once loaded 
 WATCH_S = 2.0  # how often each rank's pid is checked while the group serves
 SSH_CHECK_TIMEOUT_S = 15.0
 SSH_FAILED = 255  # ssh's own exit code: the host, not the pid, did not answer
+OUTPUT_DRAIN_S = 2.0  # for the launcher's output once its session is killed
 # mlx.launch's note when a rank's process ends (mlx/_distributed_utils/launch.py).
 _NODE_ENDED = re.compile(r"Node with rank (\d+) ((?:exited with code -?\d+)|(?:was killed))")
 
@@ -79,6 +80,7 @@ class GroupSupervisor(EngineSupervisor):
         )
         self.ranks: list[dict[str, Any]] = self._fresh_ranks()
         self.lost: str | None = None  # the dead rank, named by host, for the reason
+        self._ssh_exit: int | None = None  # a remote rank mlx.launch saw exit with ssh's code
         self._tasks: list[asyncio.Task[None]] = []
 
     def _fresh_ranks(self) -> list[dict[str, Any]]:
@@ -117,7 +119,7 @@ class GroupSupervisor(EngineSupervisor):
     async def _spawn(self) -> asyncio.subprocess.Process:
         for task in self._tasks:
             task.cancel()
-        self.ranks, self.lost = self._fresh_ranks(), None
+        self.ranks, self.lost, self._ssh_exit = self._fresh_ranks(), None, None
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -169,6 +171,8 @@ class GroupSupervisor(EngineSupervisor):
             rank_state.update(state="dead", last_error=what)
         if self.lost is None:
             self.lost = f"rank {number} on host {rank_state['host']}: {what}"
+            if what == f"exited with code {SSH_FAILED}" and self._ssh(number) is not None:
+                self._ssh_exit = number  # its host or the rank: _describe_end asks ssh
 
     async def _on_ready(self, proc: asyncio.subprocess.Process) -> None:
         for rank in self.ranks:
@@ -203,10 +207,14 @@ class GroupSupervisor(EngineSupervisor):
                 )
         return self.lost is not None
 
+    def _ssh(self, rank: int) -> list[str] | None:
+        """The ssh argv reaching `rank`'s host; None for rank 0, this machine."""
+        return self.group.ssh[rank] if rank < len(self.group.ssh) else None
+
     async def _alive(self, rank: int, pid: int) -> tuple[bool | None, str | None]:
         """(is the pid alive, why it could not be told); locally with os.kill, on another
         host with `ssh DEST kill -0 PID` (exit 255: ssh itself failed)."""
-        ssh = self.group.ssh[rank] if rank < len(self.group.ssh) else None
+        ssh = self._ssh(rank)
         if ssh is None:
             try:
                 os.kill(pid, 0)
@@ -215,10 +223,14 @@ class GroupSupervisor(EngineSupervisor):
             except PermissionError:
                 return True, None
             return True, None
+        return await self._over_ssh(ssh, f"kill -0 {int(pid)}")
+
+    async def _over_ssh(self, ssh: list[str], command: str) -> tuple[bool | None, str | None]:
+        """(did `command` succeed on that host, why ssh itself failed); None: no ssh here."""
         try:
             check = await asyncio.create_subprocess_exec(
                 *ssh,
-                f"kill -0 {int(pid)}",
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
@@ -237,12 +249,27 @@ class GroupSupervisor(EngineSupervisor):
             return False, f"ssh failed ({lines[-1] if lines else 'exit 255'})"
         return False, None
 
+    async def _unreachable(self, rank: int) -> None:
+        """A remote rank that exited with ssh's code: when its host does not answer ssh either,
+        say so (mlx.launch's ssh runs with LogLevel=QUIET, so the log has no reason)."""
+        ssh = self._ssh(rank)
+        answered, why = await self._over_ssh(ssh, "true") if ssh else (None, None)
+        if answered is False and why is not None:
+            self.ranks[rank].update(state="unreachable", last_error=f"unreachable: {why}")
+            self.lost = f"rank {rank} on host {self.ranks[rank]['host']}: unreachable, {why}"
+
     async def _describe_end(self, code: int, became_ready: bool) -> str:
         assert self._proc is not None
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self._proc.pid, signal.SIGKILL)  # what the launcher left of its session
+        # mlx.launch's last notes (which rank ended) may still be in the pipes: read them first.
+        readers = [t for t in self._tasks if t.get_name().endswith("-output")]
+        if readers:
+            await asyncio.wait(readers, timeout=OUTPUT_DRAIN_S)
         if self.lost is None and not self._stopping:
             await self._check_ranks()  # the survivors may still be winding down
+        elif self._ssh_exit is not None and not self._stopping:
+            await self._unreachable(self._ssh_exit)
         for task in self._tasks:
             task.cancel()
         for rank in self.ranks:
