@@ -518,8 +518,11 @@ def test_claude_code_shaped_requests(client: httpx.Client) -> None:
         "anthropic-version": "2023-06-01",
         "anthropic-beta": "claude-code-20250219,interleaved-thinking-2025-05-14",
     }
+    # Greedy: a sampled end token first would leave the stream without a content block.
     streamed = client.post(
-        "/anthropic/v1/messages?beta=true", json=claude_code_body("aaa", True), headers=headers
+        "/anthropic/v1/messages?beta=true",
+        json={**claude_code_body("aaa", True), "temperature": 0},
+        headers=headers,
     )
     assert streamed.status_code == 200, streamed.text
     events = sse_events(streamed.text)

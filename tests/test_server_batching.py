@@ -247,8 +247,8 @@ def test_the_engine_refuses_what_cannot_fit_with_503_and_retry_after(
             assert status == 503, answer
             assert int(headers["retry-after"]) > 0
             assert "does not fit" in json.dumps(answer)
-        # What fits is served by the same engine.
-        small = {"model": path, "messages": messages, "max_tokens": 5}
+        # What fits is served by the same engine (greedy: all 5 tokens, no sampled end token).
+        small = {"model": path, "messages": messages, "max_tokens": 5, "temperature": 0}
         status, _, answer = asyncio.run(post(app, "/v1/chat/completions", small))
         assert status == 200 and answer["usage"]["completion_tokens"] == 5
     finally:
