@@ -277,7 +277,7 @@ def test_pipeline_group_answers_as_unsharded_and_a_hung_peer_ends_it(tmp_path: P
         started = time.monotonic()
         assert wait_for(lambda: _gone(ranks[0]["pid"]), LOST_WITHIN_S, interval=0.2)
         took = time.monotonic() - started
-        assert wait_for(lambda: f"{LOST_MARK}: " in launched.stderr(), 10), launched.stderr()
+        assert wait_for(lambda: f"{LOST_MARK}: " in launched.stderr(), 30), launched.stderr()
         assert took >= MESSAGE_TIMEOUT_S - 1  # its bound, not an early false alarm
         os.kill(ranks[1]["pid"], signal.SIGCONT)  # it takes mlx.launch's SIGTERM now
         launched.proc.wait(timeout=60)  # the group ends (mlx.launch exits 0 even so)
