@@ -359,7 +359,7 @@ class Daemon:
 
 def raw_status(port: int, request: bytes) -> int:
     """Status code of a hand-written HTTP request (for Host headers httpx will not send)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(request)
         data = b""
         while b"\r\n" not in data:

@@ -204,7 +204,7 @@ class Page:
     def status(self, *, key: bool = True) -> dict[str, Any]:
         headers = {"authorization": f"Bearer {API_KEY}"} if key else {}
         url = self.url + "/api/status"
-        return dict(httpx.get(url, headers=headers, timeout=5, trust_env=False).json())
+        return dict(httpx.get(url, headers=headers, timeout=30, trust_env=False).json())
 
     def select(self, alias: str) -> None:
         self.page.select_option("#model", alias)
