@@ -7,6 +7,8 @@ import contextlib
 import itertools
 import json
 import os
+import random
+import re
 import signal
 import socket
 import subprocess
@@ -19,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from local_ai.util.ports import port_free
 from tests.harness import tinymodels as tm
 
 # The scripted tool model answers every prompt with this call.
@@ -67,10 +70,26 @@ TOOL_FUNCTION = {
 }
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+# Ports below every OS's ephemeral range (Linux 32768-60999, macOS 49152+): no bind(0) (a fake
+# hub, sshd) and no outgoing connection can take one between its choice and the server's bind.
+_PORTS_LOW, _PORTS_PER_WORKER, _WORKER_SLICES = 20000, 1536, 8
+_handed_out: set[int] = set()
+
+
+def free_port(count: int = 1) -> int:
+    """A free port on 127.0.0.1 (and 0.0.0.0), with `count - 1` free ones after it, that no other
+    test of the run is given: each xdist worker picks in its own slice, never the same port
+    twice."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    index = int(worker) % _WORKER_SLICES if worker.isdigit() else 0
+    low = _PORTS_LOW + index * _PORTS_PER_WORKER
+    for _ in range(500):
+        first = random.randrange(low, low + _PORTS_PER_WORKER - count)
+        ports = range(first, first + count)
+        if _handed_out.isdisjoint(ports) and all(port_free("127.0.0.1", p) for p in ports):
+            _handed_out.update(ports)
+            return first
+    raise RuntimeError(f"no {count} free ports in {low}-{low + _PORTS_PER_WORKER}")
 
 
 def _rms_normalised(rows: np.ndarray) -> np.ndarray:
@@ -292,7 +311,18 @@ class Daemon:
         )
 
     def start(self) -> subprocess.CompletedProcess[str]:
-        return self.cli("server", "start", "--json")
+        """`server start`; on the rare port collision with a process outside this run, again on
+        another port (the manifest and `port` follow)."""
+        for _ in range(3):
+            result = self.cli("server", "start", "--json")
+            collided = f"port {self.port} is already in use"
+            if result.returncode == 0 or collided not in result.stderr + self.log():
+                return result
+            port = free_port()
+            text = self.manifest.read_text()
+            self.manifest.write_text(re.sub(rf"(?m)^port = {self.port}$", f"port = {port}", text))
+            self.port = port
+        return result
 
     def pidfile(self) -> dict[str, Any]:
         return dict(json.loads((self.home / "run" / "server.json").read_text()))
@@ -329,7 +359,7 @@ class Daemon:
 
 def raw_status(port: int, request: bytes) -> int:
     """Status code of a hand-written HTTP request (for Host headers httpx will not send)."""
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(request)
         data = b""
         while b"\r\n" not in data:

@@ -61,6 +61,7 @@ def test_written_settings_answer_and_a_missing_model_is_reported(tmp_path: Path)
     )
     started = daemon.start()
     assert started.returncode == 0, started.stderr + daemon.log()
+    port = daemon.port  # another one if the first was taken meanwhile (declare follows)
     try:
         wrote = daemon.cli("clients", "write", "--yes")
         assert wrote.returncode == 0, wrote.stderr

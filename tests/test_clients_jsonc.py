@@ -130,7 +130,8 @@ VALUES = st.recursive(
 )
 
 
-@settings(max_examples=150, deadline=None)
+# The same documents every run: a red CI is a regression, not a new input met by chance.
+@settings(max_examples=150, deadline=None, derandomize=True)
 @given(
     doc=st.dictionaries(KEYS, VALUES, max_size=4),
     path=st.lists(KEYS, min_size=1, max_size=3),

@@ -369,10 +369,13 @@ def fuzz_budget() -> dict[str, float]:
     return {"deadline": time.monotonic() + FUZZ_SECONDS}
 
 
+# derandomize: the same examples every run (a load-shortened run tries a prefix of them), so a
+# red CI is a regression, never a new input met by chance (drop it to search for new ones).
 @settings(
     max_examples=3000,
     deadline=None,
     database=None,
+    derandomize=True,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(

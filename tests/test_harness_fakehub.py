@@ -641,7 +641,7 @@ def test_slow_drip_throttles_and_stays_bounded(hub: FakeHub, tiny: str, cache: P
     started = time.monotonic()
     assert _download(hub, cache).read_bytes() == FILES["model.safetensors"]
     elapsed = time.monotonic() - started
-    assert 0.25 <= elapsed < 3  # unbounded it would take 16 s
+    assert 0.25 <= elapsed < 10  # unbounded it would take 16 s
     assert hub.file_requests("GET")[-1].faults == ["slow"]
 
 

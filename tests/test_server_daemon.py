@@ -199,6 +199,7 @@ def test_stop_is_graceful_then_forceful(daemon: Daemon) -> None:
         "stream": True,
     }
     got: dict[str, str] = {}
+    streaming = {"short": threading.Event(), "long": threading.Event()}
 
     def stream(max_tokens: int, key: str) -> None:
         try:
@@ -209,16 +210,22 @@ def test_stop_is_graceful_then_forceful(daemon: Daemon) -> None:
                 timeout=60,
                 trust_env=False,
             ) as response:
-                got[key] = "".join(response.iter_text())
+                parts = []
+                for part in response.iter_text():
+                    parts.append(part)
+                    streaming[key].set()
+                got[key] = "".join(parts)
         except httpx.HTTPError as exc:
             got[key] = f"error: {exc}"
+        finally:
+            streaming[key].set()
 
     # A short stream that is running when stop is asked finishes within the grace period.
     short = threading.Thread(target=stream, args=(300, "short"))
     short.start()
-    time.sleep(0.3)
+    assert streaming["short"].wait(60)
     stopped = daemon.cli("server", "stop", "--json")
-    short.join(10)
+    short.join(30)
     assert json.loads(stopped.stdout)["forced"] is False
     assert got["short"].rstrip().endswith("data: [DONE]")
     assert not alive(info["pid"]) and not alive(info["engine_pid"])
@@ -238,13 +245,13 @@ def test_stop_is_graceful_then_forceful(daemon: Daemon) -> None:
     assert re.search(rf"standby engine warm \(pid {standby}, \d+ MB\)", shown), shown
     long = threading.Thread(target=stream, args=(100000, "long"))
     long.start()
-    time.sleep(0.5)
+    assert streaming["long"].wait(60) and "long" not in got  # streaming, not failed
     forced = daemon.cli("server", "stop", "--timeout", "1", "--json")
-    long.join(10)
+    long.join(30)
     assert json.loads(forced.stdout)["forced"] is True
     assert not alive(info["pid"]) and not alive(info["engine_pid"])
     # The standby is not in the pidfile: it exits by itself once its gateway is gone.
-    assert wait_for(lambda: not alive(standby), 5)
+    assert wait_for(lambda: not alive(standby), 30)
     assert not (daemon.home / "run" / "server.json").exists()
 
 

@@ -87,8 +87,9 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
 
 
 def claude_code_call(claude: Any, billing: str, *, stream: bool) -> Any:
-    """Claude Code's body through the SDK (fields the SDK does not name go as extra_body)."""
-    body = claude_code_body(billing, stream)
+    """Claude Code's body through the SDK (fields the SDK does not name go as extra_body), greedy:
+    a sampled end token first would leave a stream without its first token or decode rate."""
+    body = claude_code_body(billing, stream) | {"temperature": 0}
     named = {k: body.pop(k) for k in ("model", "max_tokens", "messages", "stream")}
     return claude.messages.create(**named, extra_body=body)
 
@@ -346,8 +347,13 @@ def responses_sdk(daemon: Daemon) -> Any:
 def test_responses_text_stream_and_not(daemon: Daemon, client: httpx.Client) -> None:
     sdk = responses_sdk(daemon)
     before = scrape(client)
+    # Greedy: a sampled end token would end it early, a sampled <think> would leave no text.
     answer = sdk.responses.create(
-        model="tiny", instructions="Be brief.", input="Say hello.", max_output_tokens=6
+        model="tiny",
+        instructions="Be brief.",
+        input="Say hello.",
+        max_output_tokens=6,
+        temperature=0,
     )
     assert answer.object == "response" and answer.model == "tiny"
     # The tiny model never ends by itself: it stops at the limit, as the API says it should.
@@ -359,7 +365,9 @@ def test_responses_text_stream_and_not(daemon: Daemon, client: httpx.Client) -> 
     assert answer.usage.input_tokens > 0
 
     events = list(
-        sdk.responses.create(model="tiny", input="Say hello.", max_output_tokens=6, stream=True)
+        sdk.responses.create(
+            model="tiny", input="Say hello.", max_output_tokens=6, temperature=0, stream=True
+        )
     )
     kinds = [e.type for e in events]
     assert kinds[:2] == ["response.created", "response.in_progress"]

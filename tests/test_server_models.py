@@ -21,6 +21,10 @@ from tests.server_helpers import (
     write_manifest,
 )
 
+# Long enough that a model stays loaded from its answer to the next status read while b loads
+# on a busy machine; short enough to wait out.
+IDLE_TTL_S = 6
+
 
 def chat(client: httpx.Client, alias: str) -> httpx.Response:
     body = {
@@ -137,7 +141,7 @@ def test_cache_size_and_idle_ttl_follow_the_manifest_through_apply(
         manifest.write_text(
             manifest.read_text()
             .replace("max_loaded_models = 1", "max_loaded_models = 2")
-            .replace('idle_ttl = "0s"', 'idle_ttl = "2s"')
+            .replace('idle_ttl = "0s"', f'idle_ttl = "{IDLE_TTL_S}s"')
         )
         gateway_pid = daemon.pidfile()["pid"]
         # The warm standby, imported under the old settings, is what restart-engine promotes.
@@ -147,20 +151,20 @@ def test_cache_size_and_idle_ttl_follow_the_manifest_through_apply(
         assert applied.returncode == 0, applied.stdout + applied.stderr
         # The plan it carried out: the engine restarts, the gateway does not.
         assert "server.engine.max_loaded_models 1 → 2" in applied.stdout
-        assert "server.engine.idle_ttl 0s → 2s" in applied.stdout
+        assert f"server.engine.idle_ttl 0s → {IDLE_TTL_S}s" in applied.stdout
         assert "restart-engine" in applied.stdout and "restart-server" not in applied.stdout
         assert "✓ restart-engine" in applied.stderr
 
         engine = status(client)["engine"]
         assert daemon.pidfile()["pid"] == gateway_pid  # the gateway stayed up
         assert engine["pid"] == standby
-        assert (engine["max_loaded_models"], engine["idle_ttl_s"]) == (2, 2)
+        assert (engine["max_loaded_models"], engine["idle_ttl_s"]) == (2, IDLE_TTL_S)
         # It reports the settings the manifest means (one form of them): nothing left to plan.
         assert daemon.cli("plan", "--detailed-exitcode").returncode == 0
         assert chat(client, "a").status_code == 200
         assert chat(client, "b").status_code == 200
         assert loaded(client) == {"a", "b"}  # two fit now
-        # Idle for more than 2 s (checked every second): both unloaded.
-        assert wait_for(lambda: not loaded(client), 10, interval=0.2)
+        # Idle for more than the TTL (checked every second): both unloaded.
+        assert wait_for(lambda: not loaded(client), 30, interval=0.2)
         assert chat(client, "a").status_code == 200  # and loaded again on the next request
         assert loaded(client) == {"a"}
