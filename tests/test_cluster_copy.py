@@ -23,6 +23,7 @@ from local_ai.reconcile.adapters import Adapters
 from local_ai.reconcile.model import Kind
 from local_ai.reconcile.render import render_text
 from local_ai.reconcile.run import ApplyResult, RunOptions, apply_plan, make_plan
+from local_ai.settings import Paths
 from tests.harness.sshd import HOST_B, USER, install_ssh, path_with, sharded_tiny
 from tests.harness.tinymodels import build_model
 
@@ -270,6 +271,23 @@ def test_the_receiver_refuses_a_file_name_outside_the_entry(
     assert not (isolated_home / "store").exists()
 
 
+def test_a_release_names_one_store_entry_never_a_path(isolated_home: Path) -> None:
+    import io
+
+    from local_ai.store.holds import list_holds, write_hold
+
+    paths = Paths(isolated_home)
+    write_hold(paths, "0123456789abcdef-w", "a", "tiny", how="copied here")
+    for bad in ("..", "../cluster", "0123456789abcdef-../x", "nodigest-w"):
+        out = io.StringIO()
+        assert cluster_copy.release(bad, "a", "tiny", out) == 2
+        assert "bad entry name" in out.getvalue()
+    out = io.StringIO()
+    assert cluster_copy.release("0123456789abcdef-w", "a", "tiny", out) == 0
+    assert json.loads(out.getvalue()) == {"ok": True, "released": True}
+    assert not list_holds(paths) and not (paths.holds / "0123456789abcdef-w").exists()
+
+
 def test_an_apply_targeting_another_model_keeps_the_sharded_group(project: Path) -> None:
     first = _apply(project)
     assert first.generation is not None
@@ -297,7 +315,6 @@ def _gc_on_b(manifest: Path, *args: str) -> str:
 
 @pytest.mark.parametrize("project", ["float16"], indirect=True)
 def test_host_b_gc_keeps_what_the_cluster_serves_until_rank_0_releases_it(project: Path) -> None:
-    from local_ai.settings import Paths
     from local_ai.store.holds import incoming_lock
 
     assert _status(_apply(project))[COPY][0] == "done"

@@ -180,7 +180,7 @@ def release_on_host(name: str, host: ClusterHost, entry: str, rank0: str, alias:
     answer = _answer_text(done.stdout)
     if answer is None or not answer.get("ok"):
         lines = [line for line in done.stderr.splitlines() if line.strip()]
-        why = lines[-1] if lines else f"exit code {done.returncode}"
+        why = (answer or {}).get("error") or (lines[-1] if lines else f"exit {done.returncode}")
         if done.returncode == 255:
             raise UnavailableError(
                 f"cannot release the hold on {name}: ssh failed: {why}",
@@ -467,6 +467,10 @@ def _sha256(path: Path, digest: Any) -> str:
 
 def release(entry: str, rank0: str, alias: str, stdout: IO[str]) -> int:
     """The host's end of a planned release-hold: drop rank 0's hold of `entry` for `alias`."""
+    digest, _, name = entry.partition("-")
+    if not _DIGEST_RE.match(digest) or not name or name != safe_name(name):
+        print(json.dumps({"ok": False, "error": f"bad entry name {entry}"}), file=stdout)
+        return 2
     released = release_hold(settings.paths(), entry, rank0, alias)
     print(json.dumps({"ok": True, "released": released}), file=stdout, flush=True)
     return 0
