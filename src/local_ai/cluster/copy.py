@@ -426,11 +426,11 @@ def receive(
             "built_at": time.time(),
         }
         atomic_write_text(partial / PROVENANCE_FILE, json.dumps(record, indent=2, default=str))
+        if hold is not None:  # before the rename: a gc there never sees it unheld
+            write_hold(paths, entry, *hold, how="copied here")
         paths.store.mkdir(parents=True, exist_ok=True)
         partial.rename(target)
         fsync_dir(paths.store)
-        if hold is not None:
-            write_hold(paths, entry, *hold, how="copied here")
         print(json.dumps({"ok": True, "path": str(target)}), file=stdout, flush=True)
         return 0
 
