@@ -402,6 +402,7 @@ def test_holds_rank_0_no_longer_needs_are_released_and_others_kept() -> None:
         ("0123456789abcdef-big", "studio", "big"),  # an older build of big
         ("fedcba9876543210-gone", "studio", "gone"),  # a model removed from the manifest
         ("fedcba9876543210-gone", "other", "gone"),  # another cluster's rank 0: not ours
+        ("1111111111111111-coder", "studio", "coder"),  # coder now runs on studio alone
     )
     mini = replace(host("mini", 192, digests=(digest,)), holds=held)
     p = plan(m, observed(m, {"studio": host("studio", 192), "mini": mini}))
@@ -417,6 +418,11 @@ def test_holds_rank_0_no_longer_needs_are_released_and_others_kept() -> None:
             "release-hold:gone@mini:fedcba9876543210",
             "gone is no longer in the manifest",
             ReleaseParams("mini", "fedcba9876543210-gone", "studio", "gone"),
+        ),
+        (
+            "release-hold:coder@mini:1111111111111111",
+            "coder is no longer placed on mini",
+            ReleaseParams("mini", "1111111111111111-coder", "studio", "coder"),
         ),
     ]
     text = render_text(p)
