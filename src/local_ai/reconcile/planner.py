@@ -593,9 +593,10 @@ class _Builder:
         self.host_plans = plans
         return next((p.peak for p in plans if p.name == settings.rank0), 0)
 
-    def plan_releases(self, after: tuple[str, ...]) -> None:
+    def plan_releases(self, serving: tuple[str, ...]) -> None:
         """Release the holds rank 0 keeps on hosts for what it no longer places there: a model
-        gone from the manifest or from that host, or a host now given another store entry."""
+        gone from the manifest or from that host, or a host now given another store entry.
+        `serving`: the server actions that stop serving it; a release waits for their success."""
         settings = self.manifest.cluster
         if settings is None or self.options.targets:
             return  # --target: the other models' placements were not planned
@@ -624,7 +625,7 @@ class _Builder:
                         kind=Kind.RELEASE_HOLD,
                         resource=resource,
                         cause=cause,
-                        after=after,
+                        depends_on=serving,
                         detail=f"on {name}: store entry {entry}",
                         params=ReleaseParams(name, entry, rank0, alias),
                     )
@@ -743,7 +744,7 @@ def plan(manifest: Manifest, observed: Observed, options: Options | None = None)
     # Without the gate a rejection no longer holds; with it, only a build measured again serves.
     admit = tuple(rejected if not gate else remeasure)
     builder.plan_server(installs + removal_ids + copy_ids, admit, bool(remeasure))
-    # A host's hold goes once the gateway no longer serves that entry from it.
+    # A host's hold goes only once the gateway no longer serves that entry from it.
     serving = (Kind.START_SERVER, Kind.RESTART_SERVER, Kind.RELOAD_ALIASES, Kind.RESTART_ENGINE)
     builder.plan_releases(tuple(a.id for a in builder.actions if a.kind in serving))
     builder.plan_measurements(rebuilt, remeasure)
