@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import re
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,9 @@ from local_ai.hub.progress import RecordingProgress
 from local_ai.manifest.load import load_manifest
 from local_ai.reconcile.adapters import Adapters
 from local_ai.reconcile.model import Kind
+from local_ai.reconcile.render import render_text
 from local_ai.reconcile.run import ApplyResult, RunOptions, apply_plan, make_plan
+from local_ai.settings import Paths
 from tests.harness.sshd import HOST_B, USER, install_ssh, path_with, sharded_tiny
 from tests.harness.tinymodels import build_model
 
@@ -266,6 +271,23 @@ def test_the_receiver_refuses_a_file_name_outside_the_entry(
     assert not (isolated_home / "store").exists()
 
 
+def test_a_release_names_one_store_entry_never_a_path(isolated_home: Path) -> None:
+    import io
+
+    from local_ai.store.holds import list_holds, write_hold
+
+    paths = Paths(isolated_home)
+    write_hold(paths, "0123456789abcdef-w", "a", "tiny", how="copied here")
+    for bad in ("..", "../cluster", "0123456789abcdef-../x", "nodigest-w"):
+        out = io.StringIO()
+        assert cluster_copy.release(bad, "a", "tiny", out) == 2
+        assert "bad entry name" in out.getvalue()
+    out = io.StringIO()
+    assert cluster_copy.release("0123456789abcdef-w", "a", "tiny", out) == 0
+    assert json.loads(out.getvalue()) == {"ok": True, "released": True}
+    assert not list_holds(paths) and not (paths.holds / "0123456789abcdef-w").exists()
+
+
 def test_an_apply_targeting_another_model_keeps_the_sharded_group(project: Path) -> None:
     first = _apply(project)
     assert first.generation is not None
@@ -274,3 +296,68 @@ def test_an_apply_targeting_another_model_keeps_the_sharded_group(project: Path)
     snapshot, _ = make_plan(load_manifest(project), RunOptions(targets=("solo",)))
     assert not snapshot.observed.hosts  # its hosts were not observed this time
     assert Adapters(snapshot).build_alias_map().models["tiny"].group == group
+
+
+def _gc_on_b(manifest: Path, *args: str) -> str:
+    """`local-ai gc ARGS` run as host b: its own local-ai home."""
+    env = {**os.environ, "LOCAL_AI_HOME": str(_host_b(manifest)), "COLUMNS": "1000"}
+    done = subprocess.run(
+        [sys.executable, "-m", "local_ai", "gc", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+@pytest.mark.parametrize("project", ["float16"], indirect=True)
+def test_host_b_gc_keeps_what_the_cluster_serves_until_rank_0_releases_it(project: Path) -> None:
+    from local_ai.store.holds import incoming_lock
+
+    assert _status(_apply(project))[COPY][0] == "done"
+    entry = _far_entry(project)
+    assert entry is not None
+    hold_file = _host_b(project) / "cluster" / "holds" / entry.name / "a--tiny.json"
+    hold = json.loads(hold_file.read_text())
+    assert (hold["entry"], hold["rank0"], hold["alias"], hold["how"]) == (
+        entry.name, "a", "tiny", "copied here"
+    )  # fmt: skip
+
+    # Two copies cut short: one long ago, one that an apply is continuing right now.
+    stale = _host_b(project) / "incoming" / "0123456789abcdef-old"
+    busy = _host_b(project) / "incoming" / "fedcba9876543210-busy"
+    for partial in (stale, busy):
+        (partial / "sub").mkdir(parents=True)
+        (partial / "sub" / "part.safetensors").write_bytes(b"x" * 1000)
+    with incoming_lock(Paths(_host_b(project)), busy.name) as lock:
+        assert lock is not None
+        dry = _gc_on_b(project)
+        done = json.loads(_gc_on_b(project, "--yes", "--json"))
+    why = "held for cluster alias tiny of host a (last confirmed"
+    assert f"keeps store entry {entry}: {why}" in dry
+    assert f"would delete unfinished copy from a cluster's rank 0: {stale} (1000 B)" in dry
+    assert str(busy) not in dry
+    assert [k["path"] for k in done["kept_for_cluster"]] == [str(entry)]
+    assert done["kept_for_cluster"][0]["why"][0].startswith("held for cluster alias tiny of host a")
+    assert done["store_entries"] == []
+    assert done["incomplete_copies"] == [{"path": str(stale), "bytes": 1000}]
+    assert entry.is_dir() and not stale.exists() and busy.is_dir()
+
+    # tiny leaves the manifest: rank 0's apply releases b's hold, then b's gc frees the entry.
+    project.write_text(re.sub(r"\[models\.tiny\]\n(?:[^\[\n].*\n)*", "", project.read_text()))
+    snapshot, plan = make_plan(load_manifest(project), RunOptions())
+    release = f"release-hold:tiny@b:{entry.name.split('-')[0]}"
+    assert plan.action(release).cause == "tiny is no longer in the manifest"
+    assert "- hold.tiny@b  (tiny is no longer in the manifest)" in render_text(plan)
+    result = apply_plan(snapshot, plan, RunOptions())
+    said = f"released a's hold of store entry {entry.name} for tiny on b"
+    assert _status(result)[release] == ("done", said)
+    assert not hold_file.exists()
+    freed = json.loads(_gc_on_b(project, "--yes", "--json"))
+    assert [e["path"] for e in freed["store_entries"]] == [str(entry)]
+    assert freed["kept_for_cluster"] == [] and not entry.exists()
+    _, again = make_plan(load_manifest(project), RunOptions())
+    assert not again.has_changes, [a.id for a in again.actions]

@@ -17,6 +17,7 @@ from local_ai.reconcile.cluster import pipeline_layers
 from local_ai.reconcile.model import (
     CopyParams,
     Observed,
+    ReleaseParams,
     ServerView,
     SourceView,
     served_digest,
@@ -391,3 +392,51 @@ def test_model_up_to_date_here_but_missing_on_a_host_is_a_change() -> None:
         "      copy-to-host   to mini (me@mini.local), copy 200.0 GB  [mini lacks store entry ac39315fb70a5639]",
     ]
     assert p.action("copy-to-host:big@mini").depends_on == ()
+
+
+def test_holds_rank_0_no_longer_needs_are_released_and_others_kept() -> None:
+    m = manifest()
+    digest = served_digest(source("big", m, gib=200).source, m.models["big"], "0")
+    held = (
+        (f"{digest}-big", "studio", "big"),  # serves today: kept
+        ("0123456789abcdef-big", "studio", "big"),  # an older build of big
+        ("fedcba9876543210-gone", "studio", "gone"),  # a model removed from the manifest
+        ("fedcba9876543210-gone", "other", "gone"),  # another cluster's rank 0: not ours
+        ("1111111111111111-coder", "studio", "coder"),  # coder now runs on studio alone
+    )
+    mini = replace(host("mini", 192, digests=(digest,)), holds=held)
+    p = plan(m, observed(m, {"studio": host("studio", 192), "mini": mini}))
+    assert not p.errors
+    releases = [(a.id, a.cause, a.params) for a in p.actions if a.kind.value == "release-hold"]
+    assert releases == [
+        (
+            "release-hold:big@mini:0123456789abcdef",
+            f"big on mini is now store entry {digest}",
+            ReleaseParams("mini", "0123456789abcdef-big", "studio", "big"),
+        ),
+        (
+            "release-hold:gone@mini:fedcba9876543210",
+            "gone is no longer in the manifest",
+            ReleaseParams("mini", "fedcba9876543210-gone", "studio", "gone"),
+        ),
+        (
+            "release-hold:coder@mini:1111111111111111",
+            "coder is no longer placed on mini",
+            ReleaseParams("mini", "1111111111111111-coder", "studio", "coder"),
+        ),
+    ]
+    text = render_text(p)
+    assert (
+        "  - hold.gone@mini  (gone is no longer in the manifest)\n      release-hold   on mini: store entry fedcba9876543210-gone\n"
+        in text
+    )
+
+
+def test_an_unreachable_host_keeps_its_holds_and_the_plan_says_so() -> None:
+    m = manifest(CLUSTER.replace('hosts = ["studio", "mini"]\nparallel = "pipeline"\n', ""))
+    down = HostReport("mini", reachable=False, error="ssh failed: Connection refused")
+    p = plan(m, observed(m, {"studio": host("studio", 192), "mini": down}))
+    assert not [a for a in p.actions if a.kind.value == "release-hold"]
+    said = "cluster.hosts.mini is unreachable (ssh failed: Connection refused): the store entries it keeps for rank 0 studio stay held there until an apply reaches it (or `local-ai gc --release-holds` is run there)"
+    assert said in p.warnings
+    assert f"warning: {said}" in render_text(p).splitlines()

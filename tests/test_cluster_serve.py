@@ -351,6 +351,14 @@ def _killed_rank_recovers(cluster: Cluster) -> None:
     assert again.choices[0].message.content == want
 
 
+def _hold_on_b(cluster: Cluster, alias: str) -> dict[str, Any]:
+    """Host b's hold of the store entry it serves `alias` from (docs/cluster.md)."""
+    holds = cluster.daemon.manifest.parent / "host-b" / "cluster" / "holds"
+    found = [json.loads(p.read_text()) for p in holds.glob(f"*/a--{alias}.json")]
+    assert len(found) == 1, found
+    return dict(found[0])
+
+
 def _second_apply_changes_nothing(cluster: Cluster) -> None:
     before = _ready(cluster, "tools")
     done = cluster.daemon.cli("apply", "--yes", timeout=300)
@@ -390,8 +398,13 @@ def test_a_sharded_alias_is_applied_served_recovered_and_stopped(cluster: Cluste
     """The steps share one daemon in order: its four ranks cost most of this test's time."""
     _started(cluster)
     _idle_costs_little(cluster)
+    # Each rank 1 start records its hold on b (the copy wrote it first).
+    started = {alias: _hold_on_b(cluster, alias) for alias in ("tiny", "tools")}
+    assert {h["how"] for h in started.values()} == {"rank 1 started"}, started
     _same_answers(cluster)
     _killed_rank_recovers(cluster)
+    # The restarted group confirmed tiny's hold again.
+    assert _hold_on_b(cluster, "tiny")["confirmed_at"] > started["tiny"]["confirmed_at"]
     _second_apply_changes_nothing(cluster)
     ranks = [r["pid"] for alias in ("tiny", "tools") for r in cluster.group(alias)["ranks"]]
     assert all(isinstance(pid, int) for pid in ranks)

@@ -261,3 +261,38 @@ def test_two_applies_at_once_one_is_refused_and_nothing_is_corrupted(
     tiny_hub.clear_faults()
     assert project.cli("plan", "--detailed-exitcode").returncode == 0  # converged, intact
     assert project.cli("models", "verify").returncode == 0
+
+
+def test_gc_release_holds_frees_what_a_vanished_rank_0_held(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cluster host whose rank 0 is gone for good: its holds are dropped by hand."""
+    from local_ai.store.holds import list_holds, write_hold
+
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per path
+    paths = settings.paths()
+    store = Store(paths)
+    with store.build("5555555555555555", "org/far", {}) as staging:
+        (staging / "w.safetensors").write_bytes(b"x" * 4096)
+    far = store.get("5555555555555555", "org/far")
+    assert far is not None
+    write_hold(paths, far.path.name, "studio", "kimi", how="copied here")
+
+    code, out, err = run_inprocess(capsys, "gc", "--yes")  # the hold keeps it
+    assert code == 0, err
+    assert f"keeps store entry {far.path}: held for cluster alias kimi of host studio" in out
+    assert far.path.is_dir()
+
+    code, out, err = run_inprocess(capsys, "gc", "--release-holds", "--json")
+    assert code == 0, err
+    dry = json.loads(out)
+    assert [(h["entry"], h["rank0"], h["alias"]) for h in dry["released_holds"]] == [
+        (far.path.name, "studio", "kimi")
+    ]
+    assert [e["path"] for e in dry["store_entries"]] == [str(far.path)]
+    assert far.path.is_dir() and list_holds(paths)  # a dry run
+
+    code, out, err = run_inprocess(capsys, "gc", "--release-holds", "--yes")
+    assert code == 0, err
+    assert "released the hold of store entry" in out and "freed" in out
+    assert not far.path.exists() and not list_holds(paths)

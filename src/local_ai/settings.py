@@ -165,6 +165,16 @@ class Paths:
         return self.root / "staging"
 
     @property
+    def incoming(self) -> Path:
+        """Store entries being copied here from a cluster's rank 0 (resumable, see cluster/copy)."""
+        return self.root / "incoming"
+
+    @property
+    def holds(self) -> Path:
+        """cluster/holds/<entry>/: which cluster's rank 0 serves which store entry from here."""
+        return self.root / "cluster" / "holds"
+
+    @property
     def state_file(self) -> Path:
         return self.root / "state.json"
 

@@ -34,6 +34,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from local_ai import settings
 from local_ai.errors import IntegrityError, LocalAIError, UnavailableError
+from local_ai.store.holds import incoming_lock, release_hold, write_hold
 from local_ai.store.layout import PROVENANCE_FILE, safe_name
 from local_ai.util.atomic import atomic_write_text, fsync_dir
 from local_ai.util.failpoints import failpoint
@@ -149,16 +150,45 @@ def local_entry(model: InstalledModel, digest: str) -> LocalEntry:
     )
 
 
-def receive_command(host: ClusterHost, entry: LocalEntry) -> list[str]:
-    """ssh in batch mode running the receiver under the host's local-ai."""
+def host_command(host: ClusterHost, *args: str) -> list[str]:
+    """ssh in batch mode running `python -m local_ai.cluster.copy ARGS` under the host's
+    local-ai and LOCAL_AI_HOME."""
     from local_ai.cluster.observe import host_python, shell_path, ssh_to
 
     env = f"LOCAL_AI_HOME={shell_path(host.home)} " if host.home else ""
-    remote = (
-        f"{env}exec {shell_path(host_python(host))} -m local_ai.cluster.copy receive "
-        f"{shlex.quote(entry.digest)} {shlex.quote(entry.name)}"
+    remote = f"{env}exec {shell_path(host_python(host))} -m local_ai.cluster.copy " + " ".join(
+        shlex.quote(a) for a in args
     )
     return [*ssh_to(str(host.ssh)), remote]
+
+
+def receive_command(
+    host: ClusterHost, entry: LocalEntry, hold: tuple[str, str] | None = None
+) -> list[str]:
+    """The receiver on that host; `hold`: (rank 0, alias) it records once the entry is there."""
+    return host_command(host, "receive", entry.digest, entry.name, *(hold or ()))
+
+
+def release_on_host(name: str, host: ClusterHost, entry: str, rank0: str, alias: str) -> bool:
+    """Release rank 0's hold of store entry `entry` for `alias` on that host, over the same
+    ssh path as the copy; whether there was one."""
+    argv = host_command(host, "release", entry, rank0, alias)
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UnavailableError(f"cannot release the hold on {name}: {exc}") from None
+    answer = _answer_text(done.stdout)
+    if answer is None or not answer.get("ok"):
+        lines = [line for line in done.stderr.splitlines() if line.strip()]
+        why = (answer or {}).get("error") or (lines[-1] if lines else f"exit {done.returncode}")
+        if done.returncode == 255:
+            raise UnavailableError(
+                f"cannot release the hold on {name}: ssh failed: {why}",
+                hint=f"check that `ssh {host.ssh} true` works; the hold stays until an apply "
+                "reaches it (or `local-ai gc --release-holds` run there)",
+            )
+        raise CopyError(f"{name} did not release the hold: {why}")
+    return bool(answer.get("released"))
 
 
 def copy_entry(
@@ -166,12 +196,14 @@ def copy_entry(
     host: ClusterHost,
     entry: LocalEntry,
     *,
+    hold: tuple[str, str] | None = None,
     progress: FetchProgress | None = None,
 ) -> CopyResult:
-    """Copy `entry` into `host`'s store (or find it there). Ctrl-C stops the copy; what was
-    sent stays in the host's incoming/ for the next copy to continue."""
+    """Copy `entry` into `host`'s store (or find it there), held there for `hold` (rank 0,
+    alias). Ctrl-C stops the copy; what was sent stays in the host's incoming/ for the next
+    copy to continue."""
     started = time.monotonic()
-    argv = receive_command(host, entry)
+    argv = receive_command(host, entry, hold)
     with tempfile.TemporaryFile() as errors:
         try:
             proc = subprocess.Popen(
@@ -281,6 +313,15 @@ def _answer(stream: IO[bytes]) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def _answer_text(text: str) -> dict[str, Any] | None:
+    lines = [line for line in text.splitlines() if line.strip()]
+    try:
+        value = json.loads(lines[-1]) if lines else None
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None
+
+
 def _stop(proc: subprocess.Popen[bytes]) -> None:
     """End the copy: EOF first, so the host keeps what reached it, then SIGTERM."""
     if proc.stdin is not None and not proc.stdin.closed:
@@ -319,26 +360,30 @@ def _failed(
 # ---- the far host -----------------------------------------------------------------------------
 
 
-def receive(digest: str, name: str, stdin: IO[bytes], stdout: IO[str]) -> int:
-    """The receiving end, run on the host by `copy_entry` (stdin: the sender's stream)."""
-    import fcntl
-
+def receive(
+    digest: str,
+    name: str,
+    stdin: IO[bytes],
+    stdout: IO[str],
+    hold: tuple[str, str] | None = None,
+) -> int:
+    """The receiving end, run on the host by `copy_entry` (stdin: the sender's stream).
+    `hold`: (rank 0, alias) to record as serving the entry once it is in place."""
     if not _DIGEST_RE.match(digest) or name != safe_name(name):
         print(json.dumps({"ok": False, "error": f"bad entry name {digest}-{name}"}), file=stdout)
         return 2
     paths = settings.paths()
     entry = f"{digest}-{name}"
     target = paths.store / entry
-    incoming = paths.root / "incoming"
-    incoming.mkdir(parents=True, exist_ok=True)
-    with (incoming / f"{entry}.lock").open("a") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    incoming = paths.incoming
+    with incoming_lock(paths, entry) as lock:
+        if lock is None:
             busy = {"ok": False, "error": "another apply is copying it there now"}
             print(json.dumps(busy), file=stdout, flush=True)
             return 1
         if (target / PROVENANCE_FILE).is_file():
+            if hold is not None:
+                write_hold(paths, entry, *hold, how="found here by digest")
             print(json.dumps({"present": True}), file=stdout, flush=True)
             return 0
         partial = incoming / entry
@@ -381,6 +426,8 @@ def receive(digest: str, name: str, stdin: IO[bytes], stdout: IO[str]) -> int:
             "built_at": time.time(),
         }
         atomic_write_text(partial / PROVENANCE_FILE, json.dumps(record, indent=2, default=str))
+        if hold is not None:  # before the rename: a gc there never sees it unheld
+            write_hold(paths, entry, *hold, how="copied here")
         paths.store.mkdir(parents=True, exist_ok=True)
         partial.rename(target)
         fsync_dir(paths.store)
@@ -418,12 +465,32 @@ def _sha256(path: Path, digest: Any) -> str:
     return str(digest.hexdigest())
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 3 or argv[0] != "receive":
-        print("usage: python -m local_ai.cluster.copy receive DIGEST NAME", file=sys.stderr)
+def release(entry: str, rank0: str, alias: str, stdout: IO[str]) -> int:
+    """The host's end of a planned release-hold: drop rank 0's hold of `entry` for `alias`."""
+    digest, _, name = entry.partition("-")
+    if not _DIGEST_RE.match(digest) or not name or name != safe_name(name):
+        print(json.dumps({"ok": False, "error": f"bad entry name {entry}"}), file=stdout)
         return 2
+    released = release_hold(settings.paths(), entry, rank0, alias)
+    print(json.dumps({"ok": True, "released": released}), file=stdout, flush=True)
+    return 0
+
+
+USAGE = (
+    "usage: python -m local_ai.cluster.copy receive DIGEST NAME [RANK0 ALIAS]\n"
+    "       python -m local_ai.cluster.copy release ENTRY RANK0 ALIAS"
+)
+
+
+def main(argv: list[str]) -> int:
+    if argv[:1] == ["release"] and len(argv) == 4:
+        return release(argv[1], argv[2], argv[3], sys.stdout)
+    if argv[:1] != ["receive"] or len(argv) not in (3, 5):
+        print(USAGE, file=sys.stderr)
+        return 2
+    hold = (argv[3], argv[4]) if len(argv) == 5 else None
     with contextlib.suppress(EOFError, BrokenPipeError, KeyboardInterrupt):
-        return receive(argv[1], argv[2], sys.stdin.buffer, sys.stdout)
+        return receive(argv[1], argv[2], sys.stdin.buffer, sys.stdout, hold)
     return 1
 
 

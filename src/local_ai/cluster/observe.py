@@ -55,6 +55,8 @@ try:
     where = paths.store
     r["store"] = str(paths.store)
     r["digests"] = sorted({e.digest for e in Store(paths).entries()})
+    from local_ai.store.holds import list_holds
+    r["holds"] = sorted([h.entry, h.rank0, h.alias] for h in list_holds(paths))
 except Exception as exc:
     r["error"] = f"{type(exc).__name__}: {exc}"
 while not where.exists() and where != where.parent:
@@ -78,6 +80,7 @@ class HostReport:
     versions: tuple[tuple[str, str | None], ...] = ()  # (package, version or None) per PACKAGES
     store: str | None = None
     digests: tuple[str, ...] = ()  # store entries it has, sorted (hashed into plan identity)
+    holds: tuple[tuple[str, str, str], ...] = ()  # (entry, rank0, alias) its holds, sorted
 
     def version(self, package: str) -> str | None:
         return dict(self.versions).get(package)
@@ -204,6 +207,7 @@ def parse_report(name: str, stdout: str, stderr: str, returncode: int) -> HostRe
         problems.append(f"the report was cut short ({_last_line(stderr) or 'no reason given'})")
     versions = tuple((p, _str(answer.get(p))) for p in PACKAGES)
     digests = answer.get("digests")
+    holds = answer.get("holds")
     free = answer.get("free_disk")
     return HostReport(
         name,
@@ -218,7 +222,19 @@ def parse_report(name: str, stdout: str, stderr: str, returncode: int) -> HostRe
         digests=tuple(sorted({d for d in digests if isinstance(d, str)}))
         if isinstance(digests, list)
         else (),
+        holds=_holds(holds),
     )
+
+
+def _holds(value: object) -> tuple[tuple[str, str, str], ...]:
+    if not isinstance(value, list):
+        return ()
+    rows = {
+        (h[0], h[1], h[2])
+        for h in value
+        if isinstance(h, list) and len(h) == 3 and all(isinstance(x, str) for x in h)
+    }
+    return tuple(sorted(rows))
 
 
 def _str(value: object) -> str | None:

@@ -16,7 +16,7 @@ from local_ai.bench.measure import run_level, stream_once
 from local_ai.bench.results import context_of
 from local_ai.clients.base import ClientChange
 from local_ai.clients.plan import apply_client_change, describe_result
-from local_ai.cluster.copy import copy_entry, local_entry
+from local_ai.cluster.copy import copy_entry, local_entry, release_on_host
 from local_ai.convert.api import CONVERTER_VERSION, convert_to_store, weights_at
 from local_ai.convert.recipe import AFFINE_BITS, MIXED_RECIPES, make_recipe
 from local_ai.convert.safetensors_header import check_safetensors
@@ -34,6 +34,7 @@ from local_ai.reconcile.model import (
     GateParams,
     InstallParams,
     Kind,
+    ReleaseParams,
     ServeParams,
     convert_digest,
     install_fields,
@@ -71,7 +72,16 @@ def _alias(action: Action) -> str:
     return action.resource.split(".", 1)[1]
 
 
-_P = TypeVar("_P", ConvertParams, InstallParams, CopyParams, ServeParams, GateParams, ClientChange)
+_P = TypeVar(
+    "_P",
+    ConvertParams,
+    InstallParams,
+    CopyParams,
+    ReleaseParams,
+    ServeParams,
+    GateParams,
+    ClientChange,
+)
 
 
 def _params(action: Action, kind: type[_P]) -> _P:
@@ -130,6 +140,7 @@ class Adapters:
             Kind.CONFORM: self.conform,
             Kind.WRITE_CLIENT: self.write_client,
             Kind.COPY_TO_HOST: self.copy_to_host,
+            Kind.RELEASE_HOLD: self.release_hold,
         }
 
     def copy_to_host(self, action: Action) -> str:
@@ -139,9 +150,19 @@ class Adapters:
         assert cluster is not None  # the planner plans copies only for a [cluster]
         entry = local_entry(self.state.models[alias], params.digest)
         progress = self.fetch_progress() if self.fetch_progress else None
-        result = copy_entry(host, cluster.hosts[host], entry, progress=progress)
+        hold = (cluster.rank0, alias)
+        result = copy_entry(host, cluster.hosts[host], entry, hold=hold, progress=progress)
         self.copied.setdefault(alias, set()).add(host)
         return result.describe()
+
+    def release_hold(self, action: Action) -> str:
+        params = _params(action, ReleaseParams)
+        cluster = self.manifest.cluster
+        assert cluster is not None  # the planner plans releases only for a [cluster]
+        host = cluster.hosts[params.host]
+        there = release_on_host(params.host, host, params.entry, params.rank0, params.alias)
+        what = f"{params.rank0}'s hold of store entry {params.entry} for {params.alias}"
+        return f"released {what} on {params.host}" if there else f"{params.host} had no {what}"
 
     def write_client(self, action: Action) -> str:
         change = _params(action, ClientChange)

@@ -116,6 +116,7 @@ class Kind(StrEnum):
     STOP_SERVER = "stop-server"
     REMOVE = "remove"
     COPY_TO_HOST = "copy-to-host"  # a store entry to a cluster host that lacks it
+    RELEASE_HOLD = "release-hold"  # a cluster host no longer serves an entry for rank 0
 
 
 @dataclass(frozen=True)
@@ -155,6 +156,14 @@ class CopyParams:
 
 
 @dataclass(frozen=True)
+class ReleaseParams:
+    host: str  # the [cluster.hosts] name
+    entry: str  # the store entry directory there, `<digest>-<name>`
+    rank0: str
+    alias: str
+
+
+@dataclass(frozen=True)
 class Action:
     id: str  # "fetch:coder"
     kind: Kind
@@ -168,7 +177,14 @@ class Action:
     detail: str = ""
     # What the plan decided, per kind.
     params: (
-        ConvertParams | InstallParams | CopyParams | ServeParams | GateParams | ClientChange | None
+        ConvertParams
+        | InstallParams
+        | CopyParams
+        | ReleaseParams
+        | ServeParams
+        | GateParams
+        | ClientChange
+        | None
     ) = None  # write-client: the exact edits, checked against the files before writing
 
 

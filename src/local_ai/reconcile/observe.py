@@ -103,7 +103,8 @@ def observe(
     seen_clients, clients_error = observe_clients(loaded) if not targets else (None, None)
     hosts = {}
     placed = [a for a, s in manifest.models.items() if s.hosts and (not targets or a in targets)]
-    if manifest.cluster is not None and placed:
+    # Without --target, also to find the holds of models no longer placed on a host.
+    if manifest.cluster is not None and (placed or not targets):
         hosts = observe_hosts(manifest.cluster)
     observed = Observed(
         state_serial=state.serial,

@@ -23,6 +23,7 @@ from local_ai.reconcile.model import (
     Kind,
     Observed,
     Plan,
+    ReleaseParams,
     ResourceChange,
     ServeParams,
     SourceView,
@@ -592,6 +593,59 @@ class _Builder:
         self.host_plans = plans
         return next((p.peak for p in plans if p.name == settings.rank0), 0)
 
+    def plan_releases(self, serving: tuple[str, ...]) -> None:
+        """Release the holds rank 0 keeps on hosts for what it no longer places there: a model
+        gone from the manifest or from that host, or a host now given another store entry.
+        `serving`: the server actions that stop serving it; a release waits for their success."""
+        settings = self.manifest.cluster
+        if settings is None or self.options.targets:
+            return  # --target: the other models' placements were not planned
+        named = {n for spec in self.manifest.models.values() for n in spec.hosts or ()}
+        for name, report in self.observed.hosts.items():
+            if name == settings.rank0:
+                continue
+            if not report.reachable:
+                if name not in named:
+                    self.warnings.append(
+                        f"cluster.hosts.{name} is unreachable ({report.error}): the store entries "
+                        f"it keeps for rank 0 {settings.rank0} stay held there until an apply "
+                        "reaches it (or `local-ai gc --release-holds` is run there)"
+                    )
+                continue
+            for entry, rank0, alias in report.holds:
+                cause = self._release_cause(name, entry, alias) if rank0 == settings.rank0 else None
+                if cause is None:
+                    continue
+                resource = f"hold.{alias}@{name}"
+                if not any(r.resource == resource for r in self.resources):
+                    self.resources.append(ResourceChange(resource, Change.DELETE, cause))
+                self.add(
+                    Action(
+                        id=f"release-hold:{alias}@{name}:{entry.partition('-')[0]}",
+                        kind=Kind.RELEASE_HOLD,
+                        resource=resource,
+                        cause=cause,
+                        depends_on=serving,
+                        detail=f"on {name}: store entry {entry}",
+                        params=ReleaseParams(name, entry, rank0, alias),
+                    )
+                )
+
+    def _release_cause(self, host: str, entry: str, alias: str) -> str | None:
+        """Why rank 0 no longer needs `entry` on `host` for `alias`, or None to keep it."""
+        spec = self.manifest.models.get(alias)
+        if spec is None:
+            return f"{alias} is no longer in the manifest"
+        if host not in (spec.hosts or [])[1:]:
+            return f"{alias} is no longer placed on {host}"
+        view = self.placed.get(alias)
+        if view is None:
+            return None  # not planned now (a host unreachable, an error): keep what serves it
+        digest = served_digest(view.source, spec, self.options.converter_version)
+        if entry.partition("-")[0] == digest:
+            return None
+        return f"{alias} on {host} is now store entry {digest}"
+
     def _mark_copies(self, alias: str, lacking: list[str]) -> None:
         """An up-to-date model whose files some host lacks is a change, not a no-op."""
         resource = f"model.{alias}"
@@ -690,6 +744,9 @@ def plan(manifest: Manifest, observed: Observed, options: Options | None = None)
     # Without the gate a rejection no longer holds; with it, only a build measured again serves.
     admit = tuple(rejected if not gate else remeasure)
     builder.plan_server(installs + removal_ids + copy_ids, admit, bool(remeasure))
+    # A host's hold goes only once the gateway no longer serves that entry from it.
+    serving = (Kind.START_SERVER, Kind.RESTART_SERVER, Kind.RELOAD_ALIASES, Kind.RESTART_ENGINE)
+    builder.plan_releases(tuple(a.id for a in builder.actions if a.kind in serving))
     builder.plan_measurements(rebuilt, remeasure)
     if not options.targets:
         builder.plan_clients()

@@ -223,9 +223,12 @@ class References:
         return self.by_path.get(str(path), ())
 
 
-def find_references(paths: Paths) -> References:
-    """Every store directory referenced by state.json, run/aliases.json or a kept generation.
-    Generations are scanned for any string naming a store path, whatever their layout."""
+def find_references(paths: Paths, *, holds: bool = True) -> References:
+    """Every store directory referenced by state.json, run/aliases.json, a kept generation or
+    (`holds`) a cluster's hold. Generations are scanned for any string naming a store path,
+    whatever their layout."""
+    from local_ai.store.holds import list_holds
+
     by_path: dict[str, list[str]] = {}
 
     def add(raw: str, holder: str) -> None:
@@ -246,40 +249,60 @@ def find_references(paths: Paths) -> References:
         for gen in sorted(paths.generations.glob("*.json")):
             for text in set(_strings(read_json(gen))):
                 add(text, f"generation {gen.stem}")
+    for hold in list_holds(paths) if holds else ():
+        add(str(paths.store / hold.entry), hold.describe())
     return References({k: tuple(dict.fromkeys(v)) for k, v in by_path.items()})
 
 
 @dataclass(frozen=True)
 class Garbage:
-    """What `gc` would delete: unreferenced store entries and leftovers of killed runs."""
+    """What `gc` would delete: unreferenced store entries and leftovers of killed runs; and the
+    entries it keeps for a cluster (their holds), to say why."""
 
     entries: tuple[tuple[StoreEntry, int], ...]  # (entry, bytes)
     staging: tuple[tuple[Path, int], ...]
     incomplete: tuple[tuple[Path, int], ...]  # *.incomplete blobs in the HF cache
+    incoming: tuple[tuple[Path, int], ...] = ()  # copies from a rank 0 cut short, not resumed now
+    held: tuple[tuple[StoreEntry, tuple[str, ...]], ...] = ()  # kept for a cluster: why
 
     @property
     def total_bytes(self) -> int:
-        return sum(size for _, size in (*self.entries, *self.staging, *self.incomplete))
+        items = (*self.entries, *self.staging, *self.incomplete, *self.incoming)
+        return sum(size for _, size in items)
 
     @property
     def empty(self) -> bool:
-        return not (self.entries or self.staging or self.incomplete)
+        return not (self.entries or self.staging or self.incomplete or self.incoming)
 
 
-def find_garbage(store: Store, incomplete: list[Path] | None = None) -> Garbage:
-    refs = find_references(store.paths)
+def find_garbage(
+    store: Store, incomplete: list[Path] | None = None, *, holds: bool = True
+) -> Garbage:
+    """`holds=False`: as if this host's cluster holds were released (`gc --release-holds`)."""
+    from local_ai.store.holds import list_holds, stale_incoming
+
+    refs = find_references(store.paths, holds=holds)
     entries = tuple(
         (entry, disk_usage(entry.path)) for entry in store.entries() if not refs.holders(entry.path)
     )
     staging = tuple((path, disk_usage(path)) for path in store.leftovers())
     leftovers = tuple((p, p.stat().st_size) for p in incomplete or [] if p.exists())
-    return Garbage(entries, staging, leftovers)
+    kept = list_holds(store.paths) if holds else []
+    held = tuple(
+        (entry, why)
+        for entry in store.entries()
+        if (why := tuple(h.describe() for h in kept if h.entry == entry.path.name))
+    )
+    incoming = tuple(stale_incoming(store.paths))
+    return Garbage(entries, staging, leftovers, incoming, held)
 
 
-def collect_garbage(store: Store, garbage: Garbage) -> int:
+def collect_garbage(store: Store, garbage: Garbage, *, holds: bool = True) -> int:
     """Delete what `find_garbage` found, re-checking references first (call under the apply
     lock). Returns the bytes freed."""
-    refs = find_references(store.paths)
+    from local_ai.store.holds import remove_incoming
+
+    refs = find_references(store.paths, holds=holds)
     freed = 0
     for entry, size in garbage.entries:
         if refs.holders(entry.path) or not entry.path.is_dir():
@@ -292,4 +315,7 @@ def collect_garbage(store: Store, garbage: Garbage) -> int:
         else:
             path.unlink(missing_ok=True)
         freed += size
+    for path, size in garbage.incoming:
+        if remove_incoming(store.paths, path):  # unless a copy took it up meanwhile
+            freed += size
     return freed

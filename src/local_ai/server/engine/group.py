@@ -412,6 +412,21 @@ class Mirror:
             self.gen = None
 
 
+def hold(spec: GroupSpec, rank: int) -> None:
+    """Record on this host that rank 0 serves its store entry from here, so its `gc` keeps it
+    (an entry found here by digest was never copied, so only this start records it)."""
+    from local_ai.store.holds import hold_of_path, write_hold
+
+    found = hold_of_path(spec.model_paths[rank])
+    if found is None:
+        return  # not a store entry (rank 0's own directory): nothing for gc to keep
+    paths, entry = found
+    try:
+        write_hold(paths, entry, spec.hosts[0], spec.alias, how=f"rank {rank} started")
+    except OSError as exc:
+        log.warning("rank %s could not record its hold of %s: %s", rank, entry, exc)
+
+
 def follow(spec: GroupSpec, prefill_chunk: int) -> int:
     """A rank > 0: join, then mirror rank 0 until it says stop."""
     group = Group(spec)
@@ -421,6 +436,7 @@ def follow(spec: GroupSpec, prefill_chunk: int) -> int:
     except Exception as exc:
         log.error("rank %s could not join the group: %s", group.rank, exc)
         return 2
+    hold(spec, group.rank)
     group.announce()
     mirror = Mirror(group, model, tokenizer, prefill_chunk)
     while True:
