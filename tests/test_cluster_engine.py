@@ -21,7 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
-from local_ai.server.engine.group import LOST_MARK, MESSAGE_TIMEOUT_S, RANK_MARK
+from local_ai.server.engine.group import MESSAGE_TIMEOUT_S
+from local_ai.server.groupspec import LOST_MARK, RANK_MARK
 from tests.harness import tinymodels as tm
 from tests.server_helpers import (
     TOOL_FUNCTION,

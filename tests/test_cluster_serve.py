@@ -23,7 +23,7 @@ from local_ai.cluster.launch import free_ports, group_command, launcher
 from local_ai.cluster.observe import HostReport
 from local_ai.manifest.load import load_manifest
 from local_ai.reconcile.serving import alias_map_of, group_of
-from local_ai.server.gateway.group import parse_rank_line
+from local_ai.server.groupspec import parse_rank_line
 from local_ai.store.state import InstalledModel, State
 from tests.harness import tinymodels as tm
 from tests.harness.sshd import (
@@ -78,6 +78,28 @@ def test_ports_are_free_ones_on_loopback_and_mlx_default_between_hosts() -> None
     port = free_ports(["127.0.0.1", "127.0.0.1"])
     assert 1024 < port < 65535 and port != 32323
     assert free_ports(["127.0.0.1", "192.168.2.2"]) == 32323
+
+
+def test_what_the_gateway_starts_a_group_with_is_what_every_rank_parses() -> None:
+    from local_ai.server.aliases import GroupEntry
+    from local_ai.server.gateway.group import group_doc
+    from local_ai.server.gateway.supervisor import EngineSpec
+    from local_ai.server.groupspec import GroupSpec, rank_line
+
+    entry = GroupEntry(parallel="tensor", backend="ring", hosts=["a", "b"],
+                       model_paths=["/x", "/y"], pythons=["p", "p"],
+                       addresses=["127.0.0.1"] * 2, ssh=[None, ["ssh", "--", "b"]],
+                       hostfile="/h")  # fmt: skip
+    spec = EngineSpec(socket="/s", aliases_file="/a", max_loaded_models=1, idle_ttl_s=0,
+                      prompt_cache=False, max_batch_size=3)  # fmt: skip
+    doc = group_doc("tiny", entry, spec)
+    parsed = GroupSpec.parse(json.loads(json.dumps(doc)), "--follow")
+    assert parsed.to_json() == doc and parsed.max_batch_size == 3 and parsed.hosts == ["a", "b"]
+    with pytest.raises(ValueError, match="group tiny: parallel must be one of pipeline, tensor"):
+        group_doc("tiny", entry.model_copy(update={"parallel": "expert"}), spec)
+    with pytest.raises(ValueError, match=r"--follow: .*hosts and model_paths"):
+        GroupSpec.parse({**doc, "hosts": ["a"]}, "--follow")
+    assert parse_rank_line(rank_line(1, "b", 4242)) == {"rank": 1, "host": "b", "pid": 4242}
 
 
 def test_rank_lines_are_parsed_and_anything_else_ignored() -> None:

@@ -84,8 +84,9 @@ def _connect_early() -> None:
 
 
 def _follow(parser: argparse.ArgumentParser, group_json: str) -> int:
-    from local_ai.server.engine.group import GroupSpec, follow
+    from local_ai.server.engine.group import follow
     from local_ai.server.engine.scheduler import PREFILL_CHUNK
+    from local_ai.server.groupspec import GroupSpec
 
     try:
         spec = GroupSpec.parse(json.loads(group_json), "--follow")

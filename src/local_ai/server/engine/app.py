@@ -52,7 +52,7 @@ from local_ai.server.engine.generator import (
     LocalOpenAIAdapter,
     ScheduledChatGenerator,
 )
-from local_ai.server.engine.group import Group, GroupSpec
+from local_ai.server.engine.group import Group
 from local_ai.server.engine.models import LoadedModel, ModelRegistry
 from local_ai.server.engine.scheduler import (
     DEFAULT_MAX_BATCH,
@@ -60,6 +60,7 @@ from local_ai.server.engine.scheduler import (
     GenerationCancelled,
     Scheduler,
 )
+from local_ai.server.groupspec import GroupSpec
 
 log = logging.getLogger("local_ai.engine")
 

@@ -31,16 +31,14 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, NoReturn
 
 from local_ai.server.engine.models import NO_REMOTE_CODE, refuse_code
+from local_ai.server.groupspec import LOST_MARK, GroupSpec, rank_line
 
 log = logging.getLogger("local_ai.engine")
 
-RANK_MARK = "local-ai-rank"
-LOST_MARK = "local-ai-rank-lost"
 LOST_EXIT = 3
 LOST_LINGER_S = 1.0
 # Followers give up after this long without a message (idle, rank 0 sends one every
@@ -51,53 +49,6 @@ MESSAGE_HEAD = 1024
 # One batched step (a prefill chunk of a large model included) and loading a share of weights.
 STEP_TIMEOUT_S = 60.0
 JOIN_TIMEOUT_S = 3600.0
-PARALLEL = ("pipeline", "tensor")
-
-
-@dataclass(frozen=True)
-class GroupSpec:
-    """GROUP of the contract with the gateway (docs/cluster.md): the same on every rank."""
-
-    alias: str
-    parallel: Literal["pipeline", "tensor"]
-    hosts: list[str]
-    model_paths: list[str]
-    max_batch_size: int
-    debug: bool = False
-
-    @classmethod
-    def parse(cls, raw: Any, where: str) -> GroupSpec:
-        """Validated GROUP; ValueError naming `where` and the key otherwise."""
-        if not isinstance(raw, dict):
-            raise ValueError(f"{where}: the group must be a JSON object")
-        problems = []
-        if not isinstance(raw.get("alias"), str) or not raw["alias"]:
-            problems.append("alias must be a non-empty string")
-        if raw.get("parallel") not in PARALLEL:
-            problems.append(f"parallel must be one of {', '.join(PARALLEL)}")
-        hosts, paths = raw.get("hosts"), raw.get("model_paths")
-        for key, value in (("hosts", hosts), ("model_paths", paths)):
-            if not (isinstance(value, list) and value and all(isinstance(v, str) for v in value)):
-                problems.append(f"{key} must be a list of strings, one per rank")
-        if isinstance(hosts, list) and isinstance(paths, list) and len(hosts) != len(paths):
-            problems.append("hosts and model_paths must have one entry per rank")
-        batch = raw.get("max_batch_size")
-        if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
-            problems.append("max_batch_size must be a positive integer")
-        unknown = set(raw) - {"alias", "parallel", "hosts", "model_paths", "max_batch_size"}
-        unknown.discard("debug")
-        if unknown:
-            problems.append(f"unknown keys {', '.join(sorted(unknown))}")
-        if problems:
-            raise ValueError(f"{where}: " + "; ".join(problems))
-        return cls(
-            alias=raw["alias"],
-            parallel=raw["parallel"],
-            hosts=list(hosts),  # type: ignore[arg-type]
-            model_paths=list(paths),  # type: ignore[arg-type]
-            max_batch_size=batch,  # type: ignore[arg-type]
-            debug=bool(raw.get("debug")),
-        )
 
 
 def lost(what: str) -> NoReturn:
@@ -197,8 +148,7 @@ class Group:
             with _on_generation_stream():
                 pids = mx.distributed.all_sum(mx.array(mine), group=self.world)
             self.pids = [int(p) for p in pids.tolist()]  # type: ignore[union-attr,arg-type]
-        line = {"rank": self.rank, "host": self.spec.hosts[self.rank], "pid": os.getpid()}
-        sys.stdout.write(f"{RANK_MARK} {json.dumps(line)}\n")
+        sys.stdout.write(rank_line(self.rank, self.spec.hosts[self.rank], os.getpid()))
         sys.stdout.flush()
         self.ready = True
 

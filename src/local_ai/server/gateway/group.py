@@ -25,11 +25,11 @@ from typing import Any
 from local_ai import settings
 from local_ai.server.aliases import GroupEntry
 from local_ai.server.gateway.supervisor import STOP_TIMEOUT_S, EngineSpec, EngineSupervisor
+from local_ai.server.groupspec import PARALLEL, GroupSpec, parse_rank_line
 from local_ai.util.atomic import atomic_write_text
 
 log = logging.getLogger("local_ai.gateway")
 
-RANK_MARK = "local-ai-rank"  # the one stdout line each rank prints once loaded (the contract)
 WATCH_S = 2.0  # how often each rank's pid is checked while the group serves
 SSH_CHECK_TIMEOUT_S = 15.0
 SSH_FAILED = 255  # ssh's own exit code: the host, not the pid, did not answer
@@ -38,30 +38,19 @@ OUTPUT_DRAIN_S = 2.0  # for the launcher's output once its session is killed
 _NODE_ENDED = re.compile(r"Node with rank (\d+) ((?:exited with code -?\d+)|(?:was killed))")
 
 
-def parse_rank_line(line: str) -> dict[str, Any] | None:
-    """`local-ai-rank {"rank", "host", "pid"}` → that dict; None for any other line."""
-    head, _, rest = line.strip().partition(" ")
-    if head != RANK_MARK:
-        return None
-    try:
-        doc = json.loads(rest)
-    except ValueError:
-        return None
-    if not isinstance(doc, dict) or not all(isinstance(doc.get(k), int) for k in ("rank", "pid")):
-        return None
-    return doc
-
-
 def group_doc(alias: str, group: GroupEntry, spec: EngineSpec) -> dict[str, Any]:
     """GROUP of the contract: what every rank is started with."""
-    return {
-        "alias": alias,
-        "parallel": group.parallel,
-        "hosts": list(group.hosts),
-        "model_paths": list(group.model_paths),
-        "max_batch_size": spec.max_batch_size,
-        "debug": spec.debug,
-    }
+    parallel = group.parallel
+    if parallel not in PARALLEL:
+        raise ValueError(f"group {alias}: parallel must be one of {', '.join(PARALLEL)}")
+    return GroupSpec(
+        alias=alias,
+        parallel=parallel,  # type: ignore[arg-type]
+        hosts=list(group.hosts),
+        model_paths=list(group.model_paths),
+        max_batch_size=spec.max_batch_size,
+        debug=spec.debug,
+    ).to_json()
 
 
 class GroupSupervisor(EngineSupervisor):
