@@ -345,12 +345,14 @@ class Gateway:
         exchange(scope).tap = ResponseTap(
             streaming=bool(body.get("stream")), strip_usage=strip_usage
         )
-        await run_until_disconnect(
+        completed = await run_until_disconnect(
             receive,
             self._generate(
                 scope, send, lambda: self._forward(scope, send, api, path, payload, model, entry)
             ),
         )
+        if not completed:
+            self.counters["cancelled"] += 1
 
     async def _resolve(
         self, scope: Scope, send: Send, body: dict[str, Any], engine_body: dict[str, Any]
@@ -623,7 +625,8 @@ class Gateway:
             if builder.status in ("completed", "incomplete") and body.get("store") is not False:
                 self.responses.put(builder.id, [*conversation, *builder.messages()])
 
-        await run_until_disconnect(receive, self._generate(scope, send, work))
+        if not await run_until_disconnect(receive, self._generate(scope, send, work)):
+            self.counters["cancelled"] += 1
 
     async def _respond(
         self,
