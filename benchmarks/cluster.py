@@ -377,9 +377,12 @@ class Served:
     def timed(self) -> dict[str, Any]:
         """TTFT is a 1-token answer's time; the decode rate is what `tokens` more cost over it
         (text chunks do not time tokens: the detokenizer holds pieces until a word ends)."""
-        one, _ = self.request(1)
-        whole, tokens = self.request(self.args.tokens)
-        if tokens < 2 or whole <= one:
+        for _ in range(5):  # on a busy machine a pause can make the 1-token answer the slower
+            one, _ = self.request(1)
+            whole, tokens = self.request(self.args.tokens)
+            if tokens >= 2 and whole > one:
+                break
+        else:
             raise RuntimeError(f"{self.name}: {tokens} token(s) in {whole:.3f} s times nothing")
         return {
             "ttft_s": one,
