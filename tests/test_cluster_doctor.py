@@ -219,6 +219,29 @@ def test_doctor_cluster_runs_a_real_ring_all_reduce(tmp_path: Path) -> None:
     }
 
 
+def test_an_exited_rank_counts_as_running_until_its_output_is_read() -> None:
+    """mlx.launch reads a rank's pipes only while its poll() is None: a rank that printed its
+    report and exited before the next read must still have that report read."""
+    import os
+
+    from local_ai.cluster.launch import UntilDrained
+
+    code = "import sys; print('report'); sys.stderr.write('bye')"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.wait(timeout=120) == 0  # exited, nothing read yet
+    assert proc.stdout is not None and proc.stderr is not None
+    seen = UntilDrained(proc)
+    assert seen.poll() is None and seen.stdout is proc.stdout
+    assert os.read(proc.stdout.fileno(), 100) == b"report\n"
+    assert seen.poll() is None  # stderr still holds its part
+    assert os.read(proc.stderr.fileno(), 100) == b"bye"
+    assert seen.poll() == 0
+    proc.stdout.close()
+    proc.stderr.close()
+
+
 def test_starting_port_is_mlx_default_between_real_hosts() -> None:
     from local_ai.cluster.launch import DEFAULT_PORT, starting_port
 

@@ -155,6 +155,29 @@ def test_a_mixed_batch_gives_each_request_its_output_alone(
     assert wait_for(lambda: engine.scheduler.active == 0, 20)
 
 
+def test_a_sampled_row_joining_after_a_greedy_row_ended_keeps_its_own_sampler(
+    engine: Engine, model_paths: tuple[Path, Path]
+) -> None:
+    """mlx-lm 0.31 leaves a batch of greedy rows a stale sampler slot when one ends: a sampled
+    row joining then must still draw its own tokens (it drew others' once, seen under load)."""
+    loaded = engine.model(model_paths[0])
+    encode = loaded.tokenizer.encode
+    short, seeded = encode("two rivers"), encode("five")
+    long_running = Job(model=loaded, prompt=encode("a long story"), kwargs=options(3000))
+    ended = Job(model=loaded, prompt=short, kwargs=options(4))
+    for job in (long_running, ended):
+        engine.scheduler.submit(job)
+    assert len(list(ended.events())) == 4  # ended: its row left the batch, the other runs on
+    (joined,) = engine.run(Job(model=loaded, prompt=seeded, kwargs=sampled(16, seed=5)))
+    long_running.cancel()  # still running when the sampled row ended: it joined that batch
+    with pytest.raises(GenerationCancelled):
+        list(long_running.events())
+
+    (alone,) = engine.run(Job(model=loaded, prompt=seeded, kwargs=sampled(16, seed=5)))
+    assert len(joined) == 16 and joined[-1].finish_reason == "length"
+    assert [e.token for e in joined] == [e.token for e in alone]
+
+
 def test_a_request_that_does_not_fit_waits_or_is_refused(model_paths: tuple[Path, Path]) -> None:
     probe = Engine()
     loaded = probe.model(model_paths[0])

@@ -75,7 +75,8 @@ def quiet_mlx_launch(args: list[str]) -> int:
     """mlx.launch with `args`, without its idle spin (mlx 0.31): each rank's output loop also
     selects the rank's stdin pipe for writing, always ready, and its main loop selects our
     stdin, always ready on /dev/null: both loops then never sleep (a core while ranks idle).
-    Nothing is ever forwarded to the ranks' stdin, so here both selects wait for output only."""
+    Nothing is ever forwarded to the ranks' stdin, so here both selects wait for output only;
+    and an exited rank's output is read to the end (`UntilDrained`)."""
     import select
 
     mlx_launch: Any = None
@@ -93,11 +94,53 @@ def quiet_mlx_launch(args: list[str]) -> int:
         return readable, [], failed
 
     mlx_launch.select = select_reads
+    remote = getattr(mlx_launch, "RemoteProcess", None)
+    if isinstance(remote, type) and isinstance(getattr(remote, "process", None), property):
+
+        class Drained(remote):  # type: ignore[misc,valid-type]
+            @property
+            def process(self) -> Any:
+                return UntilDrained(super().process)
+
+        mlx_launch.RemoteProcess = Drained
     never, _held = os.pipe()  # a stdin that never has data nor ends while this process runs
     os.dup2(never, 0)
     sys.argv = ["mlx.launch", *args]
     mlx_launch.main()
     return 0  # as mlx.launch: 0 even when a rank failed (its "Node with rank" note says so)
+
+
+class UntilDrained:
+    """A rank's Popen as mlx.launch's output loop sees it. That loop reads a rank's pipes only
+    `while p.poll() is None`, so a rank that prints and exits before the loop's next read loses
+    its last lines (on a busy machine, the smoke's report): here a rank counts as running
+    until its exit and every byte it wrote has been read."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        self._proc = proc
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._proc, name)
+
+    def poll(self) -> int | None:
+        code = self._proc.poll()
+        if code is None:
+            return None
+        pipes = (self._proc.stdout, self._proc.stderr)
+        return None if any(p is not None and unread_bytes(p.fileno()) for p in pipes) else code
+
+
+def unread_bytes(fd: int) -> int:
+    """Bytes waiting in the pipe `fd` (0 once read, closed or not a pipe)."""
+    import fcntl
+    import termios
+
+    buf = bytearray(4)
+    try:
+        fcntl.ioctl(fd, termios.FIONREAD, buf)
+    except OSError:
+        return 0
+    return int.from_bytes(buf, sys.byteorder)
 
 
 def smoke_command(cluster: ClusterSettings, hostfile_path: Path, port: int) -> list[str]:

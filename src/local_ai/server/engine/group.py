@@ -320,7 +320,7 @@ class Mirror:
     def apply(self, message: dict[str, Any]) -> None:
         from mlx_lm.models.cache import make_prompt_cache
 
-        from local_ai.server.engine.scheduler import new_batch_generator
+        from local_ai.server.engine.scheduler import insert_row, new_batch_generator
 
         for op in message.get("ops", []):
             if op[0] == "insert":
@@ -332,12 +332,13 @@ class Mirror:
                         self.group.spec.max_batch_size,
                         self.prefill_chunk,
                     )
-                (mine,) = self.gen.insert(
-                    [prompt],
-                    max_tokens=[max_tokens],
-                    caches=[make_prompt_cache(self.model)],
-                    all_tokens=[[]],
-                    samplers=None if greedy else [self.group.sampler(None)],
+                mine = insert_row(
+                    self.gen,
+                    prompt,
+                    max_tokens,
+                    make_prompt_cache(self.model),
+                    [],
+                    None if greedy else self.group.sampler(None),
                 )
                 if mine != uid:
                     lost(f"out of step with rank 0 (row {mine} here, {uid} there)")

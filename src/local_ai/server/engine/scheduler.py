@@ -352,6 +352,36 @@ def new_batch_generator(model: Any, tokenizer: Any, max_batch: int, prefill_chun
     )
 
 
+def insert_row(
+    gen: Any,
+    prompt: list[int],
+    max_tokens: int,
+    cache: list[Any],
+    cached: list[int],
+    sampler: Callable[[Any], Any] | None,
+) -> int:
+    """Add one row to `gen` (as every rank of a group must): `prompt` the tokens still to
+    process after the `cached` ones already in `cache`; `sampler` None for greedy.
+
+    Every row gets a sampler, greedy ones argmax: mlx-lm 0.31's GenerationBatch.filter leaves
+    its sampler list untouched when no entry is set, so after a greedy row ended, a sampled row
+    joining took the stale slot's place and rows used each other's samplers."""
+    (uid,) = gen.insert(
+        [prompt],
+        max_tokens=[max_tokens],
+        caches=[cache],
+        all_tokens=[cached],
+        samplers=[sampler or _greedy],
+    )
+    return int(uid)
+
+
+def _greedy(logprobs: Any) -> Any:
+    import mlx.core as mx
+
+    return mx.argmax(logprobs, axis=-1)
+
+
 class _ModelBatch:
     """The running generations of one model, as rows of one mlx-lm BatchGenerator."""
 
@@ -609,12 +639,13 @@ class Scheduler:
         greedy = sampler is None  # every rank holds the same logits: each picks the token
         if self.group is not None and not greedy:
             sampler = self.group.sampler(sampler)
-        (job.uid,) = batch.gen.insert(
-            [job.prompt[job.cached_tokens :]],
-            max_tokens=[job.max_tokens],
-            caches=[cache],
-            all_tokens=[job.prompt[: job.cached_tokens]],
-            samplers=[sampler] if sampler is not None else None,
+        job.uid = insert_row(
+            batch.gen,
+            job.prompt[job.cached_tokens :],
+            job.max_tokens,
+            cache,
+            job.prompt[: job.cached_tokens],
+            sampler,
         )
         job.detokenizer = loaded.tokenizer.detokenizer
         batch.jobs[job.uid] = job
