@@ -567,9 +567,7 @@ class Scheduler:
             models = {id(j.model): j.model for j in [*running, job]}
             weights = sum(m.memory_bytes for m in models.values())
             free = self.memory_budget - weights - sum(j.kv_bytes for j in running)
-            if job.kv_bytes <= free:  # kept prefix caches give way to a request that fits
-                self._evict_kept(models.values(), job, free - job.kv_bytes)
-            if job.kv_bytes > free - self._kept_bytes(models.values(), job):
+            if job.kv_bytes > free:
                 if running:
                     return  # waits for running generations to finish and free their caches
                 self._waiting.popleft()
@@ -578,6 +576,8 @@ class Scheduler:
                 job.out.put(_refusal(tokens, job.kv_bytes, free))
                 continue
             self._waiting.popleft()
+            # Kept prefix caches give way to a request that fits without them.
+            self._evict_kept(models.values(), job, free - job.kv_bytes)
             try:
                 self._start(job)
             except Exception as exc:
@@ -586,19 +586,15 @@ class Scheduler:
                 job.out.put(exc)
 
     @staticmethod
-    def _kept(models: Any, job: Job) -> list[tuple[PrefixCache, _CacheEntry]]:
-        """Prefix caches kept by `models`, least recently used first, without the one `job`
-        will check out (its memory is then part of the job's own KV cache)."""
-        own = job.model.prefix_cache.best(job.prompt)[0] if job.use_prefix_cache else None
+    def _evict_kept(models: Any, job: Job, room: int) -> None:
+        """Drop prefix caches kept by `models`, least recently used first, until they take at
+        most `room` bytes; never the one `job` will check out (its memory then becomes part of
+        the job's own KV cache, already priced)."""
         kept = [(m.prefix_cache, e) for m in models for e in m.prefix_cache.entries]
-        return sorted(((c, e) for c, e in kept if e is not own), key=lambda ce: ce[1].last_used)
-
-    def _kept_bytes(self, models: Any, job: Job) -> int:
-        return sum(e.nbytes for _, e in self._kept(models, job))
-
-    def _evict_kept(self, models: Any, job: Job, room: int) -> None:
-        """Drop kept prefix caches, oldest first, until they take at most `room` bytes."""
-        kept = self._kept(models, job)
+        if sum(e.nbytes for _, e in kept) <= room:
+            return
+        own = job.model.prefix_cache.best(job.prompt)[0] if job.use_prefix_cache else None
+        kept = sorted(((c, e) for c, e in kept if e is not own), key=lambda ce: ce[1].last_used)
         while kept and sum(e.nbytes for _, e in kept) > room:
             owner, entry = kept.pop(0)
             owner.entries.remove(entry)
