@@ -305,18 +305,18 @@ def _send_files(
 
 
 def _answer(stream: IO[bytes]) -> dict[str, Any] | None:
-    line = stream.readline()
-    try:
-        value = json.loads(line)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) else None
+    return _json_object(stream.readline())
 
 
 def _answer_text(text: str) -> dict[str, Any] | None:
+    """The host's answer: the last line it printed."""
     lines = [line for line in text.splitlines() if line.strip()]
+    return _json_object(lines[-1]) if lines else None
+
+
+def _json_object(line: str | bytes) -> dict[str, Any] | None:
     try:
-        value = json.loads(lines[-1]) if lines else None
+        value = json.loads(line)
     except ValueError:
         return None
     return value if isinstance(value, dict) else None

@@ -36,6 +36,7 @@ from typing import Any, NoReturn
 
 from local_ai.server.engine.models import NO_REMOTE_CODE, refuse_code
 from local_ai.server.groupspec import LOST_MARK, GroupSpec, rank_line
+from local_ai.store.holds import hold_of_path, write_hold
 
 log = logging.getLogger("local_ai.engine")
 
@@ -366,8 +367,6 @@ class Mirror:
 def hold(spec: GroupSpec, rank: int) -> None:
     """Record on this host that rank 0 serves its store entry from here, so its `gc` keeps it
     (an entry found here by digest was never copied, so only this start records it)."""
-    from local_ai.store.holds import hold_of_path, write_hold
-
     found = hold_of_path(spec.model_paths[rank])
     if found is None:
         return  # not a store entry (rank 0's own directory): nothing for gc to keep

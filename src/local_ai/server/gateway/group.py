@@ -25,7 +25,7 @@ from typing import Any
 from local_ai import settings
 from local_ai.server.aliases import GroupEntry
 from local_ai.server.gateway.supervisor import STOP_TIMEOUT_S, EngineSpec, EngineSupervisor
-from local_ai.server.groupspec import PARALLEL, GroupSpec, parse_rank_line
+from local_ai.server.groupspec import GroupSpec, parse_rank_line
 from local_ai.util.atomic import atomic_write_text
 
 log = logging.getLogger("local_ai.gateway")
@@ -39,18 +39,16 @@ _NODE_ENDED = re.compile(r"Node with rank (\d+) ((?:exited with code -?\d+)|(?:w
 
 
 def group_doc(alias: str, group: GroupEntry, spec: EngineSpec) -> dict[str, Any]:
-    """GROUP of the contract: what every rank is started with."""
-    parallel = group.parallel
-    if parallel not in PARALLEL:
-        raise ValueError(f"group {alias}: parallel must be one of {', '.join(PARALLEL)}")
-    return GroupSpec(
-        alias=alias,
-        parallel=parallel,  # type: ignore[arg-type]
-        hosts=list(group.hosts),
-        model_paths=list(group.model_paths),
-        max_batch_size=spec.max_batch_size,
-        debug=spec.debug,
-    ).to_json()
+    """GROUP of the contract: what every rank is started with (validated as every rank will)."""
+    doc = {
+        "alias": alias,
+        "parallel": group.parallel,
+        "hosts": list(group.hosts),
+        "model_paths": list(group.model_paths),
+        "max_batch_size": spec.max_batch_size,
+        "debug": spec.debug,
+    }
+    return GroupSpec.parse(doc, f"group {alias}").to_json()
 
 
 class GroupSupervisor(EngineSupervisor):
