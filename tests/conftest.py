@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from local_ai.cli import output
 from tests.harness.fakehub import FakeHub, client_pointed_at, running_hub
 
 # Fixtures for tests that drive a whole project through the CLI (tiny_hub, project).
@@ -48,7 +49,12 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[P
     work = tmp_path / "work"
     work.mkdir()
     monkeypatch.chdir(work)
+    # The CLI's consoles read COLUMNS when made: each test gets its own, made after its setenv.
+    output.console.cache_clear()
+    output.err_console.cache_clear()
     yield home
+    output.console.cache_clear()
+    output.err_console.cache_clear()
 
 
 @pytest.fixture
