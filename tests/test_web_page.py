@@ -244,6 +244,17 @@ def tab(
     assert leaving == [], leaving
 
 
+# Records, on every change of the page, the longest reply text seen while the reply was busy.
+STREAM_WATCH = """() => {
+  window.__textWhileBusy = 0;
+  new MutationObserver(() => {
+    const body = document.querySelector('.msg.assistant[aria-busy=true] .body');
+    if (body) window.__textWhileBusy = Math.max(window.__textWhileBusy, body.textContent.length);
+  }).observe(document.body,
+    {subtree: true, childList: true, characterData: true, attributes: true});
+}"""
+
+
 def wait_status(tab: Page, predicate: Any, timeout: float = 20.0) -> dict[str, Any]:
     deadline = time.monotonic() + timeout
     while True:
@@ -325,13 +336,17 @@ def test_dropdown_lists_the_aliases_with_the_default_selected(tab: Page) -> None
 def test_a_message_streams_a_reply(tab: Page) -> None:
     tab.open()
     page = tab.page
+    # Text shows up while the reply is still being generated: an observer records every change of
+    # the page, so a busy machine that paints rarely (or a poll that misses it) cannot hide it.
+    page.evaluate(STREAM_WATCH)
     reply = tab.say("Hello there, how are you?", max_tokens=400)
-    # Text shows up while the reply is still being generated.
-    page.wait_for_function(
-        "() => { const m = document.querySelector('.msg.assistant[aria-busy=true] .body');"
-        " return m !== null && m.textContent.length > 0; }"
+    page.wait_for_selector(".msg.assistant[data-outcome]", timeout=90_000)
+    ended = reply.evaluate(
+        "b => ({outcome: b.dataset.outcome, text: b.innerText.slice(0, 300),"
+        " seen: window.__textWhileBusy})"
     )
-    page.wait_for_selector(".msg.assistant[data-outcome=done]", timeout=60_000)
+    assert ended["outcome"] == "done", ended
+    assert ended["seen"] > 0, ended
     assert len(reply.locator(".body").inner_text()) > 0
     stats = reply.locator(".stats").inner_text()
     assert "TTFT" in stats and "tok/s" in stats and "400 tokens" in stats, stats
