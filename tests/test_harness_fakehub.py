@@ -379,7 +379,7 @@ def test_unknown_repo_revision_and_file_map_to_client_errors(
 
 def test_resolve_headers_and_ranges_over_keep_alive(hub: FakeHub, tiny: str) -> None:
     """Raw HTTP/1.1: both requests ride one connection; headers are the ones the client reads."""
-    conn = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=5)
+    conn = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=30)
     conn.request("HEAD", f"/{REPO}/resolve/main/model.safetensors")
     head = conn.getresponse()
     head.read()
@@ -721,7 +721,7 @@ def test_faults_are_scoped_and_counted(hub: FakeHub, tiny: str) -> None:
     with pytest.raises(ValueError, match="unknown fault kind"):
         hub.inject("nonsense")  # type: ignore[arg-type]
     fault = hub.inject("http_500", repo_id="org/other", times=1)
-    conn = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=5)
+    conn = http.client.HTTPConnection("127.0.0.1", hub.port, timeout=30)
     conn.request("GET", f"/api/models/{REPO}")
     assert conn.getresponse().status == 200  # other repo: not hit
     conn.close()

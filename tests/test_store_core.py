@@ -125,6 +125,6 @@ def test_second_writer_is_refused_naming_the_holder() -> None:
     finally:
         stop.set()
         holder.join(30)
-    with apply_lock(lock_path, timeout=5):
+    with apply_lock(lock_path, timeout=30):
         pass  # free again once the holder is gone
     assert State().serial == 0
