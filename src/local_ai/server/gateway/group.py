@@ -53,7 +53,7 @@ def group_doc(alias: str, group: GroupEntry, spec: EngineSpec) -> dict[str, Any]
     return GroupSpec.parse(doc, f"group {alias}").to_json()
 
 
-def watch_command(pid: int) -> str:
+def _watch_command(pid: int) -> str:
     """The remote command of a rank's watcher: `alive` every WATCH_S while `pid` lives, then
     `gone`. The rank runs as the ssh user, so kill -0 fails only when the pid is gone."""
     check = f"kill -0 {int(pid)} 2>/dev/null"
@@ -81,7 +81,7 @@ class RankWatcher:
         try:
             proc = await asyncio.create_subprocess_exec(
                 *ssh,
-                watch_command(self.pid),
+                _watch_command(self.pid),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,  # ssh's own complaint, kept as its last word
@@ -264,9 +264,9 @@ class GroupSupervisor(EngineSupervisor):
                 await asyncio.wait_for(self._woken.wait(), WATCH_S)
 
     async def _stop_watchers(self) -> None:
-        watchers, self._watchers = list(self._watchers.values()), {}
-        for watcher in watchers:
-            await watcher.stop()
+        # One at a time: if stop() cancels this midway, it finds the rest still listed.
+        while self._watchers:
+            await self._watchers.popitem()[1].stop()
 
     def _check_ranks(self) -> bool:
         """Mark the ranks whose process is gone; True when one is (self.lost names it)."""
