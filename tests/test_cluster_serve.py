@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shlex
 import signal
 import subprocess
@@ -322,20 +323,43 @@ IDLE_WINDOW_S = 6.0
 IDLE_CPU_BOUND = 0.05  # core-seconds per second of the window
 
 
+def _watchers(cluster: Cluster) -> list[tuple[int, Any]]:
+    """The gateway's ssh processes watching a remote rank: (the rank's pid, the process)."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(int(cluster.daemon.pidfile()["pid"])).children():
+        with contextlib.suppress(psutil.Error):
+            watched = re.search(r"kill -0 (\d+)", " ".join(child.cmdline()))
+            if child.name() == "ssh" and watched:
+                found.append((int(watched.group(1)), child))
+    return sorted(found, key=lambda w: w[0])
+
+
 def _idle_costs_little(cluster: Cluster) -> None:
+    """An idle group's processes sleep, and its remote ranks are watched by one ssh each, not a
+    new ssh every few seconds (each a login on the far host)."""
     import time
 
     import psutil
 
     procs: dict[str, list[psutil.Process]] = {}
+    remote: list[int] = []
     for alias in ("tiny", "tools"):
         group = _ready(cluster, alias)
         ranks = {r["pid"]: r for r in group["ranks"]}
         for pid, rank in ranks.items():
             procs[f"{alias} rank {rank['rank']}"] = [psutil.Process(pid)]
+        remote += [pid for pid, rank in ranks.items() if rank["rank"] > 0]
         launcher = psutil.Process(group["pid"])  # with mlx.launch, its shells and ssh
         tree = [launcher, *launcher.children(recursive=True)]
         procs[f"{alias} launcher"] = [p for p in tree if p.pid not in ranks]
+    # A rank's pid may come after the group is ready; its watcher starts with the next check.
+    wait_for(lambda: [pid for pid, _ in _watchers(cluster)] == sorted(remote), 60, interval=0.2)
+    watchers = _watchers(cluster)
+    procs["watchers"] = [ssh for _, ssh in watchers]
+    ssh_log = cluster.ssh_dir / "ssh.log"  # a line per ssh started, by anyone
+    calls = len(ssh_log.read_text().splitlines())
 
     def cpu() -> dict[str, float]:
         return {name: sum(sum(p.cpu_times()[:2]) for p in ps) for name, ps in procs.items()}
@@ -343,6 +367,10 @@ def _idle_costs_little(cluster: Cluster) -> None:
     before, started = cpu(), time.monotonic()
     time.sleep(IDLE_WINDOW_S)  # the window measured; nothing is awaited
     after, took = cpu(), time.monotonic() - started
+    started_meanwhile = ssh_log.read_text().splitlines()[calls:]
+    assert started_meanwhile == [], f"{len(started_meanwhile)} ssh started: {started_meanwhile}"
+    assert [w for w, _ in watchers] == sorted(remote), (watchers, remote)
+    assert _watchers(cluster) == watchers  # the same processes, still running
     used = {name: round((after[name] - before[name]) / took, 3) for name in procs}
     assert all(share < IDLE_CPU_BOUND for share in used.values()), used
 
@@ -369,6 +397,12 @@ def _killed_rank_recovers(cluster: Cluster) -> None:
     after = _ready(cluster, "tiny")
     assert after["restarts"] == before["restarts"] + 1
     assert after["ranks"][1]["pid"] != before["ranks"][1]["pid"]
+    # The dead rank's watcher ended with it; the new rank 1 has its own, the tools group keeps its.
+    tools = cluster.group("tools")["ranks"][1]["pid"]
+    watched = sorted([after["ranks"][1]["pid"], tools])
+    assert wait_for(lambda: [w for w, _ in _watchers(cluster)] == watched, 60, interval=0.2), (
+        _watchers(cluster), watched
+    )  # fmt: skip
     again = sdk.chat.completions.create(**{**ask, "model": "tiny"})
     assert again.choices[0].message.content == want
 
@@ -430,11 +464,13 @@ def test_a_sharded_alias_is_applied_served_recovered_and_stopped(cluster: Cluste
     _second_apply_changes_nothing(cluster)
     ranks = [r["pid"] for alias in ("tiny", "tools") for r in cluster.group(alias)["ranks"]]
     assert all(isinstance(pid, int) for pid in ranks)
+    watchers = [ssh.pid for _, ssh in _watchers(cluster)]
+    assert len(watchers) == 2, watchers
     stopped = cluster.daemon.cli("server", "stop", "--timeout", "30")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
 
     def gone() -> bool:
-        for pid in ranks:
+        for pid in ranks + watchers:  # no ssh left behind either
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
@@ -556,19 +592,26 @@ def test_the_group_learns_rank_pids_and_names_the_first_rank_mlx_launch_saw_end(
     assert supervisor.ranks[1]["last_error"] == "exited with code 137"
 
 
-def test_a_rank_on_another_host_is_checked_with_ssh_kill_0(
+def test_a_rank_on_another_host_is_watched_by_one_ssh(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_home: Path
 ) -> None:
+    """Each remote rank has one ssh to its host running a kill -0 loop: `alive` lines while the
+    pid lives, then `gone`, which ends the group; ssh's own failure or its silence make the rank
+    unreachable; stopping a watcher leaves no ssh behind."""
     import asyncio
+
+    import psutil
 
     from local_ai.cluster.observe import ssh_to
     from local_ai.server.aliases import GroupEntry
-    from local_ai.server.gateway.group import GroupSupervisor
+    from local_ai.server.gateway import group as group_module
+    from local_ai.server.gateway.group import GroupSupervisor, RankWatcher
     from local_ai.server.gateway.supervisor import EngineSpec
 
     bin_dir = tmp_path / "bin"
     log = install_ssh(bin_dir)
     monkeypatch.setenv("PATH", path_with(bin_dir))
+    monkeypatch.setattr(group_module, "WATCH_S", 0.2)
     group = GroupEntry(parallel="tensor", backend="ring", hosts=["a", "b", "c"],
                        model_paths=["/x"] * 3, pythons=["p"] * 3, addresses=["127.0.0.1"] * 3,
                        ssh=[None, ssh_to(HOST_B), ssh_to("c.unreachable")],
@@ -577,20 +620,53 @@ def test_a_rank_on_another_host_is_checked_with_ssh_kill_0(
                       prompt_cache=False)  # fmt: skip
     supervisor = GroupSupervisor("t", group, spec)
     rank = subprocess.Popen(["sleep", "60"])
-    try:
-        assert asyncio.run(supervisor._alive(1, rank.pid)) == (True, None)
-        assert "kill -0 " + str(rank.pid) in log.read_text()
-        assert asyncio.run(supervisor._alive(0, rank.pid)) == (True, None)
-        alive, why = asyncio.run(supervisor._alive(2, rank.pid))
-        assert alive is False and why is not None and "ssh failed" in why
-        rank.kill()
-        rank.wait()
-        assert asyncio.run(supervisor._alive(1, rank.pid)) == (False, None)
+
+    def our_ssh() -> list[psutil.Process]:
+        return [p for p in psutil.Process().children() if p.name() in ("ssh", "sh", "sleep")
+                and p.pid != rank.pid]  # fmt: skip
+
+    async def answer(ssh: list[str], pid: int) -> tuple[bool | None, str | None]:
+        watcher = RankWatcher(ssh, pid, asyncio.Event())
+        for _ in range(3):  # its verdict, or three lines saying alive
+            await watcher.next_answer(60)
+        await watcher.stop()
+        return watcher.answer
+
+    async def scenario() -> None:
+        assert await answer(ssh_to(HOST_B), rank.pid) == (True, None)
+        alive, why = await answer(ssh_to("c.unreachable"), rank.pid)
+        assert alive is False and str(why).startswith(
+            "ssh failed (ssh: connect to host 127.0.0.1 port"
+        ), why
+        with monkeypatch.context() as short:
+            short.setattr(group_module, "SSH_CHECK_TIMEOUT_S", 1.0)
+            hung = ["sh", "-c", "exec sleep 60"]  # an ssh whose link answers nothing
+            assert await answer(hung, rank.pid) == (False, "no answer over ssh within 1 s")
+        assert our_ssh() == []
+
+        # A group whose rank 1 dies: named by its watcher, the launcher's session stopped.
+        launcher = await asyncio.create_subprocess_exec("sleep", "60", start_new_session=True)
+        supervisor._proc = launcher
         for r, pid in ((0, os.getpid()), (1, rank.pid)):
             supervisor.ranks[r]["pid"] = pid
-        assert asyncio.run(supervisor._check_ranks())
+        calls = len(log.read_text().splitlines())
+        watch = asyncio.create_task(supervisor._watch(launcher))
+        for _ in range(10):  # about 2 s of checks, over the same connection
+            await asyncio.sleep(0.2)
+        assert supervisor._alive(1, rank.pid) == (True, None) and supervisor.lost is None
+        assert len(log.read_text().splitlines()) == calls + 1, log.read_text()
+        assert f"kill -0 {rank.pid}" in log.read_text().splitlines()[-1]
+        rank.kill()
+        rank.wait()  # a zombie would still answer kill -0
+        await asyncio.wait_for(watch, 60)
         assert supervisor.lost == f"rank 1 on host b (pid {rank.pid}): its process is gone"
         assert [r["state"] for r in supervisor.ranks] == ["starting", "dead", "starting"]
+        assert launcher.returncode is not None
+        await supervisor._stop_watchers()
+        assert our_ssh() == []
+
+    try:
+        asyncio.run(scenario())
 
         # mlx.launch's ssh exits 255, quietly, for a host that is down: ssh tells which.
         def ended_255(r: int) -> str | None:

@@ -3,10 +3,11 @@ wait for /health, restart with backoff, error state after repeated failures), st
 `mlx.launch` through `python -m local_ai.cluster.launch` (docs/cluster.md).
 
 The launcher runs in its own session so stopping it stops every local rank and the ssh
-connections to the others. Each rank prints one `local-ai-rank {...}` line once loaded; its
-pid is then checked every few seconds (here with os.kill, on another host with
-`ssh DEST kill -0 PID`), so a dead rank is named by host and the group is restarted at once
-instead of waiting for the survivors to notice (they exit within ~10 s on their own)."""
+connections to the others. Each rank prints one `local-ai-rank {...}` line once loaded; while
+the group serves, rank 0's pid is checked here with os.kill every few seconds, and each other
+rank's by one long-lived ssh to its host running a `kill -0` loop that prints a line each time
+(one login per rank, not one per check), so a dead rank is named by host and the group is
+restarted at once instead of waiting for the survivors to notice (they exit within ~10 s)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import json
 import logging
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -31,7 +33,7 @@ from local_ai.util.atomic import atomic_write_text
 log = logging.getLogger("local_ai.gateway")
 
 WATCH_S = 2.0  # how often each rank's pid is checked while the group serves
-SSH_CHECK_TIMEOUT_S = 15.0
+SSH_CHECK_TIMEOUT_S = 15.0  # also the longest a remote rank's watcher may stay silent
 SSH_FAILED = 255  # ssh's own exit code: the host, not the pid, did not answer
 OUTPUT_DRAIN_S = 2.0  # for the launcher's output once its session is killed
 # mlx.launch's note when a rank's process ends (mlx/_distributed_utils/launch.py).
@@ -49,6 +51,83 @@ def group_doc(alias: str, group: GroupEntry, spec: EngineSpec) -> dict[str, Any]
         "debug": spec.debug,
     }
     return GroupSpec.parse(doc, f"group {alias}").to_json()
+
+
+def _watch_command(pid: int) -> str:
+    """The remote command of a rank's watcher: `alive` every WATCH_S while `pid` lives, then
+    `gone`. The rank runs as the ssh user, so kill -0 fails only when the pid is gone."""
+    check = f"kill -0 {int(pid)} 2>/dev/null"
+    loop = f"while {check}; do echo alive; sleep {WATCH_S:g}; done; echo gone"
+    return f"sh -c {shlex.quote(loop)}"  # POSIX sh whatever the login shell is
+
+
+class RankWatcher:
+    """One ssh to a remote rank's host, kept open while the group serves; `answer` is the
+    latest (is the pid alive, why it could not be told), as GroupSupervisor._alive gives it."""
+
+    def __init__(self, ssh: list[str], pid: int, wake: asyncio.Event) -> None:
+        self.pid = pid
+        self.answer: tuple[bool | None, str | None] = (True, None)
+        self._heard = asyncio.Event()  # a line came, or the watch ended
+        self._proc: asyncio.subprocess.Process | None = None
+        self._task = asyncio.create_task(self._follow(ssh, wake), name=f"watch-{pid}")
+
+    async def _follow(self, ssh: list[str], wake: asyncio.Event) -> None:
+        self.answer = await self._listen(ssh)
+        self._heard.set()
+        wake.set()
+
+    async def _listen(self, ssh: list[str]) -> tuple[bool | None, str | None]:
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *ssh,
+                _watch_command(self.pid),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,  # ssh's own complaint, kept as its last word
+            )
+        except OSError:
+            return None, None  # cannot run ssh here: not the rank's fault
+        self._proc = proc
+        assert proc.stdout is not None
+        loop = asyncio.get_running_loop()
+        deadline, said = loop.time() + SSH_CHECK_TIMEOUT_S, ""
+        while True:
+            try:
+                raw = await asyncio.wait_for(proc.stdout.readline(), deadline - loop.time())
+            except TimeoutError:
+                return False, f"no answer over ssh within {SSH_CHECK_TIMEOUT_S:.0f} s"
+            line = raw.decode("utf-8", "replace").strip()
+            if line == "alive":
+                deadline = loop.time() + SSH_CHECK_TIMEOUT_S
+                self._heard.set()
+            elif line == "gone":
+                return False, None
+            elif raw:
+                said = line or said
+            elif await proc.wait() == SSH_FAILED:  # the end, without a verdict
+                return False, f"ssh failed ({said or 'exit 255'})"
+            else:  # the far shell ended oddly: no verdict on the rank, mlx.launch still watches
+                log.warning("watching pid %s over ssh ended (exit %s): %s", self.pid,
+                            proc.returncode, said)  # fmt: skip
+                return None, None
+
+    async def next_answer(self, seconds: float) -> None:
+        """Wait (up to `seconds`) for the watcher's next line or its end."""
+        self._heard.clear()
+        if not self._task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._heard.wait(), seconds)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        proc = self._proc
+        if proc is None:
+            return
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        await proc.wait()
 
 
 class GroupSupervisor(EngineSupervisor):
@@ -69,6 +148,8 @@ class GroupSupervisor(EngineSupervisor):
         self.lost: str | None = None  # the dead rank, named by host, for the reason
         self._ssh_exit: int | None = None  # a remote rank mlx.launch saw exit with ssh's code
         self._tasks: list[asyncio.Task[None]] = []
+        self._watchers: dict[int, RankWatcher] = {}  # remote rank → its watcher, while serving
+        self._woken = asyncio.Event()  # a watcher has news other than "alive"
 
     def _fresh_ranks(self) -> list[dict[str, Any]]:
         return [
@@ -167,23 +248,33 @@ class GroupSupervisor(EngineSupervisor):
         self._tasks.append(asyncio.create_task(self._watch(proc), name=f"{self.name}-watch"))
 
     async def _watch(self, proc: asyncio.subprocess.Process) -> None:
-        """While the group serves: the first rank whose process is gone ends the group."""
-        while proc.returncode is None:
-            await asyncio.sleep(WATCH_S)
-            if proc.returncode is not None or self._stopping:
-                return
-            if await self._check_ranks():
+        """While the group serves: the first rank whose process is gone ends the group. Rank 0
+        is checked every WATCH_S; a remote rank from when its pid is known, by its watcher."""
+        while proc.returncode is None and not self._stopping:
+            for rank in self.ranks:
+                number, ssh = rank["rank"], self._ssh(rank["rank"])
+                if ssh is not None and rank["pid"] is not None and number not in self._watchers:
+                    self._watchers[number] = RankWatcher(ssh, rank["pid"], self._woken)
+            if self._check_ranks():
                 log.warning("%s: %s; stopping the other ranks", self.name, self.lost)
                 await self._terminate()
                 return
+            self._woken.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._woken.wait(), WATCH_S)
 
-    async def _check_ranks(self) -> bool:
+    async def _stop_watchers(self) -> None:
+        # One at a time: if stop() cancels this midway, it finds the rest still listed.
+        while self._watchers:
+            await self._watchers.popitem()[1].stop()
+
+    def _check_ranks(self) -> bool:
         """Mark the ranks whose process is gone; True when one is (self.lost names it)."""
         for rank in self.ranks:
             pid = rank["pid"]
             if pid is None or rank["state"] in ("dead", "unreachable"):
                 continue
-            alive, why = await self._alive(rank["rank"], pid)
+            alive, why = self._alive(rank["rank"], pid)
             if alive is not False:
                 continue
             rank["state"] = "unreachable" if why else "dead"
@@ -198,11 +289,10 @@ class GroupSupervisor(EngineSupervisor):
         """The ssh argv reaching `rank`'s host; None for rank 0, this machine."""
         return self.group.ssh[rank] if rank < len(self.group.ssh) else None
 
-    async def _alive(self, rank: int, pid: int) -> tuple[bool | None, str | None]:
+    def _alive(self, rank: int, pid: int) -> tuple[bool | None, str | None]:
         """(is the pid alive, why it could not be told); locally with os.kill, on another
-        host with `ssh DEST kill -0 PID` (exit 255: ssh itself failed)."""
-        ssh = self._ssh(rank)
-        if ssh is None:
+        host its watcher's latest answer (None, None before it has one)."""
+        if self._ssh(rank) is None:
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
@@ -210,7 +300,8 @@ class GroupSupervisor(EngineSupervisor):
             except PermissionError:
                 return True, None
             return True, None
-        return await self._over_ssh(ssh, f"kill -0 {int(pid)}")
+        watcher = self._watchers.get(rank)
+        return watcher.answer if watcher is not None and watcher.pid == pid else (None, None)
 
     async def _over_ssh(self, ssh: list[str], command: str) -> tuple[bool | None, str | None]:
         """(did `command` succeed on that host, why ssh itself failed); None: no ssh here."""
@@ -254,9 +345,13 @@ class GroupSupervisor(EngineSupervisor):
         if readers:
             await asyncio.wait(readers, timeout=OUTPUT_DRAIN_S)
         if self.lost is None and not self._stopping:
-            await self._check_ranks()  # the survivors may still be winding down
+            if not self._check_ranks():  # the survivors may still be winding down
+                waits = [w.next_answer(WATCH_S + 1) for w in self._watchers.values()]
+                await asyncio.gather(*waits)
+                self._check_ranks()
         elif self._ssh_exit is not None and not self._stopping:
             await self._unreachable(self._ssh_exit)
+        await self._stop_watchers()
         for task in self._tasks:
             task.cancel()
         for rank in self.ranks:
@@ -281,5 +376,6 @@ class GroupSupervisor(EngineSupervisor):
 
     async def stop(self) -> None:
         await super().stop()
+        await self._stop_watchers()
         for task in self._tasks:
             task.cancel()
