@@ -592,6 +592,53 @@ def test_the_group_learns_rank_pids_and_names_the_first_rank_mlx_launch_saw_end(
     assert supervisor.ranks[1]["last_error"] == "exited with code 137"
 
 
+def test_the_group_is_ready_once_every_rank_reported_its_pid(
+    isolated_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rank 0's /health can answer before rank 1's line has come through ssh and mlx.launch: the
+    group waits for it, so a ready group always names every rank's pid (CI saw `None`)."""
+    import asyncio
+
+    from local_ai.server.aliases import GroupEntry
+    from local_ai.server.gateway.group import GroupSupervisor
+    from local_ai.server.gateway.supervisor import EngineSpec, EngineSupervisor
+
+    group = GroupEntry(parallel="pipeline", backend="ring", hosts=["a", "b"],
+                       model_paths=["/x", "/y"], pythons=["p", "p"],
+                       addresses=["127.0.0.1"] * 2, ssh=[None, ["ssh", "--", "b"]],
+                       hostfile="/h")  # fmt: skip
+    spec = EngineSpec(socket="/s", aliases_file="/a", max_loaded_models=1, idle_ttl_s=0,
+                      prompt_cache=False)  # fmt: skip
+
+    async def healthy(self: EngineSupervisor, proc: asyncio.subprocess.Process) -> bool:
+        return True  # rank 0 answers /health at once
+
+    monkeypatch.setattr(EngineSupervisor, "_wait_ready", healthy)
+
+    async def scenario() -> None:
+        supervisor = GroupSupervisor("t", group, spec)
+        launcher = await asyncio.create_subprocess_exec("sleep", "60")
+        supervisor._note('local-ai-rank {"rank": 0, "host": "a", "pid": 10}\n')
+        loop = asyncio.get_running_loop()
+        loop.call_later(
+            0.5, supervisor._note, 'local-ai-rank {"rank": 1, "host": "b", "pid": 11}\n'
+        )
+        try:
+            assert await supervisor._wait_ready(launcher)
+            assert [r["pid"] for r in supervisor.ranks] == [10, 11]
+            # A launcher that ends before every rank reported is not ready.
+            again = GroupSupervisor("t", group, spec)
+            launcher.kill()
+            await launcher.wait()
+            assert not await again._wait_ready(launcher)
+        finally:
+            if launcher.returncode is None:
+                launcher.kill()
+                await launcher.wait()
+
+    asyncio.run(scenario())
+
+
 def test_a_rank_on_another_host_is_watched_by_one_ssh(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_home: Path
 ) -> None:

@@ -21,6 +21,7 @@ import shlex
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import asdict
 from typing import Any
 
@@ -36,6 +37,7 @@ WATCH_S = 2.0  # how often each rank's pid is checked while the group serves
 SSH_CHECK_TIMEOUT_S = 15.0  # also the longest a remote rank's watcher may stay silent
 SSH_FAILED = 255  # ssh's own exit code: the host, not the pid, did not answer
 OUTPUT_DRAIN_S = 2.0  # for the launcher's output once its session is killed
+RANK_LINES_S = 30.0  # after rank 0's /health, for the other ranks' lines (ssh, mlx.launch)
 # mlx.launch's note when a rank's process ends (mlx/_distributed_utils/launch.py).
 _NODE_ENDED = re.compile(r"Node with rank (\d+) ((?:exited with code -?\d+)|(?:was killed))")
 
@@ -150,6 +152,7 @@ class GroupSupervisor(EngineSupervisor):
         self._tasks: list[asyncio.Task[None]] = []
         self._watchers: dict[int, RankWatcher] = {}  # remote rank → its watcher, while serving
         self._woken = asyncio.Event()  # a watcher has news other than "alive"
+        self._reported = asyncio.Event()  # a rank line came
 
     def _fresh_ranks(self) -> list[dict[str, Any]]:
         return [
@@ -224,6 +227,7 @@ class GroupSupervisor(EngineSupervisor):
         if rank is not None and 0 <= rank["rank"] < len(self.ranks):
             state = "ready" if self.ready else "loaded"  # the line may come after /health
             self.ranks[rank["rank"]].update(pid=rank["pid"], state=state)
+            self._reported.set()
             log.info("%s: rank %s on %s is pid %s", self.name, rank["rank"],
                      self.ranks[rank["rank"]]["host"], rank["pid"])  # fmt: skip
             return
@@ -241,6 +245,23 @@ class GroupSupervisor(EngineSupervisor):
             self.lost = f"rank {number} on host {rank_state['host']}: {what}"
             if what == f"exited with code {SSH_FAILED}" and self._ssh(number) is not None:
                 self._ssh_exit = number  # its host or the rank: _describe_end asks ssh
+
+    async def _wait_ready(self, proc: asyncio.subprocess.Process) -> bool:
+        """Ready: rank 0 answers /health and every rank said which pid it is (a rank's line
+        travels through ssh and mlx.launch, so it may come after /health)."""
+        if not await super()._wait_ready(proc):
+            return False
+        deadline = time.monotonic() + RANK_LINES_S
+        while any(r["pid"] is None for r in self.ranks) and proc.returncode is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                missing = [r["rank"] for r in self.ranks if r["pid"] is None]
+                log.warning("%s: serving before ranks %s reported their pid", self.name, missing)
+                break
+            self._reported.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._reported.wait(), min(left, 1.0))
+        return proc.returncode is None
 
     async def _on_ready(self, proc: asyncio.subprocess.Process) -> None:
         for rank in self.ranks:
