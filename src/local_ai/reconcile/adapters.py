@@ -159,7 +159,8 @@ class Adapters:
         params = _params(action, ReleaseParams)
         cluster = self.manifest.cluster
         assert cluster is not None  # the planner plans releases only for a [cluster]
-        host = cluster.hosts[params.host]
+        # A host removed from [cluster.hosts] is reached as the served generation recorded it.
+        host = cluster.hosts.get(params.host) or self.snap.observed.removed_hosts[params.host]
         there = release_on_host(params.host, host, params.entry, params.rank0, params.alias)
         what = f"{params.rank0}'s hold of store entry {params.entry} for {params.alias}"
         return f"released {what} on {params.host}" if there else f"{params.host} had no {what}"

@@ -604,6 +604,15 @@ class _Builder:
         for name, report in self.observed.hosts.items():
             if name == settings.rank0:
                 continue
+            removed = self.observed.removed_hosts.get(name)
+            if removed is not None and (not report.reachable or report.store is None):
+                self.warnings.append(
+                    f"cluster.hosts.{name} was removed, and rank 0 cannot read its holds there "
+                    f"({report.error}): the store entries it keeps for rank 0 {settings.rank0} "
+                    "stay held, and rank 0 forgets the host once it serves without it; run "
+                    f"`local-ai gc --release-holds` on {name} (ssh {removed.ssh})"
+                )
+                continue
             if not report.reachable:
                 if name not in named:
                     self.warnings.append(
@@ -633,6 +642,8 @@ class _Builder:
 
     def _release_cause(self, host: str, entry: str, alias: str) -> str | None:
         """Why rank 0 no longer needs `entry` on `host` for `alias`, or None to keep it."""
+        if host in self.observed.removed_hosts:
+            return f"{host} is no longer in [cluster.hosts]"
         spec = self.manifest.models.get(alias)
         if spec is None:
             return f"{alias} is no longer in the manifest"
