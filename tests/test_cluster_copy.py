@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from local_ai.errors import IntegrityError, LocalAIError, UnavailableError
 from local_ai.hub.progress import RecordingProgress
 from local_ai.manifest.load import load_manifest
 from local_ai.reconcile.adapters import Adapters
-from local_ai.reconcile.model import Kind
+from local_ai.reconcile.model import Action, Kind, ReleaseParams
 from local_ai.reconcile.render import render_text
 from local_ai.reconcile.run import ApplyResult, RunOptions, apply_plan, make_plan
 from local_ai.settings import Paths
@@ -228,6 +229,22 @@ def test_an_unreachable_host_is_an_ssh_error_with_a_hint(project: Path, tmp_path
     with pytest.raises(UnavailableError, match="ssh failed: ssh: connect to host") as info:
         cluster_copy.copy_entry("b", host, entry)
     assert info.value.hint is not None and "ssh b.unreachable true" in info.value.hint
+
+    # A host removed from [cluster.hosts]: no later apply reaches it, so its owner must.
+    snapshot, _ = make_plan(load_manifest(project), RunOptions())
+    snapshot.observed = replace(snapshot.observed, removed_hosts={"gone": host})
+    params = ReleaseParams("gone", "0123456789abcdef-tiny", "a", "tiny")
+    action = Action(
+        "release-hold:tiny@gone", Kind.RELEASE_HOLD, "hold.tiny@gone", "", params=params
+    )
+    with pytest.raises(
+        UnavailableError, match="cannot release the hold on gone: ssh failed"
+    ) as info:
+        Adapters(snapshot).release_hold(action)
+    assert info.value.hint == (
+        "gone is no longer in [cluster.hosts]: "
+        "run `local-ai gc --release-holds` on it (ssh b.unreachable)"
+    )
 
 
 def _one_file_entry(tmp_path: Path) -> cluster_copy.LocalEntry:
