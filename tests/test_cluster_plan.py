@@ -8,7 +8,14 @@ from textwrap import dedent
 
 import pytest
 
-from local_ai.cluster.observe import HostReport, host_commands, report_script, ssh_argv
+from local_ai.cluster.observe import (
+    HostReport,
+    host_commands,
+    report_script,
+    shell_path,
+    ssh_argv,
+    ssh_to,
+)
 from local_ai.hardware import simulated
 from local_ai.manifest.load import parse_manifest
 from local_ai.manifest.models import ClusterHost, Manifest
@@ -26,7 +33,7 @@ from local_ai.reconcile.model import (
 from local_ai.reconcile.planner import Options, plan
 from local_ai.reconcile.render import render_text
 from local_ai.reconcile.serving import group_of, removed_hosts
-from local_ai.server.aliases import AliasEntry
+from local_ai.server.aliases import AliasEntry, GroupEntry
 from local_ai.store.lockfile import Versions, entry_from_resolved
 from local_ai.store.state import InstalledModel
 
@@ -541,3 +548,26 @@ def test_an_unreachable_removed_host_is_named_with_the_command_to_run_there() ->
     kept = {n: r for n, r in seen.hosts.items() if n != "mini"}
     gone = plan(m, replace(seen, hosts=kept, removed_hosts={}))
     assert not gone.warnings and not [a for a in gone.actions if a.kind.value == "release-hold"]
+
+
+def test_a_removed_cluster_names_each_host_the_served_groups_ran_on() -> None:
+    models = CLUSTER[CLUSTER.index("[models.big]") :]
+    m = manifest(models.replace('hosts = ["studio", "mini"]\nparallel = "pipeline"\n', ""))
+    assert m.cluster is None
+    group = GroupEntry(
+        parallel="pipeline",
+        backend="ring",
+        hosts=["studio", "mini"],
+        model_paths=["/studio/store/abc-big", "/Users/me/ai/store/abc-big"],
+        pythons=["/x/python", shell_path("~/venv/bin/python")],
+        addresses=["10.0.0.1", "10.0.0.2"],
+        ssh=[None, ssh_to("me@mini.local")],
+        hostfile="/h.json",
+    )
+    removed = removed_hosts(None, {"big": AliasEntry(path="/studio/store/abc-big", group=group)})
+    assert removed == {"mini": MINI}
+    seen = replace(observed(m, {"studio": host("studio", 192)}, big_gib=4), removed_hosts=removed)
+    p = plan(m, seen)
+    said = "[cluster] was removed, but the generation in service runs ranks on mini: the store entries this Mac keeps held there stay held, and it forgets the host once it serves without it; run `local-ai gc --release-holds` on mini (ssh me@mini.local)"
+    assert p.warnings == (said,)
+    assert not plan(m, replace(seen, removed_hosts={})).warnings

@@ -106,10 +106,9 @@ def observe(
     removed = {}
     placed = [a for a, s in manifest.models.items() if s.hosts and (not targets or a in targets)]
     # Without --target, also to find the holds of models no longer placed on a host.
+    if not targets and (served := Generations(paths.generations).current()) is not None:
+        removed = removed_hosts(manifest.cluster, served.aliases)
     if manifest.cluster is not None and (placed or not targets):
-        if not targets:
-            served = Generations(paths.generations).current()
-            removed = removed_hosts(manifest.cluster, served.aliases) if served else {}
         hosts = observe_hosts(manifest.cluster, removed)
     observed = Observed(
         state_serial=state.serial,

@@ -598,8 +598,17 @@ class _Builder:
         gone from the manifest or from that host, or a host now given another store entry.
         `serving`: the server actions that stop serving it; a release waits for their success."""
         settings = self.manifest.cluster
-        if settings is None or self.options.targets:
+        if self.options.targets:
             return  # --target: the other models' placements were not planned
+        if settings is None:  # [cluster] removed: no rank 0 name or hosts to observe with
+            for name, host in self.observed.removed_hosts.items():
+                self.warnings.append(
+                    f"[cluster] was removed, but the generation in service runs ranks on {name}: "
+                    "the store entries this Mac keeps held there stay held, and it forgets the "
+                    f"host once it serves without it; run `local-ai gc --release-holds` on {name} "
+                    f"(ssh {host.ssh})"
+                )
+            return
         named = {n for spec in self.manifest.models.values() for n in spec.hosts or ()}
         for name, report in self.observed.hosts.items():
             if name == settings.rank0:

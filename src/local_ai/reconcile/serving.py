@@ -105,21 +105,22 @@ def group_of(
 
 
 def removed_hosts(
-    cluster: ClusterSettings, served: Mapping[str, AliasEntry]
+    cluster: ClusterSettings | None, served: Mapping[str, AliasEntry]
 ) -> dict[str, ClusterHost]:
-    """Hosts the `served` groups run ranks on that [cluster.hosts] no longer names, reached as
-    the generation recorded them: rank 0 still holds store entries there to release."""
+    """Hosts the `served` groups run ranks on that [cluster.hosts] (or no [cluster]) no longer
+    names, reached as the generation recorded them: rank 0 still holds store entries there."""
+    kept = cluster.hosts if cluster is not None else {}
     found: dict[str, ClusterHost] = {}
     for entry in served.values():
         group = entry.group
         if group is None:
             continue
         for rank, name in enumerate(group.hosts):
-            ssh = group.ssh[rank]
-            if ssh is None or name in cluster.hosts or name == cluster.rank0 or name in found:
+            ssh = group.ssh[rank]  # None: rank 0, this machine
+            if ssh is None or name in kept or name in found:
                 continue
             host = recorded_host(ssh, group.pythons[rank], group.model_paths[rank])
-            if not any(_same_home(host, kept) for kept in cluster.hosts.values()):
+            if not any(_same_home(host, other) for other in kept.values()):
                 found[name] = host
     return found
 
