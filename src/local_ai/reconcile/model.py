@@ -85,8 +85,8 @@ class Observed:
     clients: ClientsObserved | None = None  # the client files as read (None: not observed)
     clients_error: str | None = None  # why they could not be read (a broken ledger)
     hosts: dict[str, HostReport] = field(default_factory=dict)  # [cluster] hosts, by name
-    # Hosts the generation in service runs ranks on that [cluster.hosts] no longer names, as
-    # it recorded them (also observed in `hosts`): rank 0 releases its holds there.
+    # Hosts the generation in service runs ranks on that [cluster.hosts] no longer names, as it
+    # recorded them (observed in `hosts` while there is a [cluster]): its holds there to release.
     removed_hosts: dict[str, ClusterHost] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
