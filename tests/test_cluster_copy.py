@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from local_ai.errors import IntegrityError, LocalAIError, UnavailableError
 from local_ai.hub.progress import RecordingProgress
 from local_ai.manifest.load import load_manifest
 from local_ai.reconcile.adapters import Adapters
-from local_ai.reconcile.model import Kind
+from local_ai.reconcile.model import Action, Kind, ReleaseParams
 from local_ai.reconcile.render import render_text
 from local_ai.reconcile.run import ApplyResult, RunOptions, apply_plan, make_plan
 from local_ai.settings import Paths
@@ -229,6 +230,22 @@ def test_an_unreachable_host_is_an_ssh_error_with_a_hint(project: Path, tmp_path
         cluster_copy.copy_entry("b", host, entry)
     assert info.value.hint is not None and "ssh b.unreachable true" in info.value.hint
 
+    # A host removed from [cluster.hosts]: no later apply reaches it, so its owner must.
+    snapshot, _ = make_plan(load_manifest(project), RunOptions())
+    snapshot.observed = replace(snapshot.observed, removed_hosts={"gone": host})
+    params = ReleaseParams("gone", "0123456789abcdef-tiny", "a", "tiny")
+    action = Action(
+        "release-hold:tiny@gone", Kind.RELEASE_HOLD, "hold.tiny@gone", "", params=params
+    )
+    with pytest.raises(
+        UnavailableError, match="cannot release the hold on gone: ssh failed"
+    ) as info:
+        Adapters(snapshot).release_hold(action)
+    assert info.value.hint == (
+        "gone is no longer in [cluster.hosts]: "
+        "run `local-ai gc --release-holds` on it (ssh b.unreachable)"
+    )
+
 
 def _one_file_entry(tmp_path: Path) -> cluster_copy.LocalEntry:
     data = tmp_path / "w.bin"
@@ -298,9 +315,9 @@ def test_an_apply_targeting_another_model_keeps_the_sharded_group(project: Path)
     assert Adapters(snapshot).build_alias_map().models["tiny"].group == group
 
 
-def _gc_on_b(manifest: Path, *args: str) -> str:
-    """`local-ai gc ARGS` run as host b: its own local-ai home."""
-    env = {**os.environ, "LOCAL_AI_HOME": str(_host_b(manifest)), "COLUMNS": "1000"}
+def _gc_on(home: Path, *args: str) -> str:
+    """`local-ai gc ARGS` run as a host with that local-ai home."""
+    env = {**os.environ, "LOCAL_AI_HOME": str(home), "COLUMNS": "1000"}
     done = subprocess.run(
         [sys.executable, "-m", "local_ai", "gc", *args],
         env=env,
@@ -314,7 +331,9 @@ def _gc_on_b(manifest: Path, *args: str) -> str:
 
 
 @pytest.mark.parametrize("project", ["float16"], indirect=True)
-def test_host_b_gc_keeps_what_the_cluster_serves_until_rank_0_releases_it(project: Path) -> None:
+def test_host_b_gc_keeps_what_the_cluster_serves_until_rank_0_releases_it_even_once_removed(
+    project: Path,
+) -> None:
     from local_ai.store.holds import incoming_lock
 
     assert _status(_apply(project))[COPY][0] == "done"
@@ -334,8 +353,8 @@ def test_host_b_gc_keeps_what_the_cluster_serves_until_rank_0_releases_it(projec
         (partial / "sub" / "part.safetensors").write_bytes(b"x" * 1000)
     with incoming_lock(Paths(_host_b(project)), busy.name) as lock:
         assert lock is not None
-        dry = _gc_on_b(project)
-        done = json.loads(_gc_on_b(project, "--yes", "--json"))
+        dry = _gc_on(_host_b(project))
+        done = json.loads(_gc_on(_host_b(project), "--yes", "--json"))
     why = "held for cluster alias tiny of host a (last confirmed"
     assert f"keeps store entry {entry}: {why}" in dry
     assert f"would delete unfinished copy from a cluster's rank 0: {stale} (1000 B)" in dry
@@ -346,17 +365,38 @@ def test_host_b_gc_keeps_what_the_cluster_serves_until_rank_0_releases_it(projec
     assert done["incomplete_copies"] == [{"path": str(stale), "bytes": 1000}]
     assert entry.is_dir() and not stale.exists() and busy.is_dir()
 
-    # tiny leaves the manifest: rank 0's apply releases b's hold, then b's gc frees the entry.
-    project.write_text(re.sub(r"\[models\.tiny\]\n(?:[^\[\n].*\n)*", "", project.read_text()))
+    # b leaves [cluster.hosts] for c (another home behind the same ssh): the apply copies to c
+    # and releases b's hold over the ssh the served generation recorded; b's gc then frees it.
+    host_c = project.parent / "host-c"
+    text = project.read_text().replace("[cluster.hosts.b]", "[cluster.hosts.c]")
+    text = text.replace(f'home = "{_host_b(project)}"', f'home = "{host_c}"')
+    project.write_text(text.replace('hosts = ["a", "b"]', 'hosts = ["a", "c"]'))
     snapshot, plan = make_plan(load_manifest(project), RunOptions())
     release = f"release-hold:tiny@b:{entry.name.split('-')[0]}"
-    assert plan.action(release).cause == "tiny is no longer in the manifest"
-    assert "- hold.tiny@b  (tiny is no longer in the manifest)" in render_text(plan)
+    assert plan.action(release).cause == "b is no longer in [cluster.hosts]", render_text(plan)
     result = apply_plan(snapshot, plan, RunOptions())
     said = f"released a's hold of store entry {entry.name} for tiny on b"
     assert _status(result)[release] == ("done", said)
+    assert _status(result)["copy-to-host:tiny@c"][0] == "done"
     assert not hold_file.exists()
-    freed = json.loads(_gc_on_b(project, "--yes", "--json"))
+    freed = json.loads(_gc_on(_host_b(project), "--yes", "--json"))
+    assert [e["path"] for e in freed["store_entries"]] == [str(entry)]
+    _, again = make_plan(load_manifest(project), RunOptions())  # b is no longer recorded
+    assert not again.has_changes and not again.warnings, render_text(again)
+    (entry,) = (host_c / "store").iterdir()
+    hold_file = host_c / "cluster" / "holds" / entry.name / "a--tiny.json"
+
+    # tiny leaves the manifest: rank 0's apply releases c's hold, then c's gc frees the entry.
+    project.write_text(re.sub(r"\[models\.tiny\]\n(?:[^\[\n].*\n)*", "", project.read_text()))
+    snapshot, plan = make_plan(load_manifest(project), RunOptions())
+    release = f"release-hold:tiny@c:{entry.name.split('-')[0]}"
+    assert plan.action(release).cause == "tiny is no longer in the manifest"
+    assert "- hold.tiny@c  (tiny is no longer in the manifest)" in render_text(plan)
+    result = apply_plan(snapshot, plan, RunOptions())
+    said = f"released a's hold of store entry {entry.name} for tiny on c"
+    assert _status(result)[release] == ("done", said)
+    assert not hold_file.exists()
+    freed = json.loads(_gc_on(host_c, "--yes", "--json"))
     assert [e["path"] for e in freed["store_entries"]] == [str(entry)]
     assert freed["kept_for_cluster"] == [] and not entry.exists()
     _, again = make_plan(load_manifest(project), RunOptions())

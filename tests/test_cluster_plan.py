@@ -8,10 +8,18 @@ from textwrap import dedent
 
 import pytest
 
-from local_ai.cluster.observe import HostReport
+from local_ai.cluster.observe import (
+    HostReport,
+    host_commands,
+    report_script,
+    shell_path,
+    ssh_argv,
+    ssh_to,
+)
 from local_ai.hardware import simulated
 from local_ai.manifest.load import parse_manifest
-from local_ai.manifest.models import Manifest
+from local_ai.manifest.models import ClusterHost, Manifest
+from local_ai.manifest.serving import engine_settings, gateway_settings
 from local_ai.manifest.source import ResolvedSource, SourceFile
 from local_ai.reconcile.cluster import pipeline_layers
 from local_ai.reconcile.model import (
@@ -24,7 +32,10 @@ from local_ai.reconcile.model import (
 )
 from local_ai.reconcile.planner import Options, plan
 from local_ai.reconcile.render import render_text
+from local_ai.reconcile.serving import group_of, removed_hosts
+from local_ai.server.aliases import AliasEntry, GroupEntry
 from local_ai.store.lockfile import Versions, entry_from_resolved
+from local_ai.store.state import InstalledModel
 
 GIB = 1024**3
 C1 = "a" * 40
@@ -440,3 +451,123 @@ def test_an_unreachable_host_keeps_its_holds_and_the_plan_says_so() -> None:
     said = "cluster.hosts.mini is unreachable (ssh failed: Connection refused): the store entries it keeps for rank 0 studio stay held there until an apply reaches it (or `local-ai gc --release-holds` is run there)"
     assert said in p.warnings
     assert f"warning: {said}" in render_text(p).splitlines()
+
+
+# --- a host removed from [cluster.hosts] ---------------------------------------------------------
+
+WITHOUT_MINI = CLUSTER.replace(  # mini's table and placement removed; a cluster has 2 hosts
+    '[cluster.hosts.mini]\nssh = "me@mini.local"\naddress = "10.0.0.2"\n',
+    '[cluster.hosts.air]\nssh = "me@air.local"\naddress = "10.0.0.3"\n',
+).replace('hosts = ["studio", "mini"]\nparallel = "pipeline"\n', "")
+MINI = ClusterHost(ssh="me@mini.local", python="~/venv/bin/python", home="/Users/me/ai")
+
+
+def test_a_removed_host_is_reached_as_the_served_group_recorded_it() -> None:
+    m = manifest(
+        CLUSTER.replace(
+            'ssh = "me@mini.local"', 'ssh = "me@mini.local"\npython = "~/venv/bin/python"'
+        )
+    )
+    assert m.cluster is not None
+    model = InstalledModel(
+        alias="big",
+        source="x",
+        format="mlx",
+        location="/studio/store/abc-big",
+        location_kind="store",
+    )
+    mini = replace(host("mini", 192, digests=("abc",)), store="/Users/me/ai/store")
+    group = group_of("big", m.models["big"], m.cluster, model, "abc", {"mini": mini})
+    assert group is not None
+    served = {"big": AliasEntry(path=model.location, group=group), "coder": AliasEntry(path="/c")}
+    assert removed_hosts(m.cluster, served) == {}  # still in [cluster.hosts]
+    without = manifest(WITHOUT_MINI).cluster
+    assert without is not None and "mini" not in without.hosts
+    removed = removed_hosts(without, served)
+    assert removed == {"mini": MINI}
+    # Renamed (the same ssh destination, its default home): its holds are the new name's.
+    renamed = WITHOUT_MINI.replace('"me@air.local"', '"me@mini.local"')
+    assert removed_hosts(manifest(renamed).cluster, served) == {}  # type: ignore[arg-type]
+    elsewhere = renamed.replace('address = "10.0.0.3"', 'address = "10.0.0.3"\nhome = "/other"')
+    assert removed_hosts(manifest(elsewhere).cluster, served) == {"mini": MINI}  # type: ignore[arg-type]
+    # Observed with the same report, over the recorded ssh, under its home and Python.
+    commands = host_commands(without, removed)
+    assert [c.name for c in commands] == ["studio", "air", "mini"]
+    assert commands[2].argv == tuple(ssh_argv("me@mini.local"))
+    assert commands[2].script == report_script("~/venv/bin/python", "/Users/me/ai")
+
+
+def _removed(mini: HostReport) -> tuple[Manifest, Observed]:
+    m = manifest(WITHOUT_MINI)
+    seen = replace(
+        observed(
+            m, {"studio": host("studio", 192), "air": host("air", 64), "mini": mini}, big_gib=4
+        ),
+        removed_hosts={"mini": MINI},
+    )
+    return m, seen
+
+
+def test_the_holds_on_a_removed_host_are_released_after_the_server_stops_serving_from_it() -> None:
+    held = (
+        ("0123456789abcdef-big", "studio", "big"),
+        ("fedcba9876543210-big", "other", "big"),  # another cluster's rank 0: not ours
+    )
+    m, seen = _removed(replace(host("mini", 192), holds=held))
+    seen = replace(
+        seen,
+        server=ServerView(running=True, gateway=gateway_settings(m), engine=engine_settings(m)),
+    )
+    p = plan(m, seen)
+    assert not p.errors and not p.warnings
+    releases = [
+        (a.id, a.cause, a.depends_on, a.params) for a in p.actions if a.kind.value == "release-hold"
+    ]
+    assert releases == [
+        (
+            "release-hold:big@mini:0123456789abcdef",
+            "mini is no longer in [cluster.hosts]",
+            ("reload-aliases",),
+            ReleaseParams("mini", "0123456789abcdef-big", "studio", "big"),
+        )
+    ]
+    assert (
+        "  - hold.big@mini  (mini is no longer in [cluster.hosts])\n      release-hold   on mini: store entry 0123456789abcdef-big\n"
+        in render_text(p)
+    )
+
+
+def test_an_unreachable_removed_host_is_named_with_the_command_to_run_there() -> None:
+    m, seen = _removed(HostReport("mini", reachable=False, error="ssh failed: Connection refused"))
+    p = plan(m, seen)
+    assert not [a for a in p.actions if a.kind.value == "release-hold"]
+    said = "cluster.hosts.mini was removed, and rank 0 cannot read its holds there (ssh failed: Connection refused): the store entries it keeps for rank 0 studio stay held, and rank 0 forgets the host once it serves without it; run `local-ai gc --release-holds` on mini (ssh me@mini.local)"
+    assert p.warnings == (said,)
+    assert f"warning: {said}" in render_text(p).splitlines()
+    # Once the generation in service no longer runs a rank there, rank 0 no longer knows it.
+    kept = {n: r for n, r in seen.hosts.items() if n != "mini"}
+    gone = plan(m, replace(seen, hosts=kept, removed_hosts={}))
+    assert not gone.warnings and not [a for a in gone.actions if a.kind.value == "release-hold"]
+
+
+def test_a_removed_cluster_names_each_host_the_served_groups_ran_on() -> None:
+    models = CLUSTER[CLUSTER.index("[models.big]") :]
+    m = manifest(models.replace('hosts = ["studio", "mini"]\nparallel = "pipeline"\n', ""))
+    assert m.cluster is None
+    group = GroupEntry(
+        parallel="pipeline",
+        backend="ring",
+        hosts=["studio", "mini"],
+        model_paths=["/studio/store/abc-big", "/Users/me/ai/store/abc-big"],
+        pythons=["/x/python", shell_path("~/venv/bin/python")],
+        addresses=["10.0.0.1", "10.0.0.2"],
+        ssh=[None, ssh_to("me@mini.local")],
+        hostfile="/h.json",
+    )
+    removed = removed_hosts(None, {"big": AliasEntry(path="/studio/store/abc-big", group=group)})
+    assert removed == {"mini": MINI}
+    seen = replace(observed(m, {"studio": host("studio", 192)}, big_gib=4), removed_hosts=removed)
+    p = plan(m, seen)
+    said = "[cluster] was removed, but the generation in service runs ranks on mini: the store entries this Mac keeps held there stay held, and it forgets the host once it serves without it; run `local-ai gc --release-holds` on mini (ssh me@mini.local)"
+    assert p.warnings == (said,)
+    assert not plan(m, replace(seen, removed_hosts={})).warnings

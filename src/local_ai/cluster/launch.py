@@ -21,12 +21,12 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from local_ai import settings
-from local_ai.cluster.observe import host_python, rank_order, shell_path, ssh_to
-from local_ai.manifest.models import ClusterSettings, is_loopback
+from local_ai.cluster.observe import host_python, rank_order, shell_path, ssh_to, unshell_path
+from local_ai.manifest.models import ClusterHost, ClusterSettings, is_loopback
 from local_ai.util.atomic import atomic_write_text
 from local_ai.util.ports import port_free
 
@@ -176,6 +176,13 @@ def rank_pythons(cluster: ClusterSettings, names: list[str]) -> list[str]:
 def rank_ssh(cluster: ClusterSettings, names: list[str]) -> list[list[str] | None]:
     """Per rank, the ssh argv that runs a command on its host (None: rank 0, this machine)."""
     return [None if n == cluster.rank0 else ssh_to(str(cluster.hosts[n].ssh)) for n in names]
+
+
+def recorded_host(ssh: list[str], python: str, model_path: str) -> ClusterHost:
+    """A rank's host as its group recorded it (`rank_ssh`, `rank_pythons`, the entry in its
+    store): how rank 0 still reaches it once [cluster.hosts] no longer names it."""
+    home = PurePosixPath(model_path).parent.parent  # <LOCAL_AI_HOME>/store/<entry>
+    return ClusterHost(ssh=ssh[-1], python=unshell_path(python), home=str(home))
 
 
 def _python_for(cluster: ClusterSettings, name: str) -> str:

@@ -96,6 +96,13 @@ def shell_path(path: str) -> str:
     return shlex.quote(path)
 
 
+def unshell_path(text: str) -> str:
+    """The path `shell_path` quoted (a recorded group's Python back to a host's `python`)."""
+    if text.startswith('"$HOME"/'):
+        return "~/" + shlex.split(text[len('"$HOME"/') :])[0]
+    return shlex.split(text)[0]
+
+
 def report_script(python: str, home: str | None) -> str:
     """The sh script a host runs to describe itself (fed to ``sh -s`` on stdin)."""
     keys = " ".join(SYSCTL_KEYS)
@@ -153,11 +160,16 @@ def rank_order(cluster: ClusterSettings) -> list[str]:
     return [cluster.rank0, *sorted(n for n in cluster.hosts if n != cluster.rank0)]
 
 
-def host_commands(cluster: ClusterSettings) -> list[HostCommand]:
-    """One command per host, in rank order."""
+def host_commands(
+    cluster: ClusterSettings, removed: Mapping[str, ClusterHost] | None = None
+) -> list[HostCommand]:
+    """One command per host, in rank order; then each of `removed` (hosts no longer in
+    [cluster.hosts] that rank 0 still holds entries on), by name."""
+    removed = removed or {}
+    hosts = {**removed, **cluster.hosts}
     commands = []
-    for name in rank_order(cluster):
-        host = cluster.hosts[name]
+    for name in [*rank_order(cluster), *sorted(n for n in removed if n not in cluster.hosts)]:
+        host = hosts[name]
         local = name == cluster.rank0
         argv = ["/bin/sh", "-s"] if local else ssh_argv(str(host.ssh))
         # Rank 0 is this process's own environment and home.
@@ -301,10 +313,12 @@ def run_host(command: HostCommand, timeout: float = OBSERVE_TIMEOUT_S) -> HostRe
 
 
 def observe_hosts(
-    cluster: ClusterSettings, timeout: float = OBSERVE_TIMEOUT_S
+    cluster: ClusterSettings,
+    removed: Mapping[str, ClusterHost] | None = None,
+    timeout: float = OBSERVE_TIMEOUT_S,
 ) -> dict[str, HostReport]:
-    """Every host of the cluster, observed in parallel; rank 0 first."""
-    commands = host_commands(cluster)
+    """Every host of the cluster (and of `removed`), observed in parallel; rank 0 first."""
+    commands = host_commands(cluster, removed)
     with ThreadPoolExecutor(max_workers=min(8, len(commands))) as pool:
         reports = list(pool.map(lambda c: run_host(c, timeout), commands))
     return {r.name: r for r in reports}

@@ -20,7 +20,7 @@ from local_ai.cluster.copy import copy_entry, local_entry, release_on_host
 from local_ai.convert.api import CONVERTER_VERSION, convert_to_store, weights_at
 from local_ai.convert.recipe import AFFINE_BITS, MIXED_RECIPES, make_recipe
 from local_ai.convert.safetensors_header import check_safetensors
-from local_ai.errors import LocalAIError, ServerError
+from local_ai.errors import LocalAIError, ServerError, UnavailableError
 from local_ai.hub.fetch import fetch
 from local_ai.manifest.api_key import resolve_api_key
 from local_ai.manifest.models import ModelSpec
@@ -159,8 +159,19 @@ class Adapters:
         params = _params(action, ReleaseParams)
         cluster = self.manifest.cluster
         assert cluster is not None  # the planner plans releases only for a [cluster]
-        host = cluster.hosts[params.host]
-        there = release_on_host(params.host, host, params.entry, params.rank0, params.alias)
+        # A host removed from [cluster.hosts] is reached as the served generation recorded it.
+        host = cluster.hosts.get(params.host) or self.snap.observed.removed_hosts[params.host]
+        try:
+            there = release_on_host(params.host, host, params.entry, params.rank0, params.alias)
+        except UnavailableError as exc:
+            if params.host in cluster.hosts:
+                raise
+            # No later apply looks at a removed host once this generation serves without it.
+            raise UnavailableError(
+                exc.message,
+                hint=f"{params.host} is no longer in [cluster.hosts]: run `local-ai gc "
+                f"--release-holds` on it (ssh {host.ssh})",
+            ) from None
         what = f"{params.rank0}'s hold of store entry {params.entry} for {params.alias}"
         return f"released {what} on {params.host}" if there else f"{params.host} had no {what}"
 

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from local_ai.clients.base import ClientChange
 from local_ai.clients.plan import ClientsObserved
-from local_ai.manifest.models import Manifest, ModelSpec
+from local_ai.manifest.models import ClusterHost, Manifest, ModelSpec
 from local_ai.manifest.source import ResolvedSource
 from local_ai.store.lockfile import LockEntry
 from local_ai.util.change import Change
@@ -85,6 +85,9 @@ class Observed:
     clients: ClientsObserved | None = None  # the client files as read (None: not observed)
     clients_error: str | None = None  # why they could not be read (a broken ledger)
     hosts: dict[str, HostReport] = field(default_factory=dict)  # [cluster] hosts, by name
+    # Hosts the generation in service runs ranks on that [cluster.hosts] no longer names, as it
+    # recorded them (observed in `hosts` while there is a [cluster]): its holds there to release.
+    removed_hosts: dict[str, ClusterHost] = field(default_factory=dict)
 
     def fingerprint(self) -> str:
         data = asdict(self)
@@ -94,6 +97,8 @@ class Observed:
         data["clients"] = self.clients.fingerprint() if self.clients else None
         for host in data["hosts"].values():
             host.pop("free_disk", None)  # moves with every write there; a plan would never match
+        removed = self.removed_hosts.items()
+        data["removed_hosts"] = {n: h.model_dump(mode="json") for n, h in removed}
         return stable_hash(data)
 
 

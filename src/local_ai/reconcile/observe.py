@@ -29,6 +29,7 @@ from local_ai.reconcile.model import (
     SourceView,
     install_fields,
 )
+from local_ai.reconcile.serving import removed_hosts
 from local_ai.server.daemon import admin_request, running_server
 from local_ai.store.layout import Store
 from local_ai.store.lockfile import (
@@ -102,10 +103,13 @@ def observe(
     hardware = detect()
     seen_clients, clients_error = observe_clients(loaded) if not targets else (None, None)
     hosts = {}
+    removed = {}
     placed = [a for a, s in manifest.models.items() if s.hosts and (not targets or a in targets)]
     # Without --target, also to find the holds of models no longer placed on a host.
+    if not targets and (served := Generations(paths.generations).current()) is not None:
+        removed = removed_hosts(manifest.cluster, served.aliases)
     if manifest.cluster is not None and (placed or not targets):
-        hosts = observe_hosts(manifest.cluster)
+        hosts = observe_hosts(manifest.cluster, removed)
     observed = Observed(
         state_serial=state.serial,
         installed=installed,
@@ -120,6 +124,7 @@ def observe(
         clients=seen_clients,
         clients_error=clients_error,
         hosts=hosts,
+        removed_hosts=removed,
     )
     return Snapshot(loaded, observed, lock, lock_path, state, sources, fresh)
 

@@ -598,11 +598,29 @@ class _Builder:
         gone from the manifest or from that host, or a host now given another store entry.
         `serving`: the server actions that stop serving it; a release waits for their success."""
         settings = self.manifest.cluster
-        if settings is None or self.options.targets:
+        if self.options.targets:
             return  # --target: the other models' placements were not planned
+        if settings is None:  # [cluster] removed: no rank 0 name or hosts to observe with
+            for name, host in self.observed.removed_hosts.items():
+                self.warnings.append(
+                    f"[cluster] was removed, but the generation in service runs ranks on {name}: "
+                    "the store entries this Mac keeps held there stay held, and it forgets the "
+                    f"host once it serves without it; run `local-ai gc --release-holds` on {name} "
+                    f"(ssh {host.ssh})"
+                )
+            return
         named = {n for spec in self.manifest.models.values() for n in spec.hosts or ()}
         for name, report in self.observed.hosts.items():
             if name == settings.rank0:
+                continue
+            removed = self.observed.removed_hosts.get(name)
+            if removed is not None and (not report.reachable or report.store is None):
+                self.warnings.append(
+                    f"cluster.hosts.{name} was removed, and rank 0 cannot read its holds there "
+                    f"({report.error}): the store entries it keeps for rank 0 {settings.rank0} "
+                    "stay held, and rank 0 forgets the host once it serves without it; run "
+                    f"`local-ai gc --release-holds` on {name} (ssh {removed.ssh})"
+                )
                 continue
             if not report.reachable:
                 if name not in named:
@@ -633,6 +651,8 @@ class _Builder:
 
     def _release_cause(self, host: str, entry: str, alias: str) -> str | None:
         """Why rank 0 no longer needs `entry` on `host` for `alias`, or None to keep it."""
+        if host in self.observed.removed_hosts:
+            return f"{host} is no longer in [cluster.hosts]"
         spec = self.manifest.models.get(alias)
         if spec is None:
             return f"{alias} is no longer in the manifest"

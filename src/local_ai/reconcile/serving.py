@@ -9,11 +9,17 @@ from typing import TYPE_CHECKING, Any
 
 from local_ai import settings
 from local_ai.cluster.copy import entry_name
-from local_ai.cluster.launch import hostfile_path, rank_pythons, rank_ssh, write_hostfile
+from local_ai.cluster.launch import (
+    hostfile_path,
+    rank_pythons,
+    rank_ssh,
+    recorded_host,
+    write_hostfile,
+)
 from local_ai.errors import LocalAIError
 from local_ai.hub.resolve import resolve_path
 from local_ai.manifest.load import LoadedManifest
-from local_ai.manifest.models import ClusterSettings, Manifest, ModelSpec
+from local_ai.manifest.models import ClusterHost, ClusterSettings, Manifest, ModelSpec
 from local_ai.reconcile.generations import Generations
 from local_ai.reconcile.model import alias_map_hash
 from local_ai.server.aliases import AliasEntry, AliasMap, GroupEntry
@@ -96,6 +102,35 @@ def group_of(
             return None
         paths.append(f"{report.store.rstrip('/')}/{digest}-{entry_name(model)}")
     return GroupEntry(model_paths=paths, **_placement(alias, spec, cluster))
+
+
+def removed_hosts(
+    cluster: ClusterSettings | None, served: Mapping[str, AliasEntry]
+) -> dict[str, ClusterHost]:
+    """Hosts the `served` groups run ranks on that [cluster.hosts] (or no [cluster]) no longer
+    names, reached as the generation recorded them: rank 0 still holds store entries there."""
+    kept = cluster.hosts if cluster is not None else {}
+    found: dict[str, ClusterHost] = {}
+    for entry in served.values():
+        group = entry.group
+        if group is None:
+            continue
+        for rank, name in enumerate(group.hosts):
+            ssh = group.ssh[rank]  # None: rank 0, this machine
+            if ssh is None or name in kept or name in found:
+                continue
+            host = recorded_host(ssh, group.pythons[rank], group.model_paths[rank])
+            if not any(_same_home(host, other) for other in kept.values()):
+                found[name] = host
+    return found
+
+
+def _same_home(recorded: ClusterHost, kept: ClusterHost) -> bool:
+    """Whether `kept` may be the local-ai home `recorded` was (a host renamed in the manifest):
+    its holds are then that host's to keep. A default or ~ home may be the recorded one."""
+    if kept.ssh != recorded.ssh:
+        return False
+    return kept.home is None or kept.home.startswith("~") or kept.home == recorded.home
 
 
 def _placement(alias: str, spec: ModelSpec, cluster: ClusterSettings) -> dict[str, Any]:
