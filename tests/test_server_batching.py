@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 
 from local_ai.server.engine.diskcache import DiskPromptCache, model_key, prefix_hash
-from local_ai.server.engine.models import LoadedModel, ModelRegistry
+from local_ai.server.engine.loaded import LoadedModel
+from local_ai.server.engine.models import ModelRegistry
 from local_ai.server.engine.scheduler import (
     AdmissionRefused,
     GenerationCancelled,

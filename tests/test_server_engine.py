@@ -146,7 +146,7 @@ def test_a_short_accidental_prefix_match_keeps_the_long_cached_prefix(tmp_path: 
     from mlx_lm import load
     from mlx_lm.models.cache import make_prompt_cache
 
-    from local_ai.server.engine.scheduler import MIN_PREFIX_REUSE, PrefixCache
+    from local_ai.server.engine.prefixcache import MIN_PREFIX_REUSE, PrefixCache
     from tests.harness import tinymodels as tm
 
     model = load(str(tm.build_model(tmp_path / "m", "qwen3")))[0]

@@ -53,7 +53,8 @@ from local_ai.server.engine.generator import (
     ScheduledChatGenerator,
 )
 from local_ai.server.engine.group import Group
-from local_ai.server.engine.models import LoadedModel, ModelRegistry
+from local_ai.server.engine.loaded import LoadedModel
+from local_ai.server.engine.models import ModelRegistry
 from local_ai.server.engine.scheduler import (
     DEFAULT_MAX_BATCH,
     AdmissionRefused,

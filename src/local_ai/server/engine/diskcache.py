@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from local_ai.server.engine.models import LoadedModel
+    from local_ai.server.engine.loaded import LoadedModel
 
 log = logging.getLogger("local_ai.engine")
 

@@ -33,7 +33,7 @@ from mlx_omni_server.chat.openai.openai_adapter import OpenAIAdapter
 
 from local_ai.server.compat import EXTRA_BODY_ALLOWED
 from local_ai.server.engine import toolcalls
-from local_ai.server.engine.models import LoadedModel
+from local_ai.server.engine.loaded import LoadedModel
 from local_ai.server.engine.scheduler import GenerationCancelled, Job, Scheduler
 
 

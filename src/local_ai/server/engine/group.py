@@ -34,7 +34,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from local_ai.server.engine.models import NO_REMOTE_CODE, refuse_code
+from local_ai.server.engine.batchrows import insert_row, new_batch_generator
+from local_ai.server.engine.loaded import NO_REMOTE_CODE, refuse_code
 from local_ai.server.groupspec import LOST_MARK, GroupSpec, rank_line
 from local_ai.store.holds import hold_of_path, write_hold
 
@@ -320,8 +321,6 @@ class Mirror:
 
     def apply(self, message: dict[str, Any]) -> None:
         from mlx_lm.models.cache import make_prompt_cache
-
-        from local_ai.server.engine.scheduler import insert_row, new_batch_generator
 
         for op in message.get("ops", []):
             if op[0] == "insert":

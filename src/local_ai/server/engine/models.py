@@ -1,23 +1,26 @@
 """Loaded models: load on first use (in the MLX thread), keep at most N, unload when idle.
 
-No code from a model directory ever runs: tokenizers load with `trust_remote_code=False` (mlx-lm's
-own default is True), and a config.json naming a `model_file` (which mlx-lm would import) is
-refused."""
+No code from a model directory ever runs (loaded.py's guard)."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from local_ai.server.engine.scheduler import PrefixCache, Scheduler
+from local_ai.server.engine.loaded import (
+    NO_REMOTE_CODE,
+    LoadedModel,
+    model_type_of,
+    refuse_code,
+)
+from local_ai.server.engine.scheduler import Scheduler
 
 log = logging.getLogger("local_ai.engine")
 
@@ -28,47 +31,6 @@ class TokenizerBundle:
 
     tokenizer: Any  # mlx_lm TokenizerWrapper
     model_type: str
-
-
-@dataclass
-class LoadedModel:
-    path: str
-    model: Any
-    tokenizer: Any
-    model_type: str
-    mlx_model: Any  # Omni's MLXModel container, what its ChatGenerator expects
-    memory_bytes: int
-    loaded_at: float
-    last_used: float
-    active: int = 0
-    prefix_cache: PrefixCache = field(default_factory=PrefixCache)
-    kv_bytes_per_token: int = 0  # set by the scheduler on first use
-
-
-# Passed to every tokenizer load: mlx_lm.load defaults to trusting the directory's code.
-NO_REMOTE_CODE = {"trust_remote_code": False}
-
-
-class RemoteCodeRefused(ValueError):
-    """The model directory asks to run its own Python code."""
-
-
-def _config(path: str) -> dict[str, Any]:
-    config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
-    return config if isinstance(config, dict) else {}
-
-
-def _model_type(path: str) -> str:
-    return str(_config(path).get("model_type", ""))
-
-
-def refuse_code(path: str) -> None:
-    if _config(path).get("model_file"):
-        raise RemoteCodeRefused(
-            f"{Path(path) / 'config.json'} sets model_file, Python code that mlx-lm would run; "
-            "local-ai does not run code from model directories (remove the key, or convert the "
-            "original model with `local-ai apply`)"
-        )
 
 
 def load_whole(path: str) -> tuple[Any, Any]:
@@ -140,7 +102,7 @@ class ModelRegistry:
             from mlx_lm.tokenizer_utils import load as load_tokenizer
 
             tokenizer = load_tokenizer(Path(path), tokenizer_config_extra=dict(NO_REMOTE_CODE))
-            bundle = TokenizerBundle(tokenizer, _model_type(path))
+            bundle = TokenizerBundle(tokenizer, model_type_of(path))
             with self._lock:
                 self._tokenizers[path] = bundle
         return bundle
@@ -192,7 +154,7 @@ class ModelRegistry:
         except Exception as exc:
             self.last_error[path] = f"{type(exc).__name__}: {exc}"
             raise
-        model_type = _model_type(path)
+        model_type = model_type_of(path)
         flat = tree_flatten(model.parameters(), destination={})
         memory = sum(int(v.nbytes) for v in flat.values()) if isinstance(flat, dict) else 0
         mlx_model = MLXModel(
