@@ -43,8 +43,9 @@ def gc_command(
 ) -> None:
     """Show (or with --yes delete) unused store entries and leftovers of killed runs."""
     from local_ai.hub.fetch import incomplete_leftovers
+    from local_ai.store.garbage import collect_garbage, find_garbage
     from local_ai.store.holds import list_holds, release_hold
-    from local_ai.store.layout import Store, collect_garbage, find_garbage
+    from local_ai.store.layout import Store
     from local_ai.store.locks import apply_lock
 
     paths = settings.paths()

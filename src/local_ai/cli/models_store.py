@@ -210,7 +210,8 @@ def rm_command(
 
     The HuggingFace cache, shared with other tools, is left alone.
     """
-    from local_ai.store.layout import Store, StoreEntry, find_references, served_paths
+    from local_ai.store.garbage import find_references
+    from local_ai.store.layout import Store, StoreEntry, served_paths
     from local_ai.store.locks import apply_lock
     from local_ai.store.state import load_state, save_state
 
