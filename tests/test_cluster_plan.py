@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 from textwrap import dedent
 
 import pytest
@@ -32,8 +33,8 @@ from local_ai.reconcile.model import (
 )
 from local_ai.reconcile.planner import Options, plan
 from local_ai.reconcile.render import render_text
-from local_ai.reconcile.serving import group_of, removed_hosts
-from local_ai.server.aliases import AliasEntry, GroupEntry
+from local_ai.reconcile.serving import group_of, removed_hosts, write_hostfiles
+from local_ai.server.aliases import AliasEntry, AliasMap, GroupEntry
 from local_ai.store.lockfile import Versions, entry_from_resolved
 from local_ai.store.state import InstalledModel
 
@@ -453,6 +454,21 @@ def test_an_unreachable_host_keeps_its_holds_and_the_plan_says_so() -> None:
     assert f"warning: {said}" in render_text(p).splitlines()
 
 
+def test_a_model_moved_to_an_unreachable_host_keeps_its_holds_where_it_is_served() -> None:
+    """big moves from mini to air, and air is down: big is not planned, so the gateway keeps
+    serving it from studio + mini, and mini keeps what it holds for it."""
+    m = manifest(
+        CLUSTER.replace(
+            "[models.big]",
+            '[cluster.hosts.air]\nssh = "me@air.local"\naddress = "10.0.0.3"\n\n[models.big]',
+        ).replace('hosts = ["studio", "mini"]', 'hosts = ["studio", "air"]')
+    )
+    air = HostReport("air", reachable=False, error="ssh failed: Connection refused")
+    mini = replace(host("mini", 192), holds=(("0123456789abcdef-big", "studio", "big"),))
+    p = plan(m, observed(m, {"studio": host("studio", 192), "mini": mini, "air": air}))
+    assert not [a for a in p.actions if a.kind.value == "release-hold"], render_text(p)
+
+
 # --- a host removed from [cluster.hosts] ---------------------------------------------------------
 
 WITHOUT_MINI = CLUSTER.replace(  # mini's table and placement removed; a cluster has 2 hosts
@@ -495,6 +511,27 @@ def test_a_removed_host_is_reached_as_the_served_group_recorded_it() -> None:
     assert [c.name for c in commands] == ["studio", "air", "mini"]
     assert commands[2].argv == tuple(ssh_argv("me@mini.local"))
     assert commands[2].script == report_script("~/venv/bin/python", "/Users/me/ai")
+
+
+def test_a_kept_group_on_a_removed_host_keeps_the_hostfile_it_started_with(
+    isolated_home: Path,
+) -> None:
+    """mini left [cluster.hosts] while big could not be planned elsewhere: the group served from
+    studio + mini is kept, and writing the hostfiles must neither fail nor rewrite its file."""
+    from local_ai.cluster.launch import hostfile_path
+
+    path = hostfile_path("big")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("as started")
+    group = GroupEntry(parallel="pipeline", backend="ring", hosts=["studio", "mini"],
+                       model_paths=["/studio/store/abc-big", "/Users/me/ai/store/abc-big"],
+                       pythons=["p", "p"], addresses=["10.0.0.1", "10.0.0.2"],
+                       ssh=[None, ssh_to("me@mini.local")], hostfile=str(path))  # fmt: skip
+    kept = AliasMap(
+        default="big", models={"big": AliasEntry(path="/studio/store/abc-big", group=group)}
+    )
+    write_hostfiles(manifest(WITHOUT_MINI), kept)
+    assert path.read_text() == "as started"
 
 
 def _removed(mini: HostReport) -> tuple[Manifest, Observed]:

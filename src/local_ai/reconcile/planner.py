@@ -651,9 +651,11 @@ class _Builder:
 
     def _release_cause(self, host: str, entry: str, alias: str) -> str | None:
         """Why rank 0 no longer needs `entry` on `host` for `alias`, or None to keep it."""
+        spec = self.manifest.models.get(alias)
+        if spec is not None and spec.hosts and cluster.unusable(spec, self.observed.hosts):
+            return None  # not planned now: the group serving it keeps running where it ran
         if host in self.observed.removed_hosts:
             return f"{host} is no longer in [cluster.hosts]"
-        spec = self.manifest.models.get(alias)
         if spec is None:
             return f"{alias} is no longer in the manifest"
         if host not in (spec.hosts or [])[1:]:

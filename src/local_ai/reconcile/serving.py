@@ -156,9 +156,13 @@ def _placed_as_declared(manifest: Manifest, alias: str, group: GroupEntry | None
 
 def write_hostfiles(manifest: Manifest, alias_map: AliasMap) -> None:
     """mlx.launch's hostfile of every group in `alias_map`, before the gateway starts them."""
+    cluster = manifest.cluster
     for alias, entry in alias_map.models.items():
-        if entry.group is not None and manifest.cluster is not None:
-            write_hostfile(manifest.cluster, alias, entry.group.hosts)
+        if entry.group is None or cluster is None:
+            continue
+        if any(name not in cluster.hosts for name in entry.group.hosts):
+            continue  # a kept group on a host since removed: the hostfile it started with stays
+        write_hostfile(cluster, alias, entry.group.hosts)
 
 
 def _assemble(manifest: Manifest, entries: dict[str, AliasEntry], hash_: str | None) -> AliasMap:
