@@ -639,6 +639,65 @@ def test_the_group_is_ready_once_every_rank_reported_its_pid(
     asyncio.run(scenario())
 
 
+def test_a_watch_that_ends_without_a_verdict_is_started_again_at_the_next_check(
+    isolated_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A far shell that ends oddly (or a line the reader cannot take) says nothing of the rank:
+    the group starts another watcher at its next check (one per WATCH_S, never a tight loop)."""
+    import asyncio
+    import time
+
+    from local_ai.server.aliases import GroupEntry
+    from local_ai.server.gateway import group as group_module
+    from local_ai.server.gateway.group import GroupSupervisor, RankWatcher
+    from local_ai.server.gateway.supervisor import EngineSpec
+
+    odd = ["sh", "-c", "exit 3"]  # stands for ssh: the command after it becomes $0
+    huge = ["sh", "-c", "head -c 70000 /dev/zero | tr '\\0' x; echo; sleep 60"]
+    group = GroupEntry(parallel="tensor", backend="ring", hosts=["a", "b"],
+                       model_paths=["/x", "/y"], pythons=["p", "p"],
+                       addresses=["127.0.0.1"] * 2, ssh=[None, odd], hostfile="/h")  # fmt: skip
+    spec = EngineSpec(socket="/s", aliases_file="/a", max_loaded_models=1, idle_ttl_s=0,
+                      prompt_cache=False)  # fmt: skip
+    started: list[float] = []
+    enough: list[asyncio.Event] = []  # made in the scenario's loop
+
+    class Counted(RankWatcher):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            started.append(time.monotonic())
+            if len(started) >= 3:
+                enough[0].set()
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(group_module, "RankWatcher", Counted)
+
+    async def scenario() -> None:
+        watcher = RankWatcher(huge, os.getpid(), asyncio.Event())
+        await watcher.next_answer(30)
+        assert watcher.lapsed and watcher.answer == (None, None)
+        await watcher.stop()
+
+        supervisor = GroupSupervisor("t", group, spec)
+        supervisor.ranks[0]["pid"], supervisor.ranks[1]["pid"] = os.getpid(), os.getpid()
+        launcher = await asyncio.create_subprocess_exec("sleep", "60")
+        enough.append(asyncio.Event())
+        watch = asyncio.create_task(supervisor._watch(launcher))
+        begun = time.monotonic()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(enough[0].wait(), 60)
+        took = time.monotonic() - begun
+        supervisor._stopping = True
+        launcher.kill()
+        await launcher.wait()
+        await asyncio.wait_for(watch, 10)
+        await supervisor._stop_watchers()
+        assert len(started) >= 3, started
+        assert len(started) <= took / group_module.WATCH_S + 2, (len(started), took)
+        assert supervisor.lost is None  # no verdict: the rank is not declared dead
+
+    asyncio.run(scenario())
+
+
 def test_a_rank_on_another_host_is_watched_by_one_ssh(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, isolated_home: Path
 ) -> None:

@@ -74,10 +74,20 @@ class RankWatcher:
         self._proc: asyncio.subprocess.Process | None = None
         self._task = asyncio.create_task(self._follow(ssh, wake), name=f"watch-{pid}")
 
+    @property
+    def lapsed(self) -> bool:
+        """Ended without a verdict on the rank: the group starts another at its next check."""
+        return self._task.done() and self.answer == (None, None)
+
     async def _follow(self, ssh: list[str], wake: asyncio.Event) -> None:
-        self.answer = await self._listen(ssh)
+        try:
+            self.answer = await self._listen(ssh)
+        except Exception:  # e.g. a line over the reader's limit: watch again, do not guess
+            log.exception("watching pid %s over ssh failed", self.pid)
+            self.answer = (None, None)
         self._heard.set()
-        wake.set()
+        if self.answer != (None, None):
+            wake.set()  # news for the group now; a lapsed watch is replaced at the next check
 
     async def _listen(self, ssh: list[str]) -> tuple[bool | None, str | None]:
         try:
@@ -87,6 +97,7 @@ class RankWatcher:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,  # ssh's own complaint, kept as its last word
+                start_new_session=True,  # a Ctrl-C to a foreground gateway is not the link's end
             )
         except OSError:
             return None, None  # cannot run ssh here: not the rank's fault
@@ -126,10 +137,10 @@ class RankWatcher:
         proc = self._proc
         if proc is None:
             return
-        if proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        await proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)  # its session: ssh and any helper it started
+        with contextlib.suppress(TimeoutError):  # a helper outside it may hold the pipe open
+            await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
 
 
 class GroupSupervisor(EngineSupervisor):
@@ -253,6 +264,8 @@ class GroupSupervisor(EngineSupervisor):
             return False
         deadline = time.monotonic() + RANK_LINES_S
         while any(r["pid"] is None for r in self.ranks) and proc.returncode is None:
+            if self.lost is not None:  # mlx.launch saw a rank end: that pid will not come
+                return False
             left = deadline - time.monotonic()
             if left <= 0:
                 missing = [r["rank"] for r in self.ranks if r["pid"] is None]
@@ -274,7 +287,12 @@ class GroupSupervisor(EngineSupervisor):
         while proc.returncode is None and not self._stopping:
             for rank in self.ranks:
                 number, ssh = rank["rank"], self._ssh(rank["rank"])
-                if ssh is not None and rank["pid"] is not None and number not in self._watchers:
+                watcher = self._watchers.get(number)
+                if (
+                    ssh is not None
+                    and rank["pid"] is not None
+                    and (watcher is None or watcher.lapsed)
+                ):
                     self._watchers[number] = RankWatcher(ssh, rank["pid"], self._woken)
             if self._check_ranks():
                 log.warning("%s: %s; stopping the other ranks", self.name, self.lost)
