@@ -617,7 +617,8 @@ def test_the_group_is_ready_once_every_rank_reported_its_pid(
 
     async def scenario() -> None:
         supervisor = GroupSupervisor("t", group, spec)
-        launcher = await asyncio.create_subprocess_exec("sleep", "60")
+        # In its own session, as the real launcher: stopping a group signals that session.
+        launcher = await asyncio.create_subprocess_exec("sleep", "60", start_new_session=True)
         supervisor._note('local-ai-rank {"rank": 0, "host": "a", "pid": 10}\n')
         loop = asyncio.get_running_loop()
         loop.call_later(
@@ -626,10 +627,15 @@ def test_the_group_is_ready_once_every_rank_reported_its_pid(
         try:
             assert await supervisor._wait_ready(launcher)
             assert [r["pid"] for r in supervisor.ranks] == [10, 11]
+            # A rank that mlx.launch saw end before its line came: not ready, the rest stopped.
+            lost = GroupSupervisor("t", group, spec)
+            lost._proc = launcher
+            lost._note('local-ai-rank {"rank": 0, "host": "a", "pid": 10}\n')
+            lost._note("[WARN] Node with rank 1 exited with code 137\n")
+            assert not await asyncio.wait_for(lost._wait_ready(launcher), 30)
+            assert launcher.returncode is not None  # terminated, not left to hang
             # A launcher that ends before every rank reported is not ready.
             again = GroupSupervisor("t", group, spec)
-            launcher.kill()
-            await launcher.wait()
             assert not await again._wait_ready(launcher)
         finally:
             if launcher.returncode is None:

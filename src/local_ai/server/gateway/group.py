@@ -265,6 +265,9 @@ class GroupSupervisor(EngineSupervisor):
         deadline = time.monotonic() + RANK_LINES_S
         while any(r["pid"] is None for r in self.ranks) and proc.returncode is None:
             if self.lost is not None:  # mlx.launch saw a rank end: that pid will not come
+                log.warning("%s: %s before it was ready; stopping the other ranks", self.name,
+                            self.lost)  # fmt: skip
+                await self._terminate()
                 return False
             left = deadline - time.monotonic()
             if left <= 0:
