@@ -569,20 +569,25 @@ def _start_as_launchd_does(daemon: Daemon) -> subprocess.Popen[bytes]:
     return login
 
 
-def test_the_group_learns_rank_pids_and_names_the_first_rank_mlx_launch_saw_end(
-    isolated_home: Path,
-) -> None:
+def _supervisor(ssh: list[list[str] | None], parallel: str = "tensor") -> Any:
+    """A GroupSupervisor of ranks on hosts a, b, … reached with `ssh` (None: rank 0, here)."""
     from local_ai.server.aliases import GroupEntry
     from local_ai.server.gateway.group import GroupSupervisor
     from local_ai.server.gateway.supervisor import EngineSpec
 
-    group = GroupEntry(parallel="tensor", backend="ring", hosts=["a", "b"],
-                       model_paths=["/x", "/y"], pythons=["p", "p"],
-                       addresses=["127.0.0.1"] * 2, ssh=[None, ["ssh", "--", "b"]],
-                       hostfile="/h")  # fmt: skip
+    hosts = ["a", "b", "c"][: len(ssh)]
+    group = GroupEntry(parallel=parallel, backend="ring", hosts=hosts,
+                       model_paths=["/x"] * len(ssh), pythons=["p"] * len(ssh),
+                       addresses=["127.0.0.1"] * len(ssh), ssh=ssh, hostfile="/h")  # fmt: skip
     spec = EngineSpec(socket="/s", aliases_file="/a", max_loaded_models=1, idle_ttl_s=0,
                       prompt_cache=False)  # fmt: skip
-    supervisor = GroupSupervisor("t", group, spec)
+    return GroupSupervisor("t", group, spec)
+
+
+def test_the_group_learns_rank_pids_and_names_the_first_rank_mlx_launch_saw_end(
+    isolated_home: Path,
+) -> None:
+    supervisor = _supervisor([None, ["ssh", "--", "b"]])
     supervisor._note('local-ai-rank {"rank": 1, "host": "b", "pid": 77}\n')
     assert supervisor.ranks[1]["pid"] == 77 and supervisor.ranks[1]["state"] == "loaded"
     supervisor._note("\x1b[33m[WARN] Node with rank 1 exited with code 137 \x1b[0m\n")
@@ -599,16 +604,7 @@ def test_the_group_is_ready_once_every_rank_reported_its_pid(
     group waits for it, so a ready group always names every rank's pid (CI saw `None`)."""
     import asyncio
 
-    from local_ai.server.aliases import GroupEntry
-    from local_ai.server.gateway.group import GroupSupervisor
-    from local_ai.server.gateway.supervisor import EngineSpec, EngineSupervisor
-
-    group = GroupEntry(parallel="pipeline", backend="ring", hosts=["a", "b"],
-                       model_paths=["/x", "/y"], pythons=["p", "p"],
-                       addresses=["127.0.0.1"] * 2, ssh=[None, ["ssh", "--", "b"]],
-                       hostfile="/h")  # fmt: skip
-    spec = EngineSpec(socket="/s", aliases_file="/a", max_loaded_models=1, idle_ttl_s=0,
-                      prompt_cache=False)  # fmt: skip
+    from local_ai.server.gateway.supervisor import EngineSupervisor
 
     async def healthy(self: EngineSupervisor, proc: asyncio.subprocess.Process) -> bool:
         return True  # rank 0 answers /health at once
@@ -616,7 +612,7 @@ def test_the_group_is_ready_once_every_rank_reported_its_pid(
     monkeypatch.setattr(EngineSupervisor, "_wait_ready", healthy)
 
     async def scenario() -> None:
-        supervisor = GroupSupervisor("t", group, spec)
+        supervisor = _supervisor([None, ["ssh", "--", "b"]], "pipeline")
         # In its own session, as the real launcher: stopping a group signals that session.
         launcher = await asyncio.create_subprocess_exec("sleep", "60", start_new_session=True)
         supervisor._note('local-ai-rank {"rank": 0, "host": "a", "pid": 10}\n')
@@ -628,14 +624,14 @@ def test_the_group_is_ready_once_every_rank_reported_its_pid(
             assert await supervisor._wait_ready(launcher)
             assert [r["pid"] for r in supervisor.ranks] == [10, 11]
             # A rank that mlx.launch saw end before its line came: not ready, the rest stopped.
-            lost = GroupSupervisor("t", group, spec)
+            lost = _supervisor([None, ["ssh", "--", "b"]], "pipeline")
             lost._proc = launcher
             lost._note('local-ai-rank {"rank": 0, "host": "a", "pid": 10}\n')
             lost._note("[WARN] Node with rank 1 exited with code 137\n")
             assert not await asyncio.wait_for(lost._wait_ready(launcher), 30)
             assert launcher.returncode is not None  # terminated, not left to hang
             # A launcher that ends before every rank reported is not ready.
-            again = GroupSupervisor("t", group, spec)
+            again = _supervisor([None, ["ssh", "--", "b"]], "pipeline")
             assert not await again._wait_ready(launcher)
         finally:
             if launcher.returncode is None:
@@ -653,18 +649,11 @@ def test_a_watch_that_ends_without_a_verdict_is_started_again_at_the_next_check(
     import asyncio
     import time
 
-    from local_ai.server.aliases import GroupEntry
     from local_ai.server.gateway import group as group_module
-    from local_ai.server.gateway.group import GroupSupervisor, RankWatcher
-    from local_ai.server.gateway.supervisor import EngineSpec
+    from local_ai.server.gateway.group import RankWatcher
 
     odd = ["sh", "-c", "exit 3"]  # stands for ssh: the command after it becomes $0
     huge = ["sh", "-c", "head -c 70000 /dev/zero | tr '\\0' x; echo; sleep 60"]
-    group = GroupEntry(parallel="tensor", backend="ring", hosts=["a", "b"],
-                       model_paths=["/x", "/y"], pythons=["p", "p"],
-                       addresses=["127.0.0.1"] * 2, ssh=[None, odd], hostfile="/h")  # fmt: skip
-    spec = EngineSpec(socket="/s", aliases_file="/a", max_loaded_models=1, idle_ttl_s=0,
-                      prompt_cache=False)  # fmt: skip
     started: list[float] = []
     enough: list[asyncio.Event] = []  # made in the scenario's loop
 
@@ -683,7 +672,7 @@ def test_a_watch_that_ends_without_a_verdict_is_started_again_at_the_next_check(
         assert watcher.lapsed and watcher.answer == (None, None)
         await watcher.stop()
 
-        supervisor = GroupSupervisor("t", group, spec)
+        supervisor = _supervisor([None, odd])
         supervisor.ranks[0]["pid"], supervisor.ranks[1]["pid"] = os.getpid(), os.getpid()
         launcher = await asyncio.create_subprocess_exec("sleep", "60")
         enough.append(asyncio.Event())
@@ -715,22 +704,14 @@ def test_a_rank_on_another_host_is_watched_by_one_ssh(
     import psutil
 
     from local_ai.cluster.observe import ssh_to
-    from local_ai.server.aliases import GroupEntry
     from local_ai.server.gateway import group as group_module
-    from local_ai.server.gateway.group import GroupSupervisor, RankWatcher
-    from local_ai.server.gateway.supervisor import EngineSpec
+    from local_ai.server.gateway.group import RankWatcher
 
     bin_dir = tmp_path / "bin"
     log = install_ssh(bin_dir)
     monkeypatch.setenv("PATH", path_with(bin_dir))
     monkeypatch.setattr(group_module, "WATCH_S", 0.2)
-    group = GroupEntry(parallel="tensor", backend="ring", hosts=["a", "b", "c"],
-                       model_paths=["/x"] * 3, pythons=["p"] * 3, addresses=["127.0.0.1"] * 3,
-                       ssh=[None, ssh_to(HOST_B), ssh_to("c.unreachable")],
-                       hostfile="/h")  # fmt: skip
-    spec = EngineSpec(socket="/s", aliases_file="/a", max_loaded_models=1, idle_ttl_s=0,
-                      prompt_cache=False)  # fmt: skip
-    supervisor = GroupSupervisor("t", group, spec)
+    supervisor = _supervisor([None, ssh_to(HOST_B), ssh_to("c.unreachable")])
     rank = subprocess.Popen(["sleep", "60"])
 
     def our_ssh() -> list[psutil.Process]:
